@@ -1,0 +1,164 @@
+"""The ``dorl`` command line: one subcommand per stage, each driven by the merged config.
+
+Every command takes ``-c/--config FILE`` (deltas over the package defaults) and any number of
+``key=value`` overrides, e.g. ``dorl embed -c configs/default.yaml cae.epochs=2 seed=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from dorl import __version__
+
+logger = logging.getLogger("dorl.cli")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", help="YAML file with deltas over the package defaults")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, applied last (e.g. seed=1 cae.epochs=2)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser (kept separate so docs can render it)."""
+    parser = argparse.ArgumentParser(
+        prog="dorl", description=(
+            "Domain-invariant white-blood-cell embeddings. Stage 1 (embed): LoRA-SAM segments "
+            "each cell and a cross-domain autoencoder (SSIM + MMD) writes embeddings to an .h5ad "
+            "file. Stage 2 (classify, umap): classical classifiers and UMAP on stored embeddings."))
+    parser.add_argument("--version", action="version", version=f"dorl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="make or index a dataset")
+    data_sub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _common(data_sub.add_parser(
+        "synth", help="generate the synthetic multi-domain cell dataset into data.root"))
+    _common(data_sub.add_parser(
+        "manifest", help="build data.manifest from data.sources (dataset layouts, dedup, checks)"))
+
+    sam = sub.add_parser("sam", help="LoRA-SAM stage on its own")
+    sam_sub = sam.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _common(sam_sub.add_parser("finetune", help="LoRA fine-tune SAM on cell masks (no labels)"))
+    ev = sam_sub.add_parser("eval", help="Dice/IoU per domain against ground-truth masks, "
+                                         "zero-shot vs fine-tuned, with overlay PNGs")
+    _common(ev)
+
+    _common(sub.add_parser("embed", help="stage 1: data -> LoRA-SAM -> segmentation -> CAE -> "
+                                         "features.h5ad in run_dir"))
+
+    cls = sub.add_parser("classify", help="stage 2: compare classifiers on stored embeddings")
+    cls_sub = cls.add_subparsers(dest="action", metavar="ACTION")
+    _common(cls_sub.add_parser("run", help="fit and score every classifier and protocol "
+                                           "(the default action)"))
+    pred = cls_sub.add_parser("predict", help="apply a saved model to a new feature file")
+    pred.add_argument("--model", required=True, help="a .joblib model saved by `classify run`")
+    pred.add_argument("--features", required=True, help="the .h5ad feature file to label")
+    pred.add_argument("--out", required=True, help="CSV of predictions to write")
+    _common(pred)
+    _common(cls)
+
+    _common(sub.add_parser("umap", help="UMAP of embeddings by domain and by class (PNG + HTML)"))
+    _common(sub.add_parser("info", help="versions, device, resolved config and checkpoints"))
+    return parser
+
+
+def _prepare(args: argparse.Namespace, stage: str):
+    """Load config, seed, set up logging into run_dir and write provenance for this command."""
+    from dorl.config import load_config, save_resolved
+    from dorl.device import configure_threads
+    from dorl.provenance import package_versions, setup_run_logging, utc_now
+    from dorl.seeding import seed_everything
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(cfg.run_dir)
+    setup_run_logging(run_dir, args.verbose)
+    seed_everything(cfg.seed)
+    configure_threads(cfg.num_threads)
+    save_resolved(cfg, run_dir, f"config.{stage}.yaml")
+    (run_dir / f"versions.{stage}.json").write_text(json.dumps(
+        {"created_utc": utc_now(), "command": sys.argv, "versions": package_versions()},
+        indent=2))
+    return cfg
+
+
+def _run(args: argparse.Namespace) -> int:
+    command = args.command
+    action = getattr(args, "action", None)
+    if command == "classify" and action is None:
+        action = "run"
+    stage = f"{command}.{action}" if action else command
+    cfg = _prepare(args, stage)
+    start = time.perf_counter()
+    if command == "data" and action == "synth":
+        from dorl.synth import generate_from_config
+
+        manifest = generate_from_config(cfg)
+        logger.info("synthetic dataset: %d cells in %s", len(manifest), cfg.data.root)
+    elif command == "data" and action == "manifest":
+        from omegaconf import OmegaConf
+
+        from dorl.adapters import build_manifest
+
+        sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
+        manifest, report = build_manifest(sources, cfg.data.label_space, cfg.data.manifest)
+        logger.info("manifest %s: %d cells, data signature %s, %d duplicates dropped, "
+                    "%d conflicting copies dropped", cfg.data.manifest, len(manifest),
+                    manifest.signature(), len(report.dropped), len(report.conflicting))
+    elif command == "sam" and action == "finetune":
+        from dorl.adapters import manifest_from_config
+        from dorl.sam_finetune import finetune_from_config
+
+        finetune_from_config(cfg, manifest_from_config(cfg))
+    elif command == "sam" and action == "eval":
+        from dorl.adapters import manifest_from_config
+        from dorl.sam_eval import evaluate_from_config
+
+        evaluate_from_config(cfg, manifest_from_config(cfg))
+    elif command == "embed":
+        from dorl.embed import run_embed
+
+        path = run_embed(cfg)
+        logger.info("features: %s", path)
+    elif command == "classify" and action == "run":
+        from dorl.evaluation import classify_from_config
+
+        out = classify_from_config(cfg)
+        logger.info("classification results: %s", out)
+    elif command == "classify" and action == "predict":
+        from dorl.evaluation import predict_file
+
+        predict_file(args.model, args.features, args.out)
+    elif command == "umap":
+        from dorl.umap_plot import umap_from_config
+
+        out = umap_from_config(cfg)
+        logger.info("UMAP plots: %s", out)
+    elif command == "info":
+        from dorl.info import describe
+
+        logger.info("\n%s", describe(cfg))
+    logger.info("%s finished in %.1f s", stage, time.perf_counter() - start)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dorl`` console script and ``python -m dorl``."""
+    args = build_parser().parse_args(argv)
+    from dorl.config import ConfigError
+    from dorl.featstore import FeatureFileError
+    from dorl.images import ImageReadError
+    from dorl.manifest import ManifestError
+    from dorl.taxonomy import TaxonomyError
+
+    try:
+        return _run(args)
+    except (ConfigError, ManifestError, TaxonomyError, ImageReadError, FeatureFileError,
+            FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        return 2

@@ -1,0 +1,80 @@
+"""Configuration: package defaults, a YAML file of deltas, and ``key=value`` overrides, merged."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed or names a key that does not exist."""
+
+
+def package_defaults() -> DictConfig:
+    """Return the package defaults (``dorl/defaults.yaml``) as a struct-mode config."""
+    text = resources.files("dorl").joinpath("defaults.yaml").read_text(encoding="utf-8")
+    return OmegaConf.create(text)
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> DictConfig:
+    """Merge defaults, then the file at ``path`` (deltas only), then ``key=value`` overrides.
+
+    Unknown keys are refused so that a typo never silently falls back to a default.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A YAML file holding only the keys that differ from the package defaults.
+    overrides : iterable of str
+        Dotted ``key=value`` strings, e.g. ``["seed=3", "cae.epochs=2"]``.
+
+    Returns
+    -------
+    DictConfig
+        The merged config (interpolations unresolved until accessed).
+    """
+    cfg = package_defaults()
+    OmegaConf.set_struct(cfg, True)
+    layers = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            layers.append((str(path), OmegaConf.load(path)))
+        except Exception as exc:  # yaml errors come in many types
+            raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
+    overrides = list(overrides)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    if overrides:
+        layers.append(("command line", OmegaConf.from_dotlist(overrides)))
+    for origin, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except Exception as exc:
+            raise ConfigError(f"{origin}: {exc}") from exc
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+def resolved_yaml(cfg: DictConfig) -> str:
+    """Return the config with every interpolation resolved, as YAML text."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def save_resolved(cfg: DictConfig, run_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config into ``run_dir`` and return its path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / name
+    out.write_text(resolved_yaml(cfg), encoding="utf-8")
+    logger.info("resolved config written to %s", out)
+    return out

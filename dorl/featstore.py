@@ -1,0 +1,292 @@
+"""The feature file: embeddings plus per-cell metadata and provenance, as an AnnData ``.h5ad``.
+
+Written with plain h5py in the AnnData on-disk layout, so ``anndata.read_h5ad`` (and scanpy,
+cellxgene, R's zellkonverter) opens it, yet dorl does not need anndata installed:
+
+* ``X``: float32 (n_cells, n_features), the embeddings;
+* ``obs``: one row per cell: ``path, domain, label, label_raw, label_fine, split, group,
+  seg_fallback`` (categoricals for the label-like columns), indexed by ``cell_id``;
+* ``var``: feature names;
+* ``obsm``: other per-cell feature sets (raw SAM features, UMAP coordinates, ...);
+* ``uns``: provenance: ``signature`` (what must match for reuse), resolved config, versions,
+  checkpoint hashes, protocol, label order.
+
+Writes are atomic (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from dorl.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+CATEGORICAL = ("domain", "label", "label_raw", "label_fine", "split")
+OBS_COLUMNS = ("path", "domain", "label", "label_raw", "label_fine", "split", "group",
+               "seg_fallback")
+_STR = h5py.string_dtype("utf-8")
+
+
+class FeatureFileError(ValueError):
+    """A feature file is missing, malformed, or was made by another config or dataset."""
+
+
+@dataclass
+class FeatureSet:
+    """Embeddings with their per-cell metadata.
+
+    Attributes
+    ----------
+    X : ndarray of shape (n_cells, n_features), float32
+    obs : DataFrame with one row per cell (see ``OBS_COLUMNS``), index = cell ids
+    obsm : dict of name -> ndarray of shape (n_cells, ...)
+    uns : nested dict of provenance (str, numbers, lists, dicts)
+    var_names : list of str, one per feature
+    """
+
+    X: np.ndarray
+    obs: pd.DataFrame
+    obsm: dict[str, np.ndarray] = field(default_factory=dict)
+    uns: dict[str, Any] = field(default_factory=dict)
+    var_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.X = np.asarray(self.X, dtype=np.float32)
+        if self.X.ndim != 2:
+            raise FeatureFileError(f"X must be 2-D (cells, features), got shape {self.X.shape}")
+        if len(self.obs) != self.X.shape[0]:
+            raise FeatureFileError(f"obs has {len(self.obs)} rows but X has {self.X.shape[0]}")
+        for key, arr in self.obsm.items():
+            if len(arr) != self.X.shape[0]:
+                raise FeatureFileError(f"obsm[{key!r}] has {len(arr)} rows, X has {self.X.shape[0]}")
+        if self.var_names is None:
+            self.var_names = [f"z{i:03d}" for i in range(self.X.shape[1])]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Unified labels as a str array."""
+        return self.obs["label"].astype(str).to_numpy()
+
+    @property
+    def domains(self) -> np.ndarray:
+        """Domain names as a str array."""
+        return self.obs["domain"].astype(str).to_numpy()
+
+    def features(self, key: str | None = None) -> np.ndarray:
+        """``X`` (key None or ``"X"``) or ``obsm[key]`` flattened to (n_cells, n_features)."""
+        if key in (None, "X"):
+            return self.X
+        if key not in self.obsm:
+            raise FeatureFileError(f"no obsm[{key!r}]; available: {sorted(self.obsm)}")
+        arr = self.obsm[key]
+        return arr.reshape(len(arr), -1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------- writing
+def _enc(obj: h5py.HLObject, kind: str, version: str) -> None:
+    obj.attrs["encoding-type"] = kind
+    obj.attrs["encoding-version"] = version
+
+
+def _write_strings(group: h5py.Group, name: str, values) -> None:
+    ds = group.create_dataset(name, data=np.array([str(v) for v in values], dtype=object),
+                              dtype=_STR)
+    _enc(ds, "string-array", "0.2.0")
+
+
+def _write_categorical(group: h5py.Group, name: str, values: pd.Series) -> None:
+    cat = pd.Categorical(values.astype(str))
+    sub = group.create_group(name)
+    _enc(sub, "categorical", "0.2.0")
+    sub.attrs["ordered"] = False
+    sub.create_dataset("codes", data=cat.codes.astype(np.int32))
+    _write_strings(sub, "categories", cat.categories)
+
+
+def _write_dataframe(group: h5py.Group, df: pd.DataFrame, index_name: str) -> None:
+    _enc(group, "dataframe", "0.2.0")
+    group.attrs["_index"] = index_name
+    group.attrs.create("column-order", np.array(list(df.columns), dtype=object), dtype=_STR)
+    _write_strings(group, index_name, df.index)
+    for col in df.columns:
+        series = df[col]
+        if col in CATEGORICAL:
+            _write_categorical(group, col, series)
+        elif series.dtype == bool or pd.api.types.is_numeric_dtype(series):
+            ds = group.create_dataset(col, data=series.to_numpy())
+            _enc(ds, "array", "0.2.0")
+        else:
+            _write_strings(group, col, series)
+
+
+def _write_array(group: h5py.Group, name: str, arr: np.ndarray) -> None:
+    arr = np.asarray(arr)
+    chunks = (min(len(arr), 1024),) + arr.shape[1:] if arr.ndim >= 1 and len(arr) else None
+    ds = group.create_dataset(name, data=arr, chunks=chunks)
+    _enc(ds, "array", "0.2.0")
+
+
+def _write_uns(group: h5py.Group, mapping: Mapping[str, Any]) -> None:
+    _enc(group, "dict", "0.1.0")
+    for key, value in mapping.items():
+        key = str(key)
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            _write_uns(group.create_group(key), value)
+        elif isinstance(value, str):
+            ds = group.create_dataset(key, data=value, dtype=_STR)
+            _enc(ds, "string", "0.2.0")
+        elif isinstance(value, (bool, int, float, np.integer, np.floating, np.bool_)):
+            ds = group.create_dataset(key, data=value)
+            _enc(ds, "numeric-scalar", "0.2.0")
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) and value:
+            _write_strings(group, key, value)
+        else:
+            _write_array(group, key, np.asarray(value))
+
+
+def write_features(path: str | Path, fs: FeatureSet) -> Path:
+    """Write ``fs`` to ``path`` (``.h5ad``) atomically and return the path."""
+    path = Path(path)
+    obs = fs.obs.copy()
+    obs.index = obs.index.astype(str)
+    if obs.index.has_duplicates:
+        raise FeatureFileError(f"{path}: duplicate cell ids in obs index")
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            _enc(f, "anndata", "0.1.0")
+            _write_array(f, "X", fs.X)
+            _write_dataframe(f.create_group("obs"), obs, "cell_id")
+            _write_dataframe(f.create_group("var"), pd.DataFrame(index=list(fs.var_names)),
+                             "feature")
+            obsm = f.create_group("obsm")
+            _enc(obsm, "dict", "0.1.0")
+            for key, arr in fs.obsm.items():
+                _write_array(obsm, key, np.asarray(arr))
+            for name in ("varm", "obsp", "varp", "layers"):
+                _enc(f.create_group(name), "dict", "0.1.0")
+            _write_uns(f.create_group("uns"), fs.uns)
+    logger.info("wrote %s: %d cells x %d features, obsm %s", path, fs.X.shape[0], fs.X.shape[1],
+                sorted(fs.obsm))
+    return path
+
+
+# --------------------------------------------------------------------------------- reading
+def _decode(values: np.ndarray) -> np.ndarray:
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+
+
+def _read_column(obj) -> np.ndarray:
+    if isinstance(obj, h5py.Group):  # categorical
+        cats = _decode(obj["categories"][()])
+        codes = obj["codes"][()]
+        out = np.empty(len(codes), dtype=object)
+        out[:] = [cats[c] if c >= 0 else "" for c in codes]
+        return out
+    data = obj[()]
+    if obj.attrs.get("encoding-type") == "string-array":
+        return _decode(data)
+    return data
+
+
+def _read_uns(group: h5py.Group) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, obj in group.items():
+        if isinstance(obj, h5py.Group):
+            out[key] = _read_uns(obj)
+            continue
+        kind = obj.attrs.get("encoding-type", "")
+        value = obj[()]
+        if kind == "string":
+            out[key] = value.decode() if isinstance(value, bytes) else str(value)
+        elif kind == "string-array":
+            out[key] = list(_decode(value))
+        elif kind == "numeric-scalar":
+            out[key] = value.item()
+        else:
+            out[key] = value
+    return out
+
+
+def read_features(path: str | Path, obsm: bool = True) -> FeatureSet:
+    """Read a feature file written by :func:`write_features` (or any dense-X ``.h5ad``).
+
+    Parameters
+    ----------
+    path : str or Path
+    obsm : bool, default=True
+        Load the ``obsm`` arrays too (they can be much larger than ``X``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureFileError(f"feature file not found: {path} (run `make embed` first)")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("encoding-type") != "anndata" or "X" not in f or "obs" not in f:
+                raise FeatureFileError(f"{path}: not an AnnData .h5ad feature file "
+                                       f"(needs X, obs and encoding-type=anndata)")
+            if isinstance(f["X"], h5py.Group):
+                raise FeatureFileError(f"{path}: sparse X is not supported; store dense embeddings")
+            X = f["X"][()]
+            g = f["obs"]
+            index_name = g.attrs.get("_index", "_index")
+            order = [str(c) for c in g.attrs.get("column-order", [])]
+            obs = pd.DataFrame({c: _read_column(g[c]) for c in order},
+                               index=pd.Index(_read_column(g[index_name]), name="cell_id"))
+            var_g = f["var"] if "var" in f else None
+            var_names = (list(_read_column(var_g[var_g.attrs.get("_index", "_index")]))
+                         if var_g is not None else None)
+            obsm_d = ({k: v[()] for k, v in f["obsm"].items()}
+                      if obsm and "obsm" in f else {})
+            uns = _read_uns(f["uns"]) if "uns" in f else {}
+    except OSError as exc:
+        raise FeatureFileError(f"{path}: cannot open as HDF5 ({exc})") from exc
+    for col in ("domain", "label"):
+        if col not in obs.columns:
+            raise FeatureFileError(f"{path}: obs has no {col!r} column")
+    if not np.isfinite(X).all():
+        raise FeatureFileError(f"{path}: X holds NaN or infinite values")
+    return FeatureSet(X, obs, obsm_d, uns, var_names)
+
+
+def check_signature(path: str | Path, expected: Mapping[str, Any]) -> bool:
+    """Return True if ``path`` exists and its ``uns/signature`` equals ``expected``.
+
+    Returns False when there is no file. Raises :class:`FeatureFileError` listing the keys that
+    differ when the file was made by another config or dataset, so it is never mixed in.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with h5py.File(path, "r") as f:
+        found = _read_uns(f["uns/signature"]) if "uns/signature" in f else {}
+    diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
+    if diff:
+        details = "; ".join(f"{k}: file has {a!r}, this run has {b!r}" for k, (a, b) in diff.items())
+        raise FeatureFileError(f"{path} was made by another config or dataset ({details}). "
+                               f"Delete it or choose another run_dir.")
+    return True
+
+
+def add_obsm(path: str | Path, key: str, values: np.ndarray) -> None:
+    """Store ``values`` as ``obsm[key]`` in an existing feature file (atomic copy-and-rename)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        shutil.copy2(path, tmp)
+        with h5py.File(tmp, "a") as f:
+            n = f["X"].shape[0]
+            if len(values) != n:
+                raise FeatureFileError(f"{path}: obsm[{key!r}] has {len(values)} rows, X has {n}")
+            if key in f["obsm"]:
+                del f["obsm"][key]
+            _write_array(f["obsm"], key, np.asarray(values))
