@@ -208,6 +208,7 @@ def build_manifest(sources: list[dict], space: str, out_path: str | Path,
     if not sources:
         raise ManifestError("no data sources configured (set data.sources or run `dorl data synth`)")
     out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     base = out_path.parent.resolve()
     frames = [read_source(s) for s in sources]
     df = pd.concat(frames, ignore_index=True)

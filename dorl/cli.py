@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="make or index a dataset")
     data_sub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
     _common(data_sub.add_parser(
+        "prepare", help="synth when data.sources is empty, else manifest (what `make data` runs)"))
+    _common(data_sub.add_parser(
         "synth", help="generate the synthetic multi-domain cell dataset into data.root"))
     _common(data_sub.add_parser(
         "manifest", help="build data.manifest from data.sources (dataset layouts, dedup, checks)"))
@@ -64,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(cls)
 
     _common(sub.add_parser("umap", help="UMAP of embeddings by domain and by class (PNG + HTML)"))
-    _common(sub.add_parser("info", help="versions, device, resolved config and checkpoints"))
+    info = sub.add_parser("info", help="versions, device, checkpoints; --outputs lists a run's results")
+    info.add_argument("--outputs", action="store_true", help="list the result files of run_dir")
+    _common(info)
     return parser
 
 
@@ -95,6 +99,8 @@ def _run(args: argparse.Namespace) -> int:
     stage = f"{command}.{action}" if action else command
     cfg = _prepare(args, stage)
     start = time.perf_counter()
+    if command == "data" and action == "prepare":
+        action = "manifest" if cfg.data.sources else "synth"
     if command == "data" and action == "synth":
         from dorl.synth import generate_from_config
 
@@ -142,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     elif command == "info":
         from dorl.info import describe
 
-        logger.info("\n%s", describe(cfg))
+        logger.info("\n%s", describe(cfg, outputs=args.outputs))
     logger.info("%s finished in %.1f s", stage, time.perf_counter() - start)
     return 0
 

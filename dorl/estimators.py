@@ -1,0 +1,132 @@
+"""Custom scikit-learn estimators used by the classify stage.
+
+Both follow the scikit-learn estimator contract (``__init__`` only stores parameters, learned
+state ends in ``_``) and pass ``sklearn.utils.estimator_checks.parametrize_with_checks``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+
+class EncodedLabelClassifier(ClassifierMixin, BaseEstimator):
+    """Fit ``estimator`` on labels encoded as 0..K-1 and decode its predictions.
+
+    XGBoost refuses labels that are not exactly ``0..K-1`` (e.g. a source domain that lacks a
+    class, or string labels); this wrapper makes any classifier accept what the domain holds.
+
+    Parameters
+    ----------
+    estimator : classifier
+        Cloned at ``fit``; sees integer labels only.
+    class_weight : "balanced", dict or None, default=None
+        Turned into ``sample_weight`` for ``estimator.fit`` (``"balanced"``: inverse class
+        frequency; a dict maps original labels to weights), for models (like XGBoost) that have
+        no ``class_weight`` of their own.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The original labels, sorted.
+    estimator_ : classifier
+        The fitted clone.
+    n_features_in_ : int
+    """
+
+    def __init__(self, estimator, class_weight=None):
+        self.estimator = estimator
+        self.class_weight = class_weight
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit on ``X`` of shape (n_samples, n_features) and labels ``y`` of shape (n_samples,)."""
+        X, y = validate_data(self, X, y)
+        check_classification_targets(y)
+        encoder = LabelEncoder().fit(y)
+        self.classes_ = encoder.classes_
+        if self.class_weight is not None:
+            weights = compute_sample_weight(self.class_weight, y)
+            sample_weight = weights if sample_weight is None else weights * sample_weight
+        fit_params = {} if sample_weight is None else {"sample_weight": sample_weight}
+        self.estimator_ = clone(self.estimator).fit(X, encoder.transform(y), **fit_params)
+        return self
+
+    def predict(self, X):
+        """Return labels of shape (n_samples,) in the original label space."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False)
+        codes = np.asarray(self.estimator_.predict(X)).astype(int).ravel()
+        return self.classes_[codes]
+
+    def predict_proba(self, X):
+        """Return probabilities of shape (n_samples, n_classes), columns in ``classes_`` order."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False)
+        return self.estimator_.predict_proba(X)
+
+
+class DomainStandardScaler(TransformerMixin, BaseEstimator):
+    """Standardise each domain's features with that domain's own mean and standard deviation.
+
+    A simple, label-free domain-alignment baseline: it removes per-lab offsets and scales. Using
+    the target domains' statistics is transductive (their unlabelled cells are seen), as is the
+    DoRL autoencoder's training. Without ``domains`` it is a plain standard scaler.
+
+    Parameters
+    ----------
+    with_std : bool, default=True
+        Also divide by the per-domain standard deviation (else only centre).
+
+    Attributes
+    ----------
+    domains_ : ndarray of shape (n_domains,)
+        The domain names seen in ``fit``.
+    mean_ : ndarray of shape (n_domains, n_features)
+    scale_ : ndarray of shape (n_domains, n_features)
+        Per-domain standard deviation (1 where it is 0, or when ``with_std`` is False).
+    n_features_in_ : int
+    """
+
+    def __init__(self, with_std=True):
+        self.with_std = with_std
+
+    def fit(self, X, y=None, domains=None):
+        """Learn per-domain statistics of ``X`` (n_samples, n_features); ``domains`` (n_samples,)."""
+        X = validate_data(self, X, dtype=np.float64)
+        domains = self._domains(domains, len(X))
+        self.domains_ = np.unique(domains)
+        self.mean_ = np.stack([X[domains == d].mean(axis=0) for d in self.domains_])
+        if self.with_std:
+            scale = np.stack([X[domains == d].std(axis=0) for d in self.domains_])
+            self.scale_ = np.where(scale > 0, scale, 1.0)
+        else:
+            self.scale_ = np.ones_like(self.mean_)
+        return self
+
+    def transform(self, X, domains=None):
+        """Return ``X`` (n_samples, n_features) standardised per domain, same shape."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        domains = self._domains(domains, len(X))
+        unseen = sorted(set(np.unique(domains)) - set(self.domains_))
+        if unseen:
+            raise ValueError(f"domains {unseen} were not seen in fit (seen: {list(self.domains_)})")
+        index = np.searchsorted(self.domains_, domains)
+        return (X - self.mean_[index]) / self.scale_[index]
+
+    def fit_transform(self, X, y=None, domains=None):
+        """Fit, then transform the same rows."""
+        return self.fit(X, y, domains=domains).transform(X, domains=domains)
+
+    @staticmethod
+    def _domains(domains, n: int) -> np.ndarray:
+        if domains is None:
+            return np.zeros(n, dtype=int)
+        domains = np.asarray(domains)
+        if domains.shape != (n,):
+            raise ValueError(f"domains has shape {domains.shape}, expected ({n},)")
+        return domains

@@ -1,0 +1,39 @@
+"""`dorl info`: what a user needs to know about this installation and a run's outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dorl.provenance import package_versions
+
+#: Result files of a run, relative to run_dir, with what they are.
+RUN_OUTPUTS = (
+    ("features.h5ad", "embeddings + metadata + provenance (AnnData .h5ad)"),
+    ("classify/results.md", "classifier comparison table"),
+    ("classify/results.csv", "every score, tidy"),
+    ("classify/summary.json", "headline figures"),
+    ("umap/umap.png", "UMAP by domain and by class"),
+    ("umap/umap.html", "interactive UMAP (offline HTML)"),
+    ("sam_eval/report.md", "segmentation Dice/IoU per domain"),
+    ("dorl.log", "log of every command"),
+)
+
+
+def describe(cfg, outputs: bool = False) -> str:
+    """Return a readable summary: versions, device, checkpoint settings, and run outputs."""
+    from dorl.device import get_device
+
+    lines = ["dorl installation"]
+    lines += [f"  {name:<18} {version}" for name, version in package_versions().items()]
+    lines.append(f"  device (config {cfg.device!r}) -> {get_device(cfg.device)}")
+    lines.append(f"  SAM backbone {cfg.sam.backbone!r}, checkpoint {cfg.sam.checkpoint or 'default'}")
+    lines.append(f"  DORL_CHECKPOINT_DIR={os.environ.get('DORL_CHECKPOINT_DIR', '(unset)')}")
+    if outputs:
+        run_dir = Path(cfg.run_dir)
+        lines.append(f"results of run {run_dir.resolve()}")
+        for rel, what in RUN_OUTPUTS:
+            path = run_dir / rel
+            if path.exists():
+                lines.append(f"  {str(path):<40} {what}")
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""Evaluation protocols: which cells each model trains on and which cells it is scored on.
+
+Three protocols, all over the labelled cells (``unknown`` cells are removed before this module):
+
+* ``source_target``: for every source domain, a stratified k-fold on the source. Each fold model
+  is scored on every *other* domain in full (cross-domain), as in the DoRL / BC-SAM notebooks.
+* ``in_domain``: the held-out source fold of those same fold models. When ``source_target`` is
+  also asked for, the two share one set of fits, so in-domain and cross-domain numbers come from
+  the same fold models.
+* ``lodo``: leave one domain out: train on all other domains, score on the held-out one.
+
+When obs holds near-duplicate groups (``group`` values shared by several cells), k-folds are
+group-aware and no test cell shares a group with a training cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+PROTOCOLS = ("source_target", "in_domain", "lodo")
+
+
+class ProtocolError(ValueError):
+    """A protocol cannot be run on the given cells (unknown name, too few domains or cells)."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One scored test set of a fitted model.
+
+    Attributes
+    ----------
+    protocol : str
+        ``source_target``, ``in_domain`` or ``lodo``.
+    target : str
+        The domain the test cells come from.
+    test : ndarray of shape (n_test,), int
+        Row indices of the test cells.
+    """
+
+    protocol: str
+    target: str
+    test: np.ndarray
+
+
+@dataclass(frozen=True)
+class Split:
+    """One model fit and the test sets it is scored on.
+
+    Attributes
+    ----------
+    source : str
+        The training domain(s), ``+``-joined for leave-one-domain-out.
+    fold : int
+        Fold number within the source (0 for leave-one-domain-out).
+    train : ndarray of shape (n_train,), int
+        Row indices of the training cells.
+    evaluations : tuple of Evaluation
+    """
+
+    source: str
+    fold: int
+    train: np.ndarray
+    evaluations: tuple[Evaluation, ...]
+
+
+def has_groups(groups: np.ndarray | None) -> bool:
+    """Return True when some group id is shared by more than one cell."""
+    if groups is None or len(groups) == 0:
+        return False
+    return len(np.unique(groups)) < len(groups)
+
+
+def _without_groups(test: np.ndarray, train: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """Drop from ``test`` every row whose group also occurs in ``train``."""
+    if groups is None:
+        return test
+    return test[~np.isin(groups[test], groups[train])]
+
+
+def _kfold(labels: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int):
+    """Stratified (group-aware when groups repeat) k-fold splits of the rows of ``labels``."""
+    if len(labels) < n_folds:
+        raise ProtocolError(f"{len(labels)} cells cannot be split into {n_folds} folds")
+    if has_groups(groups):
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        return splitter.split(np.zeros(len(labels)), labels, groups)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return splitter.split(np.zeros(len(labels)), labels)
+
+
+def make_splits(labels: np.ndarray, domains: np.ndarray, protocols: Sequence[str], n_folds: int,
+                seed: int, groups: np.ndarray | None = None) -> Iterator[Split]:
+    """Yield the model fits that the requested protocols need.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_cells,), str
+        Class labels (no ``unknown`` cells).
+    domains : ndarray of shape (n_cells,), str
+    protocols : sequence of str
+        A subset of ``PROTOCOLS``.
+    n_folds : int
+        Folds of the stratified k-fold on each source domain.
+    seed : int
+        ``random_state`` of the fold shuffling.
+    groups : ndarray of shape (n_cells,), optional
+        Near-duplicate group ids; cells sharing one never land on both sides of a split.
+
+    Yields
+    ------
+    Split
+    """
+    unknown = sorted(set(protocols) - set(PROTOCOLS))
+    if unknown:
+        raise ProtocolError(f"unknown protocol(s) {unknown}; choose from {list(PROTOCOLS)}")
+    names = sorted(np.unique(domains))
+    cross = "source_target" in protocols
+    within = "in_domain" in protocols
+    if (cross or "lodo" in protocols) and len(names) < 2:
+        raise ProtocolError(f"cross-domain protocols need at least 2 domains, found {names}")
+    if cross or within:
+        for source in names:
+            rows = np.flatnonzero(domains == source)
+            others = [(t, np.flatnonzero(domains == t)) for t in names if t != source]
+            sub_groups = None if groups is None else groups[rows]
+            for fold, (tr, te) in enumerate(_kfold(labels[rows], sub_groups, n_folds, seed)):
+                train = rows[tr]
+                evals = []
+                if within:
+                    evals.append(Evaluation("in_domain", source, rows[te]))
+                if cross:
+                    evals += [Evaluation("source_target", t, _without_groups(r, train, groups))
+                              for t, r in others]
+                yield Split(source, fold, train, tuple(evals))
+    if "lodo" in protocols:
+        for held_out in names:
+            train = np.flatnonzero(domains != held_out)
+            test = _without_groups(np.flatnonzero(domains == held_out), train, groups)
+            source = "+".join(n for n in names if n != held_out)
+            yield Split(source, 0, train, (Evaluation("lodo", held_out, test),))

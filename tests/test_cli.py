@@ -1,0 +1,48 @@
+"""The command line: help, errors that name the problem, provenance written into the run."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from dorl.cli import main
+
+
+def test_help_lists_every_stage(capsys):
+    proc = subprocess.run([sys.executable, "-m", "dorl", "--help"], capture_output=True,
+                          text=True, check=True)
+    for command in ("data", "sam", "embed", "classify", "umap", "info"):
+        assert command in proc.stdout
+
+
+def test_bad_override_exits_with_message(tmp_path, caplog):
+    assert main(["info", f"run_dir={tmp_path}", "cae.epoch=3"]) == 2
+    assert "epoch" in caplog.text
+
+
+def test_data_manifest_writes_provenance(tmp_path, caplog):
+    for cls in ("monocyte", "basophil"):
+        (tmp_path / "lab" / cls).mkdir(parents=True)
+        arr = np.full((20, 20, 3), 10 if cls == "monocyte" else 200, np.uint8)
+        Image.fromarray(arr).save(tmp_path / "lab" / cls / "1.png")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"),
+        "data": {"root": str(tmp_path), "sources": [
+            {"format": "class_folders", "path": str(tmp_path / "lab"), "domain": "lab"}]}}))
+    assert main(["data", "prepare", "-c", str(cfg), "seed=7"]) == 0
+    assert (tmp_path / "manifest.csv").is_file()
+    run = tmp_path / "run"
+    resolved = yaml.safe_load((run / "config.data.prepare.yaml").read_text())
+    assert resolved["seed"] == 7
+    versions = json.loads((run / "versions.data.prepare.json").read_text())
+    assert "torch" in versions["versions"]
+    assert "data signature" in (run / "dorl.log").read_text()
+
+
+def test_missing_manifest_is_reported(tmp_path, caplog):
+    code = main(["sam", "eval", f"run_dir={tmp_path}", f"data.manifest={tmp_path}/none.csv"])
+    assert code == 2 and "manifest not found" in caplog.text
