@@ -187,15 +187,27 @@ ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
 
 
 def read_source(source: dict) -> pd.DataFrame:
-    """Read one configured source ``{format, path, domain?, aliases?}`` into manifest rows."""
+    """Read one configured source ``{format, path, domain?, aliases?, group_by?}`` into rows.
+
+    ``group_by: dhash`` gives near-duplicate images (e.g. shifted crops of one cell, as in the
+    LISC crops) a shared ``group`` so they never land on both sides of a split.
+    """
     source = dict(source)
     fmt = source.pop("format", None)
+    group_by = source.pop("group_by", None)
     if fmt not in ADAPTERS:
         raise LayoutError(f"source {source}: unknown format {fmt!r}; choose one of {list(ADAPTERS)}")
     if "path" not in source:
         raise LayoutError(f"source {source}: needs a 'path'")
     path = source.pop("path")
-    return ADAPTERS[fmt](path, **source)
+    rows = ADAPTERS[fmt](path, **source)
+    if group_by == "dhash":
+        from dorl.near_duplicates import group_near_duplicates
+
+        rows["group"] = group_near_duplicates(rows["path"].tolist())
+    elif group_by is not None:
+        raise LayoutError(f"source {path}: unknown group_by {group_by!r}; use 'dhash' or leave it out")
+    return rows
 
 
 def build_manifest(sources: list[dict], space: str, out_path: str | Path,
@@ -218,6 +230,8 @@ def build_manifest(sources: list[dict], space: str, out_path: str | Path,
 
     df["path"] = df["path"].map(rel)
     df["mask_path"] = df["mask_path"].map(rel)
+    if "group" in df.columns:
+        df["group"] = [rel(g) if g and Path(g).is_absolute() else g for g in df["group"].fillna("")]
     df = finalize(df, space, base, val_fraction)
     df, report = deduplicate(df)
     validate(df, space, base, where=str(out_path))
