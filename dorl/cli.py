@@ -55,15 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
                                          "features.h5ad in run_dir"))
 
     cls = sub.add_parser("classify", help="stage 2: compare classifiers on stored embeddings")
-    cls_sub = cls.add_subparsers(dest="action", metavar="ACTION")
-    _common(cls_sub.add_parser("run", help="fit and score every classifier and protocol "
-                                           "(the default action)"))
+    cls_sub = cls.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _common(cls_sub.add_parser("run", help="fit and score every classifier and protocol"))
     pred = cls_sub.add_parser("predict", help="apply a saved model to a new feature file")
     pred.add_argument("--model", required=True, help="a .joblib model saved by `classify run`")
     pred.add_argument("--features", required=True, help="the .h5ad feature file to label")
     pred.add_argument("--out", required=True, help="CSV of predictions to write")
     _common(pred)
-    _common(cls)
 
     _common(sub.add_parser("umap", help="UMAP of embeddings by domain and by class (PNG + HTML)"))
     info = sub.add_parser("info", help="versions, device, checkpoints; --outputs lists a run's results")
@@ -94,8 +92,6 @@ def _prepare(args: argparse.Namespace, stage: str):
 def _run(args: argparse.Namespace) -> int:
     command = args.command
     action = getattr(args, "action", None)
-    if command == "classify" and action is None:
-        action = "run"
     stage = f"{command}.{action}" if action else command
     cfg = _prepare(args, stage)
     start = time.perf_counter()

@@ -49,8 +49,7 @@ class EncodedLabelClassifier(ClassifierMixin, BaseEstimator):
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
         if self.class_weight is not None:
-            weights = compute_sample_weight(self.class_weight, y)
-            sample_weight = weights if sample_weight is None else weights * sample_weight
+            sample_weight = _class_weighted(self.class_weight, y, sample_weight)
         fit_params = {} if sample_weight is None else {"sample_weight": sample_weight}
         self.estimator_ = clone(self.estimator).fit(X, encoder.transform(y), **fit_params)
         return self
@@ -67,6 +66,21 @@ class EncodedLabelClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
         return self.estimator_.predict_proba(X)
+
+
+def _class_weighted(class_weight, y: np.ndarray, sample_weight) -> np.ndarray:
+    """Return per-sample weights (n_samples,) = ``sample_weight`` x the weight of each label.
+
+    ``"balanced"`` gives class c the weight ``total / (n_classes * total_c)`` over the (weighted)
+    counts, so that repeating a sample and doubling its weight give the same model.
+    """
+    base = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+    if class_weight != "balanced":
+        return base * compute_sample_weight(class_weight, y)
+    classes, codes = np.unique(y, return_inverse=True)
+    totals = np.bincount(codes, weights=base, minlength=len(classes))
+    per_class = base.sum() / (len(classes) * np.where(totals > 0, totals, 1.0))
+    return base * per_class[codes]
 
 
 class DomainStandardScaler(TransformerMixin, BaseEstimator):
@@ -95,7 +109,7 @@ class DomainStandardScaler(TransformerMixin, BaseEstimator):
         self.with_std = with_std
 
     def fit(self, X, y=None, domains=None):
-        """Learn per-domain statistics of ``X`` (n_samples, n_features); ``domains`` (n_samples,)."""
+        """Learn per-domain stats of ``X`` (n_samples, n_features), ``domains`` (n_samples,)."""
         X = validate_data(self, X, dtype=np.float64)
         domains = self._domains(domains, len(X))
         self.domains_ = np.unique(domains)
@@ -114,7 +128,8 @@ class DomainStandardScaler(TransformerMixin, BaseEstimator):
         domains = self._domains(domains, len(X))
         unseen = sorted(set(np.unique(domains)) - set(self.domains_))
         if unseen:
-            raise ValueError(f"domains {unseen} were not seen in fit (seen: {list(self.domains_)})")
+            raise ValueError(f"domains {[str(d) for d in unseen]} were not seen in fit "
+                             f"(seen: {[str(d) for d in self.domains_]})")
         index = np.searchsorted(self.domains_, domains)
         return (X - self.mean_[index]) / self.scale_[index]
 

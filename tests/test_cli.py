@@ -46,3 +46,10 @@ def test_data_manifest_writes_provenance(tmp_path, caplog):
 def test_missing_manifest_is_reported(tmp_path, caplog):
     code = main(["sam", "eval", f"run_dir={tmp_path}", f"data.manifest={tmp_path}/none.csv"])
     assert code == 2 and "manifest not found" in caplog.text
+
+
+def test_overrides_reach_subcommands():
+    from dorl.cli import build_parser
+
+    args = build_parser().parse_args(["classify", "run", "-c", "x.yaml", "seed=1"])
+    assert args.overrides == ["seed=1"] and args.config == "x.yaml"

@@ -1,0 +1,363 @@
+"""Run the classify stage: fit every classifier on every protocol split, score, save, predict.
+
+Scoring policy (stated in every report):
+
+* cells labelled ``unknown`` (or unlabelled) are never trained or scored on; they are counted;
+* a class with fewer than ``classify.min_class_count`` cells in a target domain is left out of
+  that target's scores;
+* ``scope=shared`` scores only the classes that both the training cells and the target hold;
+  ``scope=full`` scores every (kept) target class, so classes the model never saw count as
+  misses, and ``ceiling_accuracy`` / ``ceiling_macro_f1`` state the best score reachable;
+* macro averages use an explicit label list and ``zero_division=0``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import joblib
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from omegaconf import OmegaConf
+from sklearn.base import clone
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from tqdm import tqdm
+
+from dorl import __version__
+from dorl.atomic import atomic_path
+from dorl.classifiers import build_classifier
+from dorl.estimators import DomainStandardScaler
+from dorl.featstore import FeatureFileError, read_features
+from dorl.protocols import Split, cap_train, has_groups, make_splits
+from dorl.provenance import sha256_file
+from dorl.reports import write_reports
+from dorl.taxonomy import UNKNOWN
+
+logger = logging.getLogger(__name__)
+
+#: Labels that mean "no usable label": never trained or scored on.
+UNLABELLED = (UNKNOWN, "")
+
+
+@dataclass
+class FeatureInput:
+    """One feature set of the comparison, restricted to labelled cells.
+
+    Attributes
+    ----------
+    name : str
+        The key in ``classify.features``.
+    path : Path
+    key : str
+        ``X`` or the ``obsm`` key the features come from.
+    X : ndarray of shape (n_labelled, n_features), float32
+    labels, domains : ndarray of shape (n_labelled,), str
+    groups : ndarray of shape (n_labelled,) or None
+        Near-duplicate groups, when some group holds several cells.
+    n_unknown : dict of str -> int
+        Cells left out per domain because they are ``unknown`` or unlabelled.
+    signature : dict
+        The file's ``uns/signature`` (empty when it has none).
+    """
+
+    name: str
+    path: Path
+    key: str
+    X: np.ndarray
+    labels: np.ndarray
+    domains: np.ndarray
+    groups: np.ndarray | None
+    n_unknown: dict[str, int] = field(default_factory=dict)
+    signature: dict[str, Any] = field(default_factory=dict)
+
+
+def load_input(name: str, path: str | Path, key: str = "X",
+               domain_standardize: bool = False) -> FeatureInput:
+    """Read one feature file and keep its labelled cells.
+
+    Parameters
+    ----------
+    name : str
+    path : str or Path
+    key : str, default="X"
+        ``X`` or an ``obsm`` key.
+    domain_standardize : bool, default=False
+        Standardise each domain with its own statistics over all its cells (labelled or not;
+        transductive, label-free), see :class:`~dorl.estimators.DomainStandardScaler`.
+    """
+    fs = read_features(path, obsm=key != "X")
+    X = fs.features(key)
+    if domain_standardize:
+        X = DomainStandardScaler().fit_transform(X, domains=fs.domains).astype(np.float32)
+    keep = ~np.isin(fs.labels, UNLABELLED)
+    if not keep.any():
+        raise FeatureFileError(f"{path}: no labelled cells (all are {UNLABELLED})")
+    dropped = pd.Series(fs.domains[~keep]).value_counts()
+    groups = fs.obs["group"].astype(str).to_numpy()[keep] if "group" in fs.obs else None
+    return FeatureInput(name, Path(path), key, X[keep], fs.labels[keep], fs.domains[keep],
+                        groups if has_groups(groups) else None,
+                        {str(d): int(n) for d, n in dropped.items()},
+                        dict(fs.uns.get("signature", {})))
+
+
+def kept_classes(labels: np.ndarray, min_count: int) -> list[str]:
+    """Classes of ``labels`` (a target domain's cells) with at least ``min_count`` cells."""
+    names, counts = np.unique(labels, return_counts=True)
+    return [str(n) for n, c in zip(names, counts) if c >= min_count]
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray, train_classes: Iterable[str],
+          target_classes: Iterable[str]) -> list[dict[str, Any]]:
+    """Score predictions on the ``shared`` and ``full`` class scopes.
+
+    Parameters
+    ----------
+    y_true, y_pred : ndarray of shape (n_test,), str
+    train_classes : iterable of str
+        Classes the model was trained on.
+    target_classes : iterable of str
+        Classes kept in the target (see :func:`kept_classes`).
+
+    Returns
+    -------
+    list of dict
+        Rows with keys ``scope, metric, label, value, n_test`` (``label`` is empty except for
+        per-class ``precision``, ``recall`` and ``f1``).
+    """
+    train = set(train_classes)
+    target = sorted(target_classes)
+    rows: list[dict[str, Any]] = []
+    for scope, labels in (("shared", [c for c in target if c in train]), ("full", target)):
+        mask = np.isin(y_true, labels)
+        if not labels or not mask.any():
+            continue
+        t, p = y_true[mask], y_pred[mask]
+        prec, rec, f1, _ = precision_recall_fscore_support(t, p, labels=labels, zero_division=0)
+        support = np.array([(t == c).sum() for c in labels])
+        present = support > 0
+        values = {
+            "macro_f1": f1[present].mean(),
+            "accuracy": accuracy_score(t, p),
+            "balanced_accuracy": rec[present].mean(),
+            "weighted_f1": float((f1 * support).sum() / support.sum()),
+        }
+        if scope == "full":
+            values["ceiling_accuracy"] = float(np.isin(t, list(train)).mean())
+            values["ceiling_macro_f1"] = float(np.isin(np.array(labels)[present],
+                                                       list(train)).mean())
+        rows += [{"scope": scope, "metric": m, "label": "", "value": float(v), "n_test": len(t)}
+                 for m, v in values.items()]
+        for name, per_class in (("precision", prec), ("recall", rec), ("f1", f1)):
+            rows += [{"scope": scope, "metric": name, "label": c, "value": float(v),
+                      "n_test": int(n)}
+                     for c, v, n in zip(labels, per_class, support) if n > 0]
+    return rows
+
+
+def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: bool):
+    """Fit a clone of ``model`` on ``split.train``; predict each evaluation's test cells.
+
+    The fitted model is returned only when ``keep_model`` (it can be large to send back).
+    """
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fitted = clone(model).fit(X[split.train], y[split.train])
+        fit_s = time.perf_counter() - start
+        tests = [e.test for e in split.evaluations]
+        flat = np.concatenate(tests) if tests else np.empty(0, dtype=int)
+        pred = fitted.predict(X[flat]) if len(flat) else np.empty(0, dtype=object)
+    preds = np.split(np.asarray(pred).astype(str), np.cumsum([len(t) for t in tests])[:-1])
+    messages = sorted({f"{w.category.__name__}: {str(w.message)[:160]}" for w in caught})
+    return (fitted if keep_model else None), preds, fit_s, \
+        time.perf_counter() - start - fit_s, messages
+
+
+@dataclass
+class _Task:
+    input: FeatureInput
+    classifier: str
+    seed: int
+    split: Split
+
+
+def _tasks(inputs: list[FeatureInput], cfg) -> list[_Task]:
+    c = cfg.classify
+    seeds = [int(s) for s in c.seeds]
+    tasks = []
+    for inp in inputs:
+        for seed in seeds:
+            max_train = None if c.max_train_cells is None else int(c.max_train_cells)
+            splits = list(make_splits(inp.labels, inp.domains, list(c.protocols),
+                                      int(c.n_folds), seed, inp.groups, max_train))
+            if c.save_models and seed == seeds[0]:
+                every = cap_train(np.arange(len(inp.labels)), inp.labels, max_train,
+                                  np.random.default_rng(seed))
+                splits.append(Split("all", 0, every, ()))
+            tasks += [_Task(inp, name, seed, s) for name in c.classifiers for s in splits]
+    return tasks
+
+
+def _save_model(path: Path, fitted, task: _Task) -> None:
+    inp = task.input
+    bundle = {
+        "model": fitted, "classifier": task.classifier, "classes": list(map(str, fitted.classes_)),
+        "feature_dim": int(inp.X.shape[1]), "feature_key": inp.key, "feature_set": inp.name,
+        "feature_file": str(inp.path), "feature_sha256": sha256_file(inp.path),
+        "feature_signature": inp.signature, "domains": sorted(set(inp.domains)),
+        "n_train": int(len(task.split.train)), "seed": task.seed, "dorl_version": __version__,
+    }
+    with atomic_path(path) as tmp:
+        joblib.dump(bundle, tmp)
+
+
+def run_classification(inputs: list[FeatureInput], cfg, out_dir: Path):
+    """Fit and score every (feature set, classifier, seed, split); save the final models.
+
+    Returns
+    -------
+    results : DataFrame
+        One row per feature set x classifier x protocol x source x target x fold x seed x scope
+        x metric (x label for per-class metrics).
+    confusions : dict
+        ``(feature_set, classifier, protocol, source, target) -> (labels, counts)``, counts of
+        shape (n_labels, n_labels) summed over folds and seeds (rows true, columns predicted).
+    timings : DataFrame
+        Fit and predict seconds per task.
+    """
+    c = cfg.classify
+    tasks = _tasks(inputs, cfg)
+    models = {(t.input.name, t.classifier, t.seed): build_classifier(
+        t.classifier, t.seed, (c.params or {}).get(t.classifier),
+        OmegaConf.to_container(c.custom, resolve=True)) for t in tasks}
+    logger.info("classify: %d fits (%d feature sets, %d classifiers, seeds %s, protocols %s) "
+                "on %d worker(s)", len(tasks), len(inputs), len(c.classifiers), list(c.seeds),
+                list(c.protocols), int(c.n_jobs))
+    jobs = (delayed(_fit_predict)(models[(t.input.name, t.classifier, t.seed)], t.input.X,
+                                  t.input.labels, t.split, not t.split.evaluations)
+            for t in tasks)
+    outputs = Parallel(n_jobs=int(c.n_jobs), return_as="generator")(jobs)
+    rows, confusions, timings, warned = [], {}, [], {}
+    for task, (fitted, preds, fit_s, pred_s, messages) in tqdm(
+            zip(tasks, outputs), total=len(tasks), desc="classify", unit="fit"):
+        inp, split = task.input, task.split
+        key = (inp.name, task.classifier)
+        timings.append({"feature_set": inp.name, "classifier": task.classifier,
+                        "source": split.source, "fold": split.fold, "seed": task.seed,
+                        "n_train": len(split.train), "fit_s": fit_s, "predict_s": pred_s})
+        if messages:
+            warned.setdefault(key, set()).update(messages)
+        if not split.evaluations:  # the final model on all labelled cells
+            _save_model(out_dir / "models" / f"{inp.name}__{task.classifier}.joblib", fitted, task)
+            continue
+        train_classes = set(inp.labels[split.train])
+        labels_all = sorted(set(inp.labels))
+        for ev, pred in zip(split.evaluations, preds):
+            truth = inp.labels[ev.test]
+            target = kept_classes(inp.labels[inp.domains == ev.target], int(c.min_class_count))
+            base = {"feature_set": inp.name, "classifier": task.classifier,
+                    "protocol": ev.protocol, "source": split.source, "target": ev.target,
+                    "fold": split.fold, "seed": task.seed}
+            rows += [{**base, **r} for r in score(truth, pred, train_classes, target)]
+            cm_key = (inp.name, task.classifier, ev.protocol, split.source, ev.target)
+            counts = confusion_matrix(truth, pred, labels=labels_all)
+            prev = confusions.get(cm_key, (labels_all, 0))[1]
+            confusions[cm_key] = (labels_all, prev + counts)
+    for (name, clf), messages in warned.items():
+        logger.warning("%s / %s: warnings during fitting: %s", name, clf, "; ".join(messages))
+    return pd.DataFrame(rows), confusions, pd.DataFrame(timings)
+
+
+def inputs_from_config(cfg) -> list[FeatureInput]:
+    """Load every feature set named in ``classify.features`` (with ``classify.obsm`` keys)."""
+    c = cfg.classify
+    features = OmegaConf.to_container(c.features, resolve=True)
+    obsm = OmegaConf.to_container(c.obsm, resolve=True) or {}
+    if not features:
+        raise FeatureFileError("classify.features is empty: name at least one feature file")
+    unknown = sorted(set(obsm) - set(features))
+    if unknown:
+        raise FeatureFileError(f"classify.obsm names {unknown}, which are not in "
+                               f"classify.features ({sorted(features)})")
+    return [load_input(name, path, obsm.get(name, "X"), bool(c.domain_standardize))
+            for name, path in features.items()]
+
+
+def classify_from_config(cfg) -> Path:
+    """Run the whole classify stage from the config and write ``classify.out_dir``.
+
+    Writes ``results.csv``, ``results.md``, ``summary.json``, confusion-matrix PNGs and (with
+    ``classify.save_models``) ``models/<feature_set>__<classifier>.joblib`` fitted on all
+    labelled cells (up to ``classify.max_train_cells``); logs the results table. Returns the
+    output folder.
+    """
+    out_dir = Path(cfg.classify.out_dir)
+    start = time.perf_counter()
+    inputs = inputs_from_config(cfg)
+    for inp in inputs:
+        logger.info("%s: %s[%s], %d labelled cells x %d features, domains %s, %d unknown left "
+                    "out%s", inp.name, inp.path, inp.key, *inp.X.shape, sorted(set(inp.domains)),
+                    sum(inp.n_unknown.values()),
+                    ", group-aware splits" if inp.groups is not None else "")
+    results, confusions, timings = run_classification(inputs, cfg, out_dir)
+    table = write_reports(out_dir, results, confusions, timings, inputs, cfg,
+                          time.perf_counter() - start)
+    logger.info("classification results (macro-F1, mean ± std over folds and seeds):\n%s", table)
+    return out_dir
+
+
+def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str | Path) -> Path:
+    """Label the cells of a feature file with a model saved by the classify stage.
+
+    Raises
+    ------
+    FeatureFileError
+        When the model file is unreadable, or the feature dimension or the label space of the
+        feature file does not match the model's.
+    """
+    model_path, features_path = Path(model_path), Path(features_path)
+    if not model_path.is_file():
+        raise FeatureFileError(f"model file not found: {model_path}")
+    try:
+        bundle = joblib.load(model_path)
+        model, classes, dim, key = (bundle["model"], bundle["classes"], bundle["feature_dim"],
+                                    bundle["feature_key"])
+    except Exception as exc:  # unpickling fails in many ways
+        raise FeatureFileError(f"{model_path}: not a dorl classify model ({exc})") from exc
+    fs = read_features(features_path, obsm=key != "X")
+    X = fs.features(key)
+    if X.shape[1] != dim:
+        raise FeatureFileError(f"{features_path}[{key}] has {X.shape[1]} features but model "
+                               f"{model_path} was trained on {dim} (from {bundle['feature_file']})")
+    foreign = sorted(set(fs.labels) - set(classes) - set(UNLABELLED))
+    if foreign:
+        raise FeatureFileError(f"{features_path} holds labels {foreign} outside the label space "
+                               f"of model {model_path}: {classes}")
+    signature = dict(fs.uns.get("signature", {}))
+    changed = sorted(k for k in set(signature) | set(bundle["feature_signature"])
+                     if signature.get(k) != bundle["feature_signature"].get(k))
+    if changed:
+        logger.warning("%s differs from the model's training features in signature keys %s",
+                       features_path, changed)
+    out = pd.DataFrame({"cell_id": fs.obs.index.astype(str), "domain": fs.domains,
+                        "label": fs.labels, "predicted": np.asarray(model.predict(X)).astype(str)})
+    if "path" in fs.obs:
+        out.insert(1, "path", fs.obs["path"].astype(str).to_numpy())
+    if hasattr(model, "predict_proba"):
+        proba = model.predict_proba(X)
+        for i, name in enumerate(classes):
+            out[f"p_{name}"] = proba[:, i]
+    with atomic_path(out_csv) as tmp:
+        out.to_csv(tmp, index=False)
+    labelled = ~np.isin(out["label"], UNLABELLED)
+    if labelled.any():
+        logger.info("%s: accuracy %.3f on %d labelled cells", out_csv,
+                    (out["label"] == out["predicted"])[labelled].mean(), labelled.sum())
+    logger.info("predictions for %d cells written to %s", len(out), out_csv)
+    return Path(out_csv)

@@ -1,0 +1,266 @@
+"""Classify-stage reports: ``results.csv``, ``results.md``, ``summary.json``, confusion PNGs.
+
+``results.md`` follows the papers' layout (one column per source -> target pair, the diagonal
+being in-domain), but keeps the in-domain mean and the cross-domain mean in separate columns,
+reports macro-F1 on shared classes as the headline, and states the full-label-space ceiling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from dorl.atomic import atomic_path, write_text_atomic
+from dorl.classifiers import display_name
+from dorl.provenance import package_versions, utc_now
+
+if TYPE_CHECKING:
+    from dorl.evaluation import FeatureInput
+
+logger = logging.getLogger(__name__)
+
+_CELL = ["feature_set", "classifier", "protocol", "source", "target", "scope", "metric"]
+
+
+def cell_stats(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over folds and seeds of every overall (not per-class) metric.
+
+    Returns a DataFrame indexed by ``feature_set, classifier, protocol, source, target, scope,
+    metric`` with columns ``mean, std, n`` (n = folds x seeds).
+    """
+    overall = results[results["label"] == ""]
+    return overall.groupby(_CELL, sort=False)["value"].agg(["mean", "std", "count"]) \
+        .rename(columns={"count": "n"}).fillna({"std": 0.0})
+
+
+def pooled_mean(results: pd.DataFrame, protocols: tuple[str, ...], scope: str,
+                metric: str) -> pd.DataFrame:
+    """Mean over the (source, target) pairs of ``protocols``, per feature set and classifier.
+
+    The pairs' fold-and-seed means are averaged; ``std`` is the spread over (fold, seed) of the
+    pair-averaged score. Returns columns ``feature_set, classifier, mean, std``.
+    """
+    sel = results[results["protocol"].isin(protocols) & (results["scope"] == scope)
+                  & (results["metric"] == metric) & (results["label"] == "")]
+    if sel.empty:
+        return pd.DataFrame(columns=["feature_set", "classifier", "mean", "std"])
+    keys = ["feature_set", "classifier"]
+    pair = sel.groupby(keys + ["source", "target"], sort=False)["value"].mean()
+    mean = pair.groupby(level=keys, sort=False).mean().rename("mean")
+    spread = sel.groupby(keys + ["fold", "seed"], sort=False)["value"].mean() \
+        .groupby(level=keys, sort=False).std().fillna(0.0).rename("std")
+    return pd.concat([mean, spread], axis=1).reset_index()
+
+
+def _fmt(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def _pair_columns(stats: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(protocol, source, target) of every table column, sources then targets sorted."""
+    idx = stats.index.to_frame(index=False)
+    pairs = idx[idx["protocol"].isin(["in_domain", "source_target"])]
+    pairs = pairs[["protocol", "source", "target"]].drop_duplicates()
+    return sorted(map(tuple, pairs.to_numpy()), key=lambda p: (p[1], p[2]))
+
+
+def pair_table(results: pd.DataFrame, scope: str, metric: str) -> str:
+    """Markdown table: rows feature set x classifier, columns source -> target, then means."""
+    stats = cell_stats(results)
+    columns = _pair_columns(stats)
+    cross = pooled_mean(results, ("source_target",), scope, metric)
+    within = pooled_mean(results, ("in_domain",), scope, metric)
+    header = (["features", "classifier"] + [f"{s} → {t}" for _, s, t in columns]
+              + ["in-domain mean", "**cross-domain mean**"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    models = results[["feature_set", "classifier"]].drop_duplicates().to_numpy()
+    for fs, clf in models:
+        cells = [fs, display_name(clf)]
+        for protocol, source, target in columns:
+            key = (fs, clf, protocol, source, target, scope, metric)
+            cells.append(_fmt(*stats.loc[key, ["mean", "std"]]) if key in stats.index else "–")
+        for pooled, bold in ((within, False), (cross, True)):
+            row = pooled[(pooled["feature_set"] == fs) & (pooled["classifier"] == clf)]
+            text = _fmt(row["mean"].iloc[0], row["std"].iloc[0]) if len(row) else "–"
+            cells.append(f"**{text}**" if bold and len(row) else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def lodo_table(results: pd.DataFrame) -> str:
+    """Markdown table of leave-one-domain-out macro-F1 (shared and full) per held-out domain."""
+    stats = cell_stats(results)
+    idx = stats.index.to_frame(index=False)
+    targets = sorted(idx.loc[idx["protocol"] == "lodo", "target"].unique())
+    header = ["features", "classifier"] + [f"held out {t}" for t in targets] + ["mean"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for scope in ("shared", "full"):
+        pooled = pooled_mean(results, ("lodo",), scope, "macro_f1")
+        for fs, clf, mean, std in pooled.to_numpy():
+            cells = [fs, f"{display_name(clf)} ({scope})"]
+            for t in targets:
+                sub = stats[(idx["feature_set"].eq(fs) & idx["classifier"].eq(clf)
+                             & idx["protocol"].eq("lodo") & idx["target"].eq(t)
+                             & idx["scope"].eq(scope) & idx["metric"].eq("macro_f1")).to_numpy()]
+                cells.append(_fmt(*sub[["mean", "std"]].iloc[0]) if len(sub) else "–")
+            lines.append("| " + " | ".join(cells + [_fmt(mean, std)]) + " |")
+    return "\n".join(lines)
+
+
+def _ceilings(results: pd.DataFrame) -> pd.DataFrame:
+    """Full-scope ceilings per feature set, protocol, source and target (mean over folds)."""
+    sel = results[(results["scope"] == "full")
+                  & results["metric"].isin(["ceiling_accuracy", "ceiling_macro_f1"])]
+    return sel.pivot_table(index=["feature_set", "protocol", "source", "target"],
+                           columns="metric", values="value", aggfunc="mean").reset_index()
+
+
+def _dropped_classes(inputs: list["FeatureInput"], min_count: int) -> dict[str, dict[str, list]]:
+    out: dict[str, dict[str, list]] = {}
+    for inp in inputs:
+        for domain in sorted(set(inp.domains)):
+            names, counts = np.unique(inp.labels[inp.domains == domain], return_counts=True)
+            small = [f"{n} ({c})" for n, c in zip(names, counts) if c < min_count]
+            if small:
+                out.setdefault(inp.name, {})[domain] = small
+    return out
+
+
+def markdown_report(results: pd.DataFrame, inputs: list["FeatureInput"], cfg) -> str:
+    """Return the whole ``results.md`` text."""
+    c = cfg.classify
+    parts = ["# Classification results", "",
+             f"Folds: {c.n_folds} (stratified on each source domain), seeds: {list(c.seeds)}; "
+             "cells are mean ± std (%) over folds and seeds. Rows `a → a` are in-domain "
+             "(held-out source fold); `a → b` are cross-domain (the same fold models, scored on "
+             "all of domain b). The cross-domain mean leaves the in-domain cells out.", "",
+             f"Cells labelled unknown are never trained or scored on; classes with fewer than "
+             f"{c.min_class_count} cells in a target are left out of that target's scores. "
+             f"Training sets are capped at {c.max_train_cells} cells (class-stratified "
+             f"subsample); test sets are complete.", ""]
+    for inp in inputs:
+        parts.append(f"* `{inp.name}`: {inp.path} [{inp.key}], {len(inp.labels)} labelled cells "
+                     f"x {inp.X.shape[1]} features; unknown left out per domain: "
+                     f"{inp.n_unknown or 0}"
+                     + ("; splits are group-aware" if inp.groups is not None else ""))
+    for fs, per_domain in _dropped_classes(inputs, int(c.min_class_count)).items():
+        parts.append(f"* `{fs}`: classes left out of a target's score: {per_domain}")
+    if results["protocol"].isin(["in_domain", "source_target"]).any():
+        parts += ["", "## Macro-F1, classes shared by source and target (headline)", "",
+                  pair_table(results, "shared", "macro_f1"),
+                  "", "## Macro-F1, full target label space", "",
+                  "Classes absent from the source count as misses; see the ceilings below.", "",
+                  pair_table(results, "full", "macro_f1"),
+                  "", "## Accuracy, shared classes (the papers' metric)", "",
+                  pair_table(results, "shared", "accuracy")]
+    if (results["protocol"] == "lodo").any():
+        parts += ["", "## Leave one domain out, macro-F1", "", lodo_table(results)]
+    ceilings = _ceilings(results)
+    limited = ceilings[(ceilings["ceiling_macro_f1"] < 1) | (ceilings["ceiling_accuracy"] < 1)]
+    if len(limited):
+        parts += ["", "## Ceilings on the full label space (classes missing from training)", "",
+                  "| features | protocol | source → target | max accuracy | max macro-F1 |",
+                  "|---|---|---|---|---|"]
+        parts += [f"| {r.feature_set} | {r.protocol} | {r.source} → {r.target} | "
+                  f"{100 * r.ceiling_accuracy:.1f} | {100 * r.ceiling_macro_f1:.1f} |"
+                  for r in limited.itertuples()]
+    return "\n".join(parts) + "\n"
+
+
+def _summary(results, confusions, timings, inputs, cfg, elapsed_s) -> dict[str, Any]:
+    stats = cell_stats(results).reset_index()
+    headline = {}
+    for scope in ("shared", "full"):
+        for name, protocols in (("cross_domain", ("source_target",)), ("in_domain", ("in_domain",)),
+                                ("lodo", ("lodo",))):
+            for row in pooled_mean(results, protocols, scope, "macro_f1").itertuples():
+                headline.setdefault(f"{row.feature_set}/{row.classifier}", {})[
+                    f"{name}_macro_f1_{scope}"] = {"mean": row.mean, "std": row.std}
+    return {
+        "created_utc": utc_now(), "elapsed_s": round(elapsed_s, 2), "versions": package_versions(),
+        "config": OmegaConf.to_container(cfg.classify, resolve=True), "seed": int(cfg.seed),
+        "feature_sets": {inp.name: {"path": str(inp.path), "key": inp.key,
+                                    "n_labelled": int(len(inp.labels)),
+                                    "n_features": int(inp.X.shape[1]),
+                                    "unknown_left_out": inp.n_unknown,
+                                    "group_aware": inp.groups is not None,
+                                    "signature": inp.signature,
+                                    "class_counts": pd.crosstab(inp.domains, inp.labels)
+                                    .to_dict(orient="index")}
+                         for inp in inputs},
+        "headline": headline,
+        "cells": stats.to_dict(orient="records"),
+        "confusion_matrices": [{"feature_set": k[0], "classifier": k[1], "protocol": k[2],
+                                "source": k[3], "target": k[4], "labels": labels,
+                                "counts": np.asarray(counts).tolist()}
+                               for k, (labels, counts) in confusions.items()],
+        "seconds": timings.groupby(["feature_set", "classifier"])[["fit_s", "predict_s"]].sum()
+        .round(2).reset_index().to_dict(orient="records") if len(timings) else [],
+    }
+
+
+def plot_confusions(out_dir: Path, confusions: dict) -> list[Path]:
+    """One PNG per feature set x classifier x protocol, one panel per source -> target pair.
+
+    Colours are row-normalised (recall per true class); numbers are counts over folds and seeds.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple, list] = {}
+    for (fs, clf, protocol, source, target), value in confusions.items():
+        groups.setdefault((fs, clf, protocol), []).append((source, target, value))
+    paths = []
+    for (fs, clf, protocol), panels in groups.items():
+        panels.sort(key=lambda p: (p[0], p[1]))
+        n_labels = len(panels[0][2][0])
+        size = 1.2 + 0.45 * n_labels
+        fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.8),
+                                 squeeze=False, layout="constrained")
+        for ax, (source, target, (labels, counts)) in zip(axes[0], panels):
+            counts = np.asarray(counts)
+            rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+            ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+            for (i, j), n in np.ndenumerate(counts):
+                if n:
+                    ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(labels)), labels, fontsize=7)
+            ax.set_title(f"{source} → {target}", fontsize=8)
+            ax.set_xlabel("predicted", fontsize=7)
+        axes[0][0].set_ylabel("true", fontsize=7)
+        fig.suptitle(f"{fs} / {display_name(clf)} / {protocol}", fontsize=9)
+        path = out_dir / "confusion" / f"{fs}__{clf}__{protocol}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_reports(out_dir: str | Path, results: pd.DataFrame, confusions: dict,
+                  timings: pd.DataFrame, inputs: list["FeatureInput"], cfg,
+                  elapsed_s: float) -> str:
+    """Write every classify report into ``out_dir``; return the headline table (markdown)."""
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "results.csv") as tmp:
+        results.to_csv(tmp, index=False, float_format="%.6g")
+    report = markdown_report(results, inputs, cfg)
+    write_text_atomic(out_dir / "results.md", report)
+    summary = _summary(results, confusions, timings, inputs, cfg, elapsed_s)
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, default=str))
+    pngs = plot_confusions(out_dir, confusions)
+    logger.info("wrote %s (results.csv, results.md, summary.json, %d confusion PNGs)", out_dir,
+                len(pngs))
+    if results["protocol"].isin(["in_domain", "source_target"]).any():
+        return pair_table(results, "shared", "macro_f1")
+    return lodo_table(results)

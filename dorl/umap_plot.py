@@ -1,0 +1,158 @@
+"""UMAP of the embeddings, coloured by domain and by class side by side (PNG + offline HTML).
+
+Well-aligned embeddings mix the domains (left panel) while keeping classes apart (right panel).
+The map is fitted on all cells, or on the source domains only and then applied to the rest (so
+the target domains do not shape it). It is seeded (``random_state`` = the run seed, which makes
+UMAP single-threaded and reproducible) and its coordinates go back into the feature file as
+``obsm["X_umap"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from dorl.atomic import atomic_path
+from dorl.featstore import FeatureFileError, add_obsm, read_features
+from dorl.taxonomy import UNKNOWN
+
+logger = logging.getLogger(__name__)
+
+_UNKNOWN_COLOUR = "#b0b0b0"
+
+
+def fit_umap(X: np.ndarray, domains: np.ndarray, seed: int, n_neighbors: int = 15,
+             min_dist: float = 0.1, fit_on: str = "all",
+             source_domains: Sequence[str] = ()) -> np.ndarray:
+    """Return 2-D UMAP coordinates of shape (n_cells, 2).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_cells, n_features)
+    domains : ndarray of shape (n_cells,), str
+    seed : int
+        UMAP ``random_state``.
+    n_neighbors, min_dist : UMAP parameters.
+    fit_on : {"all", "source"}
+        ``source``: fit on the cells of ``source_domains`` only, then transform the rest.
+    source_domains : sequence of str
+    """
+    import umap
+
+    if fit_on not in ("all", "source"):
+        raise ValueError(f"umap.fit_on must be 'all' or 'source', got {fit_on!r}")
+    fit_mask = np.ones(len(X), dtype=bool)
+    if fit_on == "source":
+        missing = sorted(set(source_domains) - set(domains))
+        if not source_domains or missing:
+            raise ValueError(f"umap.fit_on=source needs umap.source_domains from "
+                             f"{sorted(set(domains))}; got {list(source_domains)}")
+        fit_mask = np.isin(domains, list(source_domains))
+    if fit_mask.sum() <= n_neighbors:
+        raise ValueError(f"UMAP needs more than n_neighbors={n_neighbors} cells to fit on, "
+                         f"got {fit_mask.sum()}")
+    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1)
+    coords = np.empty((len(X), 2), dtype=np.float32)
+    coords[fit_mask] = reducer.fit_transform(X[fit_mask])
+    if not fit_mask.all():
+        coords[~fit_mask] = reducer.transform(X[~fit_mask])
+    return coords
+
+
+def colour_map(values: Sequence[str]) -> dict[str, str]:
+    """Fixed colours for the sorted distinct values; ``unknown`` is always grey."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    names = sorted(set(map(str, values)) - {UNKNOWN})
+    palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    colours = {n: to_hex(palette(i % palette.N)) for i, n in enumerate(names)}
+    if UNKNOWN in set(map(str, values)):
+        colours[UNKNOWN] = _UNKNOWN_COLOUR
+    return colours
+
+
+def plot_png(coords: np.ndarray, domains: np.ndarray, labels: np.ndarray, path: Path,
+             title: str) -> Path:
+    """Two scatter panels (by domain, by class) of ``coords`` (n_cells, 2), legends outside."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
+    size = max(1.0, 100 / np.sqrt(len(coords)))
+    for ax, values, name in ((axes[0], domains, "domain"), (axes[1], labels, "class")):
+        colours = colour_map(values)
+        order = np.random.default_rng(0).permutation(len(coords))  # no domain drawn on top
+        ax.scatter(coords[order, 0], coords[order, 1], s=size, linewidths=0,
+                   c=[colours[str(v)] for v in values[order]])
+        handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=n)
+                   for n, c in colours.items()]
+        ax.legend(handles=handles, title=name, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                  frameon=False, fontsize=8)
+        ax.set_title(f"by {name}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_html(coords: np.ndarray, obs: pd.DataFrame, path: Path, title: str) -> Path:
+    """Self-contained interactive HTML (plotly.js embedded): hover shows path, domain, label."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    domains = obs["domain"].astype(str).to_numpy()
+    labels = obs["label"].astype(str).to_numpy()
+    paths = obs["path"].astype(str).to_numpy() if "path" in obs else obs.index.astype(str)
+    hover = [f"{p}<br>domain: {d}<br>label: {lab}" for p, d, lab in zip(paths, domains, labels)]
+    hover = np.array(hover, dtype=object)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("by domain", "by class"))
+    for col, values in ((1, domains), (2, labels)):
+        for name, colour in colour_map(values).items():
+            mask = values == name
+            fig.add_trace(go.Scattergl(
+                x=coords[mask, 0], y=coords[mask, 1], mode="markers", name=name,
+                legendgroup=f"col{col}", marker={"size": 4, "color": colour},
+                text=hover[mask], hovertemplate="%{text}<extra></extra>"), row=1, col=col)
+    fig.update_layout(title=title, template="plotly_white", width=1300, height=600)
+    with atomic_path(path) as tmp:
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+    return path
+
+
+def umap_from_config(cfg) -> Path:
+    """Fit UMAP on ``umap.features`` and write ``umap.png`` and ``umap.html`` to ``umap.out_dir``.
+
+    With ``umap.store_coords`` the coordinates are stored as ``obsm["X_umap"]`` in the feature
+    file. Returns the output folder.
+    """
+    u = cfg.umap
+    path, out_dir = Path(u.features), Path(u.out_dir)
+    fs = read_features(path, obsm=u.obsm != "X")
+    X = fs.features(u.obsm)
+    logger.info("UMAP of %s[%s]: %d cells x %d features (fit on %s; the first call in a process "
+                "compiles numba code, about a minute)", path, u.obsm, *X.shape, u.fit_on)
+    try:
+        coords = fit_umap(X, fs.domains, int(cfg.seed), int(u.n_neighbors), float(u.min_dist),
+                          str(u.fit_on), list(u.source_domains))
+    except ValueError as exc:
+        raise FeatureFileError(f"{path}: {exc}") from exc
+    fitted = "all cells" if u.fit_on == "all" else f"fit on {', '.join(u.source_domains)}"
+    title = f"UMAP of {path.name} [{u.obsm}] ({fitted}; n_neighbors={u.n_neighbors}, " \
+            f"min_dist={u.min_dist}, seed={cfg.seed})"
+    plot_png(coords, fs.domains, fs.labels, out_dir / "umap.png", title)
+    plot_html(coords, fs.obs, out_dir / "umap.html", title)
+    if u.store_coords:
+        add_obsm(path, "X_umap", coords)
+        logger.info("UMAP coordinates stored in %s as obsm['X_umap']", path)
+    logger.info("UMAP plots written to %s (umap.png, umap.html)", out_dir)
+    return out_dir

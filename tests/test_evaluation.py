@@ -1,0 +1,216 @@
+"""The classify stage end to end on synthetic feature files with domain shifts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+from dorl.config import load_config
+from dorl.evaluation import (classify_from_config, kept_classes, load_input, predict_file,
+                             run_classification, score)
+from dorl.featstore import FeatureFileError, FeatureSet, read_features, write_features
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
+
+
+def synthetic_features(path, n_per_domain=120, dim=12, domains=("lab_a", "lab_b", "lab_c"),
+                       seed=0, missing=None, n_unknown=0, groups=False, obsm=False):
+    """Write a feature file: class blobs, shifted and scaled per domain.
+
+    ``missing`` maps a domain to classes it lacks; ``n_unknown`` cells per domain are labelled
+    ``unknown``; with ``groups`` every pair of consecutive cells shares a group.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (len(CLASSES), dim))
+    weights = np.array([0.4, 0.25, 0.15, 0.12, 0.08])
+    X, labels, doms = [], [], []
+    for d, domain in enumerate(domains):
+        allowed = [c for c in CLASSES if c not in (missing or {}).get(domain, ())]
+        p = np.array([weights[CLASSES.index(c)] for c in allowed])
+        y = rng.choice(allowed, size=n_per_domain, p=p / p.sum())
+        shift, scale = rng.normal(0, 1.0, dim), 1 + 0.2 * d
+        noise = rng.normal(0, 1, (n_per_domain, dim))
+        X.append(scale * (centres[[CLASSES.index(c) for c in y]] + noise) + shift)
+        y = y.astype(object)
+        y[:n_unknown] = "unknown"
+        labels += list(y)
+        doms += [domain] * n_per_domain
+    X = np.concatenate(X).astype(np.float32)
+    n = len(X)
+    obs = pd.DataFrame({"path": [f"img/{i}.png" for i in range(n)], "domain": doms,
+                        "label": labels,
+                        "group": [f"g{i // 2}" for i in range(n)] if groups
+                        else [f"img/{i}.png" for i in range(n)]},
+                       index=[f"c{i}" for i in range(n)])
+    extra = {"X_raw": np.concatenate([X, X ** 2], axis=1)} if obsm else {}
+    return write_features(path, FeatureSet(X, obs, extra, {"signature": {"data": "synthetic"}}))
+
+
+@pytest.fixture
+def cfg(tiny_cfg, tmp_path):
+    path = synthetic_features(tmp_path / "features.h5ad", n_unknown=4, obsm=True)
+    tiny_cfg.classify.features = {"dorl": str(path)}
+    tiny_cfg.classify.n_jobs = 1
+    return tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def classified(tmp_path_factory):
+    """One full classify run (tiny_cfg's classify settings), shared by the tests that read it."""
+    tmp = tmp_path_factory.mktemp("classified")
+    path = synthetic_features(tmp / "features.h5ad", n_unknown=4)
+    cfg = load_config(REPO / "configs" / "default.yaml", [
+        f"run_dir={tmp / 'run'}", "classify.n_folds=2", "classify.classifiers=[logreg,knn]",
+        "classify.n_jobs=1", f"classify.features.dorl={path}"])
+    return classify_from_config(cfg)
+
+
+def test_score_separates_shared_and_full_scopes_and_states_the_ceiling():
+    truth = np.array(["a"] * 4 + ["b"] * 4 + ["c"] * 2)
+    pred = np.array(["a"] * 4 + ["b", "b", "a", "a"] + ["a", "b"])
+    rows = pd.DataFrame(score(truth, pred, train_classes={"a", "b"}, target_classes=["a", "b",
+                                                                                      "c"]))
+    overall = rows[rows["label"] == ""].set_index(["scope", "metric"])["value"]
+    assert overall["shared", "accuracy"] == pytest.approx(6 / 8)
+    assert overall["full", "accuracy"] == pytest.approx(6 / 10)
+    assert overall["full", "ceiling_accuracy"] == pytest.approx(8 / 10)
+    assert overall["full", "ceiling_macro_f1"] == pytest.approx(2 / 3)
+    f1_a, f1_b = 2 * 4 / (2 * 4 + 2 + 0), 2 * 2 / (2 * 2 + 0 + 2)
+    assert overall["shared", "macro_f1"] == pytest.approx((f1_a + f1_b) / 2)
+    f1_a_full = 2 * 4 / (2 * 4 + 3)
+    f1_b_full = 2 * 2 / (2 * 2 + 1 + 2)
+    assert overall["full", "macro_f1"] == pytest.approx((f1_a_full + f1_b_full + 0) / 3)
+    assert set(rows.loc[rows["label"] != "", "label"]) == {"a", "b", "c"}
+
+
+def test_kept_classes_drops_rare_classes():
+    assert kept_classes(np.array(["a"] * 5 + ["b"] * 4), 5) == ["a"]
+
+
+def test_unknown_cells_are_left_out_and_counted(tmp_path):
+    path = synthetic_features(tmp_path / "f.h5ad", n_per_domain=30, n_unknown=3)
+    inp = load_input("x", path)
+    assert "unknown" not in set(inp.labels)
+    assert inp.n_unknown == {"lab_a": 3, "lab_b": 3, "lab_c": 3}
+    assert len(inp.labels) == 81
+
+
+def test_classify_writes_every_report(classified):
+    out = classified
+    results = pd.read_csv(out / "results.csv", keep_default_na=False)
+    assert {"feature_set", "classifier", "protocol", "source", "target", "fold", "seed", "scope",
+            "metric", "label", "value"} <= set(results.columns)
+    assert set(results["protocol"]) == {"source_target", "in_domain", "lodo"}
+    assert set(results["classifier"]) == {"logreg", "knn"}
+    st = results[results["protocol"] == "source_target"]
+    assert (st["source"] != st["target"]).all()
+    assert len(st[["source", "target"]].drop_duplicates()) == 6
+    indom = results[(results["protocol"] == "in_domain") & (results["metric"] == "macro_f1")
+                    & (results["scope"] == "shared")]
+    assert indom["value"].mean() > 0.7  # well-separated blobs
+    assert set(indom["fold"]) == {0, 1}
+    md = (out / "results.md").read_text()
+    assert "cross-domain mean" in md and "lab_a → lab_b" in md and "held out lab_c" in md
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["feature_sets"]["dorl"]["unknown_left_out"] == {"lab_a": 4, "lab_b": 4,
+                                                                   "lab_c": 4}
+    assert "dorl/logreg" in summary["headline"]
+    assert len(list((out / "confusion").glob("*.png"))) == 2 * 3
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["dorl__knn.joblib",
+                                                                  "dorl__logreg.joblib"]
+
+
+def test_same_seed_gives_identical_results_in_parallel(cfg, tmp_path):
+    inp = load_input("x", synthetic_features(tmp_path / "s.h5ad", n_per_domain=60))
+    cfg.classify.classifiers = ["mlp"]
+    cfg.classify.protocols = ["lodo"]
+    first = run_classification([inp], cfg, tmp_path / "one")[0]
+    cfg.classify.n_jobs = 2
+    second = run_classification([inp], cfg, tmp_path / "two")[0]
+    pd.testing.assert_frame_equal(first, second)
+    cfg.classify.seeds = [1]
+    third = run_classification([inp], cfg, tmp_path / "three")[0]
+    assert not np.allclose(first["value"], third["value"])
+
+
+def test_several_feature_sets_and_obsm_in_one_table(cfg):
+    path = cfg.classify.features.dorl
+    cfg.classify.features = {"dorl": path, "raw": path}
+    cfg.classify.obsm = {"raw": "X_raw"}
+    cfg.classify.protocols = ["source_target"]
+    cfg.classify.save_models = False
+    cfg.classify.classifiers = ["knn"]
+    out = classify_from_config(cfg)
+    assert set(pd.read_csv(out / "results.csv")["feature_set"]) == {"dorl", "raw"}
+    table = (out / "results.md").read_text()
+    assert "| raw | KNN |" in table and "| dorl | KNN |" in table
+
+
+def test_missing_source_class_lowers_the_full_scope_ceiling(tmp_path, cfg):
+    path = synthetic_features(tmp_path / "m.h5ad", missing={"lab_a": ("monocyte",)})
+    inp = load_input("m", path)
+    cfg.classify.protocols = ["source_target"]
+    results, _, _ = run_classification([inp], cfg, tmp_path / "out")
+    ceiling = results[(results["metric"] == "ceiling_macro_f1") & (results["source"] == "lab_a")]
+    assert ceiling["value"].max() == pytest.approx(4 / 5)
+    from_b = results[(results["metric"] == "ceiling_macro_f1") & (results["source"] == "lab_b")]
+    assert from_b["value"].min() == pytest.approx(1.0)
+    shared_labels = results[(results["source"] == "lab_a") & (results["scope"] == "shared")
+                            & (results["label"] != "")]["label"]
+    assert "monocyte" not in set(shared_labels)
+
+
+def test_group_aware_splits_never_share_a_group(tmp_path, cfg, monkeypatch):
+    from dorl import evaluation
+
+    path = synthetic_features(tmp_path / "g.h5ad", n_per_domain=40, groups=True)
+    inp = load_input("g", path)
+    assert inp.groups is not None
+    seen = []
+    real = evaluation._fit_predict
+
+    def spy(model, X, y, split, keep_model):
+        for ev in split.evaluations:
+            seen.append(set(inp.groups[split.train]) & set(inp.groups[ev.test]))
+        return real(model, X, y, split, keep_model)
+
+    monkeypatch.setattr(evaluation, "_fit_predict", spy)
+    run_classification([inp], cfg, tmp_path / "out")
+    assert seen and not any(seen)
+
+
+def test_predict_file_applies_a_saved_model(classified, tmp_path):
+    model = classified / "models" / "dorl__logreg.joblib"
+    bundle = joblib.load(model)
+    assert bundle["feature_dim"] == 12 and bundle["classes"] == sorted(CLASSES)
+    assert bundle["feature_signature"] == {"data": "synthetic"}
+    new = synthetic_features(tmp_path / "new.h5ad", n_per_domain=40, seed=0)
+    csv = predict_file(model, new, tmp_path / "pred.csv")
+    pred = pd.read_csv(csv)
+    assert len(pred) == 120 and {"cell_id", "path", "predicted", "p_basophil"} <= set(pred.columns)
+    assert (pred["label"] == pred["predicted"]).mean() > 0.6
+
+
+def test_predict_file_refuses_wrong_dimension_and_labels(classified, tmp_path):
+    model = classified / "models" / "dorl__knn.joblib"
+    wrong_dim = synthetic_features(tmp_path / "d.h5ad", n_per_domain=20, dim=7)
+    with pytest.raises(FeatureFileError, match="has 7 features but model"):
+        predict_file(model, wrong_dim, tmp_path / "p.csv")
+    fs = read_features(synthetic_features(tmp_path / "l.h5ad", n_per_domain=20))
+    fs.obs["label"] = fs.obs["label"].astype(str).replace("basophil", "blast")
+    relabelled = write_features(tmp_path / "l2.h5ad", fs)
+    with pytest.raises(FeatureFileError, match=r"labels \['blast'\] outside the label space"):
+        predict_file(model, relabelled, tmp_path / "p.csv")
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_config_errors_name_the_problem(cfg):
+    cfg.classify.obsm = {"other": "X_raw"}
+    with pytest.raises(FeatureFileError, match=r"classify.obsm names \['other'\]"):
+        classify_from_config(cfg)

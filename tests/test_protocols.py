@@ -1,0 +1,87 @@
+"""Protocol splits: pairs, shared fold models, group separation and the training cap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dorl.protocols import ProtocolError, cap_train, has_groups, make_splits
+
+
+def cells(n_per_domain=30, domains=("a", "b", "c")):
+    labels = np.tile(np.repeat(["x", "y", "z"], n_per_domain // 3), len(domains))
+    return labels, np.repeat(domains, n_per_domain)
+
+
+def test_source_target_and_in_domain_share_fold_models():
+    labels, domains = cells()
+    splits = list(make_splits(labels, domains, ["source_target", "in_domain"], 3, seed=0))
+    assert len(splits) == 3 * 3  # one fit per source fold, not two
+    for split in splits:
+        assert set(domains[split.train]) == {split.source}
+        kinds = {(e.protocol, e.target) for e in split.evaluations}
+        others = {("source_target", t) for t in "abc" if t != split.source}
+        assert kinds == {("in_domain", split.source)} | others
+        held_out = next(e.test for e in split.evaluations if e.protocol == "in_domain")
+        assert not set(held_out) & set(split.train)
+        for e in split.evaluations:
+            if e.protocol == "source_target":
+                assert len(e.test) == 30  # the whole target domain
+    for source in "abc":
+        folds = [next(e.test for e in s.evaluations if e.protocol == "in_domain")
+                 for s in splits if s.source == source]
+        assert sorted(np.concatenate(folds)) == list(np.flatnonzero(domains == source))
+
+
+def test_in_domain_alone_and_lodo():
+    labels, domains = cells()
+    only = list(make_splits(labels, domains, ["in_domain"], 2, seed=0))
+    assert all(len(s.evaluations) == 1 for s in only) and len(only) == 6
+    lodo = list(make_splits(labels, domains, ["lodo"], 5, seed=0))
+    assert [(s.source, s.evaluations[0].target) for s in lodo] == [("b+c", "a"), ("a+c", "b"),
+                                                                   ("a+b", "c")]
+    for s in lodo:
+        assert s.evaluations[0].target not in set(domains[s.train])
+
+
+def test_folds_are_stratified_and_seeded():
+    labels, domains = cells(60)
+    first = list(make_splits(labels, domains, ["in_domain"], 5, seed=1))
+    again = list(make_splits(labels, domains, ["in_domain"], 5, seed=1))
+    other = list(make_splits(labels, domains, ["in_domain"], 5, seed=2))
+    assert all(np.array_equal(a.train, b.train) for a, b in zip(first, again))
+    assert not all(np.array_equal(a.train, b.train) for a, b in zip(first, other))
+    for split in first:
+        test = split.evaluations[0].test
+        assert sorted(np.unique(labels[test], return_counts=True)[1]) == [4, 4, 4]
+
+
+def test_groups_never_straddle_a_split():
+    labels, domains = cells(60)
+    groups = np.array([f"g{i // 3}" for i in range(len(labels))])  # triplets, some across labels
+    groups[5] = groups[65] = "shared"  # a near-duplicate pair across domains a and b
+    assert has_groups(groups) and not has_groups(np.arange(10).astype(str))
+    for split in make_splits(labels, domains, ["source_target", "in_domain", "lodo"], 3, 0,
+                             groups):
+        for e in split.evaluations:
+            assert not set(groups[split.train]) & set(groups[e.test])
+
+
+def test_cap_keeps_class_shares():
+    labels = np.array(["x"] * 900 + ["y"] * 90 + ["z"] * 10)
+    train = np.arange(1000)
+    rng = np.random.default_rng(0)
+    capped = cap_train(train, labels, 100, rng)
+    counts = dict(zip(*np.unique(labels[capped], return_counts=True)))
+    assert counts == {"x": 90, "y": 9, "z": 1}
+    assert cap_train(train, labels, None, rng) is train
+    splits = make_splits(labels, np.repeat(["a", "b"], 500), ["lodo"], 2, 0, max_train=50)
+    assert all(len(s.train) <= 51 for s in splits)
+
+
+def test_bad_requests_are_refused():
+    labels, domains = cells()
+    with pytest.raises(ProtocolError, match="unknown protocol"):
+        list(make_splits(labels, domains, ["loso"], 3, 0))
+    with pytest.raises(ProtocolError, match="at least 2 domains"):
+        list(make_splits(labels[:30], domains[:30], ["lodo"], 3, 0))
