@@ -53,7 +53,7 @@ class DomainStyle:
     blur_px : float
         Gaussian blur sigma in pixels of a 128-px image (focus and optics); scaled with size.
     scale : float
-        Magnification relative to the reference (1.0: a neutrophil spans ~40 % of the crop).
+        Magnification relative to the reference (1.0: a neutrophil spans ~45 % of the crop).
     noise : float
         Standard deviation of the camera noise, in 8-bit grey levels.
     jpeg_quality : int or None
