@@ -20,6 +20,20 @@ RUN_OUTPUTS = (
 )
 
 
+def _checkpoint_status(cfg) -> str:
+    """Where the configured SAM weights are, or why they are not there."""
+    from dorl.sam_checkpoints import default_checkpoint
+
+    if cfg.sam.checkpoint:
+        path = Path(cfg.sam.checkpoint)
+        return f"checkpoint {path} ({'found' if path.is_file() else 'MISSING'})"
+    try:
+        path = default_checkpoint(cfg.sam.backbone)
+    except FileNotFoundError as exc:
+        return f"MISSING: {exc}"
+    return "random weights" if path is None else f"checkpoint {path} (found)"
+
+
 def describe(cfg, outputs: bool = False) -> str:
     """Return a readable summary: versions, device, checkpoint settings, and run outputs."""
     from dorl.device import get_device
@@ -27,7 +41,7 @@ def describe(cfg, outputs: bool = False) -> str:
     lines = ["dorl installation"]
     lines += [f"  {name:<18} {version}" for name, version in package_versions().items()]
     lines.append(f"  device (config {cfg.device!r}) -> {get_device(cfg.device)}")
-    lines.append(f"  SAM backbone {cfg.sam.backbone!r}, checkpoint {cfg.sam.checkpoint or 'default'}")
+    lines.append(f"  SAM backbone {cfg.sam.backbone!r}: {_checkpoint_status(cfg)}")
     lines.append(f"  DORL_CHECKPOINT_DIR={os.environ.get('DORL_CHECKPOINT_DIR', '(unset)')}")
     if outputs:
         run_dir = Path(cfg.run_dir)

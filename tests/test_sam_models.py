@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dorl.sam_models import (BACKBONES, PROMPTS, CheckpointMismatchError, build_sam,
-                             default_checkpoint, sam_from_config, vit_window_size)
+from dorl.sam_checkpoints import CheckpointMismatchError, default_checkpoint
+from dorl.sam_models import BACKBONES, PROMPTS, build_sam, sam_from_config, vit_window_size
 from dorl.tiny_vit import TinyViT, WindowAttention
 
 # isort: split (segment_anything is importable only after dorl.sam_models registers it)
