@@ -1,0 +1,283 @@
+"""Batched SAM segmentation of single-cell images into masks, masked crops and encoder features.
+
+Each image is resized to SAM's input size, encoded and decoded in batches with the configured
+prompt. The predicted mask is cleaned (largest connected component, holes filled); a mask that
+is empty, tiny or covers most of the image border is replaced by a centre crop and flagged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from scipy import ndimage as ndi
+from tqdm import tqdm
+
+from dorl.images import read_rgb
+from dorl.manifest import Manifest
+from dorl.provenance import sha256_file, signature_of
+from dorl.segmentation import Segmentation
+
+logger = logging.getLogger(__name__)
+
+SEGMENTATION_FILE = "segmentation.npz"
+GREY = 128
+CROP_MARGIN = 0.08
+# Images read into memory at a time by segment_from_config (bounds memory on large datasets).
+READ_CHUNK = 512
+
+
+def clean_mask(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 8-connected component of a boolean (H, W) mask and fill its holes."""
+    labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    return ndi.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+
+
+def border_fraction(mask: np.ndarray) -> float:
+    """Fraction of the image's border pixels that a boolean (H, W) mask covers."""
+    edges = np.concatenate([mask[0], mask[-1], mask[1:-1, 0], mask[1:-1, -1]])
+    return float(edges.mean())
+
+
+def is_usable(mask: np.ndarray, min_area_frac: float, max_border_frac: float) -> bool:
+    """Whether a cleaned mask is big enough and does not cover most of the border."""
+    return mask.mean() >= min_area_frac and border_fraction(mask) <= max_border_frac
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """Bounding box (x0, y0, x1, y1), float32 with exclusive upper bounds, of a non-empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
+
+
+def centre_box(size: int, fraction: float) -> np.ndarray:
+    """The centred square box (x0, y0, x1, y1) covering ``fraction`` of each side of ``size``."""
+    half = fraction * size / 2
+    return np.array([size / 2 - half, size / 2 - half, size / 2 + half, size / 2 + half],
+                    dtype=np.float32)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an (H, W, 3) uint8 image to (size, size, 3) with antialiased bilinear filtering."""
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def masked_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray,
+                crop_size: int) -> np.ndarray:
+    """Cut ``box`` (with a margin) out of ``image``, grey outside ``mask``, resized to ``crop_size``.
+
+    Parameters
+    ----------
+    image : uint8 ndarray of shape (S, S, 3)
+    mask : bool ndarray of shape (S, S), or None to keep every pixel
+    box : ndarray of shape (4,)
+        x0, y0, x1, y1 in pixels of ``image``.
+    crop_size : int
+
+    Returns
+    -------
+    uint8 ndarray of shape (crop_size, crop_size, 3)
+    """
+    cell = image if mask is None else np.where(mask[..., None], image, np.uint8(GREY))
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * CROP_MARGIN)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    lo_x, lo_y = int(round(cx - side / 2)), int(round(cy - side / 2))
+    n = max(int(round(side)), 1)
+    canvas = np.full((n, n, 3), GREY, dtype=np.uint8)
+    h, w = cell.shape[:2]
+    sx0, sy0 = max(lo_x, 0), max(lo_y, 0)
+    sx1, sy1 = min(lo_x + n, w), min(lo_y + n, h)
+    canvas[sy0 - lo_y:sy1 - lo_y, sx0 - lo_x:sx1 - lo_x] = cell[sy0:sy1, sx0:sx1]
+    return resize_image(canvas, crop_size)
+
+
+def predict_masks(model, images: list[np.ndarray], prompt: str, box_fraction: float,
+                  batch_size: int, bf16: bool = False, features: str = "pooled",
+                  progress: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Run the encoder and decoder over ``images`` in batches.
+
+    Parameters
+    ----------
+    model : dorl.sam_models.CellSAM
+    images : list of uint8 ndarray of shape (H_i, W_i, 3)
+    prompt : {"none", "center_box", "whole_box"}
+    box_fraction : float
+    batch_size : int
+    bf16 : bool
+        Run under bfloat16 autocast (CPU or CUDA); outputs are returned as float32.
+    features : {"pooled", "spatial", "none"}
+        Encoder features to keep: ``"sam_pooled"`` (n, C); ``spatial`` adds ``"sam_spatial"``
+        (n, C, h, w).
+    progress : bool
+        Show a tqdm bar.
+
+    Returns
+    -------
+    masks : bool ndarray of shape (n, S, S)
+        Raw thresholded masks at the model's input size S (not cleaned).
+    feats : dict of name -> float32 ndarray
+    """
+    s = model.image_size
+    device = model.pixel_mean.device
+    masks, pooled, spatial = [], [], []
+    starts = range(0, len(images), batch_size)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for start in tqdm(starts, desc="segment", unit="batch", disable=not progress):
+            x = model.preprocess(images[start:start + batch_size])
+            out = model.encode(x, return_features=True)
+            logits = model.decode(out["embedding"], prompt, box_fraction).float()
+            if logits.shape[-1] != s:
+                logits = F.interpolate(logits, size=(s, s), mode="bilinear", align_corners=False)
+            masks.append((logits[:, 0] > 0).cpu().numpy())
+            if features != "none":
+                pooled.append(out["pooled"].float().cpu().numpy())
+            if features == "spatial":
+                spatial.append(out["spatial"].float().cpu().numpy())
+    feats = {}
+    if pooled:
+        feats["sam_pooled"] = np.concatenate(pooled).astype(np.float32)
+    if spatial:
+        feats["sam_spatial"] = np.concatenate(spatial).astype(np.float32)
+    return np.concatenate(masks), feats
+
+
+def segment_images(model, images: list[np.ndarray], cfg, progress: bool = True) -> Segmentation:
+    """Segment single-cell images in batches and cut out each cell.
+
+    Parameters
+    ----------
+    model : dorl.sam_models.CellSAM
+        In eval mode, with or without a LoRA adapter.
+    images : list of uint8 ndarray of shape (H_i, W_i, 3)
+    cfg : DictConfig
+        Uses ``sam.prompt``, ``sam.box_fraction`` and ``sam.infer.*``.
+    progress : bool
+
+    Returns
+    -------
+    Segmentation
+        Crops (n, crop, crop, 3), raw crops, cleaned masks (n, S, S), boxes, fallback flags and
+        ``features`` as chosen by ``sam.infer.features``; ``meta`` is left for the caller.
+    """
+    infer = cfg.sam.infer
+    s, crop = model.image_size, int(infer.crop_size)
+    raw_masks, feats = predict_masks(model, images, cfg.sam.prompt, float(cfg.sam.box_fraction),
+                                     int(infer.batch_size), bool(infer.bf16), str(infer.features),
+                                     progress)
+    n = len(images)
+    crops = np.empty((n, crop, crop, 3), np.uint8)
+    raw_crops = np.empty((n, crop, crop, 3), np.uint8)
+    masks = np.zeros((n, s, s), bool)
+    boxes = np.empty((n, 4), np.float32)
+    fallback = np.zeros(n, bool)
+    for i, image in enumerate(images):
+        resized = resize_image(image, s)
+        raw_crops[i] = resize_image(image, crop)
+        mask = clean_mask(raw_masks[i])
+        if is_usable(mask, float(infer.min_area_frac), float(infer.max_border_frac)):
+            masks[i], boxes[i] = mask, mask_box(mask)
+            crops[i] = masked_crop(resized, mask, boxes[i], crop)
+        else:
+            fallback[i] = True
+            boxes[i] = centre_box(s, float(cfg.sam.box_fraction))
+            crops[i] = masked_crop(resized, None, boxes[i], crop)
+    return Segmentation(crops, raw_crops, masks, boxes, fallback, feats, {})
+
+
+def adapter_hash(adapter_dir: Path | None) -> str | None:
+    """A short hash over the files of an adapter folder (None without an adapter)."""
+    if adapter_dir is None:
+        return None
+    files = sorted(p for p in Path(adapter_dir).iterdir() if p.is_file())
+    return signature_of((p.name, sha256_file(p)) for p in files)
+
+
+def segmentation_signature(cfg, manifest: Manifest, provenance: dict,
+                           adapter_dir: Path | None) -> str:
+    """The signature of a segmentation: data, SAM settings, checkpoint and adapter."""
+    sam = OmegaConf.to_container(cfg.sam, resolve=True)
+    for key in ("finetune", "eval"):  # the adapter hash covers fine-tuning
+        sam.pop(key, None)
+    return signature_of([manifest.signature(), sam, provenance.get("checkpoint_sha256"),
+                         adapter_hash(adapter_dir)])
+
+
+def load_model(cfg, adapter_dir: Path | None):
+    """Build the configured SAM on the configured device, with the adapter loaded if given.
+
+    Returns
+    -------
+    model : dorl.sam_models.CellSAM
+        In eval mode.
+    provenance : dict
+        From :func:`dorl.sam_models.sam_from_config`.
+    """
+    from dorl.device import get_device
+    from dorl.sam_models import sam_from_config
+
+    model, provenance = sam_from_config(cfg)
+    if adapter_dir is not None:
+        from dorl.lora import load_adapter  # peft is slow to import: only when needed
+
+        load_adapter(model, adapter_dir)
+    return model.to(get_device(cfg.device)).eval(), provenance
+
+
+def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None) -> Segmentation:
+    """Segment every manifest row, reusing ``run_dir/segmentation.npz`` when its signature matches.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+    manifest : Manifest
+    adapter_dir : Path or None
+        A LoRA adapter from :func:`dorl.sam_finetune.finetune_from_config`; None = zero-shot.
+
+    Returns
+    -------
+    Segmentation
+        Rows aligned with the manifest; ``meta`` holds the provenance and ``signature``.
+    """
+    out = Path(cfg.run_dir) / SEGMENTATION_FILE
+    model, provenance = load_model(cfg, adapter_dir)
+    signature = segmentation_signature(cfg, manifest, provenance, adapter_dir)
+    if out.is_file():
+        cached = Segmentation.load(out)
+        if cached.meta.get("signature") == signature and len(cached) == len(manifest):
+            logger.info("%s matches this config, data and adapter: reused", out)
+            return cached
+        logger.info("%s was made with other settings: segmenting again", out)
+    parts = []
+    for start in tqdm(range(0, len(manifest), READ_CHUNK), desc="segment", unit="chunk"):
+        stop = min(start + READ_CHUNK, len(manifest))
+        images = [read_rgb(manifest.image_path(i)) for i in range(start, stop)]
+        parts.append(segment_images(model, images, cfg, progress=False))
+    seg = Segmentation(*(np.concatenate([getattr(p, k) for p in parts])
+                         for k in ("crops", "raw_crops", "masks", "boxes", "fallback")),
+                       {k: np.concatenate([p.features[k] for p in parts])
+                        for k in parts[0].features})
+    domains = manifest.table["domain"].to_numpy()
+    per_domain = {d: int(seg.fallback[domains == d].sum()) for d in manifest.domains}
+    for domain, count in per_domain.items():
+        level = logging.WARNING if count > 0.2 * (domains == domain).sum() else logging.INFO
+        logger.log(level, "domain %s: %d of %d cells fell back to a centre crop", domain, count,
+                   int((domains == domain).sum()))
+    seg.meta = {**provenance, "adapter": None if adapter_dir is None else str(adapter_dir),
+                "adapter_hash": adapter_hash(adapter_dir), "prompt": cfg.sam.prompt,
+                "box_fraction": float(cfg.sam.box_fraction),
+                "crop_size": int(cfg.sam.infer.crop_size), "bf16": bool(cfg.sam.infer.bf16),
+                "fallback_per_domain": per_domain, "signature": signature}
+    seg.save(out)
+    logger.info("segmentation of %d cells written to %s", len(seg), out)
+    return seg

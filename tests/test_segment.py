@@ -1,0 +1,101 @@
+"""Batched segmentation: mask cleaning, fallback, crops, caching by signature."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dorl.segment import (GREY, border_fraction, clean_mask, is_usable, mask_box, masked_crop,
+                          segment_from_config, segment_images)
+from dorl.segmentation import Segmentation
+
+
+def test_clean_mask_keeps_largest_component_and_fills_holes():
+    mask = np.zeros((20, 20), bool)
+    mask[2:12, 2:12] = True
+    mask[5:7, 5:7] = False  # a hole
+    mask[15:18, 15:18] = True  # a smaller blob
+    out = clean_mask(mask)
+    assert out[5, 5] and not out[16, 16]
+    assert out.sum() == 100
+    assert not clean_mask(np.zeros((5, 5), bool)).any()
+
+
+def test_usable_rejects_tiny_and_border_masks():
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 5:15] = True
+    assert border_fraction(mask) == 0 and is_usable(mask, 0.01, 0.5)
+    assert not is_usable(np.ones((20, 20), bool), 0.01, 0.5)
+    tiny = np.zeros((20, 20), bool)
+    tiny[10, 10] = True
+    assert not is_usable(tiny, 0.01, 0.5)
+
+
+def test_masked_crop_greys_out_the_background():
+    image = np.full((32, 32, 3), 250, np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[8:24, 8:24] = True
+    image[mask] = 10
+    crop = masked_crop(image, mask, mask_box(mask), 16)
+    assert crop.shape == (16, 16, 3)
+    assert crop[8, 8, 0] < 30 and abs(int(crop[0, 0, 0]) - GREY) < 12
+    np.testing.assert_array_equal(mask_box(mask), [8, 8, 24, 24])
+
+
+def test_segment_images_shapes_and_fallback(tiny_cfg):
+    from dorl.sam_models import sam_from_config
+
+    model, _ = sam_from_config(tiny_cfg)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40 + 8 * i, 48, 3), dtype=np.uint8) for i in range(5)]
+    seg = segment_images(model, images, tiny_cfg, progress=False)
+    assert seg.crops.shape == (5, 32, 32, 3) and seg.raw_crops.shape == (5, 32, 32, 3)
+    assert seg.masks.shape == (5, 64, 64) and seg.boxes.shape == (5, 4)
+    assert seg.features["sam_pooled"].shape[0] == 5
+    # every non-fallback mask is usable; every fallback has an empty mask
+    for m, fb in zip(seg.masks, seg.fallback):
+        assert (not m.any()) if fb else is_usable(m, 0.01, 0.5)
+
+
+def test_batching_does_not_change_results(tiny_cfg):
+    from dorl.sam_models import sam_from_config
+
+    model, _ = sam_from_config(tiny_cfg)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(6)]
+    tiny_cfg.sam.infer.batch_size = 6
+    a = segment_images(model, images, tiny_cfg, progress=False)
+    tiny_cfg.sam.infer.batch_size = 4
+    b = segment_images(model, images, tiny_cfg, progress=False)
+    np.testing.assert_allclose(a.features["sam_pooled"], b.features["sam_pooled"], atol=1e-5)
+    assert (a.masks == b.masks).mean() > 0.999
+
+
+@pytest.fixture
+def small_manifest(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_sam_finetune import write_disc_manifest
+
+    root = tmp_path / "discs"
+    root.mkdir()
+    return write_disc_manifest(root, n=4)
+
+
+def test_segment_from_config_caches_by_signature(tiny_cfg, small_manifest, caplog, monkeypatch):
+    import dorl.segment
+
+    monkeypatch.setattr(dorl.segment, "READ_CHUNK", 3)  # 8 images in chunks of 3, 3 and 2
+    seg = segment_from_config(tiny_cfg, small_manifest, None)
+    assert len(seg) == len(small_manifest) and seg.meta["signature"]
+    assert seg.features["sam_pooled"].shape[0] == len(small_manifest)
+    assert set(seg.meta["fallback_per_domain"]) == {"lab_a", "lab_b"}
+    caplog.set_level("INFO")
+    again = segment_from_config(tiny_cfg, small_manifest, None)
+    assert "reused" in caplog.text
+    np.testing.assert_array_equal(again.crops, seg.crops)
+    tiny_cfg.sam.infer.crop_size = 24
+    assert segment_from_config(tiny_cfg, small_manifest, None).crops.shape[1] == 24
+    assert isinstance(Segmentation.load(tiny_cfg.run_dir + "/segmentation.npz"), Segmentation)
