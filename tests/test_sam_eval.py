@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dorl.sam_eval import dice, evaluate_from_config, iou, overlay, report_markdown
+from tests.conftest import write_disc_manifest
 
 
 def test_dice_and_iou_known_values():
@@ -35,8 +35,6 @@ def test_overlay_draws_both_outlines():
 
 @pytest.fixture
 def disc_manifest(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_sam_finetune import write_disc_manifest
 
     root = tmp_path / "discs"
     root.mkdir()

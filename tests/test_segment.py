@@ -8,6 +8,7 @@ import pytest
 from dorl.segment import (GREY, border_fraction, clean_mask, is_usable, mask_box, masked_crop,
                           segment_from_config, segment_images)
 from dorl.segmentation import Segmentation
+from tests.conftest import write_disc_manifest
 
 
 def test_clean_mask_keeps_largest_component_and_fills_holes():
@@ -73,12 +74,6 @@ def test_batching_does_not_change_results(tiny_cfg):
 
 @pytest.fixture
 def small_manifest(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_sam_finetune import write_disc_manifest
-
     root = tmp_path / "discs"
     root.mkdir()
     return write_disc_manifest(root, n=4)
