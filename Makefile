@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
+# One or more config files, layered in order: CONFIG="configs/realdata.yaml configs/gpu.yaml"
 CONFIG ?= configs/default.yaml
 # Extra config overrides, e.g. make embed ARGS="seed=1 cae.epochs=5"
 ARGS ?=
@@ -11,6 +12,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 DORL := $(BIN)/dorl
 STAMP := $(VENV)/.installed
+CFG := $(foreach c,$(CONFIG),-c $(c))
 
 # Plain `make` creates the environment; `make help` lists everything else.
 .DEFAULT_GOAL := install
@@ -31,23 +33,23 @@ install: $(STAMP) ## create the virtual environment (pinned CPU torch, LiteMedSA
 	@echo "environment ready in $(VENV); 'make help' lists the targets"
 
 data: $(STAMP) ## generate the synthetic dataset, or index data.sources into the manifest
-	$(DORL) data prepare -c $(CONFIG) $(ARGS)
+	$(DORL) data prepare $(CFG) $(ARGS)
 
 embed: $(STAMP) ## stage 1: LoRA-SAM + cross-domain autoencoder -> run_dir/features.h5ad
-	$(DORL) embed -c $(CONFIG) $(ARGS)
+	$(DORL) embed $(CFG) $(ARGS)
 
 classify: $(STAMP) ## stage 2: compare classifiers on the stored embeddings
-	$(DORL) classify run -c $(CONFIG) $(ARGS)
+	$(DORL) classify run $(CFG) $(ARGS)
 
 umap: $(STAMP) ## UMAP plots of the embeddings by domain and by class
-	$(DORL) umap -c $(CONFIG) $(ARGS)
+	$(DORL) umap $(CFG) $(ARGS)
 
 run: $(STAMP) ## the whole default job: data, embed, classify, umap; prints where results are
-	$(DORL) data prepare -c $(CONFIG) $(ARGS)
-	$(DORL) embed -c $(CONFIG) $(ARGS)
-	$(DORL) classify run -c $(CONFIG) $(ARGS)
-	$(DORL) umap -c $(CONFIG) $(ARGS)
-	$(DORL) info --outputs -c $(CONFIG) $(ARGS)
+	$(DORL) data prepare $(CFG) $(ARGS)
+	$(DORL) embed $(CFG) $(ARGS)
+	$(DORL) classify run $(CFG) $(ARGS)
+	$(DORL) umap $(CFG) $(ARGS)
+	$(DORL) info --outputs $(CFG) $(ARGS)
 
 test: $(STAMP) ## run the fast test suite (what CI runs)
 	$(BIN)/pytest -m "not slow" -q

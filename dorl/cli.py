@@ -19,7 +19,9 @@ logger = logging.getLogger("dorl.cli")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", help="YAML file with deltas over the package defaults")
+    parser.add_argument("-c", "--config", action="append",
+                        help="YAML file with deltas over the package defaults; repeat to layer "
+                             "several (later files win)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, applied last (e.g. seed=1 cae.epochs=2)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

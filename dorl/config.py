@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,15 +22,17 @@ def package_defaults() -> DictConfig:
     return OmegaConf.create(text)
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> DictConfig:
-    """Merge defaults, then the file at ``path`` (deltas only), then ``key=value`` overrides.
+def load_config(path: str | Path | Sequence[str | Path] | None = None,
+                overrides: Iterable[str] = ()) -> DictConfig:
+    """Merge defaults, then the file(s) at ``path`` (deltas only, in order), then overrides.
 
     Unknown keys are refused so that a typo never silently falls back to a default.
 
     Parameters
     ----------
-    path : str or Path, optional
-        A YAML file holding only the keys that differ from the package defaults.
+    path : str, Path or sequence of them, optional
+        YAML files holding only the keys that differ from the package defaults; later files
+        win (e.g. a data config, then a hardware config).
     overrides : iterable of str
         Dotted ``key=value`` strings, e.g. ``["seed=3", "cae.epochs=2"]``.
 
@@ -42,14 +44,14 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     cfg = package_defaults()
     OmegaConf.set_struct(cfg, True)
     layers = []
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    for file in map(Path, paths):
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
         try:
-            layers.append((str(path), OmegaConf.load(path)))
+            layers.append((str(file), OmegaConf.load(file)))
         except Exception as exc:  # yaml errors come in many types
-            raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
+            raise ConfigError(f"cannot parse config file {file}: {exc}") from exc
     overrides = list(overrides)
     for item in overrides:
         if "=" not in item:

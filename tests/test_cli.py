@@ -52,4 +52,4 @@ def test_overrides_reach_subcommands():
     from dorl.cli import build_parser
 
     args = build_parser().parse_args(["classify", "run", "-c", "x.yaml", "seed=1"])
-    assert args.overrides == ["seed=1"] and args.config == "x.yaml"
+    assert args.overrides == ["seed=1"] and args.config == ["x.yaml"]

@@ -22,6 +22,14 @@ def test_file_deltas_then_overrides(tmp_path):
     assert cfg.classify.features.dorl == "/x/features.h5ad"  # interpolation follows run_dir
 
 
+def test_config_files_layer_in_order(tmp_path):
+    data, hardware = tmp_path / "data.yaml", tmp_path / "gpu.yaml"
+    data.write_text("seed: 1\nsam:\n  image_size: 128\n")
+    hardware.write_text("sam:\n  image_size: 224\n")
+    cfg = load_config([data, hardware], ["seed=2"])
+    assert cfg.sam.image_size == 224 and cfg.seed == 2
+
+
 def test_unknown_key_is_refused(tmp_path):
     delta = tmp_path / "typo.yaml"
     delta.write_text("cae:\n  epoch: 3\n")
