@@ -1,0 +1,423 @@
+"""Proof on real data: every method on the same cells, cross-domain scores, segmentation, speed.
+
+Source: the Acevedo-20 subset (labelled). Targets: LISC crops and Zheng-2018 CellaVision, whose
+labels are used only to score. Label space mature5; ``unknown`` cells (Acevedo's immature
+granulocytes, erythroblasts and platelets, LISC's ``mixed``) are left out. A class with fewer
+than ``classify.min_class_count`` cells in a target is left out of that target's score.
+
+Methods, measured in one run on the same cells:
+  colour+texture, pixels+PCA          hand-crafted baselines (dorl.baselines)
+  SAM frozen                          pooled encoder features, no LoRA, no CAE
+  LoRA-SAM                            pooled encoder features after LoRA fine-tuning, no CAE
+  CAE no-MMD / CAE unsegmented /      ablations of the full pipeline
+  CAE inductive
+  dorl (full)                         LoRA-SAM crops -> CAE with MMD, transductive
+
+SAM segmentation runs ONCE per model (zero-shot, fine-tuned) and is reused; the seeds vary the
+classifiers, the pixel PCA and the CAE. Nothing is tuned on target labels: every setting comes
+from the config, every classifier is reported, and the CAE picks its epoch on its own
+reconstruction loss. SAM is fine-tuned on source cells only (never on the Zheng masks it is
+scored on).
+
+    python bench/bench_realdata.py --quick                  # small subset, 1 seed
+    python bench/bench_realdata.py --max-per-class 100 --seeds 0 1 2
+    python bench/bench_realdata.py --baselines-only         # no SAM / CAE
+    python bench/bench_realdata.py --render-only --out DIR  # rewrite DIR/results.md
+
+Writes ``results.json``, ``results.md`` (docs-ready tables) and ``bench.log`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import resource
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import umap
+from omegaconf import OmegaConf
+from PIL import Image
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from tqdm.auto import tqdm
+
+from dorl.adapters import build_manifest
+from dorl.atomic import atomic_path, write_text_atomic
+from dorl.baselines import colour_texture_features, pixel_pca_features
+from dorl.classifiers import build_classifier
+from dorl.config import load_config
+from dorl.embed import embed_segmentation
+from dorl.featstore import read_features
+from dorl.images import read_cell_mask, read_rgb
+from dorl.invariance import domain_invariance
+from dorl.manifest import Manifest, load_manifest, save_manifest
+from dorl.seeding import seed_everything
+from dorl.taxonomy import UNKNOWN
+
+logger = logging.getLogger("bench_realdata")
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = "acevedo20"
+QUICK = ["classify.classifiers=[logreg,knn,rf,svm_rbf]", "sam.image_size=128",
+         "sam.finetune.epochs=1", "sam.finetune.max_images=32", "cae.epochs=4", "cae.patience=2"]
+CAE_VARIANTS = {  # name -> (config overrides, use unmasked crops); the full pipeline last
+    "CAE no-MMD": (["cae.loss.mmd=0"], False),
+    "CAE unsegmented": ([], True),
+    "CAE inductive": (["cae.protocol=inductive"], False),
+    "dorl (full)": ([], False),
+}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Stopwatch:
+    """Records seconds, images/s and peak memory of each named stage."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def record(self, stage: str, n_images: int, seconds: float) -> None:
+        self.rows.append({"stage": stage, "images": n_images, "seconds": seconds,
+                          "images_per_s": n_images / seconds if seconds > 0 else float("nan"),
+                          "peak_rss_mib": peak_rss_mib()})
+        logger.info("%s: %d images in %.1f s", stage, n_images, seconds)
+
+    @contextlib.contextmanager
+    def time(self, stage: str, n_images: int):
+        t0 = time.perf_counter()
+        yield
+        self.record(stage, n_images, time.perf_counter() - t0)
+
+
+def subsample_manifest(cfg, out: Path, max_per_class: int) -> Manifest:
+    """Index the configured sources, drop ``unknown`` cells, keep <= max_per_class per (domain,
+    label) chosen with the config seed, and save the bench manifest."""
+    sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
+    full, _ = build_manifest(sources, cfg.data.label_space, out / "manifest_full.csv")
+    table = full.table[full.table["label"] != UNKNOWN]
+    table = (table.groupby(["domain", "label"], group_keys=False)
+             .apply(lambda g: g.sample(min(len(g), max_per_class), random_state=int(cfg.seed)))
+             .sort_values(["domain", "path"]).reset_index(drop=True))
+    groups = table.groupby("domain")["group"].nunique()
+    logger.info("near-duplicate groups among the kept cells: %s (cells: %s)", groups.to_dict(),
+                table["domain"].value_counts().to_dict())
+    save_manifest(table, out / "manifest.csv")
+    return load_manifest(out / "manifest.csv", cfg.data.label_space)
+
+
+def score_targets(X: np.ndarray, table: pd.DataFrame, classifiers: list[str], seed: int,
+                  min_count: int, watch: Stopwatch | None = None) -> list[dict]:
+    """Train each classifier on the source cells, score macro-F1 and accuracy on each target.
+
+    Target classes with fewer than ``min_count`` cells, or absent from the source, are left out.
+    The in-domain reference (target ``<source> (5-fold)``) scores the same model family by
+    stratified 5-fold cross-validation within the source.
+    """
+    domains, labels = table["domain"].to_numpy(), table["label"].to_numpy()
+    src = domains == SOURCE
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    rows = []
+    for name in classifiers:
+        in_domain = cross_val_predict(build_classifier(name, seed), X[src], labels[src], cv=folds)
+        rows.append({"classifier": name, "target": f"{SOURCE} (5-fold)", "seed": seed,
+                     "macro_f1": f1_score(labels[src], in_domain, average="macro"),
+                     "accuracy": accuracy_score(labels[src], in_domain),
+                     "classes": ",".join(sorted(set(labels[src]))), "n_test": int(src.sum())})
+        t0 = time.perf_counter()
+        model = build_classifier(name, seed).fit(X[src], labels[src])
+        fit_s = time.perf_counter() - t0
+        for target in sorted(set(domains) - {SOURCE}):
+            counts = pd.Series(labels[domains == target]).value_counts()
+            kept = sorted(set(counts[counts >= min_count].index) & set(labels[src]))
+            test = (domains == target) & np.isin(labels, kept)
+            pred = model.predict(X[test])
+            rows.append({"classifier": name, "target": target, "seed": seed,
+                         "macro_f1": f1_score(labels[test], pred, labels=kept, average="macro"),
+                         "accuracy": accuracy_score(labels[test], pred),
+                         "classes": ",".join(kept), "n_test": int(test.sum())})
+        if watch is not None:
+            watch.record(f"classifier {name} (fit on source)", int(src.sum()), fit_s)
+    return rows
+
+
+def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of two boolean masks of the same shape."""
+    inter, total = np.logical_and(pred, truth).sum(), pred.sum() + truth.sum()
+    union = np.logical_or(pred, truth).sum()
+    return (2 * inter / total if total else 1.0), (inter / union if union else 1.0)
+
+
+def segmentation_quality(seg, manifest: Manifest) -> dict:
+    """Mean Dice/IoU of the SAM masks against every ground-truth mask in the manifest."""
+    scores = []
+    for i in range(len(manifest)):
+        mask_path = manifest.mask_path(i)
+        if mask_path is None:
+            continue
+        pred = np.asarray(seg.masks[i], dtype=bool)
+        truth = read_cell_mask(mask_path)
+        truth = np.asarray(Image.fromarray(truth).resize(pred.shape[::-1], Image.NEAREST))
+        scores.append(dice_iou(pred, truth) + (bool(seg.fallback[i]),))
+    if not scores:
+        return {}
+    arr = np.array(scores, dtype=float)
+    return {"n": len(arr), "dice": arr[:, 0].mean(), "dice_std": arr[:, 0].std(),
+            "iou": arr[:, 1].mean(), "fallback_rate": arr[:, 2].mean()}
+
+
+def frozen_encoder_features(cfg, images: list[np.ndarray], watch: Stopwatch,
+                            batch: int = 8) -> np.ndarray:
+    """Pooled features of the frozen SAM encoder (no LoRA), float32 (n, C); the bare forward
+    pass (preprocess + encode) is timed as the reference for segmentation throughput."""
+    from dorl.sam_models import sam_from_config
+
+    model, _ = sam_from_config(cfg)
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        model.encode(model.preprocess(images[:batch]))  # warm-up
+        with watch.time("bare SAM encoder forward (frozen features)", len(images)):
+            for start in tqdm(range(0, len(images), batch), desc="frozen SAM", unit="batch"):
+                x = model.preprocess(images[start:start + batch])
+                chunks.append(model.encode(x, return_features=True)["pooled"].float().numpy())
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def rows_of(manifest: Manifest, keep: np.ndarray) -> Manifest:
+    """The manifest restricted to the rows where ``keep`` is True."""
+    return Manifest(manifest.table[keep].reset_index(drop=True), manifest.base_dir,
+                    manifest.label_space)
+
+
+def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch):
+    """Zero-shot segmentation of the cells with ground-truth masks, LoRA fine-tuning on source
+    cells only, and LoRA-SAM segmentation of every cell (computed once, reused by all seeds)."""
+    from dorl.sam_finetune import finetune_from_config
+    from dorl.segment import segment_from_config
+
+    table = manifest.table
+    has_mask = (table["mask_path"] != "").to_numpy()
+    scored = rows_of(manifest, has_mask)
+    zs_cfg = OmegaConf.merge(cfg, {"run_dir": str(out / "sam_zeroshot")})
+    with watch.time("segmentation + features, zero-shot SAM (cells with GT masks)", len(scored)):
+        seg_zs = segment_from_config(zs_cfg, scored, None)
+    ft_cfg = OmegaConf.merge(cfg, {"run_dir": str(out / "sam_lora")})
+    source = rows_of(manifest, (table["domain"] == SOURCE).to_numpy())
+    seen = min(len(source), int(cfg.sam.finetune.max_images)) * int(cfg.sam.finetune.epochs)
+    with watch.time("LoRA fine-tuning (source cells only; images x epochs)", seen):
+        adapter = finetune_from_config(ft_cfg, source)
+    if adapter is None:
+        logger.warning("no LoRA adapter was trained: 'LoRA-SAM' and the CAE rows use zero-shot SAM")
+        watch.rows[-1]["stage"] += ": no training masks, nothing trained"
+    with watch.time("segmentation + features, LoRA-SAM", len(manifest)):
+        seg_ft = segment_from_config(ft_cfg, manifest, adapter)
+    quality = {"zero-shot": segmentation_quality(seg_zs, scored),
+               "LoRA fine-tuned": segmentation_quality(seg_ft, manifest)}
+    return seg_ft, adapter, quality
+
+
+def cae_features(cfg, manifest: Manifest, seg, out: Path, seed: int, watch: Stopwatch) -> dict:
+    """Train each CAE variant for one seed and return its embeddings (n, latent_dim)."""
+    feats = {}
+    for name, (overrides, unmasked) in CAE_VARIANTS.items():
+        # One folder per segmentation: a new one (other SAM settings or code) trains afresh.
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        run_dir = out / "cae" / f"{slug}_seed{seed}_{str(seg.meta.get('signature'))[:8]}"
+        var_cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(
+            overrides + [f"seed={seed}", f"run_dir={run_dir}"]))
+        var_seg = replace(seg, crops=seg.raw_crops) if unmasked else seg
+        fs = read_features(embed_segmentation(var_cfg, manifest, var_seg))
+        n_train = int(fs.obs["cae_trained_on"].sum())
+        watch.record(f"CAE training: {name} (seed {seed})", n_train,
+                     fs.uns["timings_s"]["cae_train"])
+        watch.record(f"CAE embedding: {name} (seed {seed})", len(fs.X),
+                     fs.uns["timings_s"]["cae_encode"])
+        feats[name] = fs.X
+    return feats
+
+
+def summarise(scores: pd.DataFrame, invariance: pd.DataFrame) -> pd.DataFrame:
+    """Per method and target, mean ± std over seeds of: the macro-F1 of the classifier that scores
+    best in-domain (chosen on source labels only: an honest choice), the best and the mean
+    macro-F1/accuracy over classifiers (the best is picked on target labels: an optimistic
+    bound, not an achievable score); with the invariance figures alongside."""
+    in_domain = scores[scores["target"].str.endswith("(5-fold)")]
+    chosen = in_domain.loc[in_domain.groupby(["method", "seed"])["macro_f1"].idxmax(),
+                           ["method", "seed", "classifier"]]
+    picked = scores.merge(chosen, on=["method", "seed", "classifier"])
+    per_seed = scores.groupby(["method", "target", "seed"]).agg(
+        best_f1=("macro_f1", "max"), mean_f1=("macro_f1", "mean"),
+        best_acc=("accuracy", "max"), mean_acc=("accuracy", "mean"))
+    per_seed["chosen_f1"] = picked.set_index(["method", "target", "seed"])["macro_f1"]
+    agg = per_seed.groupby(["method", "target"]).agg(["mean", "std"])
+    agg.columns = [f"{a}_{b}" for a, b in agg.columns]
+    names = chosen.groupby("method")["classifier"].agg(lambda c: "/".join(sorted(set(c))))
+    agg["chosen_classifier"] = agg.index.get_level_values("method").map(names)
+    inv = invariance.groupby("method")[["mmd", "domain_clf_acc"]].mean()
+    return agg.reset_index().merge(inv.reset_index(), on="method", how="left")
+
+
+def markdown(summary: pd.DataFrame, seg_quality: dict, speed: pd.DataFrame, meta: dict) -> str:
+    """Docs-ready markdown of the three result tables."""
+    def pm(row, key):
+        std = row[f"{key}_std"]
+        return f"{row[f'{key}_mean']:.3f} ± {0.0 if np.isnan(std) else std:.3f}"
+
+    load = (f"{meta['load_average_start'][0]:.1f}/{meta['load_average_end'][0]:.1f}"
+            if "load_average_end" in meta else "not recorded")
+    lines = [f"Cells: {meta['cells']}. Seeds: {meta['seeds']}. Classifiers: "
+             f"{', '.join(meta['classifiers'])}. 1-min load average at start/end: {load} "
+             f"({os.cpu_count()} CPUs).", "",
+             "| method | target | macro-F1, source-chosen clf. | best macro-F1 (oracle) | "
+             "mean macro-F1 | best acc. | mean acc. | MMD² | domain clf. acc. |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    order = {m: i for i, m in enumerate(meta["methods"])}
+    summary = summary.sort_values(["target", "method"], key=lambda s: s.map(order)
+                                  if s.name == "method" else s)
+    for _, r in summary.iterrows():
+        lines.append(f"| {r['method']} | {r['target']} | {pm(r, 'chosen_f1')} "
+                     f"({r['chosen_classifier']}) | {pm(r, 'best_f1')} | {pm(r, 'mean_f1')}"
+                     f" | {pm(r, 'best_acc')} | {pm(r, 'mean_acc')} | {r['mmd']:.4f} | "
+                     f"{r['domain_clf_acc']:.3f} |")
+    if seg_quality:
+        lines += ["", "| SAM | cells | Dice | IoU | fallback rate |", "|---|---|---|---|---|"]
+        for name, q in seg_quality.items():
+            lines.append(f"| {name} | {q['n']} | {q['dice']:.3f} ± {q['dice_std']:.3f} | "
+                         f"{q['iou']:.3f} | {q['fallback_rate']:.2f} |")
+    lines += ["", "| stage | images | seconds | images/s | peak RSS (MiB) |",
+              "|---|---|---|---|---|"]
+    for _, r in speed.iterrows():
+        lines.append(f"| {r['stage']} | {r['images']} | {r['seconds']:.1f} | "
+                     f"{r['images_per_s']:.2f} | {r['peak_rss_mib']:.0f} |")
+    if "encoder_ratio" in meta:
+        lines += ["", f"Segmentation throughput / bare encoder forward throughput: "
+                      f"{meta['encoder_ratio']:.2f} (encoder alone: "
+                      f"{meta['encoder_img_s']:.2f} img/s at {meta['sam_image_size']} px)."]
+    return "\n".join(lines) + "\n"
+
+
+def render(out: Path) -> int:
+    """Rewrite ``out/results.md`` (and the summary in ``results.json``) from a finished run."""
+    result = json.loads((out / "results.json").read_text())
+    invariance = pd.DataFrame(result["summary"])[["method", "mmd", "domain_clf_acc"]]
+    summary = summarise(pd.read_csv(out / "scores.csv"), invariance.drop_duplicates("method"))
+    result["summary"] = summary.to_dict("records")
+    write_text_atomic(out / "results.json", json.dumps(result, indent=2, default=float))
+    text = markdown(summary, result["segmentation"], pd.DataFrame(result["speed"]),
+                    result["meta"])
+    write_text_atomic(out / "results.md", text)
+    print(text)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=str(REPO / "configs" / "realdata.yaml"))
+    ap.add_argument("--out", default=str(REPO / "runs" / "realdata_bench"))
+    ap.add_argument("--max-per-class", type=int, default=100,
+                    help="cells kept per (domain, class), chosen with the config seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="classifier / PCA / CAE seeds (default 0 1 2; 0 with --quick)")
+    ap.add_argument("--quick", action="store_true",
+                    help="10 cells per class, 4 classifiers, SAM at 128 px, short training")
+    ap.add_argument("--baselines-only", action="store_true", help="skip SAM and the CAE")
+    ap.add_argument("overrides", nargs="*", help="config key=value overrides")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite results.md from the scores.csv and results.json in --out")
+    args = ap.parse_args(argv)
+    if args.render_only:
+        return render(Path(args.out))
+    if args.quick:
+        args.max_per_class = min(args.max_per_class, 10)
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        handlers=[logging.StreamHandler(sys.stderr),
+                                  logging.FileHandler(out / "bench.log")])
+    cfg = load_config(args.config, (QUICK if args.quick else []) + list(args.overrides))
+    cfg.data.manifest = str(out / "manifest.csv")
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    seed_everything(int(cfg.seed))
+    watch = Stopwatch()
+
+    manifest = subsample_manifest(cfg, out, args.max_per_class)
+    table = manifest.table
+    logger.info("bench cells:\n%s", manifest.summary().to_string())
+    n = len(manifest)
+    with watch.time("read images", n):
+        images = [read_rgb(manifest.image_path(i)) for i in range(n)]
+    with watch.time("baseline colour+texture", n):
+        colour = colour_texture_features(images)
+    src = (table["domain"] == SOURCE).to_numpy()
+    per_seed = {}
+    for seed in args.seeds:
+        with watch.time(f"baseline pixels+PCA (seed {seed})", n):
+            per_seed[seed] = {"colour+texture": colour,
+                              "pixels+PCA": pixel_pca_features(images, 50, seed, fit_mask=src)}
+    per_domain = ", ".join(f"{d}: {c}" for d, c in table["domain"].value_counts().items())
+    meta = {"cells": f"{n} ({per_domain})",
+            "seeds": args.seeds, "classifiers": list(cfg.classify.classifiers),
+            "sam_image_size": int(cfg.sam.image_size), "load_average_start": os.getloadavg()}
+    seg_quality = {}
+    if not args.baselines_only:
+        frozen = frozen_encoder_features(cfg, images, watch)
+        seg_ft, adapter, seg_quality = sam_stages(cfg, manifest, out, watch)
+        meta["adapter"] = str(adapter)
+        rate = {r["stage"]: r["images_per_s"] for r in watch.rows}
+        meta["encoder_img_s"] = rate["bare SAM encoder forward (frozen features)"]
+        meta["encoder_ratio"] = rate["segmentation + features, LoRA-SAM"] / meta["encoder_img_s"]
+        for seed in args.seeds:
+            per_seed[seed]["SAM frozen"] = frozen
+            per_seed[seed]["LoRA-SAM"] = seg_ft.features["sam_pooled"]
+            per_seed[seed].update(cae_features(cfg, manifest, seg_ft, out, seed, watch))
+    meta["methods"] = list(per_seed[args.seeds[0]])
+
+    scores, invariance = [], []
+    for seed in args.seeds:
+        for method, X in per_seed[seed].items():
+            logger.info("scoring %s (seed %d)", method, seed)
+            timed = watch if (seed == args.seeds[0] and method == meta["methods"][-1]) else None
+            rows = score_targets(X, table, list(cfg.classify.classifiers), seed,
+                                 int(cfg.classify.min_class_count), timed)
+            scores += [{"method": method, **r} for r in rows]
+            inv = domain_invariance(X, table["domain"], table["label"], seed)
+            invariance.append({"method": method, "seed": seed, "mmd": inv["mmd"],
+                               "domain_clf_acc": inv["domain_clf_acc"]})
+    X_last = per_seed[args.seeds[0]][meta["methods"][-1]]
+    umap.UMAP(n_neighbors=5, random_state=0).fit_transform(X_last[:60])  # numba JIT warm-up
+    with watch.time(f"UMAP ({meta['methods'][-1]})", n):
+        umap.UMAP(n_neighbors=int(cfg.umap.n_neighbors), random_state=int(cfg.seed)
+                  ).fit_transform(X_last)
+
+    meta["load_average_end"] = os.getloadavg()
+    scores, invariance = pd.DataFrame(scores), pd.DataFrame(invariance)
+    summary = summarise(scores, invariance)
+    speed = pd.DataFrame(watch.rows)
+    for name, frame in (("scores.csv", scores), ("invariance.csv", invariance)):
+        with atomic_path(out / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    write_text_atomic(out / "results.json", json.dumps(
+        {"meta": meta, "summary": summary.to_dict("records"), "segmentation": seg_quality,
+         "speed": speed.to_dict("records"), "argv": sys.argv[1:]}, indent=2, default=float))
+    text = markdown(summary, seg_quality, speed, meta)
+    write_text_atomic(out / "results.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
