@@ -262,11 +262,10 @@ class TransformerCAE(nn.Module):
         feats = None
         if self.feature_decoder is not None:
             n, dim = len(z), visible.shape[-1]
-            full = self.mask_token.expand(n, self.n_tokens, dim).clone()
-            if idx is None:
-                full = visible
-            else:
-                full = full.scatter(1, idx[..., None].expand(-1, -1, dim), visible)
+            full = visible
+            if idx is not None:  # put the visible tokens back among mask tokens
+                full = self.mask_token.expand(n, self.n_tokens, dim).scatter(
+                    1, idx[..., None].expand(-1, -1, dim), visible)
             out = self.feature_head(self.feature_decoder(full + self.dec_pos))  # (n, hw, C)
             feats = out.transpose(1, 2).reshape(n, -1, *self.grid)
         return CAEOutput(z, self.decoder(z), feats)

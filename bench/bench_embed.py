@@ -1,0 +1,224 @@
+"""Benchmark of stage 1's autoencoder: domain invariance, class retention, time and memory.
+
+Compares, on the same segmented cells, the raw pooled SAM encoder features, the CAE latent
+trained without alignment (``cae.loss.mmd=0``) and the CAE latent with multi-kernel MMD:
+
+* MMD^2 between domains and a domain classifier's accuracy (lower = more invariant),
+* cross-domain macro-F1 of a logistic regression (higher = class information kept),
+
+plus the stage timings and the process's peak RSS. Each row of the printed table can be
+reproduced with the command in the header.
+
+Data (``--data``): ``real`` takes three labs from ../shared/datasets (Acevedo-20 subset, LISC
+crops, Zheng-2018), ``synth`` the synthetic default (needs dorl/synth.py). Segmentation
+(``--segmentation``) comes from the LoRA-SAM stage, or from a saturation threshold with pooled
+features of the pretrained LiteMedSAM encoder (so "raw SAM" stays real SAM features).
+
+``--full`` instead times the whole ``make embed`` of the default config (needs every stage).
+
+Examples
+--------
+OMP_NUM_THREADS=2 .venv/bin/python bench/bench_embed.py --data real --segmentation threshold
+OMP_NUM_THREADS=2 .venv/bin/python bench/bench_embed.py --full
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dorl.config import load_config
+from dorl.embed import embed_segmentation, load_data, run_embed
+from dorl.featstore import read_features
+from dorl.manifest import Manifest
+from dorl.segmentation import Segmentation
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+REAL_SOURCES = [
+    {"format": "acevedo20", "path": str(DATASETS / "acevedo20-subset"), "domain": "acevedo20"},
+    {"format": "class_folders", "path": str(DATASETS / "lisc-crops"), "domain": "lisc"},
+    {"format": "zheng2018", "path": str(DATASETS / "zheng2018-cellavision"), "domain": "zheng2018"},
+]
+logger = logging.getLogger("bench_embed")
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process (and finished children), in GB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024 ** 2
+
+
+def real_manifest(out: Path, n_per_domain: int, seed: int) -> Manifest:
+    """The three real labs, labelled mature5 cells only, at most ``n_per_domain`` each."""
+    from dorl.adapters import build_manifest
+
+    manifest, _ = build_manifest(REAL_SOURCES, "mature5", out / "manifest.csv")
+    table = manifest.table[manifest.table["label"] != "unknown"]
+    rng = np.random.default_rng(seed)
+    keep = []
+    for _, rows in table.groupby("domain"):
+        idx = rows.index.to_numpy()
+        keep.extend(rng.choice(idx, min(n_per_domain, len(idx)), replace=False))
+    return Manifest(table.loc[sorted(keep)].reset_index(drop=True), manifest.base_dir, "mature5")
+
+
+def _threshold_mask(image: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The stained cell nearest the centre by Otsu on saturation, dilated to take in cytoplasm."""
+    from scipy import ndimage
+    from skimage.color import rgb2hsv
+    from skimage.filters import threshold_otsu
+
+    sat = rgb2hsv(image)[..., 1]
+    fg = sat > threshold_otsu(sat)
+    labels, n = ndimage.label(fg)
+    h, w = fg.shape
+    if n == 0:
+        return np.ones_like(fg), True
+    sizes = ndimage.sum(fg, labels, range(1, n + 1))
+    centre = labels[h // 4:3 * h // 4, w // 4:3 * w // 4]
+    central = np.unique(centre[centre > 0])
+    pick = central[np.argmax(sizes[central - 1])] if len(central) else np.argmax(sizes) + 1
+    mask = ndimage.binary_fill_holes(ndimage.binary_dilation(labels == pick, iterations=4))
+    small = mask.mean() < 0.01
+    return (np.ones_like(fg) if small else mask), bool(small)
+
+
+def _masked_crop(image: np.ndarray, mask: np.ndarray, size: int, margin: int = 10) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    y0, y1 = max(ys.min() - margin, 0), min(ys.max() + margin + 1, mask.shape[0])
+    x0, x1 = max(xs.min() - margin, 0), min(xs.max() + margin + 1, mask.shape[1])
+    cut = np.where(mask[..., None], image, 128)[y0:y1, x0:x1].astype(np.uint8)
+    x = torch.from_numpy(cut).permute(2, 0, 1)[None].float()
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+
+
+def threshold_segmentation(cfg, manifest: Manifest) -> Segmentation:
+    """Stand-in for the LoRA-SAM stage: threshold masks + pretrained LiteMedSAM pooled features."""
+    from tqdm import tqdm
+
+    from dorl.images import read_rgb
+    from dorl.sam_models import sam_from_config
+
+    model, provenance = sam_from_config(cfg)
+    size = int(cfg.sam.infer.crop_size)
+    crops, raws, fallback, pooled = [], [], [], []
+    batch = int(cfg.sam.infer.batch_size)
+    for start in tqdm(range(0, len(manifest), batch), desc="threshold + SAM features"):
+        images = [read_rgb(manifest.image_path(i))
+                  for i in range(start, min(start + batch, len(manifest)))]
+        for image in images:
+            mask, fell_back = _threshold_mask(image)
+            crops.append(_masked_crop(image, mask, size))
+            raws.append(_masked_crop(image, np.ones_like(mask), size, margin=0))
+            fallback.append(fell_back)
+        with torch.inference_mode():
+            feats = model.encode(model.preprocess(images), return_features=True)
+        pooled.append(feats["pooled"].float().numpy())
+    n = len(crops)
+    return Segmentation(np.stack(crops), np.stack(raws), np.zeros((n, 1, 1), bool),
+                        np.zeros((n, 4), np.float32), np.array(fallback),
+                        {"sam_pooled": np.concatenate(pooled)},
+                        {**provenance, "signature": "threshold-" + manifest.signature()})
+
+
+def segment(cfg, manifest: Manifest, how: str, cache: Path) -> tuple[Segmentation, str]:
+    """The LoRA-SAM stage (``how="sam"``, when it exists), else :func:`threshold_segmentation`
+    (cached in ``cache`` for the same cells)."""
+    stage_exists = (importlib.util.find_spec("dorl.segment")
+                    and importlib.util.find_spec("dorl.sam_finetune"))
+    if how == "sam" and stage_exists:
+        from dorl.sam_finetune import finetune_from_config
+        from dorl.segment import segment_from_config
+
+        return segment_from_config(cfg, manifest, finetune_from_config(cfg, manifest)), "LoRA-SAM"
+    how = "threshold + LiteMedSAM features"
+    if cache.is_file():
+        seg = Segmentation.load(cache)
+        if seg.meta.get("signature") == "threshold-" + manifest.signature():
+            return seg, how + " (cached)"
+    seg = threshold_segmentation(cfg, manifest)
+    seg.save(cache)
+    return seg, how
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Raw SAM features vs CAE without MMD vs CAE with MMD, on the same cells."""
+    out = Path(args.out)
+    base = [f"run_dir={out}/sam", f"data.root={out}/data", f"seed={args.seed}"] + args.overrides
+    cfg = load_config(REPO / "configs" / "default.yaml", base)
+    t0 = time.perf_counter()
+    manifest = (real_manifest(out / "data", args.n_per_domain, args.seed) if args.data == "real"
+                else load_data(cfg))
+    t1 = time.perf_counter()
+    seg, how = segment(cfg, manifest, args.segmentation, out / "segmentation.npz")
+    t2 = time.perf_counter()
+    print(f"# data: {args.data}, {len(manifest)} cells, domains "
+          f"{manifest.table['domain'].value_counts().to_dict()}; segmentation: {how}; "
+          f"data {t1 - t0:.1f} s, segmentation {t2 - t1:.1f} s")
+    rows, timing = {}, {}
+    for name, extra in (("cae_no_mmd", ["cae.loss.mmd=0"]), ("cae_mmd", [])):
+        vcfg = load_config(REPO / "configs" / "default.yaml",
+                           base + extra + [f"run_dir={out}/{name}"])
+        fs = read_features(embed_segmentation(vcfg, manifest, seg))
+        inv = fs.uns["invariance"]
+        rows.setdefault("raw_sam_pooled", inv["sam_pooled"])
+        rows[name] = inv["cae"]
+        timing[name] = fs.uns["timings_s"]
+        timing[name]["epochs"] = fs.uns["cae_training"]["epochs_run"]
+    cmd = " ".join(["bench/bench_embed.py"] + sys.argv[1:])
+    print(f"\n# reproduce: OMP_NUM_THREADS={torch.get_num_threads()} .venv/bin/python {cmd}")
+    print(f"{'features':<16} {'MMD^2':>8} {'domain acc':>11} {'chance':>7} {'x-domain F1':>12}")
+    for name, r in rows.items():
+        print(f"{name:<16} {r['mmd']:>8.4f} {r['domain_clf_acc']:>11.3f} "
+              f"{r['domain_clf_chance']:>7.3f} {r['cross_domain_macro_f1']:>12.3f}")
+    for name, t in timing.items():
+        print(f"timing {name}: CAE training {t['cae_train']:.1f} s over {t['epochs']} epochs, "
+              f"encoding {t['cae_encode']:.1f} s")
+    print(f"peak RSS: {peak_rss_gb():.2f} GB")
+
+
+def full(args: argparse.Namespace) -> None:
+    """Time the whole ``make embed`` with the default config (all stages)."""
+    cfg = load_config(REPO / "configs" / "default.yaml",
+                      [f"run_dir={args.out}/full", f"data.root={args.out}/synth"] + args.overrides)
+    t0 = time.perf_counter()
+    fs = read_features(run_embed(cfg))
+    total = time.perf_counter() - t0
+    print(f"make embed (default config): {total:.1f} s total, peak RSS {peak_rss_gb():.2f} GB")
+    for stage, seconds in fs.uns["timings_s"].items():
+        print(f"  {stage}: {seconds:.1f} s")
+    for name, r in fs.uns["invariance"].items():
+        print(f"  {name}: MMD^2 {r['mmd']:.4f}, domain acc {r['domain_clf_acc']:.3f} (chance "
+              f"{r['domain_clf_chance']:.3f}), cross-domain macro-F1 "
+              f"{r['cross_domain_macro_f1']:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", choices=["real", "synth"], default="synth")
+    parser.add_argument("--n-per-domain", type=int, default=300)
+    parser.add_argument("--segmentation", choices=["sam", "threshold"], default="sam",
+                        help="LoRA-SAM stage (falls back to threshold when absent) or threshold")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/bench_embed")
+    parser.add_argument("--full", action="store_true", help="time the whole make embed instead")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides for every run (e.g. cae.epochs=5)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    (full if args.full else compare)(args)
+
+
+if __name__ == "__main__":
+    main()

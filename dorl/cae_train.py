@@ -1,0 +1,342 @@
+"""Training the cross-domain autoencoder: losses, epochs, checkpoints, resume, early stopping.
+
+Each step draws a domain-balanced batch (:mod:`dorl.domain_batches`) and minimises
+
+    ssim * (1 - SSIM) + l1 * L1 + mse * MSE + feature * MSE(features)
+        + ramp(epoch) * (mmd * MMD^2 + coral * CORAL)
+
+where the alignment terms are averaged over every pair of domains (:mod:`dorl.alignment`). After
+every epoch the full state (weights, optimiser, history, best weights) is saved atomically to
+``last.pt``, so an interrupted run resumes from the last finished epoch and ends with the same
+weights as an uninterrupted one. The validation loss (cells with manifest split ``val``) picks the
+best epoch once the alignment ramp is complete, and stops training after ``patience`` epochs
+without improvement. Class labels never reach this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ssim
+from tqdm.auto import tqdm
+
+from dorl.alignment import align_weight, coral, mmd2, pairwise_alignment
+from dorl.atomic import atomic_path
+from dorl.autoencoder import CAEOutput, FeatureScaler, build_autoencoder
+from dorl.domain_batches import DomainBalancedBatches
+
+logger = logging.getLogger(__name__)
+
+LOSS_TERMS = ("ssim", "l1", "mse", "feature", "align")
+
+
+class CheckpointError(RuntimeError):
+    """A CAE checkpoint is unreadable or was made by another config or dataset."""
+
+
+@dataclass
+class CAEData:
+    """The cells the autoencoder sees, without labels.
+
+    Attributes
+    ----------
+    crops : uint8 ndarray of shape (n, s, s, 3)
+        Masked cell crops (the reconstruction target, and the input when ``cae.input`` uses it).
+    features : float32 ndarray of shape (n, C) or (n, C, h, w), or None
+        SAM encoder features of the same cells.
+    domain_ids : int ndarray of shape (n,)
+        Index into ``domains`` for each cell.
+    domains : list of str
+    """
+
+    crops: np.ndarray
+    features: np.ndarray | None
+    domain_ids: np.ndarray
+    domains: list[str]
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def batch(self, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+        """Tensors for rows ``idx``: ``crop`` (b, 3, s, s) float in [0, 1] (channels_last) and
+        ``features`` (b, ...) float32 when present."""
+        crop = torch.from_numpy(self.crops[idx]).to(device).permute(0, 3, 1, 2).float() / 255.0
+        out = {"crop": crop.contiguous(memory_format=torch.channels_last)}
+        if self.features is not None:
+            out["features"] = torch.from_numpy(np.ascontiguousarray(self.features[idx])).to(device)
+        return out
+
+
+@dataclass
+class TrainResult:
+    """A trained autoencoder and how it got there.
+
+    Attributes
+    ----------
+    model : nn.Module
+        In eval mode, holding the best epoch's weights.
+    history : list of dict
+        One record per epoch: ``epoch``, ``train_*`` and ``val_*`` loss terms, ``align_weight``,
+        ``seconds``.
+    best_epoch : int
+    stopped_early : bool
+    checkpoint : Path
+        ``best.pt``, the best weights.
+    """
+
+    model: torch.nn.Module
+    history: list[dict[str, float]]
+    best_epoch: int
+    stopped_early: bool
+    checkpoint: Path
+
+
+def feature_scaler(features: np.ndarray | None, train_idx: np.ndarray) -> FeatureScaler | None:
+    """Per-dimension mean and std of the training cells' features (None without features)."""
+    if features is None:
+        return None
+    train = torch.from_numpy(np.asarray(features[train_idx], dtype=np.float32))
+    return FeatureScaler(train.mean(0), train.std(0))
+
+
+def compute_losses(model: torch.nn.Module, out: CAEOutput, batch: dict[str, torch.Tensor],
+                   domain_ids: torch.Tensor, loss_cfg, ramp: float,
+                   bandwidths: tuple[float, ...]) -> dict[str, torch.Tensor]:
+    """The weighted loss terms of one batch and their sum under ``"total"``.
+
+    Parameters
+    ----------
+    out : CAEOutput
+        The model's output for ``batch``.
+    domain_ids : Tensor of shape (b,)
+    loss_cfg : DictConfig
+        ``cae.loss`` (ssim, l1, mse, feature, mmd, coral weights).
+    ramp : float
+        Alignment warm-up factor in [0, 1].
+    bandwidths : tuple of float
+        MMD kernel bandwidths.
+    """
+    target = batch["crop"]
+    terms = {
+        "ssim": loss_cfg.ssim * (1.0 - ssim(out.image, target, data_range=1.0, size_average=True)),
+        "l1": loss_cfg.l1 * F.l1_loss(out.image, target),
+        "mse": loss_cfg.mse * F.mse_loss(out.image, target),
+        "feature": out.z.new_zeros(()),
+        "align": out.z.new_zeros(()),
+    }
+    if out.features is not None:
+        terms["feature"] = loss_cfg.feature * F.mse_loss(out.features,
+                                                         model.scaler(batch["features"]))
+    if ramp > 0 and loss_cfg.mmd > 0:
+        terms["align"] = terms["align"] + ramp * loss_cfg.mmd * pairwise_alignment(
+            out.z, domain_ids, partial(mmd2, bandwidths=bandwidths))
+    if ramp > 0 and loss_cfg.coral > 0:
+        terms["align"] = terms["align"] + ramp * loss_cfg.coral * pairwise_alignment(
+            out.z, domain_ids, coral)
+    terms["total"] = sum(terms[k] for k in LOSS_TERMS)
+    return terms
+
+
+@torch.inference_mode()
+def encode_cells(model: torch.nn.Module, data: CAEData, device: torch.device,
+                 batch_size: int = 256, desc: str = "embedding") -> np.ndarray:
+    """Latent codes of every cell, float32 (n, latent_dim), in eval mode (no token masking)."""
+    model.eval()
+    chunks = []
+    for start in tqdm(range(0, len(data), batch_size), desc=desc, leave=False):
+        idx = np.arange(start, min(start + batch_size, len(data)))
+        chunks.append(model.encode(data.batch(idx, device)).float().cpu().numpy())
+    return np.concatenate(chunks).astype(np.float32)
+
+
+@torch.inference_mode()
+def _validate(model, data: CAEData, val_idx: np.ndarray, device, cae_cfg) -> dict[str, float]:
+    """Loss terms over the validation cells, alignment at full weight over all of them."""
+    model.eval()
+    sums = {k: 0.0 for k in LOSS_TERMS}
+    zs, doms = [], []
+    bandwidths = tuple(cae_cfg.mmd_bandwidths)
+    for start in range(0, len(val_idx), 256):
+        idx = val_idx[start:start + 256]
+        batch = data.batch(idx, device)
+        out = model(batch)
+        terms = compute_losses(model, out, batch, out.z.new_zeros(len(idx), dtype=torch.long),
+                               cae_cfg.loss, 0.0, bandwidths)
+        for k in LOSS_TERMS:
+            sums[k] += float(terms[k]) * len(idx)
+        zs.append(out.z)
+        doms.append(torch.from_numpy(data.domain_ids[idx]))
+    result = {k: v / len(val_idx) for k, v in sums.items()}
+    z, d = torch.cat(zs), torch.cat(doms).to(device)
+    align = 0.0
+    if cae_cfg.loss.mmd > 0:
+        align += cae_cfg.loss.mmd * float(pairwise_alignment(
+            z, d, partial(mmd2, bandwidths=bandwidths)))
+    if cae_cfg.loss.coral > 0:
+        align += cae_cfg.loss.coral * float(pairwise_alignment(z, d, coral))
+    result["align"] = align
+    result["total"] = sum(result[k] for k in LOSS_TERMS)
+    return result
+
+
+def _save(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, signature: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read the CAE checkpoint ({exc}); delete it to "
+                              f"train from scratch") from exc
+    if state.get("signature") != signature:
+        raise CheckpointError(f"{path} was made by another config or dataset (signature "
+                              f"{state.get('signature')!r}, this run {signature!r}). Delete "
+                              f"{path.parent} or choose another run_dir.")
+    return state
+
+
+def plot_loss_curves(history: list[dict[str, float]], path: str | Path,
+                     best_epoch: int | None = None) -> Path:
+    """Write train/validation loss curves (total and each term) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for split, style in (("train", "-"), ("val", "--")):
+        axes[0].plot(epochs, [h[f"{split}_total"] for h in history], style, label=split)
+        for k in LOSS_TERMS:
+            values = [h[f"{split}_{k}"] for h in history]
+            if any(values):
+                axes[1].plot(epochs, values, style, label=f"{split} {k}")
+    if best_epoch is not None:
+        axes[0].axvline(best_epoch + 1, color="grey", lw=0.8, label="best")
+    axes[0].set_title("total loss")
+    axes[1].set_title("weighted terms (alignment ramped in training)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg, seed: int,
+              out_dir: str | Path, device: torch.device, signature: str) -> TrainResult:
+    """Train (or resume, or reload) the autoencoder on ``train_idx``, validating on ``val_idx``.
+
+    Parameters
+    ----------
+    data : CAEData
+    train_idx, val_idx : int ndarray
+        Rows of ``data`` to train on and to validate on (disjoint, both non-empty).
+    cae_cfg : DictConfig
+        The ``cae`` config section.
+    seed : int
+    out_dir : str or Path
+        Holds ``last.pt`` (resumable state), ``best.pt`` and ``loss_curves.png``.
+    device : torch.device
+    signature : str
+        What the checkpoints must have been made with to be resumed (config + data hash).
+
+    Raises
+    ------
+    CheckpointError
+        When ``out_dir`` holds a checkpoint of another config or dataset.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ValueError(f"the autoencoder needs training and validation cells, got "
+                         f"{len(train_idx)} and {len(val_idx)}")
+    torch.manual_seed(seed)
+    model = build_autoencoder(cae_cfg, data.crops.shape[1],
+                              feature_scaler(data.features, train_idx))
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(cae_cfg.lr),
+                                  weight_decay=float(cae_cfg.weight_decay))
+    state = {"epoch": -1, "history": [], "best_loss": float("inf"), "best_epoch": -1,
+             "best_state": None, "bad_epochs": 0, "done": False}
+    if last_path.is_file():
+        saved = _load_checkpoint(last_path, signature)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["train_state"]
+        logger.info("resuming CAE training from %s (epoch %d of %d done)", last_path,
+                    state["epoch"] + 1, cae_cfg.epochs)
+    batches = DomainBalancedBatches(data.domain_ids[train_idx], int(cae_cfg.batch_per_domain),
+                                    seed)
+    if len(np.unique(data.domain_ids[train_idx])) < 2 and (cae_cfg.loss.mmd or cae_cfg.loss.coral):
+        logger.warning("only one domain takes part in CAE training: no alignment is possible")
+    bandwidths = tuple(cae_cfg.mmd_bandwidths)
+    warmup = float(cae_cfg.loss.align_warmup_epochs)
+    n_epochs = int(cae_cfg.epochs)
+    bar = tqdm(range(state["epoch"] + 1, n_epochs), desc="CAE epochs", leave=False)
+    for epoch in bar:
+        if state["done"]:
+            break
+        model.train()
+        torch.manual_seed(seed * 100_003 + epoch)
+        sums = {k: 0.0 for k in LOSS_TERMS + ("total",)}
+        t0 = time.perf_counter()
+        for step, local in enumerate(batches.epoch(epoch)):
+            idx = train_idx[local]
+            batch = data.batch(idx, device)
+            dom = torch.from_numpy(data.domain_ids[idx]).to(device)
+            ramp = align_weight(epoch + step / len(batches), 1.0, warmup)
+            terms = compute_losses(model, model(batch), batch, dom, cae_cfg.loss, ramp,
+                                   bandwidths)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            for k in sums:
+                sums[k] += float(terms[k].detach()) / len(batches)
+        val = _validate(model, data, val_idx, device, cae_cfg)
+        record = {"epoch": epoch, "align_weight": align_weight(epoch + 1, 1.0, warmup),
+                  "seconds": time.perf_counter() - t0,
+                  **{f"train_{k}": v for k, v in sums.items()},
+                  **{f"val_{k}": v for k, v in val.items()}}
+        state["history"].append(record)
+        state["epoch"] = epoch
+        ramp_complete = epoch + 1 >= warmup
+        if not ramp_complete or val["total"] < state["best_loss"]:
+            state["best_loss"] = val["total"] if ramp_complete else float("inf")
+            state["best_epoch"] = epoch
+            state["best_state"] = {k: v.detach().cpu().clone()
+                                   for k, v in model.state_dict().items()}
+            state["bad_epochs"] = 0
+        else:
+            state["bad_epochs"] += 1
+            if state["bad_epochs"] >= int(cae_cfg.patience):
+                state["done"] = True
+                logger.info("CAE early stopping after epoch %d: no validation improvement "
+                            "for %d epochs", epoch + 1, state["bad_epochs"])
+        bar.set_postfix(train=f"{sums['total']:.4f}", val=f"{val['total']:.4f}")
+        logger.info("CAE epoch %d/%d: train %.4f, val %.4f (ssim %.4f, align %.4f), %.1f s",
+                    epoch + 1, n_epochs, sums["total"], val["total"], val["ssim"], val["align"],
+                    record["seconds"])
+        _save(last_path, {"signature": signature, "model": model.state_dict(),
+                          "optimizer": optimizer.state_dict(), "train_state": state})
+    if state["best_state"] is None:
+        raise CheckpointError(f"{last_path}: no finished epoch to take weights from "
+                              f"(cae.epochs={n_epochs})")
+    model.load_state_dict(state["best_state"])
+    model.eval()
+    _save(best_path, {"signature": signature, "model": state["best_state"],
+                      "best_epoch": state["best_epoch"]})
+    plot_loss_curves(state["history"], out_dir / "loss_curves.png", state["best_epoch"])
+    return TrainResult(model, state["history"], state["best_epoch"], bool(state["done"]),
+                       best_path)

@@ -1,0 +1,239 @@
+"""Stage 1 end to end (``make embed``): data -> LoRA-SAM -> segmentation -> CAE -> features.h5ad.
+
+:func:`run_embed` reuses a finished feature file whose ``uns/signature`` matches this run and
+refuses one made by another config or dataset. :func:`embed_segmentation` is the part after
+segmentation: it trains the cross-domain autoencoder under the configured protocol, encodes every
+cell and writes the feature file with its provenance and domain-invariance figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from dorl import __version__
+from dorl.cae_train import CAEData, TrainResult, encode_cells, train_cae
+from dorl.config import ConfigError, resolved_yaml
+from dorl.device import get_device
+from dorl.featstore import OBS_COLUMNS, FeatureSet, check_signature, write_features
+from dorl.invariance import domain_invariance, plot_invariance
+from dorl.manifest import Manifest
+from dorl.provenance import package_versions, sha256_file, signature_of, utc_now
+from dorl.segmentation import Segmentation
+from dorl.taxonomy import label_space
+
+logger = logging.getLogger(__name__)
+
+FEATURES_FILE = "features.h5ad"
+
+
+def feature_signature(cfg, manifest: Manifest) -> dict[str, str]:
+    """What a feature file must have been made with to be reused: data, label space, the SAM and
+    CAE config sections and the seed."""
+    return {
+        "data": manifest.signature(),
+        "label_space": str(cfg.data.label_space),
+        "sam": signature_of([OmegaConf.to_container(cfg.sam, resolve=True)]),
+        "cae": signature_of([OmegaConf.to_container(cfg.cae, resolve=True)]),
+        "seed": str(cfg.seed),
+    }
+
+
+def load_data(cfg) -> Manifest:
+    """The run's manifest; the synthetic default dataset is generated when there is none."""
+    from dorl.adapters import manifest_from_config
+
+    if not Path(cfg.data.manifest).is_file() and not cfg.data.sources:
+        from dorl.synth import generate_from_config
+
+        logger.info("no manifest at %s and no data.sources: generating the synthetic dataset",
+                    cfg.data.manifest)
+        return generate_from_config(cfg)
+    return manifest_from_config(cfg)
+
+
+def run_embed(cfg) -> Path:
+    """Run stage 1 and return the path of ``run_dir/features.h5ad``.
+
+    Raises
+    ------
+    FeatureFileError
+        When ``run_dir`` holds a feature file made by another config or dataset.
+    """
+    out = Path(cfg.run_dir) / FEATURES_FILE
+    manifest = load_data(cfg)
+    signature = feature_signature(cfg, manifest)
+    if check_signature(out, signature):
+        logger.info("%s is up to date for this config and dataset: reused", out)
+        return out
+    from dorl.sam_finetune import finetune_from_config
+    from dorl.segment import segment_from_config
+
+    t0 = time.perf_counter()
+    adapter_dir = finetune_from_config(cfg, manifest)
+    t1 = time.perf_counter()
+    seg = segment_from_config(cfg, manifest, adapter_dir)
+    t2 = time.perf_counter()
+    return embed_segmentation(cfg, manifest, seg,
+                              timings={"sam_finetune": t1 - t0, "segment": t2 - t1})
+
+
+def split_cells(cfg, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices the CAE trains and validates on, by protocol and manifest split.
+
+    Transductive: every domain takes part (without labels). Inductive: ``cae.target_domains`` are
+    left out entirely. Validation cells are those with split ``val``; when none of the training
+    domains has any, a seeded ``cae.val_fraction`` of the training cells is used instead.
+    """
+    table = manifest.table
+    domains = table["domain"].astype(str).to_numpy()
+    protocol = cfg.cae.protocol
+    targets = [str(d) for d in cfg.cae.target_domains]
+    if protocol == "inductive":
+        unknown = sorted(set(targets) - set(domains))
+        if not targets or unknown:
+            raise ConfigError(f"cae.protocol=inductive needs cae.target_domains naming domains of "
+                             f"the manifest {sorted(set(domains))}; got {targets}")
+        used = ~np.isin(domains, targets)
+        if not used.any():
+            raise ConfigError("cae.target_domains holds out every domain: nothing left to train on")
+    elif protocol == "transductive":
+        used = np.ones(len(table), dtype=bool)
+    else:
+        raise ConfigError(f"cae.protocol must be transductive or inductive, got {protocol!r}")
+    is_val = table["split"].astype(str).to_numpy() == "val"
+    if not (used & is_val).any():
+        rng = np.random.default_rng(cfg.seed)
+        is_val = rng.random(len(table)) < float(cfg.cae.val_fraction)
+        logger.info("no manifest rows with split=val: validating the CAE on a random %.0f%%",
+                    100 * cfg.cae.val_fraction)
+    return np.flatnonzero(used & ~is_val), np.flatnonzero(used & is_val)
+
+
+def resize_crops(crops: np.ndarray, size: int, chunk: int = 512) -> np.ndarray:
+    """Downsize uint8 crops (n, s, s, 3) to (n, size, size, 3) with antialiasing (s >= size)."""
+    if crops.shape[1] <= size:
+        return crops
+    out = np.empty((len(crops), size, size, 3), dtype=np.uint8)
+    for start in range(0, len(crops), chunk):
+        x = torch.from_numpy(crops[start:start + chunk]).permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+        out[start:start + chunk] = y.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def _cae_data(cfg, manifest: Manifest, seg: Segmentation) -> CAEData:
+    domains = manifest.domains
+    feats = None
+    if cfg.cae.input in ("features", "both"):
+        key = "sam_spatial" if cfg.cae.arch == "transformer" else "sam_pooled"
+        if key not in seg.features:
+            raise ConfigError(f"cae.arch={cfg.cae.arch} with cae.input={cfg.cae.input} needs "
+                             f"segmentation features {key!r}, found {sorted(seg.features)}; "
+                             f"set sam.infer.features accordingly")
+        feats = np.asarray(seg.features[key], dtype=np.float32)
+    crops = resize_crops(np.asarray(seg.crops, dtype=np.uint8), int(cfg.cae.image_size))
+    ids = manifest.table["domain"].map({d: i for i, d in enumerate(domains)}).to_numpy()
+    return CAEData(crops, feats, ids.astype(np.int64), domains)
+
+
+def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
+                       timings: dict[str, float] | None = None) -> Path:
+    """Train the CAE on segmented cells, embed them all and write ``run_dir/features.h5ad``.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+    manifest : Manifest
+        Rows aligned with ``seg``.
+    seg : Segmentation
+        Masked crops (n, s, s, 3), fallback flags and SAM features of every manifest row.
+    timings : dict of str -> float, optional
+        Seconds spent in earlier stages, recorded in the file's provenance.
+    """
+    if len(seg) != len(manifest):
+        raise ValueError(f"segmentation has {len(seg)} cells but the manifest has "
+                         f"{len(manifest)} rows")
+    run_dir = Path(cfg.run_dir)
+    out = run_dir / FEATURES_FILE
+    signature = feature_signature(cfg, manifest)
+    timings = dict(timings or {})
+    train_idx, val_idx = split_cells(cfg, manifest)
+    data = _cae_data(cfg, manifest, seg)
+    device = get_device(cfg.device)
+    logger.info("CAE (%s, input %s, %s protocol): %d training and %d validation cells of %d, "
+                "%d px crops, device %s", cfg.cae.arch, cfg.cae.input, cfg.cae.protocol,
+                len(train_idx), len(val_idx), len(data), data.crops.shape[1], device)
+    t0 = time.perf_counter()
+    train_sig = signature_of([signature, seg.meta.get("signature", "")])
+    result = train_cae(data, train_idx, val_idx, cfg.cae, int(cfg.seed), run_dir / "cae",
+                       device, train_sig)
+    t1 = time.perf_counter()
+    X = encode_cells(result.model, data, device)
+    timings.update(cae_train=t1 - t0, cae_encode=time.perf_counter() - t1)
+
+    table = manifest.table
+    obs = table[[c for c in OBS_COLUMNS if c in table.columns]].copy()
+    obs["seg_fallback"] = np.asarray(seg.fallback, dtype=bool)
+    obs.index = pd.Index(table["path"].astype(str), name="cell_id")
+    obsm = {f"X_{k}": np.asarray(v, dtype=np.float32)
+            for k, v in seg.features.items() if np.asarray(v).ndim == 2}
+    invariance = _invariance(cfg, X, obsm, obs, run_dir)
+    in_training = np.zeros(len(table), dtype=bool)
+    in_training[np.concatenate([train_idx, val_idx])] = True
+    obs["cae_trained_on"] = in_training
+    uns = _provenance(cfg, signature, seg, result, data.domains, timings)
+    uns["invariance"] = invariance
+    return write_features(out, FeatureSet(X, obs, obsm, uns))
+
+
+def _provenance(cfg, signature: dict[str, str], seg: Segmentation, result: TrainResult,
+                domains: list[str], timings: dict[str, float]) -> dict:
+    """The feature file's ``uns``: signature, config, versions, hashes, protocol, labels."""
+    return {
+        "signature": signature,
+        "created_utc": utc_now(),
+        "config": resolved_yaml(cfg),
+        "versions": package_versions(),
+        "data_signature": signature["data"],
+        "protocol": str(cfg.cae.protocol),
+        "target_domains": [str(d) for d in cfg.cae.target_domains],
+        "label_space": str(cfg.data.label_space),
+        "label_order": list(label_space(cfg.data.label_space)),
+        "domains": list(domains),
+        "hashes": {"cae_checkpoint": sha256_file(result.checkpoint),
+                   **{k: str(v) for k, v in seg.meta.items() if v is not None
+                      and ("hash" in k or "sha256" in k or k == "signature")}},
+        "segmentation": {k: v for k, v in seg.meta.items()
+                         if isinstance(v, (str, int, float, bool))},
+        "cae_training": {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                         "stopped_early": result.stopped_early,
+                         "best_val_loss": min(h["val_total"] for h in result.history)},
+        "timings_s": timings,
+        "dorl_version": __version__,
+    }
+
+
+def _invariance(cfg, X: np.ndarray, obsm: dict[str, np.ndarray], obs: pd.DataFrame,
+                run_dir: Path) -> dict:
+    """Domain-invariance figures of the CAE latent and of each stored SAM feature set."""
+    domains, labels = obs["domain"].astype(str).to_numpy(), obs["label"].astype(str).to_numpy()
+    if len(np.unique(domains)) < 2:
+        return {}
+    sets = {"cae": X, **{k[2:]: v for k, v in obsm.items()}}
+    results = {name: domain_invariance(v, domains, labels, int(cfg.seed))
+               for name, v in sets.items()}
+    for name, r in results.items():
+        logger.info("invariance of %s: MMD^2 %.4f, domain classifier %.3f (chance %.3f), "
+                    "cross-domain macro-F1 %.3f", name, r["mmd"], r["domain_clf_acc"],
+                    r["domain_clf_chance"], r["cross_domain_macro_f1"])
+    plot_invariance(results, sets, domains, run_dir / "invariance.png")
+    return results

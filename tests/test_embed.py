@@ -1,0 +1,139 @@
+"""Stage 1 after segmentation: feature file contents, protocols, label blindness, reuse."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import dorl.embed as embed
+from dorl.embed import embed_segmentation, feature_signature, resize_crops, run_embed, split_cells
+from dorl.featstore import FeatureFileError, read_features
+from dorl.manifest import Manifest
+from dorl.segmentation import Segmentation
+
+CLASSES = ("neutrophil", "lymphocyte", "monocyte")
+
+
+def toy_cells(n_per_domain=24, size=32, seed=0):
+    """A manifest and a Segmentation of drawn cells: class sets the disc size, domain the hue."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    rows, crops = [], []
+    for d, domain in enumerate(("lab_a", "lab_b", "lab_c")):
+        for i in range(n_per_domain):
+            c = i % 3
+            disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size * (0.18 + 0.08 * c)) ** 2
+            img = np.full((size, size, 3), 128, np.uint8)
+            img[disc] = np.clip(np.array([120 + 40 * d, 70 + 25 * c, 150 - 20 * d])
+                                + rng.normal(0, 6, 3), 0, 255)
+            crops.append(img)
+            rows.append({"path": f"{domain}/{i}.png", "domain": domain, "label": CLASSES[c],
+                         "label_raw": CLASSES[c], "label_fine": CLASSES[c], "sha256": f"{d}{i}",
+                         "mask_path": "", "split": "val" if i % 6 == 0 else "train",
+                         "group": f"{domain}{i}"})
+    crops = np.stack(crops)
+    n = len(crops)
+    pooled = rng.normal(size=(n, 12)).astype(np.float32)
+    seg = Segmentation(crops, crops.copy(), np.ones((n, 8, 8), bool),
+                       np.zeros((n, 4), np.float32), np.arange(n) % 10 == 0,
+                       {"sam_pooled": pooled},
+                       {"signature": "toyseg", "checkpoint_sha256": "abc", "backbone": "toy"})
+    return Manifest(pd.DataFrame(rows), Path("/nonexistent"), "mature5"), seg
+
+
+def test_feature_file_holds_embeddings_metadata_and_provenance(tiny_cfg):
+    manifest, seg = toy_cells()
+    path = embed_segmentation(tiny_cfg, manifest, seg)
+    fs = read_features(path)
+    assert fs.X.shape == (72, tiny_cfg.cae.latent_dim)
+    assert list(fs.obs.index) == list(manifest.table["path"])
+    for col in ("path", "domain", "label", "label_raw", "label_fine", "split", "group",
+                "seg_fallback"):
+        assert col in fs.obs.columns, col
+    assert fs.obs["seg_fallback"].tolist() == seg.fallback.tolist()
+    np.testing.assert_array_equal(fs.obsm["X_sam_pooled"], seg.features["sam_pooled"])
+    uns = fs.uns
+    assert uns["signature"] == feature_signature(tiny_cfg, manifest)
+    assert uns["protocol"] == "transductive" and uns["data_signature"] == manifest.signature()
+    assert uns["label_order"] == ["neutrophil", "lymphocyte", "monocyte", "eosinophil",
+                                  "basophil"]
+    assert "torch" in uns["versions"] and "cae:" in uns["config"]
+    assert len(uns["hashes"]["cae_checkpoint"]) == 64
+    assert uns["hashes"]["checkpoint_sha256"] == "abc"
+    assert set(uns["invariance"]) == {"cae", "sam_pooled"}
+    run_dir = Path(tiny_cfg.run_dir)
+    for name in ("invariance.png", "cae/loss_curves.png", "cae/best.pt", "cae/last.pt"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_class_labels_do_not_change_the_embeddings(tiny_cfg, tmp_path):
+    manifest, seg = toy_cells()
+    first = read_features(embed_segmentation(tiny_cfg, manifest, seg)).X
+    shuffled = manifest.table.copy()
+    for col in ("label", "label_raw", "label_fine"):
+        shuffled[col] = np.random.default_rng(1).permutation(shuffled[col].to_numpy())
+    tiny_cfg.run_dir = str(tmp_path / "shuffled")
+    second = read_features(embed_segmentation(
+        tiny_cfg, Manifest(shuffled, manifest.base_dir, "mature5"), seg)).X
+    np.testing.assert_array_equal(first, second)
+
+
+def test_inductive_protocol_holds_the_target_domain_out(tiny_cfg):
+    manifest, seg = toy_cells()
+    tiny_cfg.cae.protocol = "inductive"
+    tiny_cfg.cae.target_domains = ["lab_c"]
+    train, val = split_cells(tiny_cfg, manifest)
+    domains = manifest.table["domain"].to_numpy()
+    assert "lab_c" not in set(domains[train]) | set(domains[val])
+    fs = read_features(embed_segmentation(tiny_cfg, manifest, seg))
+    assert fs.uns["protocol"] == "inductive" and fs.uns["target_domains"] == ["lab_c"]
+    assert not fs.obs.loc[fs.obs["domain"] == "lab_c", "cae_trained_on"].any()
+    assert fs.obs.loc[fs.obs["domain"] != "lab_c", "cae_trained_on"].all()
+    assert np.isfinite(fs.X[domains == "lab_c"]).all()
+
+
+def test_inductive_protocol_needs_known_target_domains(tiny_cfg):
+    manifest, _ = toy_cells()
+    tiny_cfg.cae.protocol = "inductive"
+    tiny_cfg.cae.target_domains = ["lab_z"]
+    with pytest.raises(ValueError, match="lab_z"):
+        split_cells(tiny_cfg, manifest)
+
+
+def test_validation_falls_back_to_a_random_fraction(tiny_cfg):
+    manifest, _ = toy_cells()
+    manifest.table["split"] = "train"
+    train, val = split_cells(tiny_cfg, manifest)
+    assert len(val) > 0 and not set(train) & set(val) and len(train) + len(val) == len(manifest)
+
+
+def test_resize_crops_downsizes_only():
+    crops = np.full((3, 64, 64, 3), 200, np.uint8)
+    assert resize_crops(crops, 32).shape == (3, 32, 32, 3)
+    assert (resize_crops(crops, 32) == 200).all()
+    assert resize_crops(crops, 128) is crops
+
+
+def test_run_embed_reuses_a_matching_file_and_refuses_another(tiny_cfg, monkeypatch):
+    manifest, seg = toy_cells()
+    monkeypatch.setattr(embed, "load_data", lambda cfg: manifest)
+    path = embed_segmentation(tiny_cfg, manifest, seg)
+    stamp = path.stat().st_mtime_ns
+    assert run_embed(tiny_cfg) == path  # no SAM stage runs: the file is reused
+    assert path.stat().st_mtime_ns == stamp
+    tiny_cfg.cae.loss.mmd = 0.0
+    with pytest.raises(FeatureFileError, match="another config"):
+        run_embed(tiny_cfg)
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None
+                        for m in ("dorl.synth", "dorl.sam_finetune", "dorl.segment")),
+                    reason="the synthetic data and SAM stages are not in this checkout yet")
+def test_run_embed_end_to_end_on_tiny_config(tiny_cfg):
+    path = run_embed(tiny_cfg)
+    fs = read_features(path)
+    assert len(fs.X) == len(fs.obs) > 0 and np.isfinite(fs.X).all()
+    assert "X_sam_pooled" in fs.obsm
+    assert run_embed(tiny_cfg) == path
