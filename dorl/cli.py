@@ -154,6 +154,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dorl`` console script and ``python -m dorl``."""
     args = build_parser().parse_args(argv)
+    from dorl.cae_train import CheckpointError
     from dorl.config import ConfigError
     from dorl.featstore import FeatureFileError
     from dorl.images import ImageReadError
@@ -163,6 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except (ConfigError, ManifestError, TaxonomyError, ImageReadError, FeatureFileError,
-            FileNotFoundError) as exc:
+            CheckpointError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2

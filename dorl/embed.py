@@ -47,8 +47,13 @@ def feature_signature(cfg, manifest: Manifest) -> dict[str, str]:
 
 
 def load_data(cfg) -> Manifest:
-    """The run's manifest; the synthetic default dataset is generated when there is none."""
+    """The run's manifest; the synthetic default dataset is generated when there is none.
+
+    With ``data.on_bad_image=skip``, unreadable images are dropped and listed in
+    ``run_dir/skipped_images.csv``.
+    """
     from dorl.adapters import manifest_from_config
+    from dorl.manifest import drop_unreadable
 
     if not Path(cfg.data.manifest).is_file() and not cfg.data.sources:
         from dorl.synth import generate_from_config
@@ -56,7 +61,8 @@ def load_data(cfg) -> Manifest:
         logger.info("no manifest at %s and no data.sources: generating the synthetic dataset",
                     cfg.data.manifest)
         return generate_from_config(cfg)
-    return manifest_from_config(cfg)
+    return drop_unreadable(manifest_from_config(cfg), cfg.data.on_bad_image,
+                           Path(cfg.run_dir) / "skipped_images.csv")
 
 
 def run_embed(cfg) -> Path:

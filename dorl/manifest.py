@@ -185,6 +185,35 @@ class Manifest:
         return self.table.groupby(["domain", "label"]).size().unstack(fill_value=0)
 
 
+def drop_unreadable(manifest: Manifest, policy: str, report: str | Path) -> Manifest:
+    """Apply ``data.on_bad_image``: ``error`` returns the manifest as is (the first unreadable
+    image stops the run, naming the file); ``skip`` decodes every image, drops the unreadable
+    ones and lists them (path and problem) in the CSV ``report``.
+    """
+    from dorl.images import ImageReadError, read_rgb
+
+    if policy == "error":
+        return manifest
+    if policy != "skip":
+        raise ManifestError(f"data.on_bad_image must be 'error' or 'skip', got {policy!r}")
+    bad = []
+    for i in range(len(manifest)):
+        try:
+            read_rgb(manifest.image_path(i))
+        except ImageReadError as exc:
+            bad.append((i, manifest.table["path"].iloc[i], exc.problem))
+    if not bad:
+        return manifest
+    with atomic_path(report) as tmp:
+        pd.DataFrame([b[1:] for b in bad], columns=["path", "problem"]).to_csv(tmp, index=False)
+    logger.warning("skipped %d unreadable image(s), listed in %s", len(bad), report)
+    keep = np.ones(len(manifest), dtype=bool)
+    keep[[b[0] for b in bad]] = False
+    table = manifest.table[keep].reset_index(drop=True)
+    validate(table, manifest.label_space, manifest.base_dir, where=str(report), check_files=False)
+    return Manifest(table, manifest.base_dir, manifest.label_space)
+
+
 def load_manifest(path: str | Path, space: str, check_files: bool = True) -> Manifest:
     """Load and validate a manifest CSV; labels are re-derived into ``space`` from fine labels."""
     path = Path(path)

@@ -28,7 +28,7 @@ SEGMENTATION_FILE = "segmentation.npz"
 GREY = 128
 CROP_MARGIN = 0.08
 # Images read into memory at a time by segment_from_config (bounds memory on large datasets).
-READ_CHUNK = 512
+READ_CHUNK = 128
 
 
 def clean_mask(mask: np.ndarray) -> np.ndarray:
@@ -259,10 +259,12 @@ def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None) -> Se
             return cached
         logger.info("%s was made with other settings: segmenting again", out)
     parts = []
-    for start in tqdm(range(0, len(manifest), READ_CHUNK), desc="segment", unit="chunk"):
-        stop = min(start + READ_CHUNK, len(manifest))
-        images = [read_rgb(manifest.image_path(i)) for i in range(start, stop)]
-        parts.append(segment_images(model, images, cfg, progress=False))
+    with tqdm(total=len(manifest), desc="segment", unit="img") as bar:
+        for start in range(0, len(manifest), READ_CHUNK):
+            stop = min(start + READ_CHUNK, len(manifest))
+            images = [read_rgb(manifest.image_path(i)) for i in range(start, stop)]
+            parts.append(segment_images(model, images, cfg, progress=False))
+            bar.update(stop - start)
     seg = Segmentation(*(np.concatenate([getattr(p, k) for p in parts])
                          for k in ("crops", "raw_crops", "masks", "boxes", "fallback")),
                        {k: np.concatenate([p.features[k] for p in parts])

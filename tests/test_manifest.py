@@ -66,3 +66,19 @@ def test_round_trip(tmp_path):
     save_manifest(m.table, tmp_path / "copy.csv")
     again = load_manifest(tmp_path / "copy.csv", "mature5")
     pd.testing.assert_frame_equal(m.table, again.table)
+
+
+def test_unreadable_images_are_skipped_and_listed(tmp_path):
+    from dorl.manifest import drop_unreadable
+
+    path = _write(tmp_path, [{"path": "ok.png", "domain": "x", "label": "monocyte"},
+                             {"path": "bad.png", "domain": "x", "label": "basophil"}])
+    m = load_manifest(path, "mature5")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG truncated")
+    assert drop_unreadable(m, "error", tmp_path / "r.csv") is m
+    kept = drop_unreadable(m, "skip", tmp_path / "r.csv")
+    assert list(kept.table["path"]) == ["ok.png"]
+    report = pd.read_csv(tmp_path / "r.csv")
+    assert report["path"].tolist() == ["bad.png"] and "cannot decode" in report["problem"][0]
+    with pytest.raises(ManifestError, match="on_bad_image"):
+        drop_unreadable(m, "ignore", tmp_path / "r.csv")
