@@ -43,6 +43,16 @@ def _require_dir(root: Path, fmt: str, layout: str) -> None:
         raise LayoutError(f"{fmt}: folder not found: {root} (expected layout: {layout})")
 
 
+def _walk_class_folders(root: Path, fmt: str, layout: str) -> list[tuple[Path, Path]]:
+    """Every (class folder, image) pair under ``root``; no image at all is a layout error."""
+    pairs = [(folder, img) for folder in sorted(p for p in root.iterdir() if p.is_dir())
+             for img in _images_in(folder)]
+    if not pairs:
+        raise LayoutError(f"{fmt}: no images in class folders under {root} "
+                          f"(expected layout: {layout})")
+    return pairs
+
+
 def _rows(paths, domain, raws, fines, masks=None) -> pd.DataFrame:
     return pd.DataFrame({
         "path": [str(p) for p in paths], "domain": domain, "label_raw": list(raws),
@@ -60,14 +70,8 @@ def read_acevedo20(root: str | Path, domain: str = "acevedo20", **_) -> pd.DataF
     layout = "PBC_dataset_normal_DIB/<class>/<PREFIX>_<id>.jpg"
     root = _find_child(Path(root), "PBC_dataset_normal_DIB")
     _require_dir(root, "acevedo20", layout)
-    paths, raws = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for img in _images_in(folder):
-            paths.append(img)
-            raws.append(img.stem.split("_")[0].upper())
-    if not paths:
-        raise LayoutError(f"acevedo20: no images in class folders under {root} "
-                          f"(expected layout: {layout})")
+    paths = [img for _, img in _walk_class_folders(root, "acevedo20", layout)]
+    raws = [img.stem.split("_")[0].upper() for img in paths]
     return _rows(paths, domain, raws, [raw_to_fine(r, "acevedo20") for r in raws])
 
 
@@ -76,14 +80,8 @@ def read_matek19(root: str | Path, domain: str = "matek19", **_) -> pd.DataFrame
     layout = "AML-Cytomorphology_LMU/<CODE>/<CODE>_<n>.tiff"
     root = _find_child(Path(root), "AML-Cytomorphology_LMU")
     _require_dir(root, "matek19", layout)
-    paths, raws = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for img in _images_in(folder):
-            paths.append(img)
-            raws.append(folder.name.upper())
-    if not paths:
-        raise LayoutError(f"matek19: no images in code folders under {root} "
-                          f"(expected layout: {layout})")
+    pairs = _walk_class_folders(root, "matek19", layout)
+    paths, raws = [img for _, img in pairs], [folder.name.upper() for folder, _ in pairs]
     return _rows(paths, domain, raws, [raw_to_fine(r, "matek19") for r in raws])
 
 
@@ -130,14 +128,8 @@ def read_class_folders(root: str | Path, domain: str | None = None,
     layout = "<class>/<image>"
     root = Path(root)
     _require_dir(root, "class_folders", layout)
-    paths, raws = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for img in _images_in(folder):
-            paths.append(img)
-            raws.append(folder.name)
-    if not paths:
-        raise LayoutError(f"class_folders: no images in class folders under {root} "
-                          f"(expected layout: {layout})")
+    pairs = _walk_class_folders(root, "class_folders", layout)
+    paths, raws = [img for _, img in pairs], [folder.name for folder, _ in pairs]
     aliases = dict(aliases or {})
     return _rows(paths, domain or root.name, raws,
                  [raw_to_fine(r, "class_folders", aliases) for r in raws])
