@@ -79,13 +79,34 @@ class ConvTrunk(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """The trunk's mirror: latent (n, latent_dim) -> image (n, 3, s, s) in [0, 1]."""
+    """The trunk's mirror: latent (n, latent_dim) -> image (n, 3, s, s) in [0, 1].
 
-    def __init__(self, image_size: int, width: int, latent_dim: int) -> None:
+    With ``n_domains`` and ``domain_dim`` > 0 the decoder is domain-conditional: a learned code
+    (n, domain_dim) of each cell's domain is concatenated to the latent, so the stain, background
+    and illumination of a lab can be drawn from the code and the latent need not carry them. Only
+    the decoder sees the domain; the encoder (the embedding) never does.
+
+    Parameters
+    ----------
+    image_size, width, latent_dim : int
+    n_domains : int
+        Number of domain codes (ignored when ``domain_dim`` is 0).
+    domain_dim : int
+        Size of the domain code; 0 gives an unconditional decoder.
+    """
+
+    def __init__(self, image_size: int, width: int, latent_dim: int, n_domains: int = 0,
+                 domain_dim: int = 0) -> None:
         super().__init__()
         self.grid = _check_image_size(image_size)
         self.c_top = width * 2 ** (N_DOWN - 1)
-        self.fc = nn.Linear(latent_dim, self.c_top * self.grid * self.grid)
+        self.domain_code = None
+        if domain_dim > 0:
+            if n_domains < 1:
+                raise ValueError("a domain-conditional decoder needs n_domains >= 1")
+            self.domain_code = nn.Embedding(n_domains, domain_dim)
+        code_dim = domain_dim if self.domain_code is not None else 0
+        self.fc = nn.Linear(latent_dim + code_dim, self.c_top * self.grid * self.grid)
         layers: list[nn.Module] = []
         c_prev = self.c_top
         for i in reversed(range(N_DOWN)):
@@ -96,7 +117,14 @@ class ConvDecoder(nn.Module):
         layers += [nn.Conv2d(c_prev, 3, 3, 1, 1), nn.Sigmoid()]
         self.body = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, domain: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode latents ``z`` (n, latent_dim) of cells from ``domain`` (n,) int, needed only by
+        a domain-conditional decoder, to images (n, 3, s, s)."""
+        if self.domain_code is not None:
+            if domain is None:
+                raise ValueError("the domain-conditional decoder needs each cell's domain index "
+                                 "(batch['domain'])")
+            z = torch.cat([z, self.domain_code(domain)], dim=1)
         x = self.fc(z).view(len(z), self.c_top, self.grid, self.grid)
         return self.body(x.contiguous(memory_format=torch.channels_last))
 
@@ -134,11 +162,15 @@ class ConvCAE(nn.Module):
         Given when pooled features (n, C) are an input; C comes from its mean.
     reconstruct_features : bool
         Also decode the standardised features from the latent (for ``cae.loss.feature``).
+    n_domains, domain_dim : int
+        A domain-conditional image decoder (see :class:`ConvDecoder`) when ``domain_dim`` > 0;
+        its forward pass then needs ``batch["domain"]`` (n,) int, :meth:`encode` never does.
     """
 
     def __init__(self, image_size: int, latent_dim: int, width: int, use_crop: bool = True,
                  feature_scaler: FeatureScaler | None = None,
-                 reconstruct_features: bool = False) -> None:
+                 reconstruct_features: bool = False, n_domains: int = 0,
+                 domain_dim: int = 0) -> None:
         super().__init__()
         if not use_crop and feature_scaler is None:
             raise ValueError("the conv autoencoder needs the crop, the features, or both as input")
@@ -151,7 +183,7 @@ class ConvCAE(nn.Module):
             self.feature_mlp = nn.Sequential(nn.Linear(n_feat, hidden), nn.LeakyReLU(0.2))
             in_dim += hidden
         self.to_latent = nn.Linear(in_dim, latent_dim)
-        self.decoder = ConvDecoder(image_size, width, latent_dim)
+        self.decoder = ConvDecoder(image_size, width, latent_dim, n_domains, domain_dim)
         self.feature_head = None
         if reconstruct_features:
             if feature_scaler is None:
@@ -170,7 +202,7 @@ class ConvCAE(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> CAEOutput:
         z = self.encode(batch)
         feats = self.feature_head(z) if self.feature_head is not None else None
-        return CAEOutput(z, self.decoder(z), feats)
+        return CAEOutput(z, self.decoder(z, batch.get("domain")), feats)
 
 
 class TransformerCAE(nn.Module):
@@ -193,11 +225,14 @@ class TransformerCAE(nn.Module):
         Add the conv-encoded crop as one extra token (``cae.input=both``).
     reconstruct_features : bool
         Decode all tokens back to the standardised features with a 2-block decoder.
+    n_domains, domain_dim : int
+        A domain-conditional image decoder when ``domain_dim`` > 0 (as in :class:`ConvCAE`).
     """
 
     def __init__(self, image_size: int, latent_dim: int, feature_scaler: FeatureScaler,
                  dim: int, depth: int, heads: int, mask_ratio: float, width: int,
-                 use_crop: bool = False, reconstruct_features: bool = False) -> None:
+                 use_crop: bool = False, reconstruct_features: bool = False,
+                 n_domains: int = 0, domain_dim: int = 0) -> None:
         super().__init__()
         if feature_scaler.mean.dim() != 3:
             raise ValueError("the transformer autoencoder needs spatial SAM features (C, h, w); "
@@ -225,7 +260,7 @@ class TransformerCAE(nn.Module):
         self.encoder = blocks(depth)
         self.norm = nn.LayerNorm(dim)
         self.to_latent = nn.Linear(dim, latent_dim)
-        self.decoder = ConvDecoder(image_size, width, latent_dim)
+        self.decoder = ConvDecoder(image_size, width, latent_dim, n_domains, domain_dim)
         self.feature_decoder = None
         if reconstruct_features:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -268,11 +303,11 @@ class TransformerCAE(nn.Module):
                     1, idx[..., None].expand(-1, -1, dim), visible)
             out = self.feature_head(self.feature_decoder(full + self.dec_pos))  # (n, hw, C)
             feats = out.transpose(1, 2).reshape(n, -1, *self.grid)
-        return CAEOutput(z, self.decoder(z), feats)
+        return CAEOutput(z, self.decoder(z, batch.get("domain")), feats)
 
 
-def build_autoencoder(cae_cfg, image_size: int,
-                      feature_scaler: FeatureScaler | None) -> nn.Module:
+def build_autoencoder(cae_cfg, image_size: int, feature_scaler: FeatureScaler | None,
+                      n_domains: int) -> nn.Module:
     """Build the autoencoder the ``cae`` config section asks for.
 
     Parameters
@@ -283,6 +318,8 @@ def build_autoencoder(cae_cfg, image_size: int,
         Side of the crops the model reconstructs.
     feature_scaler : FeatureScaler or None
         Required when ``cae.input`` is ``features`` or ``both``.
+    n_domains : int
+        Number of domains (the domain-conditional decoder holds one code per domain).
     """
     use_crop = cae_cfg.input in ("crop", "both")
     use_feats = cae_cfg.input in ("features", "both")
@@ -292,9 +329,10 @@ def build_autoencoder(cae_cfg, image_size: int,
         raise ValueError(f"cae.input={cae_cfg.input} needs SAM features, but the segmentation "
                          f"stage stored none (sam.infer.features=none)")
     recon_feats = float(cae_cfg.loss.feature) > 0
+    domain_dim = int(cae_cfg.domain_code_dim)
     if cae_cfg.arch == "conv":
         return ConvCAE(image_size, int(cae_cfg.latent_dim), int(cae_cfg.width), use_crop,
-                       feature_scaler if use_feats else None, recon_feats)
+                       feature_scaler if use_feats else None, recon_feats, n_domains, domain_dim)
     if cae_cfg.arch == "transformer":
         if not use_feats:
             raise ValueError("cae.arch=transformer works on SAM tokens: set cae.input=features "
@@ -302,5 +340,5 @@ def build_autoencoder(cae_cfg, image_size: int,
         t = cae_cfg.transformer
         return TransformerCAE(image_size, int(cae_cfg.latent_dim), feature_scaler, int(t.dim),
                               int(t.depth), int(t.heads), float(t.mask_ratio),
-                              int(cae_cfg.width), use_crop, recon_feats)
+                              int(cae_cfg.width), use_crop, recon_feats, n_domains, domain_dim)
     raise ValueError(f"cae.arch must be conv or transformer, got {cae_cfg.arch!r}")

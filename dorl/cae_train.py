@@ -5,12 +5,14 @@ Each step draws a domain-balanced batch (:mod:`dorl.domain_batches`) and minimis
     ssim * (1 - SSIM) + l1 * L1 + mse * MSE + feature * MSE(features)
         + ramp(epoch) * (mmd * MMD^2 + coral * CORAL)
 
-where the alignment terms are averaged over every pair of domains (:mod:`dorl.alignment`). After
-every epoch the full state (weights, optimiser, history, best weights) is saved atomically to
-``last.pt``, so an interrupted run resumes from the last finished epoch and ends with the same
-weights as an uninterrupted one. The validation loss (cells with manifest split ``val``) picks the
-best epoch once the alignment ramp is complete, and stops training after ``patience`` epochs
-without improvement. Class labels never reach this module.
+where the alignment terms are averaged over every pair of domains (:mod:`dorl.alignment`). The
+decoder may be domain-conditional (``cae.domain_code_dim``), so the domain's stain need not pass
+through the aligned latent. The learning rate warms up linearly, then decays on a cosine, per step.
+After every epoch the full state (weights, optimiser, schedule, history, best weights) is saved
+atomically to ``last.pt``, so an interrupted run resumes from the last finished epoch and ends with
+the same weights as an uninterrupted one. The validation reconstruction loss (cells with manifest
+split ``val``) picks the best epoch once the alignment ramp is complete, and stops training after
+``patience`` epochs without improvement. Class labels never reach this module.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from dorl.domain_batches import DomainBalancedBatches
 logger = logging.getLogger(__name__)
 
 LOSS_TERMS = ("ssim", "l1", "mse", "feature", "align")
+#: The reconstruction terms: their validation sum picks the best epoch and stops training (the
+#: alignment term, a noisy two-sample estimate on few validation cells, would dominate it).
+RECON_TERMS = ("ssim", "l1", "mse", "feature")
 
 
 class CheckpointError(RuntimeError):
@@ -64,10 +69,13 @@ class CAEData:
         return len(self.crops)
 
     def batch(self, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-        """Tensors for rows ``idx``: ``crop`` (b, 3, s, s) float in [0, 1] (channels_last) and
-        ``features`` (b, ...) float32 when present."""
+        """Tensors for rows ``idx``: ``crop`` (b, 3, s, s) float in [0, 1] (channels_last),
+        ``domain`` (b,) int64 (for a domain-conditional decoder) and ``features`` (b, ...)
+        float32 when present."""
         crop = torch.from_numpy(self.crops[idx]).to(device).permute(0, 3, 1, 2).float() / 255.0
-        out = {"crop": crop.contiguous(memory_format=torch.channels_last)}
+        domain = torch.from_numpy(np.asarray(self.domain_ids[idx], dtype=np.int64))
+        out = {"crop": crop.contiguous(memory_format=torch.channels_last),
+               "domain": domain.to(device)}
         if self.features is not None:
             out["features"] = torch.from_numpy(np.ascontiguousarray(self.features[idx])).to(device)
         return out
@@ -82,7 +90,8 @@ class TrainResult:
     model : nn.Module
         In eval mode, holding the best epoch's weights.
     history : list of dict
-        One record per epoch: ``epoch``, ``train_*`` and ``val_*`` loss terms, ``align_weight``,
+        One record per epoch: ``epoch``, ``train_*`` and ``val_*`` loss terms (``val_recon``:
+        the reconstruction terms' sum, the early-stopping criterion), ``align_weight``,
         ``seconds``.
     best_epoch : int
     stopped_early : bool
@@ -181,7 +190,8 @@ def _validate(model, data: CAEData, val_idx: np.ndarray, device, cae_cfg) -> dic
     if cae_cfg.loss.coral > 0:
         align += cae_cfg.loss.coral * float(pairwise_alignment(z, d, coral))
     result["align"] = align
-    result["total"] = sum(result[k] for k in LOSS_TERMS)
+    result["recon"] = sum(result[k] for k in RECON_TERMS)
+    result["total"] = result["recon"] + align
     return result
 
 
@@ -233,6 +243,15 @@ def plot_loss_curves(history: list[dict[str, float]], path: str | Path,
     return Path(path)
 
 
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier at optimiser ``step``: a linear warm-up over ``warmup_steps``, then
+    a cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return 0.5 * (1.0 + float(np.cos(np.pi * min(progress, 1.0))))
+
+
 def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg, seed: int,
               out_dir: str | Path, device: torch.device, signature: str) -> TrainResult:
     """Train (or resume, or reload) the autoencoder on ``train_idx``, validating on ``val_idx``.
@@ -264,26 +283,31 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg
                          f"{len(train_idx)} and {len(val_idx)}")
     torch.manual_seed(seed)
     model = build_autoencoder(cae_cfg, data.crops.shape[1],
-                              feature_scaler(data.features, train_idx))
+                              feature_scaler(data.features, train_idx), len(data.domains))
     model = model.to(device, memory_format=torch.channels_last)
+    batches = DomainBalancedBatches(data.domain_ids[train_idx], int(cae_cfg.batch_per_domain),
+                                    seed)
+    n_epochs = int(cae_cfg.epochs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(cae_cfg.lr),
                                   weight_decay=float(cae_cfg.weight_decay))
+    warmup_steps = max(1, round(float(cae_cfg.lr_warmup_epochs) * len(batches)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(lr_factor, total_steps=n_epochs * len(batches),
+                           warmup_steps=warmup_steps))
     state = {"epoch": -1, "history": [], "best_loss": float("inf"), "best_epoch": -1,
              "best_state": None, "bad_epochs": 0, "done": False}
     if last_path.is_file():
         saved = _load_checkpoint(last_path, signature)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
         state = saved["train_state"]
         logger.info("resuming CAE training from %s (epoch %d of %d done)", last_path,
                     state["epoch"] + 1, cae_cfg.epochs)
-    batches = DomainBalancedBatches(data.domain_ids[train_idx], int(cae_cfg.batch_per_domain),
-                                    seed)
     if len(np.unique(data.domain_ids[train_idx])) < 2 and (cae_cfg.loss.mmd or cae_cfg.loss.coral):
         logger.warning("only one domain takes part in CAE training: no alignment is possible")
     bandwidths = tuple(cae_cfg.mmd_bandwidths)
     warmup = float(cae_cfg.loss.align_warmup_epochs)
-    n_epochs = int(cae_cfg.epochs)
     bar = tqdm(range(state["epoch"] + 1, n_epochs), desc="CAE epochs", leave=False)
     for epoch in bar:
         if state["done"]:
@@ -302,6 +326,7 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
+            scheduler.step()
             for k in sums:
                 sums[k] += float(terms[k].detach()) / len(batches)
         val = _validate(model, data, val_idx, device, cae_cfg)
@@ -312,8 +337,8 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg
         state["history"].append(record)
         state["epoch"] = epoch
         ramp_complete = epoch + 1 >= warmup
-        if not ramp_complete or val["total"] < state["best_loss"]:
-            state["best_loss"] = val["total"] if ramp_complete else float("inf")
+        if not ramp_complete or val["recon"] < state["best_loss"]:
+            state["best_loss"] = val["recon"] if ramp_complete else float("inf")
             state["best_epoch"] = epoch
             state["best_state"] = {k: v.detach().cpu().clone()
                                    for k, v in model.state_dict().items()}
@@ -325,11 +350,12 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg
                 logger.info("CAE early stopping after epoch %d: no validation improvement "
                             "for %d epochs", epoch + 1, state["bad_epochs"])
         bar.set_postfix(train=f"{sums['total']:.4f}", val=f"{val['total']:.4f}")
-        logger.info("CAE epoch %d/%d: train %.4f, val %.4f (ssim %.4f, align %.4f), %.1f s",
-                    epoch + 1, n_epochs, sums["total"], val["total"], val["ssim"], val["align"],
-                    record["seconds"])
+        logger.info("CAE epoch %d/%d: train %.4f, val %.4f (reconstruction %.4f, align %.4f), "
+                    "%.1f s", epoch + 1, n_epochs, sums["total"], val["total"], val["recon"],
+                    val["align"], record["seconds"])
         _save(last_path, {"signature": signature, "model": model.state_dict(),
-                          "optimizer": optimizer.state_dict(), "train_state": state})
+                          "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "train_state": state})
     if state["best_state"] is None:
         raise CheckpointError(f"{last_path}: no finished epoch to take weights from "
                               f"(cae.epochs={n_epochs})")

@@ -222,7 +222,8 @@ def _provenance(cfg, signature: dict[str, str], seg: Segmentation, result: Train
                          if isinstance(v, (str, int, float, bool))},
         "cae_training": {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                          "stopped_early": result.stopped_early,
-                         "best_val_loss": min(h["val_total"] for h in result.history)},
+                         "best_val_reconstruction":
+                             result.history[result.best_epoch]["val_recon"]},
         "timings_s": timings,
         "dorl_version": __version__,
     }

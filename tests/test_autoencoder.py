@@ -40,8 +40,9 @@ def test_conv_cae_refuses_unsupported_sizes(size):
 @pytest.mark.parametrize("kind", ["features", "both"])
 def test_conv_cae_with_pooled_features_reconstructs_them(kind):
     cfg = _cae_cfg(input=kind, **{"loss.feature": 1.0})
-    model = build_autoencoder(cfg, 32, _scaler((10,)))
-    batch = {"crop": torch.rand(3, 3, 32, 32), "features": torch.randn(3, 10)}
+    model = build_autoencoder(cfg, 32, _scaler((10,)), 2)
+    batch = {"crop": torch.rand(3, 3, 32, 32), "features": torch.randn(3, 10),
+             "domain": torch.tensor([0, 1, 1])}
     out = model(batch)
     assert out.z.shape == (3, 6) and out.features.shape == (3, 10)
     out.image.mean().backward()
@@ -65,17 +66,45 @@ def test_transformer_cae_masks_tokens_only_in_training():
 
 def test_transformer_with_crop_token():
     cfg = _cae_cfg(arch="transformer", input="both")
-    model = build_autoencoder(cfg, 32, _scaler((8, 4, 4)))
-    out = model({"features": torch.randn(2, 8, 4, 4), "crop": torch.rand(2, 3, 32, 32)})
+    model = build_autoencoder(cfg, 32, _scaler((8, 4, 4)), 2)
+    out = model({"features": torch.randn(2, 8, 4, 4), "crop": torch.rand(2, 3, 32, 32),
+                 "domain": torch.tensor([1, 0])})
     assert out.z.shape == (2, 6)
 
 
 def test_build_autoencoder_explains_bad_combinations():
     with pytest.raises(ValueError, match="sam.infer.features=spatial"):
-        build_autoencoder(_cae_cfg(arch="transformer", input="features"), 32, _scaler((8,)))
+        build_autoencoder(_cae_cfg(arch="transformer", input="features"), 32, _scaler((8,)), 2)
     with pytest.raises(ValueError, match="cae.input=features"):
-        build_autoencoder(_cae_cfg(arch="transformer", input="crop"), 32, None)
+        build_autoencoder(_cae_cfg(arch="transformer", input="crop"), 32, None, 2)
     with pytest.raises(ValueError, match="needs SAM features"):
-        build_autoencoder(_cae_cfg(input="both"), 32, None)
+        build_autoencoder(_cae_cfg(input="both"), 32, None, 2)
     with pytest.raises(ValueError, match="cae.arch"):
-        build_autoencoder(_cae_cfg(arch="mlp"), 32, None)
+        build_autoencoder(_cae_cfg(arch="mlp"), 32, None, 2)
+
+
+def test_conditional_decoder_uses_the_domain_and_the_encoder_ignores_it():
+    torch.manual_seed(0)
+    model = build_autoencoder(_cae_cfg(domain_code_dim=4), 32, None, n_domains=3)
+    crop = torch.rand(4, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        z = model.encode({"crop": crop})
+        assert torch.equal(z, model.encode({"crop": crop, "domain": torch.tensor([2, 1, 0, 2])}))
+        a = model({"crop": crop, "domain": torch.zeros(4, dtype=torch.long)})
+        b = model({"crop": crop, "domain": torch.full((4,), 2)})
+    assert torch.equal(a.z, b.z) and torch.equal(a.z, z)
+    assert not torch.equal(a.image, b.image)  # the reconstruction depends on the domain
+    model.train()
+    model({"crop": crop, "domain": torch.tensor([0, 0, 2, 2])}).image.square().mean().backward()
+    grad = model.decoder.domain_code.weight.grad.abs().sum(1)
+    assert grad[0] > 0 and grad[2] > 0 and grad[1] == 0  # only the cells' own domain codes
+    with pytest.raises(ValueError, match="batch\\['domain'\\]"):
+        model({"crop": crop})
+
+
+def test_unconditional_decoder_has_no_domain_code():
+    model = build_autoencoder(_cae_cfg(domain_code_dim=0), 32, None, n_domains=3)
+    assert model.decoder.domain_code is None
+    out = model({"crop": torch.rand(2, 3, 32, 32), "domain": torch.tensor([0, 1])})
+    assert out.image.shape == (2, 3, 32, 32)

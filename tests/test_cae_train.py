@@ -6,7 +6,8 @@ import torch
 from omegaconf import OmegaConf
 
 import dorl.cae_train as cae_train
-from dorl.cae_train import CAEData, CheckpointError, compute_losses, encode_cells, train_cae
+from dorl.cae_train import (CAEData, CheckpointError, compute_losses, encode_cells, lr_factor,
+                            train_cae)
 from dorl.config import package_defaults
 from dorl.domain_batches import DomainBalancedBatches
 
@@ -38,7 +39,7 @@ def test_losses_stay_finite_when_a_domain_has_two_cells():
     data = _data(sizes=(30, 2, 9))
     cfg = _cfg(**{"loss.coral": 1.0, "input": "both", "loss.feature": 1.0})
     model = cae_train.build_autoencoder(cfg, 32, cae_train.feature_scaler(data.features,
-                                                                          np.arange(41)))
+                                                                          np.arange(41)), 3)
     for idx in DomainBalancedBatches(data.domain_ids, 4, seed=0).epoch(0):
         assert len(np.unique(data.domain_ids[idx])) == 3
         batch = data.batch(idx, torch.device("cpu"))
@@ -88,7 +89,9 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, monkeypatch):
 
     def fake_validate(*args):
         result = real(*args)
-        result["total"] = next(val_losses)
+        result["recon"] = next(val_losses)
+        result["align"] = -result["recon"]  # a falling total must not keep training going
+        result["total"] = 0.0
         return result
 
     monkeypatch.setattr(cae_train, "_validate", fake_validate)
@@ -100,3 +103,22 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, monkeypatch):
     best = torch.load(tmp_path / "best.pt", weights_only=False)
     for key, value in best["model"].items():
         torch.testing.assert_close(result.model.state_dict()[key], value)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    factors = [lr_factor(step, total_steps=20, warmup_steps=4) for step in range(21)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
+    assert factors[20] == pytest.approx(0.0, abs=1e-12) and factors[12] == pytest.approx(0.5)
+
+
+def test_training_moves_the_domain_codes_of_the_conditional_decoder(tmp_path):
+    data = _data()
+    train, val = _split(len(data))
+    cfg = _cfg(domain_code_dim=3)
+    torch.manual_seed(0)
+    initial = cae_train.build_autoencoder(cfg, 32, None, 3).decoder.domain_code.weight.clone()
+    result = train_cae(data, train, val, cfg, 0, tmp_path, torch.device("cpu"), "sig")
+    trained = result.model.decoder.domain_code.weight
+    assert trained.shape == (3, 3)
+    assert (trained - initial).abs().min() > 0  # every domain's code was trained
