@@ -12,6 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 logger = logging.getLogger(__name__)
 
 
+#: Mappings whose keys are the user's own names (feature sets, classifiers, classes): new keys
+#: are allowed there, while everywhere else an unknown key is a typo and is refused.
+OPEN_MAPPINGS = ("classify.features", "classify.obsm", "classify.params", "classify.custom",
+                 "data.synth.class_weights")
+
+
 class ConfigError(ValueError):
     """A config file or override is malformed or names a key that does not exist."""
 
@@ -43,6 +49,8 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
     """
     cfg = package_defaults()
     OmegaConf.set_struct(cfg, True)
+    for key in OPEN_MAPPINGS:
+        OmegaConf.set_struct(OmegaConf.select(cfg, key), False)
     layers = []
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     for file in map(Path, paths):

@@ -275,9 +275,13 @@ def run_classification(inputs: list[FeatureInput], cfg, out_dir: Path):
 
 
 def inputs_from_config(cfg) -> list[FeatureInput]:
-    """Load every feature set named in ``classify.features`` (with ``classify.obsm`` keys)."""
+    """Load every feature set named in ``classify.features`` (with ``classify.obsm`` keys).
+
+    An entry set to null is left out (e.g. ``dorl: null`` drops the default feature file).
+    """
     c = cfg.classify
-    features = OmegaConf.to_container(c.features, resolve=True)
+    features = {name: path for name, path in
+                OmegaConf.to_container(c.features, resolve=True).items() if path is not None}
     obsm = OmegaConf.to_container(c.obsm, resolve=True) or {}
     if not features:
         raise FeatureFileError("classify.features is empty: name at least one feature file")

@@ -30,6 +30,13 @@ def test_config_files_layer_in_order(tmp_path):
     assert cfg.sam.image_size == 224 and cfg.seed == 2
 
 
+def test_user_named_maps_accept_new_keys():
+    cfg = load_config(None, ["classify.features={dorl: a.h5ad, raw: a.h5ad}",
+                             "classify.obsm={raw: X_sam_pooled}", "classify.params.rf.max_depth=8"])
+    assert dict(cfg.classify.features) == {"dorl": "a.h5ad", "raw": "a.h5ad"}
+    assert cfg.classify.params.rf.max_depth == 8
+
+
 def test_unknown_key_is_refused(tmp_path):
     delta = tmp_path / "typo.yaml"
     delta.write_text("cae:\n  epoch: 3\n")
@@ -61,3 +68,12 @@ def test_save_resolved_writes_plain_values(tmp_path):
     out = save_resolved(cfg, tmp_path)
     text = out.read_text()
     assert "${" not in text and str(tmp_path) in text
+
+
+def test_null_feature_entry_is_left_out(tmp_path):
+    from dorl.evaluation import inputs_from_config
+    from dorl.featstore import FeatureFileError
+
+    cfg = load_config(None, ["classify.features.dorl=null"])
+    with pytest.raises(FeatureFileError, match="empty"):
+        inputs_from_config(cfg)
