@@ -16,7 +16,7 @@ CFG := $(foreach c,$(CONFIG),-c $(c))
 
 # Plain `make` creates the environment; `make help` lists everything else.
 .DEFAULT_GOAL := install
-.PHONY: help install data embed classify umap run test test-full bench clean
+.PHONY: help install data embed classify umap run test test-full bench bench-realdata clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -57,8 +57,15 @@ test: $(STAMP) ## run the fast test suite (what CI runs)
 test-full: $(STAMP) ## run every test, slow ones included
 	$(BIN)/pytest -q
 
-bench: $(STAMP) ## print speed, memory and domain-shift figures
-	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+bench: $(STAMP) ## print speed, memory and domain-shift figures (synthetic data; minutes)
+	$(BIN)/python bench/bench_synth.py
+	$(BIN)/python bench/bench_encoder.py --sizes 128 256
+	$(BIN)/python bench/bench_segment.py throughput --size 128 --n 64 --batch 16 --bf16
+	$(BIN)/python bench/bench_embed.py --data synth
+	$(BIN)/python bench/bench_classify.py
+
+bench-realdata: $(STAMP) ## the real-data benchmark of docs/benchmarks.md (needs ../shared/datasets)
+	$(BIN)/python bench/bench_realdata.py --quick
 
 clean: ## remove runs and generated data (keeps the environment)
 	rm -rf runs data/synth .pytest_cache

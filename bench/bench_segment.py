@@ -103,7 +103,7 @@ def main() -> None:
     z.add_argument("--n-train", type=int, default=96)
     z.add_argument("--n-eval", type=int, default=100)
     z.add_argument("--epochs", type=int, default=2)
-    z.add_argument("--out", default="/tmp/dorl_bench_zheng")
+    z.add_argument("--out", default="runs/bench_zheng")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     throughput(args) if args.what == "throughput" else zheng(args)
