@@ -19,7 +19,7 @@ CFG := $(foreach c,$(CONFIG),-c $(c))
 .PHONY: help install data embed classify umap run test test-full bench bench-realdata clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 	@echo "  variables: CONFIG=$(CONFIG) ARGS='key=value ...' EXTRAS=$(EXTRAS) VENV=$(VENV)"
 
 $(STAMP): setup.cfg pyproject.toml
