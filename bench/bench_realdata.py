@@ -7,20 +7,23 @@ than ``classify.min_class_count`` cells in a target is left out of that target's
 
 Methods, measured in one run on the same cells:
   colour+texture, pixels+PCA          hand-crafted baselines (dorl.baselines)
-  SAM frozen                          pooled encoder features, no LoRA, no CAE
+  SAM frozen                          pooled encoder features of zero-shot SAM (no LoRA, no CAE)
   LoRA-SAM                            pooled encoder features after LoRA fine-tuning, no CAE
   CAE no-MMD / CAE unsegmented /      ablations of the full pipeline
   CAE inductive
   dorl (full)                         LoRA-SAM crops -> CAE with MMD, transductive
 
-SAM segmentation runs ONCE per model (zero-shot, fine-tuned) and is reused; the seeds vary the
-classifiers, the pixel PCA and the CAE. Nothing is tuned on target labels: every setting comes
-from the config, every classifier is reported, and the CAE picks its epoch on its own
-reconstruction loss. SAM is fine-tuned on source cells only (never on the Zheng masks it is
-scored on).
+SAM segmentation runs ONCE per model (zero-shot, fine-tuned) and is reused by every seed, and by
+later runs into the same ``--out`` (cached with the LoRA adapter); the seeds vary the
+classifiers, the pixel PCA and the CAE. The bare encoder forward pass is timed on
+``ENCODER_TIMING_CELLS`` cells as the reference for segmentation throughput. Nothing is tuned
+on target labels: every setting comes from the config, every classifier is reported, and the CAE
+picks its epoch on its own validation loss (no labels). SAM is fine-tuned on source cells only
+(never on the Zheng masks it is scored on).
 
     python bench/bench_realdata.py --quick                  # small subset, 1 seed
-    python bench/bench_realdata.py --max-per-class 100 --seeds 0 1 2
+    python bench/bench_realdata.py --max-per-class 60 --seeds 0 1 2 \
+        "classify.classifiers=[logreg,svm_rbf,knn,mlp,rf]"  # the run in docs/benchmarks.md
     python bench/bench_realdata.py --baselines-only         # no SAM / CAE
     python bench/bench_realdata.py --render-only --out DIR  # rewrite DIR/results.md
 
@@ -67,8 +70,10 @@ from dorl.taxonomy import UNKNOWN
 logger = logging.getLogger("bench_realdata")
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "acevedo20"
-QUICK = ["classify.classifiers=[logreg,knn,rf,svm_rbf]", "sam.image_size=128",
+QUICK = ["classify.classifiers=[logreg,knn,rf,svm_rbf]",
          "sam.finetune.epochs=1", "sam.finetune.max_images=32", "cae.epochs=4", "cae.patience=2"]
+# Cells (spread over the bench cells) on which the bare encoder forward pass is timed.
+ENCODER_TIMING_CELLS = 64
 CAE_VARIANTS = {  # name -> (config overrides, use unmasked crops); the full pipeline last
     "CAE no-MMD": (["cae.loss.mmd=0"], False),
     "CAE unsegmented": ([], True),
@@ -152,16 +157,27 @@ def score_targets(X: np.ndarray, table: pd.DataFrame, classifiers: list[str], se
     return rows
 
 
-def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """Dice and IoU of two boolean masks of the same shape."""
-    inter, total = np.logical_and(pred, truth).sum(), pred.sum() + truth.sum()
-    union = np.logical_or(pred, truth).sum()
-    return (2 * inter / total if total else 1.0), (inter / union if union else 1.0)
+def mask_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float, float]:
+    """Dice, IoU, precision and recall of a boolean mask against the truth, same shape."""
+    inter = np.logical_and(pred, truth).sum()
+    total, union = pred.sum() + truth.sum(), np.logical_or(pred, truth).sum()
+    return ((2 * inter / total if total else 1.0), (inter / union if union else 1.0),
+            (inter / pred.sum() if pred.sum() else 1.0),
+            (inter / truth.sum() if truth.sum() else 1.0))
 
 
 def segmentation_quality(seg, manifest: Manifest) -> dict:
-    """Mean Dice/IoU of the SAM masks against every ground-truth mask in the manifest."""
-    scores = []
+    """Mean Dice/IoU/precision/recall of the SAM masks against every ground-truth mask in the
+    manifest, and, per domain, the mean mask area (fraction of SAM's input image, all cells)
+    and the centre-crop fallback rate."""
+    domains = manifest.table["domain"].to_numpy()
+    area = np.asarray(seg.masks, dtype=bool).mean(axis=(1, 2))
+    fallback = np.asarray(seg.fallback, dtype=bool)
+    per_domain = {d: {"cells": int((domains == d).sum()),
+                      "mask_area": float(area[domains == d].mean()),
+                      "fallback_rate": float(fallback[domains == d].mean())}
+                  for d in manifest.domains}
+    scores, true_area = [], []
     for i in range(len(manifest)):
         mask_path = manifest.mask_path(i)
         if mask_path is None:
@@ -169,30 +185,31 @@ def segmentation_quality(seg, manifest: Manifest) -> dict:
         pred = np.asarray(seg.masks[i], dtype=bool)
         truth = read_cell_mask(mask_path)
         truth = np.asarray(Image.fromarray(truth).resize(pred.shape[::-1], Image.NEAREST))
-        scores.append(dice_iou(pred, truth) + (bool(seg.fallback[i]),))
+        scores.append(mask_scores(pred, truth))
+        true_area.append(truth.mean())
     if not scores:
-        return {}
+        return {"per_domain": per_domain}
     arr = np.array(scores, dtype=float)
     return {"n": len(arr), "dice": arr[:, 0].mean(), "dice_std": arr[:, 0].std(),
-            "iou": arr[:, 1].mean(), "fallback_rate": arr[:, 2].mean()}
+            "iou": arr[:, 1].mean(), "precision": arr[:, 2].mean(), "recall": arr[:, 3].mean(),
+            "true_mask_area": float(np.mean(true_area)), "per_domain": per_domain}
 
 
-def frozen_encoder_features(cfg, images: list[np.ndarray], watch: Stopwatch,
-                            batch: int = 8) -> np.ndarray:
-    """Pooled features of the frozen SAM encoder (no LoRA), float32 (n, C); the bare forward
-    pass (preprocess + encode) is timed as the reference for segmentation throughput."""
-    from dorl.sam_models import sam_from_config
+def encoder_throughput(cfg, images: list[np.ndarray], watch: Stopwatch) -> float:
+    """Time the bare SAM encoder forward pass (preprocess + encode, no decoder, no LoRA) over
+    ``images`` with segmentation's batch size and precision (``sam.infer.batch_size``,
+    ``sam.infer.bf16``): the reference for segmentation throughput. Returns images/s."""
+    from dorl.segment import load_model
 
-    model, _ = sam_from_config(cfg)
-    model.eval()
-    chunks = []
-    with torch.inference_mode():
+    model, _ = load_model(cfg, None)
+    batch, bf16 = int(cfg.sam.infer.batch_size), bool(cfg.sam.infer.bf16)
+    device = model.pixel_mean.device
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         model.encode(model.preprocess(images[:batch]))  # warm-up
-        with watch.time("bare SAM encoder forward (frozen features)", len(images)):
-            for start in tqdm(range(0, len(images), batch), desc="frozen SAM", unit="batch"):
-                x = model.preprocess(images[start:start + batch])
-                chunks.append(model.encode(x, return_features=True)["pooled"].float().numpy())
-    return np.concatenate(chunks).astype(np.float32)
+        with watch.time("bare SAM encoder forward", len(images)):
+            for start in tqdm(range(0, len(images), batch), desc="bare encoder", unit="batch"):
+                model.encode(model.preprocess(images[start:start + batch]))
+    return watch.rows[-1]["images_per_s"]
 
 
 def rows_of(manifest: Manifest, keep: np.ndarray) -> Manifest:
@@ -201,46 +218,80 @@ def rows_of(manifest: Manifest, keep: np.ndarray) -> Manifest:
                     manifest.label_space)
 
 
+@contextlib.contextmanager
+def timed_unless_cached(watch: Stopwatch, stage: str, n_images: int, product: Path):
+    """Time a stage that may reload ``product`` from a cache; the row says which it was."""
+    t0 = time.time()
+    with watch.time(stage, n_images):
+        yield
+    if not (product.is_file() and product.stat().st_mtime >= t0):
+        watch.rows[-1]["stage"] += " [cache reload, not a timing]"
+
+
 def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch):
-    """Zero-shot segmentation of the cells with ground-truth masks, LoRA fine-tuning on source
-    cells only, and LoRA-SAM segmentation of every cell (computed once, reused by all seeds)."""
-    from dorl.sam_finetune import finetune_from_config
-    from dorl.segment import segment_from_config
+    """Zero-shot SAM segmentation of every cell, LoRA fine-tuning on source cells only, and
+    LoRA-SAM segmentation of every cell; each is cached in ``out`` and reused by later runs
+    with the same data, settings and adapter.
+
+    Returns
+    -------
+    seg_zs, seg_ft : Segmentation
+        Zero-shot and LoRA-SAM segmentations, rows aligned with ``manifest``.
+    adapter : Path or None
+    quality : dict
+        Dice/IoU against the ground-truth masks (Zheng) of each segmentation.
+    """
+    from dorl.sam_finetune import ADAPTER_DIR, SIGNATURE_FILE, finetune_from_config
+    from dorl.segment import SEGMENTATION_FILE, segment_from_config
 
     table = manifest.table
-    has_mask = (table["mask_path"] != "").to_numpy()
-    scored = rows_of(manifest, has_mask)
-    zs_cfg = OmegaConf.merge(cfg, {"run_dir": str(out / "sam_zeroshot")})
-    with watch.time("segmentation + features, zero-shot SAM (cells with GT masks)", len(scored)):
-        seg_zs = segment_from_config(zs_cfg, scored, None)
-    ft_cfg = OmegaConf.merge(cfg, {"run_dir": str(out / "sam_lora")})
+    zs_dir, ft_dir = out / "sam_zeroshot", out / "sam_lora"
+    with timed_unless_cached(watch, "segmentation + features, zero-shot SAM", len(manifest),
+                             zs_dir / SEGMENTATION_FILE):
+        seg_zs = segment_from_config(OmegaConf.merge(cfg, {"run_dir": str(zs_dir)}), manifest,
+                                     None)
+    ft_cfg = OmegaConf.merge(cfg, {"run_dir": str(ft_dir)})
     source = rows_of(manifest, (table["domain"] == SOURCE).to_numpy())
     seen = min(len(source), int(cfg.sam.finetune.max_images)) * int(cfg.sam.finetune.epochs)
-    with watch.time("LoRA fine-tuning (source cells only; images x epochs)", seen):
+    adapter_sig = ft_dir / ADAPTER_DIR / SIGNATURE_FILE
+    with timed_unless_cached(watch, "LoRA fine-tuning (source cells only; max_images x epochs)",
+                             seen, adapter_sig):
         adapter = finetune_from_config(ft_cfg, source)
     if adapter is None:
         logger.warning("no LoRA adapter was trained: 'LoRA-SAM' and the CAE rows use zero-shot SAM")
         watch.rows[-1]["stage"] += ": no training masks, nothing trained"
-    with watch.time("segmentation + features, LoRA-SAM", len(manifest)):
+    with timed_unless_cached(watch, "segmentation + features, LoRA-SAM", len(manifest),
+                             ft_dir / SEGMENTATION_FILE):
         seg_ft = segment_from_config(ft_cfg, manifest, adapter)
-    quality = {"zero-shot": segmentation_quality(seg_zs, scored),
+    quality = {"zero-shot": segmentation_quality(seg_zs, manifest),
                "LoRA fine-tuned": segmentation_quality(seg_ft, manifest)}
-    return seg_ft, adapter, quality
+    return seg_zs, seg_ft, adapter, quality
 
 
-def cae_features(cfg, manifest: Manifest, seg, out: Path, seed: int, watch: Stopwatch) -> dict:
-    """Train each CAE variant for one seed and return its embeddings (n, latent_dim)."""
+def variant_slug(name: str) -> str:
+    """The command-line and folder name of a CAE variant, e.g. ``dorl_full``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def cae_features(cfg, manifest: Manifest, seg, out: Path, seed: int, watch: Stopwatch,
+                 variants: list[str]) -> dict:
+    """Train the named CAE variants (keys of ``CAE_VARIANTS``) for one seed and return their
+    embeddings, name -> (n, latent_dim)."""
     feats = {}
-    for name, (overrides, unmasked) in CAE_VARIANTS.items():
+    for name in variants:
+        overrides, unmasked = CAE_VARIANTS[name]
         # One folder per segmentation: a new one (other SAM settings or code) trains afresh.
-        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-        run_dir = out / "cae" / f"{slug}_seed{seed}_{str(seg.meta.get('signature'))[:8]}"
+        run_dir = out / "cae" / f"{variant_slug(name)}_seed{seed}_" \
+                                f"{str(seg.meta.get('signature'))[:8]}"
         var_cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(
             overrides + [f"seed={seed}", f"run_dir={run_dir}"]))
         var_seg = replace(seg, crops=seg.raw_crops) if unmasked else seg
+        t0 = time.time()
         fs = read_features(embed_segmentation(var_cfg, manifest, var_seg))
         n_train = int(fs.obs["cae_trained_on"].sum())
-        watch.record(f"CAE training: {name} (seed {seed})", n_train,
+        last = run_dir / "cae" / "last.pt"  # rewritten after every epoch trained in this call
+        reloaded = "" if last.stat().st_mtime >= t0 else " [checkpoint reload, not a timing]"
+        watch.record(f"CAE training: {name} (seed {seed}){reloaded}", n_train,
                      fs.uns["timings_s"]["cae_train"])
         watch.record(f"CAE embedding: {name} (seed {seed})", len(fs.X),
                      fs.uns["timings_s"]["cae_encode"])
@@ -292,10 +343,22 @@ def markdown(summary: pd.DataFrame, seg_quality: dict, speed: pd.DataFrame, meta
                      f" | {pm(r, 'best_acc')} | {pm(r, 'mean_acc')} | {r['mmd']:.4f} | "
                      f"{r['domain_clf_acc']:.3f} |")
     if seg_quality:
-        lines += ["", "| SAM | cells | Dice | IoU | fallback rate |", "|---|---|---|---|---|"]
+        lines += ["", "| SAM | cells with GT mask | Dice | IoU | precision | recall |",
+                  "|---|---|---|---|---|---|"]
         for name, q in seg_quality.items():
-            lines.append(f"| {name} | {q['n']} | {q['dice']:.3f} ± {q['dice_std']:.3f} | "
-                         f"{q['iou']:.3f} | {q['fallback_rate']:.2f} |")
+            if "dice" in q:
+                lines.append(f"| {name} | {q['n']} | {q['dice']:.3f} ± {q['dice_std']:.3f} | "
+                             f"{q['iou']:.3f} | {q['precision']:.3f} | {q['recall']:.3f} |")
+        lines += ["", "| SAM | domain | cells | mean mask area (fraction of image) | "
+                      "fallback rate |", "|---|---|---|---|---|"]
+        for name, q in seg_quality.items():
+            for domain, d in q["per_domain"].items():
+                lines.append(f"| {name} | {domain} | {d['cells']} | {d['mask_area']:.3f} | "
+                             f"{d['fallback_rate']:.3f} |")
+        truth = next((q for q in seg_quality.values() if "true_mask_area" in q), None)
+        if truth is not None:
+            lines += ["", f"The ground-truth whole-cell masks cover {truth['true_mask_area']:.3f} "
+                          f"of the image on average ({truth['n']} cells)."]
     lines += ["", "| stage | images | seconds | images/s | peak RSS (MiB) |",
               "|---|---|---|---|---|"]
     for _, r in speed.iterrows():
@@ -331,8 +394,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="classifier / PCA / CAE seeds (default 0 1 2; 0 with --quick)")
     ap.add_argument("--quick", action="store_true",
-                    help="10 cells per class, 4 classifiers, SAM at 128 px, short training")
+                    help="10 cells per class, 4 classifiers, short SAM and CAE training")
     ap.add_argument("--baselines-only", action="store_true", help="skip SAM and the CAE")
+    ap.add_argument("--cae-variants", nargs="+", choices=[variant_slug(v) for v in CAE_VARIANTS],
+                    default=[variant_slug(v) for v in CAE_VARIANTS],
+                    help="CAE variants to train (default: all; each costs one CAE training "
+                         "per seed)")
     ap.add_argument("overrides", nargs="*", help="config key=value overrides")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite results.md from the scores.csv and results.json in --out")
@@ -373,17 +440,21 @@ def main(argv=None) -> int:
             "seeds": args.seeds, "classifiers": list(cfg.classify.classifiers),
             "sam_image_size": int(cfg.sam.image_size), "load_average_start": os.getloadavg()}
     seg_quality = {}
+    variants = [v for v in CAE_VARIANTS if variant_slug(v) in args.cae_variants]
     if not args.baselines_only:
-        frozen = frozen_encoder_features(cfg, images, watch)
-        seg_ft, adapter, seg_quality = sam_stages(cfg, manifest, out, watch)
+        seg_zs, seg_ft, adapter, seg_quality = sam_stages(cfg, manifest, out, watch)
+        timing_images = images[:: max(1, n // ENCODER_TIMING_CELLS)][:ENCODER_TIMING_CELLS]
+        meta["encoder_img_s"] = encoder_throughput(cfg, timing_images, watch)
         meta["adapter"] = str(adapter)
-        rate = {r["stage"]: r["images_per_s"] for r in watch.rows}
-        meta["encoder_img_s"] = rate["bare SAM encoder forward (frozen features)"]
-        meta["encoder_ratio"] = rate["segmentation + features, LoRA-SAM"] / meta["encoder_img_s"]
+        seg_row = next(r for r in watch.rows if r["stage"].startswith("segmentation + features, "
+                                                                      "LoRA-SAM"))
+        if "cache reload" not in seg_row["stage"]:
+            meta["encoder_ratio"] = seg_row["images_per_s"] / meta["encoder_img_s"]
         for seed in args.seeds:
-            per_seed[seed]["SAM frozen"] = frozen
+            per_seed[seed]["SAM frozen"] = seg_zs.features["sam_pooled"]
             per_seed[seed]["LoRA-SAM"] = seg_ft.features["sam_pooled"]
-            per_seed[seed].update(cae_features(cfg, manifest, seg_ft, out, seed, watch))
+            per_seed[seed].update(cae_features(cfg, manifest, seg_ft, out, seed, watch,
+                                                 variants))
     meta["methods"] = list(per_seed[args.seeds[0]])
 
     scores, invariance = [], []
