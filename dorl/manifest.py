@@ -54,6 +54,12 @@ def val_split(sha256: pd.Series, val_fraction: float) -> pd.Series:
     return pd.Series(np.where(bucket < val_fraction, "val", "train"), index=sha256.index)
 
 
+def unified_labels(df: pd.DataFrame, space: str) -> list[str]:
+    """Each row's label in ``space``: from its fine label when set, else its given label."""
+    return [fine_to_label(f, space) if f else (lbl or UNKNOWN)
+            for f, lbl in zip(df["label_fine"], df["label"])]
+
+
 def finalize(rows: pd.DataFrame, space: str, base_dir: str | Path,
              val_fraction: float = 0.1) -> pd.DataFrame:
     """Fill derived columns (label, sha256, split, group) of adapter rows and order columns."""
@@ -67,8 +73,7 @@ def finalize(rows: pd.DataFrame, space: str, base_dir: str | Path,
     if missing_hash.any():
         df.loc[missing_hash, "sha256"] = [sha256_file(_resolve(base_dir, p))
                                           for p in df.loc[missing_hash, "path"]]
-    df["label"] = [fine_to_label(f, space) if f else (lbl or UNKNOWN)
-                   for f, lbl in zip(df["label_fine"], df["label"])]
+    df["label"] = unified_labels(df, space)
     no_split = df["split"] == ""
     df.loc[no_split, "split"] = val_split(df.loc[no_split, "sha256"], val_fraction)
     df.loc[df["group"] == "", "group"] = df.loc[df["group"] == "", "path"]
@@ -232,8 +237,7 @@ def load_manifest(path: str | Path, space: str, check_files: bool = True) -> Man
         if col not in df.columns:
             df[col] = ""
     try:
-        df["label"] = [fine_to_label(f, space) if f else (lbl or UNKNOWN)
-                       for f, lbl in zip(df["label_fine"], df["label"])]
+        df["label"] = unified_labels(df, space)
     except TaxonomyError as exc:
         raise ManifestError(f"{path}: {exc}") from exc
     if (df["sha256"] == "").any() or (df["split"] == "").any() or (df["group"] == "").any():
