@@ -151,19 +151,32 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+# Errors that mean bad input (a config, a file, a dataset), not a bug: reported in one line, exit
+# status 2. Looked up only in modules already imported (an error can only come from one of those),
+# so a command never imports torch just to name an error class.
+INPUT_ERRORS = {
+    "dorl.config": "ConfigError", "dorl.manifest": "ManifestError",
+    "dorl.taxonomy": "TaxonomyError", "dorl.images": "ImageReadError",
+    "dorl.featstore": "FeatureFileError", "dorl.cae_train": "CheckpointError",
+    "dorl.sam_checkpoints": "CheckpointMismatchError", "dorl.classifiers": "ClassifierError",
+    "dorl.protocols": "ProtocolError", "dorl.synth": "SynthError",
+    "dorl.synth_domains": "DomainError",
+}
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    """The :data:`INPUT_ERRORS` classes of the loaded modules, plus ``FileNotFoundError``."""
+    return tuple(getattr(sys.modules[module], name) for module, name in INPUT_ERRORS.items()
+                 if module in sys.modules) + (FileNotFoundError,)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dorl`` console script and ``python -m dorl``."""
     args = build_parser().parse_args(argv)
-    from dorl.cae_train import CheckpointError
-    from dorl.config import ConfigError
-    from dorl.featstore import FeatureFileError
-    from dorl.images import ImageReadError
-    from dorl.manifest import ManifestError
-    from dorl.taxonomy import TaxonomyError
-
     try:
         return _run(args)
-    except (ConfigError, ManifestError, TaxonomyError, ImageReadError, FeatureFileError,
-            CheckpointError, FileNotFoundError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, input_errors()):
+            raise
         logger.error("%s", exc)
         return 2

@@ -23,6 +23,29 @@ def test_bad_override_exits_with_message(tmp_path, caplog):
     assert "epoch" in caplog.text
 
 
+def test_every_input_error_class_exists():
+    import importlib
+
+    from dorl.cli import INPUT_ERRORS
+
+    for module, name in INPUT_ERRORS.items():
+        assert issubclass(getattr(importlib.import_module(module), name), Exception), name
+
+
+def test_unknown_classifier_exits_with_message(tmp_path):
+    import pandas as pd
+
+    from dorl.featstore import FeatureSet, write_features
+
+    obs = pd.DataFrame({"path": [f"{i}.png" for i in range(40)], "domain": ["a", "b"] * 20,
+                        "label": ["monocyte", "monocyte", "basophil", "basophil"] * 10},
+                       index=[str(i) for i in range(40)])
+    path = write_features(tmp_path / "f.h5ad", FeatureSet(np.zeros((40, 3), np.float32), obs))
+    code = main(["classify", "run", f"run_dir={tmp_path}", "classify.classifiers=[forest]",
+                 f"classify.features={{dorl: {path}}}"])
+    assert code == 2 and "forest" in (tmp_path / "dorl.log").read_text()
+
+
 def test_data_manifest_writes_provenance(tmp_path, caplog):
     for cls in ("monocyte", "basophil"):
         (tmp_path / "lab" / cls).mkdir(parents=True)
