@@ -1,4 +1,5 @@
-"""LoRA fine-tuning: loss, schedule, training-set choice, adapter reuse, no excluded domain."""
+"""LoRA fine-tuning: loss, schedule, augmentation, training-set choice, adapter reuse, no
+excluded domain (the pseudo-masks it trains on are tested in test_pseudo_masks.py)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,24 @@ def test_excluded_domains_are_never_trained_on(tiny_cfg, disc_manifest):
     assert data["val"].any() and not data["val"].all()
 
 
+def test_synthetic_cells_are_mixed_into_training_only(tiny_cfg, disc_manifest):
+    from dorl.sam_models import sam_from_config
+
+    tiny_cfg.sam.finetune.exclude_domains = ["lab_b"]
+    tiny_cfg.sam.finetune.synth_images = 4
+    model, _ = sam_from_config(tiny_cfg)
+    data = training_set(tiny_cfg, disc_manifest, model)
+    synthetic = data["rows"] == -1
+    assert synthetic.sum() == 4 and data["sources"]["synthetic"] == 4
+    assert not data["val"][synthetic].any() and data["val"][~synthetic].any()
+    assert data["images"].shape == (16, 64, 64, 3)
+    areas = data["masks"][synthetic].mean(axis=(1, 2))
+    assert ((areas > 0.02) & (areas < 0.6)).all()
+    tiny_cfg.sam.finetune.synth_domains = []
+    with pytest.raises(ValueError, match="synth_domains"):
+        training_set(tiny_cfg, disc_manifest, model)
+
+
 def test_finetune_writes_a_reusable_adapter(tiny_cfg, disc_manifest, caplog):
     tiny_cfg.sam.finetune.max_images = 16
     adapter = finetune_from_config(tiny_cfg, disc_manifest)
@@ -95,57 +114,6 @@ def test_finetune_disabled_or_without_masks_gives_none(tiny_cfg, disc_manifest):
     tiny_cfg.sam.finetune.enabled = True
     tiny_cfg.sam.finetune.exclude_domains = ["lab_a", "lab_b"]
     assert finetune_from_config(tiny_cfg, disc_manifest) is None
-
-
-def _purple_disc(size=96, radius=24):
-    yy, xx = np.mgrid[:size, :size]
-    mask = (xx - size / 2) ** 2 + (yy - size / 2) ** 2 < radius ** 2
-    image = np.full((size, size, 3), (240, 210, 200), np.uint8)  # pink-white background
-    image[mask] = (170, 150, 210)  # lilac cytoplasm
-    image[(xx - size / 2) ** 2 + (yy - size / 2) ** 2 < (radius / 2) ** 2] = (90, 40, 140)
-    return image, mask
-
-
-def test_colour_mask_finds_a_purple_cell():
-    from dorl.pseudo_masks import colour_mask
-    from dorl.sam_eval import dice
-
-    image, mask = _purple_disc()
-    assert dice(colour_mask(image), mask) > 0.9
-    assert not colour_mask(np.full((32, 32, 3), 200, np.uint8)).any()
-
-
-def test_pseudo_mask_checks_name_the_failure():
-    from dorl.pseudo_masks import PseudoMaskChecks, check_pseudo_mask
-
-    _, mask = _purple_disc()
-    checks = PseudoMaskChecks(min_agreement=0.85)
-    assert check_pseudo_mask(mask, mask, checks) is None
-    assert check_pseudo_mask(mask, np.roll(mask, 30, axis=1), checks) == "disagree"
-    assert check_pseudo_mask(mask, np.roll(mask, 30, axis=1), PseudoMaskChecks()) is None
-    border = np.zeros_like(mask)
-    border[:40, :40] = True
-    assert check_pseudo_mask(border, border, checks) == "border"
-    small = np.zeros_like(mask)
-    small[40:44, 40:44] = True
-    assert check_pseudo_mask(small, small, checks) == "area"
-    two = np.zeros_like(mask)
-    two[20:40, 10:30] = True
-    two[50:70, 60:80] = True
-    assert check_pseudo_mask(two, two, checks) == "shape"
-
-
-def test_bootstrap_keeps_good_colour_masks_and_drops_bad_ones():
-    from dorl.pseudo_masks import bootstrap_pseudo_masks
-    from dorl.sam_eval import dice
-
-    image, mask = _purple_disc()
-    blank = np.full((96, 96, 3), 230, np.uint8)
-    masks, counts = bootstrap_pseudo_masks([image, blank], 64)
-    assert counts["kept"] == 1 and masks[1] is None
-    small = torch.from_numpy(mask)[None, None].float()
-    small = torch.nn.functional.interpolate(small, size=(64, 64))[0, 0].numpy() > 0.5
-    assert masks[0].shape == (64, 64) and dice(masks[0], small) > 0.9
 
 
 @pytest.mark.slow
