@@ -1,8 +1,9 @@
 """Benchmark of stage 1's autoencoder: domain invariance, class retention, time and memory.
 
-Compares, on the same segmented cells, the raw pooled SAM encoder features, the CAE latent
-trained without alignment (``cae.loss.mmd=0``), with multi-kernel MMD but a plain decoder
-(``cae.domain_code_dim=0``) and the default (MMD, domain-conditional decoder):
+Compares, on the same segmented cells, the raw pooled SAM encoder features with autoencoder
+variants (``VARIANTS``): without alignment (``cae.loss.mmd=0``), with a plain decoder
+(``cae.domain_code_dim=0``), on the crop alone (the default until input=both), with globally instead
+of per-domain standardised SAM features, and the default:
 
 * MMD^2 between domains and a domain classifier's accuracy (lower = more invariant),
 * cross-domain macro-F1 of a logistic regression (higher = class information kept),
@@ -19,8 +20,12 @@ features of the pretrained LiteMedSAM encoder (so "raw SAM" stays real SAM featu
 
 ``--full`` instead times the whole ``make embed`` of the default config (needs every stage).
 
+``--from-run runs/default`` reuses a finished run's manifest and segmentation (no SAM rerun);
+``--seeds`` repeats every variant with several autoencoder seeds.
+
 Examples
 --------
+OMP_NUM_THREADS=2 .venv/bin/python bench/bench_embed.py --from-run runs/default --seeds 0 1 2
 OMP_NUM_THREADS=2 .venv/bin/python bench/bench_embed.py --data real --segmentation threshold
 OMP_NUM_THREADS=2 .venv/bin/python bench/bench_embed.py --full
 """
@@ -41,7 +46,7 @@ import torch
 from dorl.config import load_config
 from dorl.embed import embed_segmentation, load_data, run_embed
 from dorl.featstore import read_features
-from dorl.manifest import Manifest
+from dorl.manifest import Manifest, load_manifest
 from dorl.segmentation import Segmentation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,48 +177,71 @@ def in_domain_f1(X: np.ndarray, domains: np.ndarray, labels: np.ndarray, seed: i
     return float(np.mean(scores))
 
 
-def compare(args: argparse.Namespace) -> None:
-    """Raw SAM features vs CAE without MMD vs CAE with MMD, on the same cells."""
+# The autoencoder variants compared (config overrides over the default config).
+VARIANTS = {
+    "cae_no_mmd": ["cae.loss.mmd=0"],
+    "cae_mmd_plain_dec": ["cae.domain_code_dim=0"],
+    "cae_crop_only": ["cae.input=crop", "cae.loss.feature=0"],
+    "cae_global_norm": ["cae.feature_norm=global"],
+    "cae_mmd": [],
+}
+
+
+def cells(args: argparse.Namespace, base: list[str]) -> tuple[Manifest, Segmentation, str]:
+    """The manifest and segmentation to compare on: a finished run's (``--from-run``), or made
+    here from ``--data`` with ``--segmentation``."""
     out = Path(args.out)
-    base = [f"run_dir={out}/sam", f"data.root={out}/data", f"seed={args.seed}"] + args.overrides
+    if args.from_run:
+        run = Path(args.from_run)
+        cfg = load_config(run / "config.embed.yaml", [])
+        manifest = load_manifest(cfg.data.manifest, cfg.data.label_space, check_files=False)
+        return manifest, Segmentation.load(run / "segmentation.npz"), f"cached in {run}"
     cfg = load_config(REPO / "configs" / "default.yaml", base)
     t0 = time.perf_counter()
-    manifest = (real_manifest(out / "data", args.n_per_domain, args.seed) if args.data == "real"
-                else load_data(cfg))
+    manifest = (real_manifest(out / "data", args.n_per_domain, args.seeds[0])
+                if args.data == "real" else load_data(cfg))
     t1 = time.perf_counter()
     seg, how = segment(cfg, manifest, args.segmentation, out / "segmentation.npz")
-    t2 = time.perf_counter()
-    print(f"# data: {args.data}, {len(manifest)} cells, domains "
-          f"{manifest.table['domain'].value_counts().to_dict()}; segmentation: {how}; "
-          f"data {t1 - t0:.1f} s, segmentation {t2 - t1:.1f} s")
-    rows, timing = {}, {}
-    variants = (("cae_no_mmd", ["cae.loss.mmd=0"]),
-                ("cae_mmd_plain_dec", ["cae.domain_code_dim=0"]), ("cae_mmd", []))
-    for name, extra in variants:
-        vcfg = load_config(REPO / "configs" / "default.yaml",
-                           base + extra + [f"run_dir={out}/{name}"])
-        fs = read_features(embed_segmentation(vcfg, manifest, seg))
-        inv = fs.uns["invariance"]
-        domains = fs.obs["domain"].astype(str).to_numpy()
-        labels = fs.obs["label"].astype(str).to_numpy()
-        if "raw_sam_pooled" not in rows:
-            rows["raw_sam_pooled"] = {**inv["sam_pooled"], "in_domain_f1": in_domain_f1(
-                fs.obsm["X_sam_pooled"], domains, labels, args.seed)}
-        rows[name] = {**inv["cae"], "in_domain_f1": in_domain_f1(fs.X, domains, labels,
-                                                                 args.seed)}
-        timing[name] = fs.uns["timings_s"]
-        timing[name]["epochs"] = fs.uns["cae_training"]["epochs_run"]
+    return manifest, seg, f"{how}; data {t1 - t0:.1f} s, segmentation " \
+                          f"{time.perf_counter() - t1:.1f} s"
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Raw SAM features vs the autoencoder variants, on the same cells, for each CAE seed."""
+    out = Path(args.out)
+    base = [f"run_dir={out}/sam", f"data.root={out}/data", f"seed={args.seeds[0]}"]
+    base += args.overrides
+    manifest, seg, how = cells(args, base)
+    print(f"# {len(manifest)} cells, domains {manifest.table['domain'].value_counts().to_dict()}; "
+          f"segmentation: {how}")
+    rows, timing = [], []
+    for seed in args.seeds:
+        for name in args.variants:
+            vcfg = load_config(REPO / "configs" / "default.yaml", base + VARIANTS[name] + [
+                f"seed={seed}", f"run_dir={out}/{name}_seed{seed}"])
+            fs = read_features(embed_segmentation(vcfg, manifest, seg))
+            inv = fs.uns["invariance"]
+            domains = fs.obs["domain"].astype(str).to_numpy()
+            labels = fs.obs["label"].astype(str).to_numpy()
+            if not rows:
+                rows.append({"features": "raw_sam_pooled", "seed": "-", **inv["sam_pooled"],
+                             "in_domain_f1": in_domain_f1(fs.obsm["X_sam_pooled"], domains,
+                                                          labels, seed)})
+            rows.append({"features": name, "seed": seed, **inv["cae"],
+                         "in_domain_f1": in_domain_f1(fs.X, domains, labels, seed)})
+            t = fs.uns["timings_s"]
+            timing.append(f"timing {name} seed {seed}: CAE training {t['cae_train']:.1f} s over "
+                          f"{fs.uns['cae_training']['epochs_run']} epochs, encoding "
+                          f"{t['cae_encode']:.1f} s")
     cmd = " ".join(["bench/bench_embed.py"] + sys.argv[1:])
     print(f"\n# reproduce: OMP_NUM_THREADS={torch.get_num_threads()} .venv/bin/python {cmd}")
-    print(f"{'features':<18} {'MMD^2':>8} {'domain acc':>11} {'chance':>7} {'x-domain F1':>12} "
-          f"{'in-domain F1':>13}")
-    for name, r in rows.items():
-        print(f"{name:<18} {r['mmd']:>8.4f} {r['domain_clf_acc']:>11.3f} "
+    print(f"{'features':<18} {'seed':>4} {'MMD^2':>8} {'domain acc':>11} {'chance':>7} "
+          f"{'x-domain F1':>12} {'in-domain F1':>13}")
+    for r in rows:
+        print(f"{r['features']:<18} {r['seed']:>4} {r['mmd']:>8.4f} {r['domain_clf_acc']:>11.3f} "
               f"{r['domain_clf_chance']:>7.3f} {r['cross_domain_macro_f1']:>12.3f} "
               f"{r['in_domain_f1']:>13.3f}")
-    for name, t in timing.items():
-        print(f"timing {name}: CAE training {t['cae_train']:.1f} s over {t['epochs']} epochs, "
-              f"encoding {t['cae_encode']:.1f} s")
+    print("\n".join(timing))
     print(f"peak RSS: {peak_rss_gb():.2f} GB")
 
 
@@ -239,7 +267,12 @@ def main() -> None:
     parser.add_argument("--n-per-domain", type=int, default=300)
     parser.add_argument("--segmentation", choices=["sam", "threshold"], default="sam",
                         help="LoRA-SAM stage (falls back to threshold when absent) or threshold")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="seeds of the autoencoder runs (the first also draws the data)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--from-run", metavar="RUN_DIR",
+                        help="compare on a finished `dorl embed` run's manifest and cached "
+                             "segmentation (e.g. runs/default) instead of making them")
     parser.add_argument("--out", default="runs/bench_embed")
     parser.add_argument("--full", action="store_true", help="time the whole make embed instead")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

@@ -11,6 +11,7 @@ from dorl.config import package_defaults
 def _cae_cfg(**overrides):
     cfg = package_defaults().cae
     cfg.width, cfg.latent_dim = 4, 6
+    cfg.input, cfg.loss.feature = "crop", 0.0  # the crop-only model; tests add features
     cfg.transformer.dim, cfg.transformer.depth, cfg.transformer.heads = 16, 1, 2
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)

@@ -115,7 +115,7 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 def test_training_moves_the_domain_codes_of_the_conditional_decoder(tmp_path):
     data = _data()
     train, val = _split(len(data))
-    cfg = _cfg(domain_code_dim=3)
+    cfg = _cfg(domain_code_dim=3, input="crop", **{"loss.feature": 0.0})
     torch.manual_seed(0)
     initial = cae_train.build_autoencoder(cfg, 32, None, 3).decoder.domain_code.weight.clone()
     result = train_cae(data, train, val, cfg, 0, tmp_path, torch.device("cpu"), "sig")

@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 
 import dorl.embed as embed
-from dorl.embed import embed_segmentation, feature_signature, resize_crops, run_embed, split_cells
+from dorl.config import ConfigError
+from dorl.embed import (embed_segmentation, feature_signature, resize_crops, run_embed,
+                        split_cells, standardize_per_domain)
 from dorl.featstore import FeatureFileError, read_features
 from dorl.manifest import Manifest
 from dorl.segmentation import Segmentation
@@ -107,6 +109,36 @@ def test_validation_falls_back_to_a_random_fraction(tiny_cfg):
     manifest.table["split"] = "train"
     train, val = split_cells(tiny_cfg, manifest)
     assert len(val) > 0 and not set(train) & set(val) and len(train) + len(val) == len(manifest)
+
+
+def test_standardize_per_domain_removes_each_domains_shift():
+    rng = np.random.default_rng(0)
+    ids = np.repeat([0, 1, 2], 50)
+    feats = rng.normal(size=(150, 4, 2, 2)) * (1 + ids[:, None, None, None]) \
+        + 10 * ids[:, None, None, None]
+    feats[:, 0] = 3.0  # a constant feature stays finite
+    out = standardize_per_domain(feats, ids)
+    assert out.shape == feats.shape and out.dtype == np.float32
+    for d in range(3):
+        block = out[ids == d]
+        np.testing.assert_allclose(block[:, 1:].mean(0), 0, atol=1e-5)
+        np.testing.assert_allclose(block[:, 1:].std(0), 1, atol=1e-4)
+        np.testing.assert_array_equal(block[:, 0], 0)
+
+
+def test_per_domain_feature_norm_feeds_the_autoencoder(tiny_cfg):
+    manifest, seg = toy_cells()
+    shifted = {"sam_pooled": seg.features["sam_pooled"]
+               + 5.0 * manifest.table["domain"].map({"lab_a": 0, "lab_b": 1, "lab_c": 2})
+               .to_numpy()[:, None].astype(np.float32)}
+    seg.features = shifted
+    tiny_cfg.cae.input, tiny_cfg.cae.feature_norm = "both", "per_domain"
+    data = embed._cae_data(tiny_cfg, manifest, seg)
+    np.testing.assert_allclose(data.features, standardize_per_domain(
+        shifted["sam_pooled"], data.domain_ids))
+    tiny_cfg.cae.feature_norm = "per_lab"
+    with pytest.raises(ConfigError, match="feature_norm"):
+        embed._cae_data(tiny_cfg, manifest, seg)
 
 
 def test_resize_crops_downsizes_only():
