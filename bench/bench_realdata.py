@@ -9,9 +9,10 @@ Methods, measured in one run on the same cells:
   colour+texture, pixels+PCA          hand-crafted baselines (dorl.baselines)
   SAM frozen                          pooled encoder features of zero-shot SAM (no LoRA, no CAE)
   LoRA-SAM                            pooled encoder features after LoRA fine-tuning, no CAE
-  CAE no-MMD / CAE unsegmented /      ablations of the full pipeline
-  CAE inductive
-  dorl (full)                         LoRA-SAM crops -> CAE with MMD, transductive
+  LoRA-SAM domain-std                 the same, standardised per domain (label-free baseline)
+  CAE no-MMD / CAE crop only /        ablations of the full pipeline
+  CAE unsegmented / CAE inductive
+  dorl (full)                         LoRA-SAM crops + features -> CAE with MMD, transductive
 
 SAM segmentation runs ONCE per model (zero-shot, fine-tuned) and is reused by every seed, and by
 later runs into the same ``--out`` (cached with the LoRA adapter); the seeds vary the
@@ -59,7 +60,7 @@ from dorl.atomic import atomic_path, write_text_atomic
 from dorl.baselines import colour_texture_features, pixel_pca_features
 from dorl.classifiers import build_classifier
 from dorl.config import load_config
-from dorl.embed import embed_segmentation
+from dorl.embed import embed_segmentation, standardize_per_domain
 from dorl.featstore import read_features
 from dorl.images import read_cell_mask, read_rgb
 from dorl.invariance import domain_invariance
@@ -76,6 +77,7 @@ QUICK = ["classify.classifiers=[logreg,knn,rf,svm_rbf]",
 ENCODER_TIMING_CELLS = 64
 CAE_VARIANTS = {  # name -> (config overrides, use unmasked crops); the full pipeline last
     "CAE no-MMD": (["cae.loss.mmd=0"], False),
+    "CAE crop only": (["cae.input=crop", "cae.loss.feature=0"], False),
     "CAE unsegmented": ([], True),
     "CAE inductive": (["cae.protocol=inductive"], False),
     "dorl (full)": ([], False),
@@ -430,6 +432,7 @@ def main(argv=None) -> int:
     with watch.time("baseline colour+texture", n):
         colour = colour_texture_features(images)
     src = (table["domain"] == SOURCE).to_numpy()
+    domain_ids = np.unique(table["domain"].astype(str), return_inverse=True)[1]
     per_seed = {}
     for seed in args.seeds:
         with watch.time(f"baseline pixels+PCA (seed {seed})", n):
@@ -453,6 +456,8 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             per_seed[seed]["SAM frozen"] = seg_zs.features["sam_pooled"]
             per_seed[seed]["LoRA-SAM"] = seg_ft.features["sam_pooled"]
+            per_seed[seed]["LoRA-SAM domain-std"] = standardize_per_domain(
+                seg_ft.features["sam_pooled"], domain_ids)
             per_seed[seed].update(cae_features(cfg, manifest, seg_ft, out, seed, watch,
                                                  variants))
     meta["methods"] = list(per_seed[args.seeds[0]])
