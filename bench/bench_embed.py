@@ -45,7 +45,8 @@ import numpy as np
 import torch
 
 from dorl.config import load_config
-from dorl.embed import embed_segmentation, load_data, run_embed, standardize_per_domain
+from dorl.embed import embed_segmentation, load_data, run_embed
+from dorl.estimators import DomainStandardScaler
 from dorl.featstore import read_features
 from dorl.invariance import domain_invariance
 from dorl.manifest import Manifest, load_manifest
@@ -219,10 +220,9 @@ def compare(args: argparse.Namespace) -> None:
     domains = manifest.table["domain"].astype(str).to_numpy()
     labels = manifest.table["label"].astype(str).to_numpy()
     raw = np.asarray(seg.features["sam_pooled"], dtype=np.float32)
-    ids = np.unique(domains, return_inverse=True)[1]
     rows, timing = [], []
-    for name, X in (("raw_sam_pooled", raw),
-                    ("raw_sam_domain_std", standardize_per_domain(raw, ids))):
+    domain_std = DomainStandardScaler().fit_transform(raw, domains=domains)
+    for name, X in (("raw_sam_pooled", raw), ("raw_sam_domain_std", domain_std)):
         rows.append({"features": name, "seed": "-",
                      **domain_invariance(X, domains, labels, args.seeds[0]),
                      "in_domain_f1": in_domain_f1(X, domains, labels, args.seeds[0])})

@@ -60,7 +60,8 @@ from dorl.atomic import atomic_path, write_text_atomic
 from dorl.baselines import colour_texture_features, pixel_pca_features
 from dorl.classifiers import build_classifier
 from dorl.config import load_config
-from dorl.embed import embed_segmentation, standardize_per_domain
+from dorl.embed import embed_segmentation
+from dorl.estimators import DomainStandardScaler
 from dorl.featstore import read_features
 from dorl.images import read_cell_mask, read_rgb
 from dorl.invariance import domain_invariance
@@ -432,7 +433,6 @@ def main(argv=None) -> int:
     with watch.time("baseline colour+texture", n):
         colour = colour_texture_features(images)
     src = (table["domain"] == SOURCE).to_numpy()
-    domain_ids = np.unique(table["domain"].astype(str), return_inverse=True)[1]
     per_seed = {}
     for seed in args.seeds:
         with watch.time(f"baseline pixels+PCA (seed {seed})", n):
@@ -456,8 +456,8 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             per_seed[seed]["SAM frozen"] = seg_zs.features["sam_pooled"]
             per_seed[seed]["LoRA-SAM"] = seg_ft.features["sam_pooled"]
-            per_seed[seed]["LoRA-SAM domain-std"] = standardize_per_domain(
-                seg_ft.features["sam_pooled"], domain_ids)
+            per_seed[seed]["LoRA-SAM domain-std"] = DomainStandardScaler().fit_transform(
+                seg_ft.features["sam_pooled"], domains=table["domain"].to_numpy())
             per_seed[seed].update(cae_features(cfg, manifest, seg_ft, out, seed, watch,
                                                  variants))
     meta["methods"] = list(per_seed[args.seeds[0]])

@@ -22,6 +22,7 @@ from dorl import __version__
 from dorl.cae_train import CAEData, TrainResult, encode_cells, train_cae
 from dorl.config import ConfigError, resolved_yaml
 from dorl.device import get_device
+from dorl.estimators import DomainStandardScaler
 from dorl.featstore import OBS_COLUMNS, FeatureSet, check_signature, write_features
 from dorl.invariance import domain_invariance, plot_invariance
 from dorl.manifest import Manifest
@@ -136,28 +137,6 @@ def resize_crops(crops: np.ndarray, size: int, chunk: int = 512) -> np.ndarray:
     return out
 
 
-def standardize_per_domain(features: np.ndarray, domain_ids: np.ndarray) -> np.ndarray:
-    """Standardise each domain's features with that domain's own mean and std (no labels).
-
-    Parameters
-    ----------
-    features : float ndarray of shape (n, C) or (n, C, h, w)
-    domain_ids : int ndarray of shape (n,)
-
-    Returns
-    -------
-    float32 ndarray of the same shape; every feature has mean 0 and std 1 within each domain
-    (a constant feature becomes 0).
-    """
-    out = np.empty(features.shape, dtype=np.float32)
-    for d in np.unique(domain_ids):
-        rows = domain_ids == d
-        block = features[rows].astype(np.float64)
-        std = block.std(axis=0)
-        out[rows] = (block - block.mean(axis=0)) / np.where(std > 1e-6, std, 1.0)
-    return out
-
-
 def _cae_data(cfg, manifest: Manifest, seg: Segmentation) -> CAEData:
     domains = manifest.domains
     ids = manifest.table["domain"].map({d: i for i, d in enumerate(domains)}).to_numpy()
@@ -170,7 +149,8 @@ def _cae_data(cfg, manifest: Manifest, seg: Segmentation) -> CAEData:
                              f"set sam.infer.features accordingly")
         feats = np.asarray(seg.features[key], dtype=np.float32)
         if cfg.cae.feature_norm == "per_domain":
-            feats = standardize_per_domain(feats, ids)
+            flat = DomainStandardScaler().fit_transform(feats.reshape(len(feats), -1), domains=ids)
+            feats = flat.reshape(feats.shape).astype(np.float32)
         elif cfg.cae.feature_norm != "global":
             raise ConfigError(f"cae.feature_norm must be global or per_domain, got "
                               f"{cfg.cae.feature_norm!r}")
