@@ -30,7 +30,8 @@ class LayoutError(ManifestError):
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
 
 
 def _find_child(root: Path, name: str) -> Path:
@@ -102,7 +103,8 @@ def read_zheng2018(root: str | Path, domain: str = "zheng2018", **_) -> pd.DataF
         labels = pd.read_csv(csv)
         labels.columns = [c.strip().lower() for c in labels.columns]
         if not {"image id", "class"} <= set(labels.columns):
-            raise LayoutError(f"{csv}: expected columns 'image ID,class', got {list(labels.columns)}")
+            raise LayoutError(f"{csv}: expected columns 'image ID,class', "
+                              f"got {list(labels.columns)}")
         by_stem = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in (".bmp", ".jpg")}
         paths, raws, masks = [], [], []
         for image_id, cls in zip(labels["image id"], labels["class"]):
@@ -188,7 +190,8 @@ def read_source(source: dict) -> pd.DataFrame:
     fmt = source.pop("format", None)
     group_by = source.pop("group_by", None)
     if fmt not in ADAPTERS:
-        raise LayoutError(f"source {source}: unknown format {fmt!r}; choose one of {list(ADAPTERS)}")
+        raise LayoutError(f"source {source}: unknown format {fmt!r}; "
+                          f"choose one of {list(ADAPTERS)}")
     if "path" not in source:
         raise LayoutError(f"source {source}: needs a 'path'")
     path = source.pop("path")
@@ -198,7 +201,8 @@ def read_source(source: dict) -> pd.DataFrame:
 
         rows["group"] = group_near_duplicates(rows["path"].tolist())
     elif group_by is not None:
-        raise LayoutError(f"source {path}: unknown group_by {group_by!r}; use 'dhash' or leave it out")
+        raise LayoutError(f"source {path}: unknown group_by {group_by!r}; "
+                          f"use 'dhash' or leave it out")
     return rows
 
 
@@ -210,7 +214,8 @@ def build_manifest(sources: list[dict], space: str, out_path: str | Path,
     together.
     """
     if not sources:
-        raise ManifestError("no data sources configured (set data.sources or run `dorl data synth`)")
+        raise ManifestError("no data sources configured "
+                            "(set data.sources or run `dorl data synth`)")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     base = out_path.parent.resolve()

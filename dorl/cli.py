@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(pred)
 
     _common(sub.add_parser("umap", help="UMAP of embeddings by domain and by class (PNG + HTML)"))
-    info = sub.add_parser("info", help="versions, device, checkpoints; --outputs lists a run's results")
+    info = sub.add_parser("info",
+                          help="versions, device, checkpoints; --outputs lists a run's results")
     info.add_argument("--outputs", action="store_true", help="list the result files of run_dir")
     _common(info)
     return parser

@@ -67,7 +67,8 @@ class FeatureSet:
             raise FeatureFileError(f"obs has {len(self.obs)} rows but X has {self.X.shape[0]}")
         for key, arr in self.obsm.items():
             if len(arr) != self.X.shape[0]:
-                raise FeatureFileError(f"obsm[{key!r}] has {len(arr)} rows, X has {self.X.shape[0]}")
+                raise FeatureFileError(f"obsm[{key!r}] has {len(arr)} rows, "
+                                       f"X has {self.X.shape[0]}")
         if self.var_names is None:
             self.var_names = [f"z{i:03d}" for i in range(self.X.shape[1])]
 
@@ -273,7 +274,8 @@ def check_signature(path: str | Path, expected: Mapping[str, Any]) -> bool:
         found = _read_uns(f["uns/signature"]) if "uns/signature" in f else {}
     diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
     if diff:
-        details = "; ".join(f"{k}: file has {a!r}, this run has {b!r}" for k, (a, b) in diff.items())
+        details = "; ".join(f"{k}: file has {a!r}, this run has {b!r}"
+                            for k, (a, b) in diff.items())
         raise FeatureFileError(f"{path} was made by another config or dataset ({details}). "
                                f"Delete it or choose another run_dir.")
     return True

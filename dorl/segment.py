@@ -74,7 +74,8 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 def masked_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray,
                 crop_size: int) -> np.ndarray:
-    """Cut ``box`` (with a margin) out of ``image``, grey outside ``mask``, resized to ``crop_size``.
+    """Cut ``box`` (with a margin) out of ``image``, grey outside ``mask``, resized to
+    ``crop_size``.
 
     Parameters
     ----------

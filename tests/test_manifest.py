@@ -21,7 +21,8 @@ def _write(tmp_path, rows):
 
 def test_minimal_manifest_is_completed(tmp_path):
     path = _write(tmp_path, [{"path": "a/1.png", "domain": "x", "label": "monocyte"},
-                             {"path": "a/22.png", "domain": "x", "label_fine": "neutrophil_banded"}])
+                             {"path": "a/22.png", "domain": "x",
+                              "label_fine": "neutrophil_banded"}])
     m = load_manifest(path, "mature5")
     assert list(m.table["label"]) == ["monocyte", "neutrophil"]
     assert m.table["sha256"].str.len().eq(64).all()
