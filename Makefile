@@ -66,7 +66,7 @@ bench: $(STAMP) ## print speed, memory and domain-shift figures (synthetic data;
 
 bench-realdata: $(STAMP) ## the real-data benchmark of docs/benchmarks.md (needs ../shared/datasets)
 	$(BIN)/python bench/bench_realdata.py --max-per-class 60 --seeds 0 1 2 \
-	    --out runs/realdata_bench60 num_threads=2 "classify.classifiers=[logreg,svm_rbf,knn,mlp,rf]"
+	    --out runs/realdata_bench num_threads=2 "classify.classifiers=[logreg,svm_rbf,knn,mlp,rf]"
 
 clean: ## remove runs and generated data (keeps the environment)
 	rm -rf runs data/synth .pytest_cache
