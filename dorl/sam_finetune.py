@@ -245,6 +245,36 @@ def synthetic_cells(n: int, domains: list[str], size: int,
     return images, masks
 
 
+def validation_rows(is_val: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Which of the chosen images validate.
+
+    Without manifest ``val`` rows, each image validates with probability ``fraction``. A sample
+    of a few dozen images can also hold a single manifest ``val`` row, and a checkpoint chosen on
+    one image is chosen by chance, so those are topped up at random to ``round(fraction * n)``.
+
+    Parameters
+    ----------
+    is_val : bool ndarray of shape (n,)
+        The images whose manifest split is ``val``.
+    fraction : float
+    rng : numpy Generator
+
+    Returns
+    -------
+    bool ndarray of shape (n,)
+    """
+    val = np.asarray(is_val, dtype=bool).copy()
+    n = len(val)
+    if n < 2:
+        return val
+    if not val.any():
+        return rng.random(n) < fraction
+    missing = min(n - 1, int(round(fraction * n))) - int(val.sum())
+    if missing > 0:
+        val[rng.choice(np.flatnonzero(~val), missing, replace=False)] = True
+    return val
+
+
 def training_set(cfg, manifest: Manifest, model) -> dict:
     """Choose the fine-tuning images and their masks, at the model's input size.
 
@@ -303,9 +333,7 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
         key = f"dataset:{domains[i]}"
         sources[key] = sources.get(key, 0) + 1
     rows = np.array(rows, dtype=int)
-    val = (table["split"].to_numpy()[rows] == "val") if len(rows) else np.zeros(0, bool)
-    if len(rows) > 1 and not val.any():
-        val = rng.random(len(rows)) < float(ft.val_fraction)
+    val = validation_rows(table["split"].to_numpy()[rows] == "val", float(ft.val_fraction), rng)
     n_synth = int(ft.synth_images)
     if n_synth:
         synth_images, synth_masks = synthetic_cells(n_synth, list(ft.synth_domains), s,

@@ -10,7 +10,7 @@ import torch
 
 from dorl.augment import augment_batch
 from dorl.sam_finetune import (ADAPTER_DIR, LOG_FILE, finetune_from_config, lr_factor,
-                               segmentation_loss, training_set)
+                               segmentation_loss, training_set, validation_rows)
 from tests.conftest import write_disc_manifest
 
 
@@ -125,3 +125,17 @@ def test_finetuning_lowers_training_and_validation_loss(tiny_cfg, disc_manifest)
     history = json.loads((adapter / LOG_FILE).read_text())["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
+
+
+def test_a_lone_manifest_val_row_is_topped_up_to_the_validation_fraction():
+    import numpy as np
+
+    is_val = np.zeros(48, bool)
+    is_val[5] = True
+    val = validation_rows(is_val, 0.15, np.random.default_rng(0))
+    assert val[5] and val.sum() == 7
+    many = np.arange(48) < 10
+    np.testing.assert_array_equal(validation_rows(many, 0.15, np.random.default_rng(0)), many)
+    assert not validation_rows(np.zeros(1, bool), 0.5, np.random.default_rng(0)).any()
+    drawn = validation_rows(np.zeros(400, bool), 0.15, np.random.default_rng(0))
+    assert 30 < drawn.sum() < 90  # each row with probability 0.15
