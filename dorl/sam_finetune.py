@@ -210,41 +210,6 @@ def _balanced_sample(domains: np.ndarray, rows: np.ndarray, n: int,
     return np.sort(np.array(picked, dtype=int))
 
 
-def synthetic_cells(n: int, domains: list[str], size: int,
-                    seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``n`` synthetic white cells with their true whole-cell masks.
-
-    Parameters
-    ----------
-    n : int
-    domains : list of str
-        Lab presets (:data:`dorl.synth_domains.PRESETS`), taken in turn.
-    size : int
-        Image side S.
-    seed : int
-
-    Returns
-    -------
-    images : uint8 ndarray of shape (n, S, S, 3)
-    masks : bool ndarray of shape (n, S, S)
-        Nucleus plus cytoplasm.
-    """
-    from dorl.synth_cells import draw_cell
-    from dorl.synth_domains import domain_style
-    from dorl.taxonomy import MATURE5
-
-    if n and not domains:
-        raise ValueError("sam.finetune.synth_images > 0 needs sam.finetune.synth_domains")
-    styles = [domain_style(d) for d in domains]
-    images, masks = np.zeros((n, size, size, 3), np.uint8), np.zeros((n, size, size), bool)
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        cls = MATURE5[rng.integers(len(MATURE5))]
-        images[i], truth = draw_cell(cls, styles[i % len(styles)], size, rng)
-        masks[i] = truth > 0
-    return images, masks
-
-
 def validation_rows(is_val: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Which of the chosen images validate.
 
@@ -281,7 +246,7 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
     Rows from ``sam.finetune.exclude_domains`` are never used. ``mask_source``: ``dataset`` uses
     the manifest's masks; ``pseudo`` bootstraps pseudo-masks for rows without one; ``auto`` uses
     the dataset's masks and pseudo-masks for the domains that have none. ``synth_images``
-    synthetic cells (:func:`synthetic_cells`) are appended as training images, row -1.
+    synthetic cells (:func:`dorl.synth.synthetic_cells`) are appended as training images, row -1.
 
     Returns
     -------
@@ -336,6 +301,8 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
     val = validation_rows(table["split"].to_numpy()[rows] == "val", float(ft.val_fraction), rng)
     n_synth = int(ft.synth_images)
     if n_synth:
+        from dorl.synth import synthetic_cells
+
         synth_images, synth_masks = synthetic_cells(n_synth, list(ft.synth_domains), s,
                                                     int(cfg.seed))
         images.extend(synth_images)
