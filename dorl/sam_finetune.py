@@ -39,7 +39,7 @@ ADAPTER_DIR = "sam_adapter"
 SIGNATURE_FILE = "signature.json"
 LOG_FILE = "train_log.json"
 # Candidates drawn per wanted pseudo-mask: about 75 % of Acevedo-20 and 50 % of LISC colour
-# masks pass the quality checks (113 of 144 Acevedo-20 candidates in the real-data run).
+# masks pass the quality checks (114 of 144 Acevedo-20 candidates in docs/benchmarks.md, Run A).
 PSEUDO_CANDIDATES = 3
 
 
