@@ -3,8 +3,8 @@
 Compares, on the same segmented cells, the raw pooled SAM encoder features (as they are and
 standardised per domain, the label-free baseline the autoencoder must beat) with autoencoder
 variants (``VARIANTS``): without alignment (``cae.loss.mmd=0``), with a plain decoder
-(``cae.domain_code_dim=0``), on the crop alone (the default until input=both), with globally instead
-of per-domain standardised SAM features, and the default:
+(``cae.domain_code_dim=0``), on the crop alone (the default until input=both), with globally
+instead of per-domain standardised SAM features, and the default:
 
 * MMD^2 between domains and a domain classifier's accuracy (lower = more invariant),
 * cross-domain macro-F1 of a logistic regression (higher = class information kept),
@@ -21,8 +21,9 @@ features of the pretrained LiteMedSAM encoder (so "raw SAM" stays real SAM featu
 
 ``--full`` instead times the whole ``make embed`` of the default config (needs every stage).
 
-``--from-run runs/default`` reuses a finished run's manifest and segmentation (no SAM rerun);
-``--seeds`` repeats every variant with several autoencoder seeds.
+``--from-run runs/default`` reuses a finished run's manifest, segmentation and resolved config
+(no SAM rerun; the variants are overrides of that run's config); ``--seeds`` repeats every
+variant with several autoencoder seeds.
 
 Examples
 --------
@@ -34,7 +35,6 @@ OMP_NUM_THREADS=2 .venv/bin/python bench/bench_embed.py --full
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import resource
 import sys
@@ -144,11 +144,9 @@ def threshold_segmentation(cfg, manifest: Manifest) -> Segmentation:
 
 
 def segment(cfg, manifest: Manifest, how: str, cache: Path) -> tuple[Segmentation, str]:
-    """The LoRA-SAM stage (``how="sam"``, when it exists), else :func:`threshold_segmentation`
-    (cached in ``cache`` for the same cells)."""
-    stage_exists = (importlib.util.find_spec("dorl.segment")
-                    and importlib.util.find_spec("dorl.sam_finetune"))
-    if how == "sam" and stage_exists:
+    """The LoRA-SAM stage (``how="sam"``), else :func:`threshold_segmentation` (cached in
+    ``cache`` for the same cells)."""
+    if how == "sam":
         from dorl.sam_finetune import finetune_from_config
         from dorl.segment import segment_from_config
 
@@ -190,16 +188,24 @@ VARIANTS = {
 }
 
 
+def config_file(args: argparse.Namespace) -> Path:
+    """The config every run of the comparison builds on: the ``--from-run`` run's resolved
+    config, else the default config."""
+    if args.from_run:
+        return Path(args.from_run) / "config.embed.yaml"
+    return REPO / "configs" / "default.yaml"
+
+
 def cells(args: argparse.Namespace, base: list[str]) -> tuple[Manifest, Segmentation, str]:
     """The manifest and segmentation to compare on: a finished run's (``--from-run``), or made
     here from ``--data`` with ``--segmentation``."""
     out = Path(args.out)
     if args.from_run:
         run = Path(args.from_run)
-        cfg = load_config(run / "config.embed.yaml", [])
+        cfg = load_config(config_file(args), [])
         manifest = load_manifest(cfg.data.manifest, cfg.data.label_space, check_files=False)
         return manifest, Segmentation.load(run / "segmentation.npz"), f"cached in {run}"
-    cfg = load_config(REPO / "configs" / "default.yaml", base)
+    cfg = load_config(config_file(args), base)
     t0 = time.perf_counter()
     manifest = (real_manifest(out / "data", args.n_per_domain, args.seeds[0])
                 if args.data == "real" else load_data(cfg))
@@ -228,7 +234,7 @@ def compare(args: argparse.Namespace) -> None:
                      "in_domain_f1": in_domain_f1(X, domains, labels, args.seeds[0])})
     for seed in args.seeds:
         for name in args.variants:
-            vcfg = load_config(REPO / "configs" / "default.yaml", base + VARIANTS[name] + [
+            vcfg = load_config(config_file(args), base + VARIANTS[name] + [
                 f"seed={seed}", f"run_dir={out}/{name}_seed{seed}"])
             fs = read_features(embed_segmentation(vcfg, manifest, seg))
             rows.append({"features": name, "seed": seed, **fs.uns["invariance"]["cae"],
@@ -270,7 +276,7 @@ def main() -> None:
     parser.add_argument("--data", choices=["real", "synth"], default="synth")
     parser.add_argument("--n-per-domain", type=int, default=300)
     parser.add_argument("--segmentation", choices=["sam", "threshold"], default="sam",
-                        help="LoRA-SAM stage (falls back to threshold when absent) or threshold")
+                        help="the LoRA-SAM stage, or a saturation threshold")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="seeds of the autoencoder runs (the first also draws the data)")
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS),

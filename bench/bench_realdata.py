@@ -66,6 +66,7 @@ from dorl.featstore import read_features
 from dorl.images import read_cell_mask, read_rgb
 from dorl.invariance import domain_invariance
 from dorl.manifest import Manifest, load_manifest, save_manifest
+from dorl.sam_eval import dice, iou
 from dorl.seeding import seed_everything
 from dorl.taxonomy import UNKNOWN
 
@@ -163,9 +164,7 @@ def score_targets(X: np.ndarray, table: pd.DataFrame, classifiers: list[str], se
 def mask_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float, float]:
     """Dice, IoU, precision and recall of a boolean mask against the truth, same shape."""
     inter = np.logical_and(pred, truth).sum()
-    total, union = pred.sum() + truth.sum(), np.logical_or(pred, truth).sum()
-    return ((2 * inter / total if total else 1.0), (inter / union if union else 1.0),
-            (inter / pred.sum() if pred.sum() else 1.0),
+    return (dice(pred, truth), iou(pred, truth), (inter / pred.sum() if pred.sum() else 1.0),
             (inter / truth.sum() if truth.sum() else 1.0))
 
 

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
