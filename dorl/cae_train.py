@@ -33,6 +33,7 @@ from dorl.alignment import align_weight, coral, mmd2, pairwise_alignment
 from dorl.atomic import atomic_path
 from dorl.autoencoder import CAEOutput, FeatureScaler, build_autoencoder
 from dorl.domain_batches import DomainBalancedBatches
+from dorl.lr_schedule import warmup_cosine, warmup_steps
 
 logger = logging.getLogger(__name__)
 
@@ -244,15 +245,6 @@ def plot_loss_curves(history: list[dict[str, float]], path: str | Path,
     return Path(path)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Learning-rate multiplier at optimiser ``step``: a linear warm-up over ``warmup_steps``, then
-    a cosine decay to 0 at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    return 0.5 * (1.0 + float(np.cos(np.pi * min(progress, 1.0))))
-
-
 def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg, seed: int,
               out_dir: str | Path, device: torch.device, signature: str) -> TrainResult:
     """Train (or resume, or reload) the autoencoder on ``train_idx``, validating on ``val_idx``.
@@ -291,10 +283,9 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg
     n_epochs = int(cae_cfg.epochs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(cae_cfg.lr),
                                   weight_decay=float(cae_cfg.weight_decay))
-    warmup_steps = max(1, round(float(cae_cfg.lr_warmup_epochs) * len(batches)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(lr_factor, total_steps=n_epochs * len(batches),
-                           warmup_steps=warmup_steps))
+        optimizer, partial(warmup_cosine, total_steps=n_epochs * len(batches),
+                           warmup_steps=warmup_steps(cae_cfg.lr_warmup_epochs, len(batches))))
     state = {"epoch": -1, "history": [], "best_loss": float("inf"), "best_epoch": -1,
              "best_state": None, "bad_epochs": 0, "done": False}
     if last_path.is_file():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from dorl.augment import augment_batch
 from dorl.atomic import write_text_atomic
 from dorl.images import read_cell_mask, read_rgb
+from dorl.lr_schedule import warmup_cosine, warmup_steps
 from dorl.manifest import Manifest
 from dorl.provenance import signature_of
 
@@ -66,14 +66,6 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: flo
     fg = (2 * (p * t).sum() + eps) / (p.sum() + t.sum() + eps)
     bg = (2 * ((1 - p) * (1 - t)).sum() + eps) / ((1 - p).sum() + (1 - t).sum() + eps)
     return ce_weight * ce + dice_weight * (1 - (fg + bg) / 2)
-
-
-def lr_factor(progress: float, epochs: int, warmup_epochs: float) -> float:
-    """Learning-rate multiplier at ``progress`` epochs: linear warm-up, then cosine to zero."""
-    if warmup_epochs > 0 and progress < warmup_epochs:
-        return (progress + 1e-3) / warmup_epochs
-    span = max(epochs - warmup_epochs, 1e-9)
-    return 0.5 * (1 + math.cos(math.pi * min((progress - warmup_epochs) / span, 1.0)))
 
 
 def _batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -153,6 +145,7 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(int(seed))
     steps_per_epoch = max(len(train_loader), 1)
+    warmup = warmup_steps(warmup_epochs, steps_per_epoch)
     history, best = [], {"best_epoch": None, "best_val_dice": -1.0}
     for epoch in range(epochs):
         model.train()
@@ -162,7 +155,8 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
         for step, (images, masks) in enumerate(bar):
             if augment is not None:
                 images, masks = augment_batch(images, masks, augment, generator)
-            factor = lr_factor(epoch + step / steps_per_epoch, epochs, warmup_epochs)
+            factor = warmup_cosine(epoch * steps_per_epoch + step, epochs * steps_per_epoch,
+                                   warmup)
             for group in optimiser.param_groups:
                 group["lr"] = lr * factor
             logits = model(images.to(device), prompt, box_fraction)
@@ -256,7 +250,7 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
         and domain).
     """
     from dorl.pseudo_masks import bootstrap_pseudo_masks
-    from dorl.segment import resize_image
+    from dorl.resize import resize_image
 
     ft, s = cfg.sam.finetune, model.image_size
     table = manifest.table

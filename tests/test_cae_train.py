@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 import dorl.cae_train as cae_train
-from dorl.cae_train import (CAEData, CheckpointError, compute_losses, encode_cells, lr_factor,
+from dorl.cae_train import (CAEData, CheckpointError, compute_losses, encode_cells,
                             train_cae)
 from dorl.config import package_defaults
 from dorl.domain_batches import DomainBalancedBatches
@@ -103,13 +103,6 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, monkeypatch):
     best = torch.load(tmp_path / "best.pt", weights_only=False)
     for key, value in best["model"].items():
         torch.testing.assert_close(result.model.state_dict()[key], value)
-
-
-def test_learning_rate_warms_up_then_decays_to_zero():
-    factors = [lr_factor(step, total_steps=20, warmup_steps=4) for step in range(21)]
-    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
-    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
-    assert factors[20] == pytest.approx(0.0, abs=1e-12) and factors[12] == pytest.approx(0.5)
 
 
 def test_training_moves_the_domain_codes_of_the_conditional_decoder(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dorl.augment import augment_batch
-from dorl.sam_finetune import (ADAPTER_DIR, LOG_FILE, finetune_from_config, lr_factor,
+from dorl.sam_finetune import (ADAPTER_DIR, LOG_FILE, finetune_from_config,
                                segmentation_loss, training_set, validation_rows)
 from tests.conftest import write_disc_manifest
 
@@ -35,13 +35,6 @@ def test_loss_resizes_the_target_to_the_logits():
     logits = torch.full((1, 1, 16, 16), -8.0)
     logits[..., 4:12, 4:12] = 8.0
     assert segmentation_loss(logits, target) < 0.01
-
-
-def test_lr_warms_up_then_decays_to_zero():
-    assert lr_factor(0.0, 4, 1) < 0.01
-    assert lr_factor(1.0, 4, 1) == pytest.approx(1.0)
-    assert lr_factor(2.5, 4, 1) == pytest.approx(0.5)
-    assert lr_factor(4.0, 4, 1) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_augmentation_keeps_shapes_and_moves_mask_with_image():
