@@ -19,11 +19,12 @@ import logging
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 from skimage.color import rgb2hsv, rgb2lab
 from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
 from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
+
+from dorl.resize import resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation
 
 
 def resize_images(images: Sequence[np.ndarray] | np.ndarray, size: int) -> np.ndarray:
-    """Resize every image to ``size`` x ``size`` px (bilinear, aspect ratio not kept).
+    """Resize every image to ``size`` x ``size`` px (:func:`dorl.resize.resize_image`).
 
     Parameters
     ----------
@@ -55,10 +56,7 @@ def resize_images(images: Sequence[np.ndarray] | np.ndarray, size: int) -> np.nd
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"image {i}: expected an RGB uint8 array (H, W, 3), got dtype "
                              f"{img.dtype} and shape {img.shape}")
-        if img.shape[:2] == (size, size):
-            out[i] = img
-        else:
-            out[i] = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+        out[i] = img if img.shape[:2] == (size, size) else resize_image(img, size)
     return out
 
 

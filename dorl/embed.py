@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from dorl import __version__
@@ -27,6 +25,7 @@ from dorl.featstore import OBS_COLUMNS, FeatureSet, check_signature, write_featu
 from dorl.invariance import domain_invariance, plot_invariance
 from dorl.manifest import Manifest
 from dorl.provenance import package_versions, sha256_file, signature_of, utc_now
+from dorl.resize import resize_batch
 from dorl.segmentation import Segmentation
 from dorl.taxonomy import label_space
 
@@ -124,19 +123,6 @@ def split_cells(cfg, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(used & ~is_val), np.flatnonzero(used & is_val)
 
 
-def resize_crops(crops: np.ndarray, size: int, chunk: int = 512) -> np.ndarray:
-    """Downsize uint8 crops (n, s, s, 3) to (n, size, size, 3) with antialiasing (s >= size)."""
-    if crops.shape[1] <= size:
-        return crops
-    out = np.empty((len(crops), size, size, 3), dtype=np.uint8)
-    for start in range(0, len(crops), chunk):
-        x = torch.from_numpy(crops[start:start + chunk]).permute(0, 3, 1, 2).float()
-        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)
-        out[start:start + chunk] = y.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    return out
-
-
 def _cae_data(cfg, manifest: Manifest, seg: Segmentation) -> CAEData:
     domains = manifest.domains
     ids = manifest.table["domain"].map({d: i for i, d in enumerate(domains)}).to_numpy()
@@ -154,7 +140,9 @@ def _cae_data(cfg, manifest: Manifest, seg: Segmentation) -> CAEData:
         elif cfg.cae.feature_norm != "global":
             raise ConfigError(f"cae.feature_norm must be global or per_domain, got "
                               f"{cfg.cae.feature_norm!r}")
-    crops = resize_crops(np.asarray(seg.crops, dtype=np.uint8), int(cfg.cae.image_size))
+    crops, size = np.asarray(seg.crops, dtype=np.uint8), int(cfg.cae.image_size)
+    if crops.shape[1] > size:  # downsize only: the SSIM target is never upsampled
+        crops = resize_batch(crops, size)
     return CAEData(crops, feats, ids.astype(np.int64), domains)
 
 

@@ -31,7 +31,8 @@ from skimage.morphology import disk, h_maxima
 from skimage.segmentation import watershed
 
 from dorl.sam_eval import dice
-from dorl.segment import border_fraction, clean_mask, predict_masks, resize_image
+from dorl.resize import resize_image
+from dorl.segment import border_fraction, clean_mask, predict_masks
 
 logger = logging.getLogger(__name__)
 

@@ -88,7 +88,8 @@ def evaluate_from_config(cfg, manifest: Manifest) -> dict:
         "fallback": n}}}, "prompt": ..., "image_size": ..., "adapter": ...}``
     """
     from dorl.sam_finetune import finetune_from_config
-    from dorl.segment import clean_mask, is_usable, load_model, predict_masks, resize_image
+    from dorl.resize import resize_image
+    from dorl.segment import clean_mask, is_usable, load_model, predict_masks
 
     out_dir = Path(cfg.run_dir) / EVAL_DIR
     adapter = finetune_from_config(cfg, manifest)

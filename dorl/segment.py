@@ -20,6 +20,7 @@ from tqdm import tqdm
 from dorl.images import read_rgb
 from dorl.manifest import Manifest
 from dorl.provenance import sha256_file, signature_of
+from dorl.resize import resize_image
 from dorl.segmentation import Segmentation
 
 logger = logging.getLogger(__name__)
@@ -63,13 +64,6 @@ def centre_box(size: int, fraction: float) -> np.ndarray:
     half = fraction * size / 2
     return np.array([size / 2 - half, size / 2 - half, size / 2 + half, size / 2 + half],
                     dtype=np.float32)
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize an (H, W, 3) uint8 image to (size, size, 3) with antialiased bilinear filtering."""
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def masked_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray,
@@ -153,7 +147,8 @@ def predict_masks(model, images: list[np.ndarray], prompt: str, box_fraction: fl
     return np.concatenate(masks), feats
 
 
-def segment_images(model, images: list[np.ndarray], cfg, progress: bool = True) -> Segmentation:
+def segment_images(model, images: list[np.ndarray], cfg, progress: bool = True,
+                   masks: list[np.ndarray] | None = None) -> Segmentation:
     """Segment single-cell images in batches and cut out each cell.
 
     Parameters
@@ -164,6 +159,9 @@ def segment_images(model, images: list[np.ndarray], cfg, progress: bool = True) 
     cfg : DictConfig
         Uses ``sam.prompt``, ``sam.box_fraction`` and ``sam.infer.*``.
     progress : bool
+    masks : list of bool ndarray of shape (S, S), optional
+        Masks from elsewhere (a classical segmentation, for comparison) used instead of the
+        model's; the model then only supplies the features.
 
     Returns
     -------
@@ -176,10 +174,12 @@ def segment_images(model, images: list[np.ndarray], cfg, progress: bool = True) 
     raw_masks, feats = predict_masks(model, images, cfg.sam.prompt, float(cfg.sam.box_fraction),
                                      int(infer.batch_size), bool(infer.bf16), str(infer.features),
                                      progress)
+    if masks is not None:
+        raw_masks = masks
     n = len(images)
     crops = np.empty((n, crop, crop, 3), np.uint8)
     raw_crops = np.empty((n, crop, crop, 3), np.uint8)
-    masks = np.zeros((n, s, s), bool)
+    kept = np.zeros((n, s, s), bool)
     boxes = np.empty((n, 4), np.float32)
     fallback = np.zeros(n, bool)
     for i, image in enumerate(images):
@@ -187,13 +187,13 @@ def segment_images(model, images: list[np.ndarray], cfg, progress: bool = True) 
         raw_crops[i] = resize_image(image, crop)
         mask = clean_mask(raw_masks[i])
         if is_usable(mask, float(infer.min_area_frac), float(infer.max_border_frac)):
-            masks[i], boxes[i] = mask, mask_box(mask)
+            kept[i], boxes[i] = mask, mask_box(mask)
             crops[i] = masked_crop(resized, mask, boxes[i], crop)
         else:
             fallback[i] = True
             boxes[i] = centre_box(s, float(cfg.sam.box_fraction))
             crops[i] = masked_crop(resized, None, boxes[i], crop)
-    return Segmentation(crops, raw_crops, masks, boxes, fallback, feats, {})
+    return Segmentation(crops, raw_crops, kept, boxes, fallback, feats, {})
 
 
 def adapter_hash(adapter_dir: Path | None) -> str | None:

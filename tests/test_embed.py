@@ -9,7 +9,7 @@ import pytest
 
 import dorl.embed as embed
 from dorl.config import ConfigError
-from dorl.embed import embed_segmentation, feature_signature, resize_crops, run_embed, split_cells
+from dorl.embed import embed_segmentation, feature_signature, run_embed, split_cells
 from dorl.featstore import FeatureFileError, read_features
 from dorl.manifest import Manifest
 from dorl.segmentation import Segmentation
@@ -127,11 +127,11 @@ def test_per_domain_feature_norm_feeds_the_autoencoder(tiny_cfg):
         embed._cae_data(tiny_cfg, manifest, seg)
 
 
-def test_resize_crops_downsizes_only():
-    crops = np.full((3, 64, 64, 3), 200, np.uint8)
-    assert resize_crops(crops, 32).shape == (3, 32, 32, 3)
-    assert (resize_crops(crops, 32) == 200).all()
-    assert resize_crops(crops, 128) is crops
+@pytest.mark.parametrize("cae_size, expected", [(16, 16), (64, 32)])
+def test_autoencoder_crops_are_downsized_never_upsized(tiny_cfg, cae_size, expected):
+    manifest, seg = toy_cells(size=32)
+    tiny_cfg.cae.image_size = cae_size
+    assert embed._cae_data(tiny_cfg, manifest, seg).crops.shape[1:] == (expected, expected, 3)
 
 
 def test_run_embed_reuses_a_matching_file_and_refuses_another(tiny_cfg, monkeypatch):

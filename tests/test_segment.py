@@ -58,6 +58,22 @@ def test_segment_images_shapes_and_fallback(tiny_cfg):
         assert (not m.any()) if fb else is_usable(m, 0.01, 0.5)
 
 
+def test_given_masks_replace_the_models_and_keep_its_features(tiny_cfg):
+    from dorl.sam_models import sam_from_config
+
+    model, _ = sam_from_config(tiny_cfg)
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    square = np.zeros((64, 64), bool)
+    square[20:40, 16:44] = True
+    own = segment_images(model, images, tiny_cfg, progress=False)
+    given = segment_images(model, images, tiny_cfg, progress=False,
+                           masks=[square, square, np.zeros((64, 64), bool)])
+    assert (given.masks[:2] == square).all() and list(given.fallback) == [False, False, True]
+    np.testing.assert_array_equal(given.boxes[0], [16, 20, 44, 40])
+    np.testing.assert_allclose(given.features["sam_pooled"], own.features["sam_pooled"])
+
+
 def test_batching_does_not_change_results(tiny_cfg):
     from dorl.sam_models import sam_from_config
 

@@ -1,0 +1,25 @@
+import numpy as np
+import pytest
+
+from dorl.resize import resize_batch, resize_image
+
+
+def test_flat_colour_survives_and_shape_is_square():
+    images = np.full((3, 40, 60, 3), (200, 30, 90), np.uint8)
+    out = resize_batch(images, 16)
+    assert out.shape == (3, 16, 16, 3) and out.dtype == np.uint8
+    assert (out == np.array((200, 30, 90), np.uint8)).all()
+
+
+def test_downsizing_is_antialiased():
+    checker = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
+    out = resize_image(np.stack([checker] * 3, -1), 16)
+    assert np.abs(out.astype(int) - 128).max() <= 2  # a fine pattern averages to grey, no aliasing
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 512])
+def test_chunks_and_single_images_give_the_same_pixels(chunk):
+    images = np.random.default_rng(0).integers(0, 256, (5, 33, 33, 3), dtype=np.uint8)
+    out = resize_batch(images, 20, chunk=chunk)
+    np.testing.assert_array_equal(out, resize_batch(images, 20))
+    np.testing.assert_array_equal(out[3], resize_image(images[3], 20))
