@@ -62,9 +62,7 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, params,
     Parameters
     ----------
     images : uint8 tensor of shape (B, H, W, 3)
-    masks : bool or integer tensor of shape (B, H, W)
-        Integer masks may carry more values than 0/1 (an ignore label); each pixel's value moves
-        with the image, unchanged.
+    masks : bool tensor of shape (B, H, W)
     params : mapping
         ``hue`` (max rotation, in turns), ``saturation`` and ``brightness`` (max relative
         change), ``blur_prob``, ``scale`` ([min, max] zoom) and ``flip`` (bool): the
@@ -75,7 +73,7 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, params,
     Returns
     -------
     images : uint8 tensor of shape (B, H, W, 3)
-    masks : tensor of shape (B, H, W), of the input's dtype
+    masks : bool tensor of shape (B, H, W)
     """
     b = images.shape[0]
 
@@ -106,4 +104,4 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, params,
     if lo != 1.0 or hi != 1.0 or bool(flip.any()):
         x, m = _zoom(x, m, uniform(lo, hi), flip)
     out = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-    return out, m[:, 0].to(masks.dtype)
+    return out, m[:, 0] > 0.5

@@ -5,9 +5,7 @@ the synthetic generator writes its masks there) and from pseudo-masks bootstrapp
 unlabelled domains (:mod:`dorl.pseudo_masks`); ``sam.finetune.synth_images`` synthetic cells
 drawn on the fly, with their true whole-cell masks, can be mixed in (training only, never
 validation). Domains in ``sam.finetune.exclude_domains`` are never trained on. The loss is
-0.2 CE + 0.8 Dice on the low-resolution logits, without a thin band along each pseudo-mask's
-outline (``sam.finetune.pseudo_boundary_ignore``): a colour segmentation is least sure there, and
-fitting its exact outline teaches the model that colour method's bias instead of the cell; AdamW with linear warm-up then cosine decay;
+0.2 CE + 0.8 Dice on the low-resolution logits; AdamW with linear warm-up then cosine decay;
 the epoch with the best validation Dice is the adapter kept.
 """
 
@@ -24,7 +22,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage as ndi
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
@@ -44,8 +41,6 @@ LOG_FILE = "train_log.json"
 # Candidates drawn per wanted pseudo-mask: about 75 % of Acevedo-20 and 50 % of LISC colour
 # masks pass the quality checks (114 of 144 Acevedo-20 candidates in docs/benchmarks.md, Run A).
 PSEUDO_CANDIDATES = 3
-# Mask value of pixels the loss ignores (the band along a pseudo-mask's outline).
-IGNORE = 2
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: float = 0.2,
@@ -55,9 +50,8 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: flo
     Parameters
     ----------
     logits : float tensor of shape (B, 1, h, w)
-    target : bool or integer tensor of shape (B, H, W)
-        1 (True) cell, 0 background, ``IGNORE`` left out of both terms. Resized to (h, w) by
-        nearest neighbour.
+    target : bool or float tensor of shape (B, H, W)
+        Resized to (h, w) by nearest neighbour.
     ce_weight, dice_weight : float
     eps : float
 
@@ -66,51 +60,18 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: flo
     scalar tensor
         The Dice term averages the foreground and background classes over the whole batch.
     """
-    t, valid = _target_at(target, logits.shape[-2:])
-    t, valid = t.float(), valid.float()
-    ce = (F.binary_cross_entropy_with_logits(logits, t, reduction="none") * valid).sum()
-    ce = ce / valid.sum().clamp(min=1)
-    p = torch.sigmoid(logits) * valid
-    q, u = (1 - torch.sigmoid(logits)) * valid, (1 - t) * valid
+    t = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")
+    ce = F.binary_cross_entropy_with_logits(logits, t)
+    p = torch.sigmoid(logits)
     fg = (2 * (p * t).sum() + eps) / (p.sum() + t.sum() + eps)
-    bg = (2 * (q * u).sum() + eps) / (q.sum() + u.sum() + eps)
+    bg = (2 * ((1 - p) * (1 - t)).sum() + eps) / ((1 - p).sum() + (1 - t).sum() + eps)
     return ce_weight * ce + dice_weight * (1 - (fg + bg) / 2)
 
 
-def _target_at(target: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cell and counted pixels (bool, (B, 1, h, w)) of a (B, H, W) mask resized to ``size``."""
-    t = F.interpolate(target[:, None].float(), size=size, mode="nearest")
-    valid = t != IGNORE
-    return (t == 1) & valid, valid
-
-
-def ignore_outline(mask: np.ndarray, width: int) -> np.ndarray:
-    """A uint8 training mask: 1 cell, 0 background, ``IGNORE`` within ``width`` px of the outline.
-
-    Parameters
-    ----------
-    mask : bool ndarray of shape (H, W)
-    width : int
-        0 keeps every pixel.
-
-    Returns
-    -------
-    uint8 ndarray of shape (H, W)
-    """
-    out = mask.astype(np.uint8)
-    if width > 0 and mask.any():
-        square = np.ones((3, 3), bool)
-        band = ndi.binary_dilation(mask, square, iterations=width) & ~ndi.binary_erosion(
-            mask, square, iterations=width, border_value=1)
-        out[band] = IGNORE
-    return out
-
-
-def batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image Dice (B,) of logits > 0 against a (B, H, W) mask resized to the logits, over
-    the pixels not marked ``IGNORE``."""
-    t, valid = _target_at(target, logits.shape[-2:])
-    p = (logits > 0) & valid
+def _batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image Dice (B,) of logits > 0 against a (B, H, W) mask resized to the logits."""
+    t = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest") > 0.5
+    p = logits > 0
     inter = (p & t).sum(dim=(1, 2, 3)).float()
     total = (p.sum(dim=(1, 2, 3)) + t.sum(dim=(1, 2, 3))).float()
     return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
@@ -127,7 +88,7 @@ def validate(model, loader, prompt: str, box_fraction: float, ce_weight: float,
             masks = masks.to(device)
             logits = model(images.to(device), prompt, box_fraction)
             losses.append(float(segmentation_loss(logits, masks, ce_weight, dice_weight)))
-            dices.append(batch_dice(logits, masks).cpu())
+            dices.append(_batch_dice(logits, masks).cpu())
     return {"val_loss": float(np.mean(losses)), "val_dice": float(torch.cat(dices).mean())}
 
 
@@ -284,8 +245,7 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
     Returns
     -------
     dict
-        ``images`` uint8 (n, S, S, 3), ``masks`` uint8 (n, S, S) (1 cell, 0 background,
-        ``IGNORE`` along pseudo-mask outlines), ``val`` bool (n,), ``rows``
+        ``images`` uint8 (n, S, S, 3), ``masks`` bool (n, S, S), ``val`` bool (n,), ``rows``
         (manifest row indices, -1 for synthetic cells) and ``sources`` (counts per mask source
         and domain).
     """
@@ -307,7 +267,6 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
     if source == "auto":
         use_pseudo &= ~np.isin(domains, list(masked_domains))
     rng = np.random.default_rng(int(cfg.seed))
-    band = int(ft.pseudo_boundary_ignore)
     n_max = int(ft.max_images)
     n_pseudo = n_max // 2 if use_dataset.any() and use_pseudo.any() else n_max
     candidates = _balanced_sample(domains, np.flatnonzero(use_pseudo),
@@ -325,14 +284,14 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
             image, mask = passed[i]
             rows.append(i)
             images.append(resize_image(image, s))
-            masks.append(ignore_outline(mask, band))
+            masks.append(mask)
             key = f"pseudo:{domains[i]}"
             sources[key] = sources.get(key, 0) + 1
     dataset_rows = _balanced_sample(domains, np.flatnonzero(use_dataset), n_max - len(rows), rng)
     for i in dataset_rows:
         rows.append(i)
         images.append(resize_image(read_rgb(manifest.image_path(i)), s))
-        masks.append(_resize_mask(read_cell_mask(manifest.mask_path(i)), s).astype(np.uint8))
+        masks.append(_resize_mask(read_cell_mask(manifest.mask_path(i)), s))
         key = f"dataset:{domains[i]}"
         sources[key] = sources.get(key, 0) + 1
     rows = np.array(rows, dtype=int)
@@ -344,12 +303,12 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
         synth_images, synth_masks = synthetic_cells(n_synth, list(ft.synth_domains), s,
                                                     int(cfg.seed))
         images.extend(synth_images)
-        masks.extend(synth_masks.astype(np.uint8))
+        masks.extend(synth_masks)
         rows = np.concatenate([rows, np.full(n_synth, -1)])
         val = np.concatenate([val, np.zeros(n_synth, bool)])
         sources["synthetic"] = n_synth
     return {"images": np.stack(images) if images else np.zeros((0, s, s, 3), np.uint8),
-            "masks": np.stack(masks) if masks else np.zeros((0, s, s), np.uint8),
+            "masks": np.stack(masks) if masks else np.zeros((0, s, s), bool),
             "val": val, "rows": rows, "sources": sources}
 
 

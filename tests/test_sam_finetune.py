@@ -1,17 +1,16 @@
-"""LoRA fine-tuning: loss and its ignored outline band, augmentation, training-set choice, adapter reuse, no
+"""LoRA fine-tuning: loss, augmentation, training-set choice, adapter reuse, no
 excluded domain (the pseudo-masks it trains on are tested in test_pseudo_masks.py)."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from dorl.augment import augment_batch
-from dorl.sam_finetune import (ADAPTER_DIR, IGNORE, LOG_FILE, batch_dice, finetune_from_config,
-                               ignore_outline, segmentation_loss, training_set, validation_rows)
+from dorl.sam_finetune import (ADAPTER_DIR, LOG_FILE, finetune_from_config,
+                               segmentation_loss, training_set, validation_rows)
 from tests.conftest import write_disc_manifest
 
 
@@ -36,31 +35,6 @@ def test_loss_resizes_the_target_to_the_logits():
     logits = torch.full((1, 1, 16, 16), -8.0)
     logits[..., 4:12, 4:12] = 8.0
     assert segmentation_loss(logits, target) < 0.01
-
-
-def test_outline_band_is_ignored_by_the_loss_and_the_dice():
-    mask = np.zeros((16, 16), bool)
-    mask[4:12, 4:12] = True
-    target = ignore_outline(mask, 1)
-    assert (target == IGNORE).sum() == 10 * 10 - 6 * 6 and (target == 1).sum() == 6 * 6
-    np.testing.assert_array_equal(ignore_outline(mask, 0), mask.astype(np.uint8))
-    # a prediction one pixel wider than the pseudo-mask costs nothing inside the band ...
-    wider = torch.full((1, 1, 16, 16), -8.0)
-    wider[..., 3:13, 3:13] = 8.0
-    t = torch.from_numpy(target)[None]
-    assert segmentation_loss(wider, t) < 0.01 and batch_dice(wider, t).item() == 1.0
-    # ... but the same prediction against the full mask does
-    assert segmentation_loss(wider, torch.from_numpy(mask)[None]) > 0.05
-
-
-def test_augmentation_keeps_the_ignore_label():
-    masks = torch.zeros(2, 32, 32, dtype=torch.uint8)
-    masks[:, 8:24, 8:24] = IGNORE
-    masks[:, 10:22, 10:22] = 1
-    params = {"hue": 0.1, "scale": [0.8, 1.5], "flip": True}
-    _, out = augment_batch(torch.zeros(2, 32, 32, 3, dtype=torch.uint8), masks, params,
-                           torch.Generator().manual_seed(0))
-    assert out.dtype == torch.uint8 and set(out.unique().tolist()) == {0, 1, IGNORE}
 
 
 def test_augmentation_keeps_shapes_and_moves_mask_with_image():
@@ -94,19 +68,16 @@ def test_excluded_domains_are_never_trained_on(tiny_cfg, disc_manifest):
     assert data["val"].any() and not data["val"].all()
 
 
-def test_pseudo_masks_are_drawn_evenly_over_domains_with_their_outline_ignored(tiny_cfg,
-                                                                               tmp_path):
+def test_pseudo_masks_are_drawn_evenly_over_domains(tiny_cfg, tmp_path):
     from dorl.sam_models import sam_from_config
 
     root = tmp_path / "unmasked"
     root.mkdir()
     manifest = write_disc_manifest(root, masks=False)  # lab_a rows come first
     tiny_cfg.sam.finetune.max_images = 8
-    tiny_cfg.sam.finetune.pseudo_boundary_ignore = 1
     model, _ = sam_from_config(tiny_cfg)
     data = training_set(tiny_cfg, manifest, model)
     assert data["sources"] == {"pseudo:lab_a": 4, "pseudo:lab_b": 4}
-    assert data["masks"].dtype == np.uint8 and set(np.unique(data["masks"])) == {0, 1, IGNORE}
 
 
 def test_synthetic_cells_are_mixed_into_training_only(tiny_cfg, disc_manifest):
