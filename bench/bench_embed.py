@@ -16,8 +16,8 @@ reproduced with the command in the header.
 
 Data (``--data``): ``real`` takes three labs from ../shared/datasets (Acevedo-20 subset, LISC
 crops, Zheng-2018), ``synth`` the synthetic default (needs dorl/synth.py). Segmentation
-(``--segmentation``) comes from the LoRA-SAM stage, or from a saturation threshold with pooled
-features of the pretrained LiteMedSAM encoder (so "raw SAM" stays real SAM features).
+(``--segmentation``) comes from the LoRA-SAM stage, or from the label-free colour segmentation
+of the pseudo-masks with pooled features of the pretrained LiteMedSAM encoder.
 
 ``--full`` instead times the whole ``make embed`` of the default config (needs every stage).
 
@@ -28,7 +28,7 @@ variant with several autoencoder seeds.
 Examples
 --------
 OMP_NUM_THREADS=2 .venv/bin/python bench/bench_embed.py --from-run runs/default --seeds 0 1 2
-OMP_NUM_THREADS=2 .venv/bin/python bench/bench_embed.py --data real --segmentation threshold
+OMP_NUM_THREADS=2 .venv/bin/python bench/bench_embed.py --data real --segmentation colour
 OMP_NUM_THREADS=2 .venv/bin/python bench/bench_embed.py --full
 """
 
@@ -83,80 +83,38 @@ def real_manifest(out: Path, n_per_domain: int, seed: int) -> Manifest:
     return Manifest(table.loc[sorted(keep)].reset_index(drop=True), manifest.base_dir, "mature5")
 
 
-def _threshold_mask(image: np.ndarray) -> tuple[np.ndarray, bool]:
-    """The stained cell nearest the centre by Otsu on saturation, dilated to take in cytoplasm."""
-    from scipy import ndimage
-    from skimage.color import rgb2hsv
-    from skimage.filters import threshold_otsu
-
-    sat = rgb2hsv(image)[..., 1]
-    fg = sat > threshold_otsu(sat)
-    labels, n = ndimage.label(fg)
-    h, w = fg.shape
-    if n == 0:
-        return np.ones_like(fg), True
-    sizes = ndimage.sum(fg, labels, range(1, n + 1))
-    centre = labels[h // 4:3 * h // 4, w // 4:3 * w // 4]
-    central = np.unique(centre[centre > 0])
-    pick = central[np.argmax(sizes[central - 1])] if len(central) else np.argmax(sizes) + 1
-    mask = ndimage.binary_fill_holes(ndimage.binary_dilation(labels == pick, iterations=4))
-    small = mask.mean() < 0.01
-    return (np.ones_like(fg) if small else mask), bool(small)
-
-
-def _masked_crop(image: np.ndarray, mask: np.ndarray, size: int, margin: int = 10) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    y0, y1 = max(ys.min() - margin, 0), min(ys.max() + margin + 1, mask.shape[0])
-    x0, x1 = max(xs.min() - margin, 0), min(xs.max() + margin + 1, mask.shape[1])
-    cut = np.where(mask[..., None], image, 128)[y0:y1, x0:x1].astype(np.uint8)
-    x = torch.from_numpy(cut).permute(2, 0, 1)[None].float()
-    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-    return x[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
-
-
-def threshold_segmentation(cfg, manifest: Manifest) -> Segmentation:
-    """Stand-in for the LoRA-SAM stage: threshold masks + pretrained LiteMedSAM pooled features."""
-    from tqdm import tqdm
-
+def colour_segmentation(cfg, manifest: Manifest) -> Segmentation:
+    """Stand-in for the LoRA-SAM stage: the label-free colour segmentation of
+    :func:`dorl.pseudo_masks.colour_mask` for the masks, the pretrained LiteMedSAM's pooled
+    features (so "raw SAM" stays real SAM features)."""
     from dorl.images import read_rgb
+    from dorl.pseudo_masks import colour_mask
+    from dorl.resize import resize_image
     from dorl.sam_models import sam_from_config
+    from dorl.segment import segment_images
 
     model, provenance = sam_from_config(cfg)
-    size = int(cfg.sam.infer.crop_size)
-    crops, raws, fallback, pooled = [], [], [], []
-    batch = int(cfg.sam.infer.batch_size)
-    for start in tqdm(range(0, len(manifest), batch), desc="threshold + SAM features"):
-        images = [read_rgb(manifest.image_path(i))
-                  for i in range(start, min(start + batch, len(manifest)))]
-        for image in images:
-            mask, fell_back = _threshold_mask(image)
-            crops.append(_masked_crop(image, mask, size))
-            raws.append(_masked_crop(image, np.ones_like(mask), size, margin=0))
-            fallback.append(fell_back)
-        with torch.inference_mode():
-            feats = model.encode(model.preprocess(images), return_features=True)
-        pooled.append(feats["pooled"].float().numpy())
-    n = len(crops)
-    return Segmentation(np.stack(crops), np.stack(raws), np.zeros((n, 1, 1), bool),
-                        np.zeros((n, 4), np.float32), np.array(fallback),
-                        {"sam_pooled": np.concatenate(pooled)},
-                        {**provenance, "signature": "threshold-" + manifest.signature()})
+    images = [read_rgb(manifest.image_path(i)) for i in range(len(manifest))]
+    masks = [colour_mask(resize_image(image, model.image_size)) for image in images]
+    seg = segment_images(model.eval(), images, cfg, masks=masks)
+    seg.meta = {**provenance, "signature": "colour-" + manifest.signature()}
+    return seg
 
 
 def segment(cfg, manifest: Manifest, how: str, cache: Path) -> tuple[Segmentation, str]:
-    """The LoRA-SAM stage (``how="sam"``), else :func:`threshold_segmentation` (cached in
-    ``cache`` for the same cells)."""
+    """The LoRA-SAM stage (``how="sam"``), else :func:`colour_segmentation` (cached in ``cache``
+    for the same cells)."""
     if how == "sam":
         from dorl.sam_finetune import finetune_from_config
         from dorl.segment import segment_from_config
 
         return segment_from_config(cfg, manifest, finetune_from_config(cfg, manifest)), "LoRA-SAM"
-    how = "threshold + LiteMedSAM features"
+    how = "colour segmentation + LiteMedSAM features"
     if cache.is_file():
         seg = Segmentation.load(cache)
-        if seg.meta.get("signature") == "threshold-" + manifest.signature():
+        if seg.meta.get("signature") == "colour-" + manifest.signature():
             return seg, how + " (cached)"
-    seg = threshold_segmentation(cfg, manifest)
+    seg = colour_segmentation(cfg, manifest)
     seg.save(cache)
     return seg, how
 
@@ -275,8 +233,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=["real", "synth"], default="synth")
     parser.add_argument("--n-per-domain", type=int, default=300)
-    parser.add_argument("--segmentation", choices=["sam", "threshold"], default="sam",
-                        help="the LoRA-SAM stage, or a saturation threshold")
+    parser.add_argument("--segmentation", choices=["sam", "colour"], default="sam",
+                        help="the LoRA-SAM stage, or the colour segmentation of dorl.pseudo_masks")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="seeds of the autoencoder runs (the first also draws the data)")
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS),

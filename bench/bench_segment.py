@@ -64,7 +64,8 @@ def _resized_truth(path: Path, size: int) -> np.ndarray:
     from dorl.images import read_cell_mask
 
     gt = torch.from_numpy(read_cell_mask(path))[None, None].float()
-    return torch.nn.functional.interpolate(gt, size=(size, size), mode="nearest")[0, 0].numpy() > 0.5
+    resized = torch.nn.functional.interpolate(gt, size=(size, size), mode="nearest")
+    return resized[0, 0].numpy() > 0.5
 
 
 def evaluation_sets(out: Path, size: int, seed: int):
@@ -121,7 +122,7 @@ def mask_scores(model, cfg, images: list[np.ndarray], truths: list[np.ndarray]) 
 
 
 def finetune_variants(args) -> None:
-    """Fine-tune each variant (``name:key=value,key=value``; ``zero_shot`` for none) and score it."""
+    """Fine-tune each variant (``name:key=value,...``; ``zero_shot``: none) and score it."""
     from dorl.sam_finetune import LOG_FILE, finetune_from_config
     from dorl.segment import load_model
 
