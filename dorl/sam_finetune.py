@@ -39,7 +39,7 @@ ADAPTER_DIR = "sam_adapter"
 SIGNATURE_FILE = "signature.json"
 LOG_FILE = "train_log.json"
 # Candidates drawn per wanted pseudo-mask: about 75 % of Acevedo-20 and 50 % of LISC colour
-# masks pass the quality checks (114 of 144 Acevedo-20 candidates in docs/benchmarks.md, Run A).
+# masks pass the quality checks (222 of 288 and 80 of 150 crops in docs/benchmarks.md).
 PSEUDO_CANDIDATES = 3
 
 
