@@ -60,14 +60,6 @@ SYNTH_CELLS = 160
 SYNTH_SEED = 12345  # not the config seed: these cells are never the ones trained on
 
 
-def _resized_truth(path: Path, size: int) -> np.ndarray:
-    from dorl.images import read_cell_mask
-
-    gt = torch.from_numpy(read_cell_mask(path))[None, None].float()
-    resized = torch.nn.functional.interpolate(gt, size=(size, size), mode="nearest")
-    return resized[0, 0].numpy() > 0.5
-
-
 def evaluation_sets(out: Path, size: int, seed: int):
     """The fine-tuning manifest and the sets every variant is scored on.
 
@@ -77,8 +69,9 @@ def evaluation_sets(out: Path, size: int, seed: int):
     variant) carries the expert masks.
     """
     from dorl.adapters import read_acevedo20, read_class_folders, read_zheng2018
-    from dorl.images import read_rgb
+    from dorl.images import read_cell_mask, read_rgb
     from dorl.pseudo_masks import bootstrap_pseudo_masks
+    from dorl.resize import resize_mask
     from dorl.synth import synthetic_cells
     from dorl.synth_domains import PRESETS
 
@@ -97,7 +90,8 @@ def evaluation_sets(out: Path, size: int, seed: int):
     zheng = read_zheng2018(DATA / "zheng2018-cellavision")
     parts.append(zheng)
     sets["Zheng-2018 expert masks"] = ([read_rgb(p) for p in zheng["path"]],
-                                       [_resized_truth(p, size) for p in zheng["mask_path"]])
+                                       [resize_mask(read_cell_mask(p), size)
+                                        for p in zheng["mask_path"]])
     table = pd.concat(parts, ignore_index=True)
     table["label"] = ""
     (out / "data").mkdir(parents=True, exist_ok=True)

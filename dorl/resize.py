@@ -1,4 +1,5 @@
-"""The one image resize of the package: antialiased bilinear, aspect ratio not kept."""
+"""The package's resizes: antialiased bilinear for images, nearest neighbour for masks; the
+aspect ratio is not kept."""
 
 from __future__ import annotations
 
@@ -34,3 +35,9 @@ def resize_batch(images: np.ndarray, size: int, chunk: int = 512) -> np.ndarray:
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """Resize one uint8 RGB image (H, W, 3) to (size, size, 3); see :func:`resize_batch`."""
     return resize_batch(np.asarray(image, dtype=np.uint8)[None], size)[0]
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of a bool (H, W) mask to (size, size)."""
+    t = torch.from_numpy(np.asarray(mask, dtype=bool))[None, None].float()
+    return F.interpolate(t, size=(size, size), mode="nearest")[0, 0].numpy() > 0.5

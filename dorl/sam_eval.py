@@ -12,8 +12,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage as ndi
 
@@ -88,7 +86,7 @@ def evaluate_from_config(cfg, manifest: Manifest) -> dict:
         "fallback": n}}}, "prompt": ..., "image_size": ..., "adapter": ...}``
     """
     from dorl.sam_finetune import finetune_from_config
-    from dorl.resize import resize_image
+    from dorl.resize import resize_image, resize_mask
     from dorl.segment import clean_mask, is_usable, load_model, predict_masks
 
     out_dir = Path(cfg.run_dir) / EVAL_DIR
@@ -113,10 +111,7 @@ def evaluate_from_config(cfg, manifest: Manifest) -> dict:
                                int(infer.batch_size), bool(infer.bf16), "none", progress=True)
         predictions[name] = [clean_mask(m) for m in raw]
     s = int(cfg.sam.image_size)
-    truths = []
-    for i in rows:
-        gt = torch.from_numpy(read_cell_mask(manifest.mask_path(i)))[None, None].float()
-        truths.append(F.interpolate(gt, size=(s, s), mode="nearest")[0, 0].numpy() > 0.5)
+    truths = [resize_mask(read_cell_mask(manifest.mask_path(i)), s) for i in rows]
     for domain in dict.fromkeys(domains):
         idx = np.flatnonzero(domains == domain)
         entry = {}

@@ -186,12 +186,6 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
     return {"history": history, **best}
 
 
-def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of a bool (H, W) mask to (size, size)."""
-    t = torch.from_numpy(mask)[None, None].float()
-    return F.interpolate(t, size=(size, size), mode="nearest")[0, 0].numpy() > 0.5
-
-
 def _balanced_sample(domains: np.ndarray, rows: np.ndarray, n: int,
                      rng: np.random.Generator) -> np.ndarray:
     """Pick up to ``n`` of ``rows``, as evenly over their domains as they allow, in seeded order."""
@@ -250,7 +244,7 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
         and domain).
     """
     from dorl.pseudo_masks import bootstrap_pseudo_masks
-    from dorl.resize import resize_image
+    from dorl.resize import resize_image, resize_mask
 
     ft, s = cfg.sam.finetune, model.image_size
     table = manifest.table
@@ -291,7 +285,7 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
     for i in dataset_rows:
         rows.append(i)
         images.append(resize_image(read_rgb(manifest.image_path(i)), s))
-        masks.append(_resize_mask(read_cell_mask(manifest.mask_path(i)), s))
+        masks.append(resize_mask(read_cell_mask(manifest.mask_path(i)), s))
         key = f"dataset:{domains[i]}"
         sources[key] = sources.get(key, 0) + 1
     rows = np.array(rows, dtype=int)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from dorl.resize import resize_batch, resize_image
+from dorl.resize import resize_batch, resize_image, resize_mask
 
 
 def test_flat_colour_survives_and_shape_is_square():
@@ -23,3 +23,11 @@ def test_chunks_and_single_images_give_the_same_pixels(chunk):
     out = resize_batch(images, 20, chunk=chunk)
     np.testing.assert_array_equal(out, resize_batch(images, 20))
     np.testing.assert_array_equal(out[3], resize_image(images[3], 20))
+
+
+def test_mask_resize_keeps_labels_binary_and_blocks_whole():
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 4:8] = True
+    out = resize_mask(mask, 16)
+    assert out.dtype == bool and out.shape == (16, 16)
+    np.testing.assert_array_equal(out, np.kron(mask, np.ones((2, 2), bool)))
