@@ -78,18 +78,35 @@ def _batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def validate(model, loader, prompt: str, box_fraction: float, ce_weight: float,
-             dice_weight: float) -> dict:
-    """Mean loss and mean per-image Dice of ``model`` over ``loader`` (no augmentation)."""
+             dice_weight: float, zooms: tuple[float, ...] = (1.0,)) -> dict:
+    """Mean loss and mean per-image Dice of ``model`` over ``loader``, at each zoom.
+
+    Every validation image is scored as it is and zoomed about its centre by each of ``zooms``
+    (no other augmentation), so that the checkpoint chosen segments cells of every size labs
+    crop them at. ``val_loss`` and ``val_dice`` average over the zooms; ``val_dice_x<zoom>``
+    keeps each one.
+    """
     model.eval()
-    losses, dices = [], []
+    losses, dices = [], {z: [] for z in zooms}
     device = model.pixel_mean.device
     with torch.inference_mode():
         for images, masks in loader:
-            masks = masks.to(device)
-            logits = model(images.to(device), prompt, box_fraction)
-            losses.append(float(segmentation_loss(logits, masks, ce_weight, dice_weight)))
-            dices.append(_batch_dice(logits, masks).cpu())
-    return {"val_loss": float(np.mean(losses)), "val_dice": float(torch.cat(dices).mean())}
+            for zoom in zooms:
+                if zoom != 1.0:
+                    images_z, masks_z = augment_batch(images, masks, {"scale": [zoom, zoom]},
+                                                      torch.Generator())
+                else:
+                    images_z, masks_z = images, masks
+                masks_z = masks_z.to(device)
+                logits = model(images_z.to(device), prompt, box_fraction)
+                losses.append(float(segmentation_loss(logits, masks_z, ce_weight, dice_weight)))
+                dices[zoom].append(_batch_dice(logits, masks_z).cpu())
+    per_zoom = {z: float(torch.cat(d).mean()) for z, d in dices.items()}
+    record = {"val_loss": float(np.mean(losses)),
+              "val_dice": float(np.mean(list(per_zoom.values())))}
+    if len(zooms) > 1:
+        record.update({f"val_dice_x{z:g}": d for z, d in per_zoom.items()})
+    return record
 
 
 def _save_atomically(model, out_dir: Path) -> None:
@@ -108,7 +125,8 @@ def _save_atomically(model, out_dir: Path) -> None:
 def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_decay: float,
              warmup_epochs: float, prompt: str, box_fraction: float, out_dir: str | Path,
              progress: Callable[[dict], None] | None = None, ce_weight: float = 0.2,
-             dice_weight: float = 0.8, augment=None, seed: int = 0) -> dict:
+             dice_weight: float = 0.8, augment=None, val_zooms: tuple[float, ...] = (1.0,),
+             seed: int = 0) -> dict:
     """Train the trainable parameters of a LoRA-wrapped SAM and keep the best epoch's adapter.
 
     Parameters
@@ -129,6 +147,8 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
     ce_weight, dice_weight : float
     augment : mapping, optional
         ``sam.finetune.augment``; None trains on the images as they are.
+    val_zooms : tuple of float
+        Zooms the validation images are scored at (:func:`validate`).
     seed : int
         Seeds the augmentation draws.
 
@@ -170,7 +190,7 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
                   "lr": lr * factor}
         if val_loader is not None:
             record.update(validate(model, val_loader, prompt, box_fraction, ce_weight,
-                                   dice_weight))
+                                   dice_weight, tuple(val_zooms)))
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         logger.info("finetune epoch %d/%d: %s", epoch + 1, epochs,
@@ -365,7 +385,8 @@ def finetune_from_config(cfg, manifest: Manifest) -> Path | None:
                       warmup_epochs=float(ft.warmup_epochs), prompt=cfg.sam.prompt,
                       box_fraction=float(cfg.sam.box_fraction), out_dir=out_dir,
                       ce_weight=float(ft.ce_weight), dice_weight=float(ft.dice_weight),
-                      augment=augment, seed=int(cfg.seed))
+                      augment=augment, val_zooms=tuple(float(z) for z in ft.val_zooms),
+                      seed=int(cfg.seed))
     result.update({"n_train": n_train, "n_val": n_val, "sources": data["sources"],
                    "provenance": provenance})
     write_text_atomic(out_dir / LOG_FILE, json.dumps(result, indent=2, default=str))

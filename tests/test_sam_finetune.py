@@ -10,7 +10,7 @@ import torch
 
 from dorl.augment import augment_batch
 from dorl.sam_finetune import (ADAPTER_DIR, LOG_FILE, finetune_from_config,
-                               segmentation_loss, training_set, validation_rows)
+                               segmentation_loss, training_set, validate, validation_rows)
 from tests.conftest import write_disc_manifest
 
 
@@ -130,6 +130,33 @@ def test_finetuning_lowers_training_and_validation_loss(tiny_cfg, disc_manifest)
     history = json.loads((adapter / LOG_FILE).read_text())["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
+
+
+class FixedSquareSAM(torch.nn.Module):
+    """Predicts the same centre square (side 8 of 32) whatever the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("pixel_mean", torch.zeros(3))
+
+    def forward(self, images, prompt, box_fraction):
+        logits = torch.full((images.shape[0], 1, 32, 32), -10.0)
+        logits[..., 12:20, 12:20] = 10.0
+        return logits
+
+
+def test_validation_scores_each_zoom_and_averages_them():
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[:, 12:20, 12:20] = True
+    images = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
+    loader = [(images, masks)]
+    plain = validate(FixedSquareSAM(), loader, "center_box", 0.9, 0.2, 0.8)
+    assert plain["val_dice"] == pytest.approx(1.0, abs=1e-3) and "val_dice_x1" not in plain
+    zoomed = validate(FixedSquareSAM(), loader, "center_box", 0.9, 0.2, 0.8, zooms=(1.0, 2.0))
+    # zoomed 2x the true square has side 16: Dice 2 * 64 / (64 + 256) = 0.4
+    assert zoomed["val_dice_x1"] == pytest.approx(1.0, abs=1e-3)
+    assert zoomed["val_dice_x2"] == pytest.approx(0.4, abs=1e-2)
+    assert zoomed["val_dice"] == pytest.approx(0.7, abs=1e-2)
 
 
 def test_a_lone_manifest_val_row_is_topped_up_to_the_validation_fraction():
