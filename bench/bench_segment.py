@@ -81,9 +81,8 @@ def evaluation_sets(out: Path, size: int, seed: int):
 
     Acevedo-20 and LISC images (no labels) make the manifest, less 150 of each held out: their
     pseudo-masks that pass the checks are the label-free proxies, the Acevedo-20 ones also
-    zoomed ``ZOOM`` x. Synthetic cells of the four lab
-    presets carry true masks; Zheng-2018 (in the manifest, but excluded from training by every
-    variant) carries the expert masks.
+    zoomed ``ZOOM`` x. Synthetic cells of the four lab presets carry true masks; Zheng-2018 (in
+    the manifest, but excluded from training by every variant) carries the expert masks.
     """
     from dorl.adapters import read_acevedo20, read_class_folders, read_zheng2018
     from dorl.images import read_cell_mask, read_rgb
