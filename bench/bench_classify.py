@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dorl.classify.run import classify_from_config
 from dorl.config import load_config
-from dorl.evaluation import classify_from_config
 from dorl.featstore import FeatureSet, write_features
 
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")

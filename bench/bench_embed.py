@@ -15,7 +15,7 @@ plus the stage timings and the process's peak RSS. Each row of the printed table
 reproduced with the command in the header.
 
 Data (``--data``): ``real`` takes three labs from ../shared/datasets (Acevedo-20 subset, LISC
-crops, Zheng-2018), ``synth`` the synthetic default (needs dorl/synth.py). Segmentation
+crops, Zheng-2018), ``synth`` the synthetic default (needs dorl/data/synth/generate.py). Segmentation
 (``--segmentation``) comes from the LoRA-SAM stage, or from the label-free colour segmentation
 of the pseudo-masks with pooled features of the pretrained LiteMedSAM encoder.
 
@@ -44,13 +44,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dorl.cae.embed import embed_segmentation, load_data, run_embed
+from dorl.cae.invariance import domain_invariance
 from dorl.config import load_config
-from dorl.embed import embed_segmentation, load_data, run_embed
-from dorl.estimators import DomainStandardScaler
+from dorl.data.manifest import Manifest, load_manifest
+from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import read_features
-from dorl.invariance import domain_invariance
-from dorl.manifest import Manifest, load_manifest
-from dorl.segmentation import Segmentation
+from dorl.sam.segmentation import Segmentation
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -71,7 +71,7 @@ def peak_rss_gb() -> float:
 
 def real_manifest(out: Path, n_per_domain: int, seed: int) -> Manifest:
     """The three real labs, labelled mature5 cells only, at most ``n_per_domain`` each."""
-    from dorl.adapters import build_manifest
+    from dorl.data.readers import build_manifest
 
     manifest, _ = build_manifest(REAL_SOURCES, "mature5", out / "manifest.csv")
     table = manifest.table[manifest.table["label"] != "unknown"]
@@ -85,13 +85,13 @@ def real_manifest(out: Path, n_per_domain: int, seed: int) -> Manifest:
 
 def colour_segmentation(cfg, manifest: Manifest) -> Segmentation:
     """Stand-in for the LoRA-SAM stage: the label-free colour segmentation of
-    :func:`dorl.pseudo_masks.colour_mask` for the masks, the pretrained LiteMedSAM's pooled
+    :func:`dorl.sam.pseudo_masks.colour_mask` for the masks, the pretrained LiteMedSAM's pooled
     features (so "raw SAM" stays real SAM features)."""
-    from dorl.images import read_rgb
-    from dorl.pseudo_masks import colour_mask
+    from dorl.data.images import read_rgb
     from dorl.resize import resize_image
-    from dorl.sam_models import sam_from_config
-    from dorl.segment import segment_images
+    from dorl.sam.inference import segment_images
+    from dorl.sam.models import sam_from_config
+    from dorl.sam.pseudo_masks import colour_mask
 
     model, provenance = sam_from_config(cfg)
     images = [read_rgb(manifest.image_path(i)) for i in range(len(manifest))]
@@ -105,8 +105,8 @@ def segment(cfg, manifest: Manifest, how: str, cache: Path) -> tuple[Segmentatio
     """The LoRA-SAM stage (``how="sam"``), else :func:`colour_segmentation` (cached in ``cache``
     for the same cells)."""
     if how == "sam":
-        from dorl.sam_finetune import finetune_from_config
-        from dorl.segment import segment_from_config
+        from dorl.sam.finetune import finetune_from_config
+        from dorl.sam.inference import segment_from_config
 
         return segment_from_config(cfg, manifest, finetune_from_config(cfg, manifest)), "LoRA-SAM"
     how = "colour segmentation + LiteMedSAM features"
@@ -234,7 +234,7 @@ def main() -> None:
     parser.add_argument("--data", choices=["real", "synth"], default="synth")
     parser.add_argument("--n-per-domain", type=int, default=300)
     parser.add_argument("--segmentation", choices=["sam", "colour"], default="sam",
-                        help="the LoRA-SAM stage, or the colour segmentation of dorl.pseudo_masks")
+                        help="the LoRA-SAM stage, or the colour segmentation of dorl.sam.pseudo_masks")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="seeds of the autoencoder runs (the first also draws the data)")
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS),

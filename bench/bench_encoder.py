@@ -20,8 +20,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dorl.sam_checkpoints import default_checkpoint
-from dorl.sam_models import BACKBONES
+from dorl.sam.checkpoints import default_checkpoint
+from dorl.sam.models import BACKBONES
 
 
 def _encoder(folded: bool, channels_last: bool) -> torch.nn.Module:

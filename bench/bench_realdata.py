@@ -6,7 +6,7 @@ granulocytes, erythroblasts and platelets, LISC's ``mixed``) are left out. A cla
 than ``classify.min_class_count`` cells in a target is left out of that target's score.
 
 Methods, measured in one run on the same cells:
-  colour+texture, pixels+PCA          hand-crafted baselines (dorl.baselines)
+  colour+texture, pixels+PCA          hand-crafted baselines (dorl.classify.baselines)
   SAM frozen                          pooled encoder features of zero-shot SAM (no LoRA, no CAE)
   LoRA-SAM                            pooled encoder features after LoRA fine-tuning, no CAE
   LoRA-SAM domain-std                 the same, standardised per domain (label-free baseline)
@@ -55,20 +55,20 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from tqdm.auto import tqdm
 
-from dorl.adapters import build_manifest
 from dorl.atomic import atomic_path, write_text_atomic
-from dorl.baselines import colour_texture_features, pixel_pca_features
-from dorl.classifiers import build_classifier
+from dorl.cae.embed import embed_segmentation
+from dorl.cae.invariance import domain_invariance
+from dorl.classify.baselines import colour_texture_features, pixel_pca_features
+from dorl.classify.registry import build_classifier
 from dorl.config import load_config
-from dorl.embed import embed_segmentation
-from dorl.estimators import DomainStandardScaler
+from dorl.data.images import read_cell_mask, read_rgb
+from dorl.data.manifest import Manifest, load_manifest, save_manifest
+from dorl.data.readers import build_manifest
+from dorl.data.taxonomy import UNKNOWN
+from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import read_features
-from dorl.images import read_cell_mask, read_rgb
-from dorl.invariance import domain_invariance
-from dorl.manifest import Manifest, load_manifest, save_manifest
-from dorl.sam_eval import dice, iou
+from dorl.sam.metrics import dice, iou
 from dorl.seeding import seed_everything
-from dorl.taxonomy import UNKNOWN
 
 logger = logging.getLogger("bench_realdata")
 REPO = Path(__file__).resolve().parents[1]
@@ -201,7 +201,7 @@ def encoder_throughput(cfg, images: list[np.ndarray], watch: Stopwatch) -> float
     """Time the bare SAM encoder forward pass (preprocess + encode, no decoder, no LoRA) over
     ``images`` with segmentation's batch size and precision (``sam.infer.batch_size``,
     ``sam.infer.bf16``): the reference for segmentation throughput. Returns images/s."""
-    from dorl.segment import load_model
+    from dorl.sam.inference import load_model
 
     model, _ = load_model(cfg, None)
     batch, bf16 = int(cfg.sam.infer.batch_size), bool(cfg.sam.infer.bf16)
@@ -243,8 +243,8 @@ def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch):
     quality : dict
         Dice/IoU against the ground-truth masks (Zheng) of each segmentation.
     """
-    from dorl.sam_finetune import ADAPTER_DIR, SIGNATURE_FILE, finetune_from_config
-    from dorl.segment import SEGMENTATION_FILE, segment_from_config
+    from dorl.sam.finetune import ADAPTER_DIR, SIGNATURE_FILE, finetune_from_config
+    from dorl.sam.inference import SEGMENTATION_FILE, segment_from_config
 
     table = manifest.table
     zs_dir, ft_dir = out / "sam_zeroshot", out / "sam_lora"

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from dorl.config import load_config
-from dorl.manifest import load_manifest
+from dorl.data.manifest import load_manifest
 from dorl.seeding import seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,8 +35,8 @@ DATA = REPO.parent / "shared" / "datasets"
 
 
 def throughput(args) -> None:
-    from dorl.sam_models import build_sam
-    from dorl.segment import segment_images
+    from dorl.sam.inference import segment_images
+    from dorl.sam.models import build_sam
 
     cfg = load_config(None, [f"sam.image_size={args.size}", f"sam.infer.batch_size={args.batch}",
                              f"sam.infer.bf16={args.bf16}", f"sam.prompt={args.prompt}"])
@@ -67,8 +67,8 @@ ZOOM = 2.0
 
 def zoomed(images: list[np.ndarray], masks: list[np.ndarray], size: int):
     """The images (resized to ``size``) and masks zoomed ``ZOOM`` x about their centres."""
-    from dorl.augment import augment_batch
     from dorl.resize import resize_image
+    from dorl.sam.augment import augment_batch
 
     x = torch.from_numpy(np.stack([resize_image(image, size) for image in images]))
     x, m = augment_batch(x, torch.from_numpy(np.stack(masks)), {"scale": [ZOOM, ZOOM]},
@@ -84,12 +84,12 @@ def evaluation_sets(out: Path, size: int, seed: int):
     zoomed ``ZOOM`` x. Synthetic cells of the four lab presets carry true masks; Zheng-2018 (in
     the manifest, but excluded from training by every variant) carries the expert masks.
     """
-    from dorl.adapters import read_acevedo20, read_class_folders, read_zheng2018
-    from dorl.images import read_cell_mask, read_rgb
-    from dorl.pseudo_masks import bootstrap_pseudo_masks
+    from dorl.data.images import read_cell_mask, read_rgb
+    from dorl.data.readers import read_acevedo20, read_class_folders, read_zheng2018
+    from dorl.data.synth.domains import PRESETS
+    from dorl.data.synth.generate import synthetic_cells
     from dorl.resize import resize_mask
-    from dorl.synth import synthetic_cells
-    from dorl.synth_domains import PRESETS
+    from dorl.sam.pseudo_masks import bootstrap_pseudo_masks
 
     rng = np.random.default_rng(seed)
     parts, sets = [], {}
@@ -120,8 +120,9 @@ def evaluation_sets(out: Path, size: int, seed: int):
 
 def mask_scores(model, cfg, images: list[np.ndarray], truths: list[np.ndarray]) -> dict:
     """Mean Dice, 10th-percentile Dice, precision and recall of the model's cleaned masks."""
-    from dorl.sam_eval import dice
-    from dorl.segment import clean_mask, predict_masks
+    from dorl.sam.inference import predict_masks
+    from dorl.sam.masks import clean_mask
+    from dorl.sam.metrics import dice
 
     raw, _ = predict_masks(model, images, cfg.sam.prompt, float(cfg.sam.box_fraction),
                            int(cfg.sam.infer.batch_size), bool(cfg.sam.infer.bf16), "none")
@@ -136,8 +137,8 @@ def mask_scores(model, cfg, images: list[np.ndarray], truths: list[np.ndarray]) 
 
 def finetune_variants(args) -> None:
     """Fine-tune each variant (``name:key=value,...``; ``zero_shot``: none) and score it."""
-    from dorl.sam_finetune import LOG_FILE, finetune_from_config
-    from dorl.segment import load_model
+    from dorl.sam.finetune import LOG_FILE, finetune_from_config
+    from dorl.sam.inference import load_model
 
     out = Path(args.out)
     base = [f"sam.image_size={args.size}", "sam.finetune.exclude_domains=[lisc,zheng2018]"]

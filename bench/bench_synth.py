@@ -35,10 +35,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dorl.config import load_config
-from dorl.images import read_rgb
-from dorl.synth import generate_from_config
-from dorl.synth_cells import LOOKS, draw_cell
-from dorl.synth_domains import domain_style
+from dorl.data.images import read_rgb
+from dorl.data.synth.cells import LOOKS, draw_cell
+from dorl.data.synth.domains import domain_style
+from dorl.data.synth.generate import generate_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -101,14 +101,14 @@ def _run(args: argparse.Namespace) -> int:
     if command == "data" and action == "prepare":
         action = "manifest" if cfg.data.sources else "synth"
     if command == "data" and action == "synth":
-        from dorl.synth import generate_from_config
+        from dorl.data.synth.generate import generate_from_config
 
         manifest = generate_from_config(cfg)
         logger.info("synthetic dataset: %d cells in %s", len(manifest), cfg.data.root)
     elif command == "data" and action == "manifest":
         from omegaconf import OmegaConf
 
-        from dorl.adapters import build_manifest
+        from dorl.data.readers import build_manifest
 
         sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
         manifest, report = build_manifest(sources, cfg.data.label_space, cfg.data.manifest)
@@ -116,31 +116,31 @@ def _run(args: argparse.Namespace) -> int:
                     "%d conflicting copies dropped", cfg.data.manifest, len(manifest),
                     manifest.signature(), len(report.dropped), len(report.conflicting))
     elif command == "sam" and action == "finetune":
-        from dorl.adapters import manifest_from_config
-        from dorl.sam_finetune import finetune_from_config
+        from dorl.data.readers import manifest_from_config
+        from dorl.sam.finetune import finetune_from_config
 
         finetune_from_config(cfg, manifest_from_config(cfg))
     elif command == "sam" and action == "eval":
-        from dorl.adapters import manifest_from_config
-        from dorl.sam_eval import evaluate_from_config
+        from dorl.data.readers import manifest_from_config
+        from dorl.sam.evaluate import evaluate_from_config
 
         evaluate_from_config(cfg, manifest_from_config(cfg))
     elif command == "embed":
-        from dorl.embed import run_embed
+        from dorl.cae.embed import run_embed
 
         path = run_embed(cfg)
         logger.info("features: %s", path)
     elif command == "classify" and action == "run":
-        from dorl.evaluation import classify_from_config
+        from dorl.classify.run import classify_from_config
 
         out = classify_from_config(cfg)
         logger.info("classification results: %s", out)
     elif command == "classify" and action == "predict":
-        from dorl.evaluation import predict_file
+        from dorl.classify.run import predict_file
 
         predict_file(args.model, args.features, args.out)
     elif command == "umap":
-        from dorl.umap_plot import umap_from_config
+        from dorl.viz.umap import umap_from_config
 
         out = umap_from_config(cfg)
         logger.info("UMAP plots: %s", out)
@@ -156,12 +156,12 @@ def _run(args: argparse.Namespace) -> int:
 # status 2. Looked up only in modules already imported (an error can only come from one of those),
 # so a command never imports torch just to name an error class.
 INPUT_ERRORS = {
-    "dorl.config": "ConfigError", "dorl.manifest": "ManifestError",
-    "dorl.taxonomy": "TaxonomyError", "dorl.images": "ImageReadError",
-    "dorl.featstore": "FeatureFileError", "dorl.cae_train": "CheckpointError",
-    "dorl.sam_checkpoints": "CheckpointMismatchError", "dorl.classifiers": "ClassifierError",
-    "dorl.protocols": "ProtocolError", "dorl.synth": "SynthError",
-    "dorl.synth_domains": "DomainError",
+    "dorl.config": "ConfigError", "dorl.data.manifest": "ManifestError",
+    "dorl.data.taxonomy": "TaxonomyError", "dorl.data.images": "ImageReadError",
+    "dorl.featstore": "FeatureFileError", "dorl.cae.train": "CheckpointError",
+    "dorl.sam.checkpoints": "CheckpointMismatchError", "dorl.classify.registry": "ClassifierError",
+    "dorl.classify.protocols": "ProtocolError", "dorl.data.synth.generate": "SynthError",
+    "dorl.data.synth.domains": "DomainError",
 }
 
 

@@ -22,7 +22,7 @@ RUN_OUTPUTS = (
 
 def _checkpoint_status(cfg) -> str:
     """Where the configured SAM weights are, or why they are not there."""
-    from dorl.sam_checkpoints import default_checkpoint
+    from dorl.sam.checkpoints import default_checkpoint
 
     if cfg.sam.checkpoint:
         path = Path(cfg.sam.checkpoint)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from dorl.config import load_config
-from dorl.manifest import load_manifest
+from dorl.data.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dorl.adapters import LayoutError, build_manifest, read_source
-from dorl.manifest import load_manifest
-from dorl.taxonomy import UNKNOWN
+from dorl.data.manifest import load_manifest
+from dorl.data.readers import LayoutError, build_manifest, read_source
+from dorl.data.taxonomy import UNKNOWN
 
 
 def _img(path, value=0, size=24):

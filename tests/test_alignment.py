@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dorl.alignment import align_weight, coral, mmd2, pairwise_alignment
-from dorl.domain_batches import DomainBalancedBatches
+from dorl.cae.alignment import align_weight, coral, mmd2, pairwise_alignment
+from dorl.cae.batches import DomainBalancedBatches
 
 
 def _normal(n, d=4, mean=0.0, std=1.0, seed=0):

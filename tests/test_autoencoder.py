@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dorl.autoencoder import ConvCAE, FeatureScaler, TransformerCAE, build_autoencoder
+from dorl.cae.models import ConvCAE, FeatureScaler, TransformerCAE, build_autoencoder
 from dorl.config import package_defaults
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dorl.baselines import (colour_texture_features, feature_names, pixel_pca_features,
-                            resize_images)
+from dorl.classify.baselines import (
+    colour_texture_features,
+    feature_names,
+    pixel_pca_features,
+    resize_images,
+)
 
 
 def _cells(n: int, side: int = 64, seed: int = 0) -> np.ndarray:
@@ -93,7 +97,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_real_images_of_three_labs_give_finite_features(shared_datasets):
-    from dorl.images import read_rgb
+    from dorl.data.images import read_rgb
 
     paths = [next((shared_datasets / "acevedo20-subset" / "PBC_dataset_normal_DIB" / "basophil")
                   .glob("*.jpg")),

@@ -5,11 +5,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import dorl.cae_train as cae_train
-from dorl.cae_train import (CAEData, CheckpointError, compute_losses, encode_cells,
-                            train_cae)
+import dorl.cae.train as cae_train
+from dorl.cae.batches import DomainBalancedBatches
+from dorl.cae.train import CAEData, CheckpointError, compute_losses, encode_cells, train_cae
 from dorl.config import package_defaults
-from dorl.domain_batches import DomainBalancedBatches
 
 
 def _cfg(**overrides):

@@ -7,7 +7,7 @@ import pytest
 from sklearn.base import is_classifier
 from sklearn.pipeline import Pipeline
 
-from dorl.classifiers import BUILTINS, ClassifierError, build_classifier, display_name
+from dorl.classify.registry import BUILTINS, ClassifierError, build_classifier, display_name
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,7 @@ def test_save_resolved_writes_plain_values(tmp_path):
 
 
 def test_null_feature_entry_is_left_out(tmp_path):
-    from dorl.evaluation import inputs_from_config
+    from dorl.classify.run import inputs_from_config
     from dorl.featstore import FeatureFileError
 
     cfg = load_config(None, ["classify.features.dorl=null"])

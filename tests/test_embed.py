@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import dorl.embed as embed
+import dorl.cae.embed as embed
+from dorl.cae.embed import embed_segmentation, feature_signature, run_embed, split_cells
 from dorl.config import ConfigError
-from dorl.embed import embed_segmentation, feature_signature, run_embed, split_cells
+from dorl.data.manifest import Manifest
 from dorl.featstore import FeatureFileError, read_features
-from dorl.manifest import Manifest
-from dorl.segmentation import Segmentation
+from dorl.sam.segmentation import Segmentation
 
 CLASSES = ("neutrophil", "lymphocyte", "monocyte")
 
@@ -147,7 +147,7 @@ def test_run_embed_reuses_a_matching_file_and_refuses_another(tiny_cfg, monkeypa
 
 
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None
-                        for m in ("dorl.synth", "dorl.sam_finetune", "dorl.segment")),
+                        for m in ("dorl.data.synth.generate", "dorl.sam.finetune", "dorl.sam.inference")),
                     reason="the synthetic data and SAM stages are not in this checkout yet")
 def test_run_embed_end_to_end_on_tiny_config(tiny_cfg):
     path = run_embed(tiny_cfg)

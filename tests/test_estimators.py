@@ -8,7 +8,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from xgboost import XGBClassifier
 
-from dorl.estimators import DomainStandardScaler, EncodedLabelClassifier
+from dorl.classify.estimators import EncodedLabelClassifier
+from dorl.domain_scaler import DomainStandardScaler
 
 
 @parametrize_with_checks([

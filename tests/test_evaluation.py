@@ -10,9 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dorl.classify.run import (
+    classify_from_config,
+    kept_classes,
+    load_input,
+    predict_file,
+    run_classification,
+    score,
+)
 from dorl.config import load_config
-from dorl.evaluation import (classify_from_config, kept_classes, load_input, predict_file,
-                             run_classification, score)
 from dorl.featstore import FeatureFileError, FeatureSet, read_features, write_features
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +173,7 @@ def test_missing_source_class_lowers_the_full_scope_ceiling(tmp_path, cfg):
 
 
 def test_group_aware_splits_never_share_a_group(tmp_path, cfg, monkeypatch):
-    from dorl import evaluation
+    from dorl.classify import run as evaluation
 
     path = synthetic_features(tmp_path / "g.h5ad", n_per_domain=40, groups=True)
     inp = load_input("g", path)

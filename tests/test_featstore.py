@@ -4,8 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dorl.featstore import (FeatureFileError, FeatureSet, add_obsm, check_signature,
-                            read_features, write_features)
+from dorl.featstore import (
+    FeatureFileError,
+    FeatureSet,
+    add_obsm,
+    check_signature,
+    read_features,
+    write_features,
+)
 
 
 def _fs(n=12, d=5):

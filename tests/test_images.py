@@ -5,7 +5,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from dorl.images import ImageReadError, read_cell_mask, read_rgb
+from dorl.data.images import ImageReadError, read_cell_mask, read_rgb
 
 
 def _rgb(h=40, w=30):
@@ -72,9 +72,9 @@ def test_bad_files_name_the_file(tmp_path):
 
 
 def test_huge_image_refused_before_decoding(tmp_path, monkeypatch):
-    import dorl.images
+    import dorl.data.images
 
-    monkeypatch.setattr(dorl.images, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(dorl.data.images, "MAX_PIXELS", 1000)
     Image.fromarray(_rgb(40, 30)).save(tmp_path / "big.png")
     with pytest.raises(ImageReadError, match="big.png.*larger than"):
         read_rgb(tmp_path / "big.png")

@@ -1,4 +1,4 @@
-"""Tests for dorl.lora: LoRA injection, freezing, training, save and load."""
+"""Tests for dorl.sam.lora: LoRA injection, freezing, training, save and load."""
 
 from __future__ import annotations
 
@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from dorl.lora import (LORA_CONFIG_FILE, META_FILE, add_lora, has_lora, load_adapter,
-                       save_adapter, trainable_summary)
-from dorl.sam_models import build_sam
+from dorl.sam.lora import (
+    LORA_CONFIG_FILE,
+    META_FILE,
+    add_lora,
+    has_lora,
+    load_adapter,
+    save_adapter,
+    trainable_summary,
+)
+from dorl.sam.models import build_sam
 
 
 def _tiny(seed=0):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dorl.manifest import ManifestError, load_manifest, save_manifest, val_split
+from dorl.data.manifest import ManifestError, load_manifest, save_manifest, val_split
 
 
 def _write(tmp_path, rows):
@@ -70,7 +70,7 @@ def test_round_trip(tmp_path):
 
 
 def test_unreadable_images_are_skipped_and_listed(tmp_path):
-    from dorl.manifest import drop_unreadable
+    from dorl.data.manifest import drop_unreadable
 
     path = _write(tmp_path, [{"path": "ok.png", "domain": "x", "label": "monocyte"},
                              {"path": "bad.png", "domain": "x", "label": "basophil"}])

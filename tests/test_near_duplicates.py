@@ -3,8 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from dorl.adapters import read_source
-from dorl.near_duplicates import dhash, group_near_duplicates
+from dorl.data.near_duplicates import dhash, group_near_duplicates
+from dorl.data.readers import read_source
 
 
 def _scene(seed, size=96):

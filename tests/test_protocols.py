@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dorl.protocols import ProtocolError, cap_train, has_groups, make_splits
+from dorl.classify.protocols import ProtocolError, cap_train, has_groups, make_splits
 
 
 def cells(n_per_domain=30, domains=("a", "b", "c")):

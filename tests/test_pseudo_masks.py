@@ -6,9 +6,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dorl.pseudo_masks import (PseudoMaskChecks, bootstrap_pseudo_masks, check_pseudo_mask,
-                               colour_mask, split_from_neighbours)
-from dorl.sam_eval import dice
+from dorl.sam.metrics import dice
+from dorl.sam.pseudo_masks import (
+    PseudoMaskChecks,
+    bootstrap_pseudo_masks,
+    check_pseudo_mask,
+    colour_mask,
+    split_from_neighbours,
+)
 
 BACKGROUND = (240, 210, 200)  # pink-white plasma
 RED_CELL = (205, 165, 185)  # lilac-pink: as blue as pale cytoplasm in b*
@@ -65,8 +70,8 @@ def test_split_from_neighbours_stops_at_the_neck():
 
 
 def test_pseudo_masks_match_the_true_masks_of_synthetic_cells():
-    from dorl.synth_cells import draw_cell
-    from dorl.synth_domains import domain_style
+    from dorl.data.synth.cells import draw_cell
+    from dorl.data.synth.domains import domain_style
 
     scores, kept = [], 0
     for lab in ("lab_a", "lab_b", "lab_d"):

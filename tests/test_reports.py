@@ -8,8 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dorl.classify.reports import (
+    cell_stats,
+    markdown_report,
+    pair_table,
+    pooled_mean,
+    write_reports,
+)
 from dorl.config import load_config
-from dorl.reports import cell_stats, markdown_report, pair_table, pooled_mean, write_reports
 
 
 def results_frame():

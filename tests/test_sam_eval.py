@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dorl.sam_eval import dice, evaluate_from_config, iou, overlay, report_markdown
+from dorl.sam.evaluate import evaluate_from_config, overlay, report_markdown
+from dorl.sam.metrics import dice, iou
 from tests.conftest import write_disc_manifest
 
 

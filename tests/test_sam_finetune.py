@@ -8,9 +8,16 @@ import json
 import pytest
 import torch
 
-from dorl.augment import augment_batch
-from dorl.sam_finetune import (ADAPTER_DIR, LOG_FILE, finetune_from_config,
-                               segmentation_loss, training_set, validate, validation_rows)
+from dorl.sam.augment import augment_batch
+from dorl.sam.finetune import (
+    ADAPTER_DIR,
+    LOG_FILE,
+    finetune_from_config,
+    segmentation_loss,
+    training_set,
+    validate,
+    validation_rows,
+)
 from tests.conftest import write_disc_manifest
 
 
@@ -57,7 +64,7 @@ def test_augmentation_keeps_shapes_and_moves_mask_with_image():
 
 
 def test_excluded_domains_are_never_trained_on(tiny_cfg, disc_manifest):
-    from dorl.sam_models import sam_from_config
+    from dorl.sam.models import sam_from_config
 
     tiny_cfg.sam.finetune.exclude_domains = ["lab_b"]
     model, _ = sam_from_config(tiny_cfg)
@@ -69,7 +76,7 @@ def test_excluded_domains_are_never_trained_on(tiny_cfg, disc_manifest):
 
 
 def test_pseudo_masks_are_drawn_evenly_over_domains(tiny_cfg, tmp_path):
-    from dorl.sam_models import sam_from_config
+    from dorl.sam.models import sam_from_config
 
     root = tmp_path / "unmasked"
     root.mkdir()
@@ -81,7 +88,7 @@ def test_pseudo_masks_are_drawn_evenly_over_domains(tiny_cfg, tmp_path):
 
 
 def test_synthetic_cells_are_mixed_into_training_only(tiny_cfg, disc_manifest):
-    from dorl.sam_models import sam_from_config
+    from dorl.sam.models import sam_from_config
 
     tiny_cfg.sam.finetune.exclude_domains = ["lab_b"]
     tiny_cfg.sam.finetune.synth_images = 4

@@ -1,4 +1,4 @@
-"""Tests for dorl.sam_models and dorl.tiny_vit: backbones, checkpoints, prompts, batching."""
+"""Tests for dorl.sam.models and dorl.sam.tiny_vit: backbones, checkpoints, prompts, batching."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from dorl.sam_checkpoints import CheckpointMismatchError, default_checkpoint
-from dorl.sam_models import BACKBONES, PROMPTS, build_sam, sam_from_config, vit_window_size
-from dorl.tiny_vit import TinyViT, WindowAttention
-
-# isort: split (segment_anything is importable only after dorl.sam_models registers it)
+# isort: split (segment_anything is importable only after dorl.sam.models registers it)
 from segment_anything.modeling.image_encoder import get_rel_pos
+
+from dorl.sam.checkpoints import CheckpointMismatchError, default_checkpoint
+from dorl.sam.models import BACKBONES, PROMPTS, build_sam, sam_from_config, vit_window_size
+from dorl.sam.tiny_vit import TinyViT, WindowAttention
 
 
 @pytest.fixture
@@ -28,8 +28,8 @@ def _images(n, h=70, w=60, seed=0):
 
 
 def test_import_needs_no_torchvision():
-    code = ("import sys; sys.modules['torchvision'] = None; import dorl.sam_models; "
-            "dorl.sam_models.build_sam('tiny', None, 64)")
+    code = ("import sys; sys.modules['torchvision'] = None; import dorl.sam.models; "
+            "dorl.sam.models.build_sam('tiny', None, 64)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dorl.segment import (GREY, border_fraction, clean_mask, is_usable, mask_box, masked_crop,
-                          segment_from_config, segment_images)
-from dorl.segmentation import Segmentation
+from dorl.sam.inference import segment_from_config, segment_images
+from dorl.sam.masks import GREY, border_fraction, clean_mask, is_usable, mask_box, masked_crop
+from dorl.sam.segmentation import Segmentation
 from tests.conftest import write_disc_manifest
 
 
@@ -44,7 +44,7 @@ def test_masked_crop_greys_out_the_background():
 
 
 def test_segment_images_shapes_and_fallback(tiny_cfg):
-    from dorl.sam_models import sam_from_config
+    from dorl.sam.models import sam_from_config
 
     model, _ = sam_from_config(tiny_cfg)
     rng = np.random.default_rng(0)
@@ -59,7 +59,7 @@ def test_segment_images_shapes_and_fallback(tiny_cfg):
 
 
 def test_given_masks_replace_the_models_and_keep_its_features(tiny_cfg):
-    from dorl.sam_models import sam_from_config
+    from dorl.sam.models import sam_from_config
 
     model, _ = sam_from_config(tiny_cfg)
     rng = np.random.default_rng(2)
@@ -75,7 +75,7 @@ def test_given_masks_replace_the_models_and_keep_its_features(tiny_cfg):
 
 
 def test_batching_does_not_change_results(tiny_cfg):
-    from dorl.sam_models import sam_from_config
+    from dorl.sam.models import sam_from_config
 
     model, _ = sam_from_config(tiny_cfg)
     rng = np.random.default_rng(1)
@@ -96,9 +96,9 @@ def small_manifest(tmp_path):
 
 
 def test_segment_from_config_caches_by_signature(tiny_cfg, small_manifest, caplog, monkeypatch):
-    import dorl.segment
+    import dorl.sam.inference
 
-    monkeypatch.setattr(dorl.segment, "READ_CHUNK", 3)  # 8 images in chunks of 3, 3 and 2
+    monkeypatch.setattr(dorl.sam.inference, "READ_CHUNK", 3)  # 8 images in chunks of 3, 3 and 2
     seg = segment_from_config(tiny_cfg, small_manifest, None)
     assert len(seg) == len(small_manifest) and seg.meta["signature"]
     assert seg.features["sam_pooled"].shape[0] == len(small_manifest)

@@ -12,11 +12,17 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from dorl.images import read_cell_mask, read_mask, read_rgb
-from dorl.synth import FINE_LABELS, SynthError, class_counts, generate, generate_from_config
-from dorl.synth_cells import LOOKS, draw_cell
-from dorl.synth_domains import PRESETS, DomainError, domain_style
-from dorl.taxonomy import MATURE5
+from dorl.data.images import read_cell_mask, read_mask, read_rgb
+from dorl.data.synth.cells import LOOKS, draw_cell
+from dorl.data.synth.domains import PRESETS, DomainError, domain_style
+from dorl.data.synth.generate import (
+    FINE_LABELS,
+    SynthError,
+    class_counts,
+    generate,
+    generate_from_config,
+)
+from dorl.data.taxonomy import MATURE5
 
 BALANCED = {name: 1.0 for name in MATURE5}
 

@@ -2,8 +2,16 @@
 
 import pytest
 
-from dorl.taxonomy import (DORL13, MATURE5, RAW_TO_FINE, UNKNOWN, TaxonomyError, fine_to_label,
-                           label_space, raw_to_fine)
+from dorl.data.taxonomy import (
+    DORL13,
+    MATURE5,
+    RAW_TO_FINE,
+    UNKNOWN,
+    TaxonomyError,
+    fine_to_label,
+    label_space,
+    raw_to_fine,
+)
 
 
 def test_label_spaces():

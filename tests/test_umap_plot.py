@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dorl.featstore import FeatureFileError, read_features
-from dorl.umap_plot import colour_map, fit_umap, umap_from_config
+from dorl.viz.umap import colour_map, fit_umap, umap_from_config
 from tests.test_evaluation import synthetic_features
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from dorl.images import read_rgb
+from dorl.data.images import read_rgb
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from dorl.atomic import atomic_path
+from dorl.data.taxonomy import UNKNOWN
 from dorl.featstore import FeatureFileError, add_obsm, read_features
-from dorl.taxonomy import UNKNOWN
 
 logger = logging.getLogger(__name__)
 

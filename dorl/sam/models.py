@@ -4,7 +4,7 @@
 the CPU build of torch; only its ``modeling`` subpackage is imported here, through a bare package
 module registered before the first import (no torchvision needed).
 
-Checkpoints are found, read and checked by :mod:`dorl.sam_checkpoints`; the SHA-256 of the loaded
+Checkpoints are found, read and checked by :mod:`dorl.sam.checkpoints`; the SHA-256 of the loaded
 file goes into the provenance dict.
 """
 
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dorl.provenance import sha256_file
-from dorl.sam_checkpoints import default_checkpoint, load_checked, read_state_dict
-from dorl.tiny_vit import TinyViT
+from dorl.sam.checkpoints import default_checkpoint, load_checked, read_state_dict
+from dorl.sam.tiny_vit import TinyViT
 
 
 def _register_bare_segment_anything() -> None:
@@ -41,8 +41,7 @@ def _register_bare_segment_anything() -> None:
 
 
 _register_bare_segment_anything()
-from segment_anything.modeling import (  # noqa: E402
-    ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer)
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -317,7 +316,7 @@ def build_sam(backbone: str, checkpoint: str | Path | None = "default", image_si
     backbone : {"litemedsam", "vit_b", "vit_l", "vit_h", "tiny"}
     checkpoint : str, Path or None
         ``None``: random weights. ``"default"``: the backbone's default file (see
-        :func:`dorl.sam_checkpoints.default_checkpoint`). A path: that file.
+        :func:`dorl.sam.checkpoints.default_checkpoint`). A path: that file.
     image_size : int
         Side of the square encoder input (a multiple of 4 for litemedsam, of 16 for the ViTs).
         ViT position tables are interpolated from the checkpoint's size.

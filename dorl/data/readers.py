@@ -16,10 +16,18 @@ from typing import Callable
 
 import pandas as pd
 
-from dorl.images import IMAGE_SUFFIXES
-from dorl.manifest import (COLUMNS, DedupReport, Manifest, ManifestError, deduplicate, finalize,
-                           save_manifest, validate)
-from dorl.taxonomy import UNKNOWN, raw_to_fine
+from dorl.data.images import IMAGE_SUFFIXES
+from dorl.data.manifest import (
+    COLUMNS,
+    DedupReport,
+    Manifest,
+    ManifestError,
+    deduplicate,
+    finalize,
+    save_manifest,
+    validate,
+)
+from dorl.data.taxonomy import UNKNOWN, raw_to_fine
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +205,7 @@ def read_source(source: dict) -> pd.DataFrame:
     path = source.pop("path")
     rows = ADAPTERS[fmt](path, **source)
     if group_by == "dhash":
-        from dorl.near_duplicates import group_near_duplicates
+        from dorl.data.near_duplicates import group_near_duplicates
 
         rows["group"] = group_near_duplicates(rows["path"].tolist())
     elif group_by is not None:
@@ -251,6 +259,6 @@ def manifest_from_config(cfg) -> Manifest:
 
         sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
         build_manifest(sources, cfg.data.label_space, path)
-    from dorl.manifest import load_manifest
+    from dorl.data.manifest import load_manifest
 
     return load_manifest(path, cfg.data.label_space)

@@ -1,6 +1,6 @@
 """Drawing one synthetic white blood cell on a smear background, with its exact mask.
 
-A cell is drawn as stain concentrations on a pixel grid (see :mod:`dorl.synth_domains` for the
+A cell is drawn as stain concentrations on a pixel grid (see :mod:`dorl.data.synth.domains` for the
 Beer-Lambert colour model), then lit, blurred and given camera noise in its lab's style. The
 white cell sits near the image centre, wholly inside the image, on top of red cells that may
 cross the border. Its mask comes from the same geometry as its pixels, so they agree exactly.
@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from dorl.synth_domains import DomainStyle
+from dorl.data.synth.domains import DomainStyle
 
 #: Image side at which the pixel sizes below are given; other sizes scale them.
 REF_SIZE = 128

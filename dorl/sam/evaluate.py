@@ -16,26 +16,15 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from dorl.atomic import atomic_path, write_text_atomic
-from dorl.images import read_cell_mask, read_rgb
-from dorl.manifest import Manifest
+from dorl.data.images import read_cell_mask, read_rgb
+from dorl.data.manifest import Manifest
+from dorl.sam.metrics import dice, iou
 
 logger = logging.getLogger(__name__)
 
 EVAL_DIR = "sam_eval"
 GT_COLOUR = (0, 200, 0)
 PRED_COLOUR = (230, 0, 200)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks of the same shape (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boolean masks of the same shape (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -76,7 +65,7 @@ def evaluate_from_config(cfg, manifest: Manifest) -> dict:
 
     Writes ``run_dir/sam_eval/report.json``, ``report.md`` and ``overlays/*.png`` (for a few
     cells per domain: the image with ground truth in green and the prediction in magenta, zero-
-    shot left, fine-tuned right). Uses the adapter of :func:`dorl.sam_finetune.finetune_from_config`
+    shot left, fine-tuned right). Uses the adapter of :func:`dorl.sam.finetune.finetune_from_config`
     (trained first if missing).
 
     Returns
@@ -85,9 +74,10 @@ def evaluate_from_config(cfg, manifest: Manifest) -> dict:
         ``{"domains": {domain: {model: {"dice": {mean, median, n}, "iou": {...},
         "fallback": n}}}, "prompt": ..., "image_size": ..., "adapter": ...}``
     """
-    from dorl.sam_finetune import finetune_from_config
     from dorl.resize import resize_image, resize_mask
-    from dorl.segment import clean_mask, is_usable, load_model, predict_masks
+    from dorl.sam.finetune import finetune_from_config
+    from dorl.sam.inference import load_model, predict_masks
+    from dorl.sam.masks import clean_mask, is_usable
 
     out_dir = Path(cfg.run_dir) / EVAL_DIR
     adapter = finetune_from_config(cfg, manifest)

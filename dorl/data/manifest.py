@@ -6,7 +6,7 @@ path        image path, relative to the manifest's folder (or absolute)
 domain      the lab / scanner / dataset the image comes from
 label       the unified label in the configured label space, or ``unknown``
 label_raw   the label as the dataset states it (folder, code or file-name prefix)
-label_fine  the most specific cell type known (see :mod:`dorl.taxonomy`)
+label_fine  the most specific cell type known (see :mod:`dorl.data.taxonomy`)
 sha256      content hash of the image file
 mask_path   optional ground-truth whole-cell mask (relative like ``path``), empty if none
 split       ``train`` or ``val`` (stable, chosen from the content hash), for stage-1 model selection
@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from dorl.atomic import atomic_path
+from dorl.data.taxonomy import FINE_LABELS, UNKNOWN, TaxonomyError, fine_to_label, label_space
 from dorl.provenance import sha256_file, signature_of
-from dorl.taxonomy import FINE_LABELS, UNKNOWN, TaxonomyError, fine_to_label, label_space
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def drop_unreadable(manifest: Manifest, policy: str, report: str | Path) -> Mani
     image stops the run, naming the file); ``skip`` decodes every image, drops the unreadable
     ones and lists them (path and problem) in the CSV ``report``.
     """
-    from dorl.images import ImageReadError, read_rgb
+    from dorl.data.images import ImageReadError, read_rgb
 
     if policy == "error":
         return manifest

@@ -20,9 +20,9 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from dorl.alignment import mmd2
 from dorl.atomic import atomic_path
-from dorl.taxonomy import UNKNOWN
+from dorl.cae.alignment import mmd2
+from dorl.data.taxonomy import UNKNOWN
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The synthetic multi-domain white-cell dataset: images, Zheng-2018-style masks, a manifest.
 
-Each domain is a lab preset (:mod:`dorl.synth_domains`); each image one white cell drawn by
-:mod:`dorl.synth_cells`. Layout under the output folder::
+Each domain is a lab preset (:mod:`dorl.data.synth.domains`); each image one white cell drawn by
+:mod:`dorl.data.synth.cells`. Layout under the output folder::
 
     <domain>/<class>/<domain>_<index>.png|jpg     the cell image (JPEG for JPEG labs)
     <domain>/masks/<domain>_<index>.png           0 background, 128 cytoplasm, 255 nucleus
@@ -26,14 +26,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from dorl.atomic import atomic_path
-from dorl.manifest import Manifest, finalize, load_manifest, save_manifest
-from dorl.synth_cells import draw_cell
-from dorl.synth_domains import DomainStyle, domain_style
-from dorl.taxonomy import MATURE5
+from dorl.data.manifest import Manifest, finalize, load_manifest, save_manifest
+from dorl.data.synth.cells import draw_cell
+from dorl.data.synth.domains import DomainStyle, domain_style
+from dorl.data.taxonomy import MATURE5
 
 logger = logging.getLogger(__name__)
 
-#: Fine label written for each synthetic class (see :mod:`dorl.taxonomy`).
+#: Fine label written for each synthetic class (see :mod:`dorl.data.taxonomy`).
 FINE_LABELS = {"neutrophil": "neutrophil_segmented", "lymphocyte": "lymphocyte_typical",
                "monocyte": "monocyte", "eosinophil": "eosinophil", "basophil": "basophil"}
 #: Smallest image side that still shows nuclear lobes and granules.
@@ -57,7 +57,7 @@ def class_counts(n: int, class_weights: dict[str, float]) -> dict[str, int]:
     Returns
     -------
     dict
-        Class -> count, summing to ``n``, in :data:`dorl.taxonomy.MATURE5` order.
+        Class -> count, summing to ``n``, in :data:`dorl.data.taxonomy.MATURE5` order.
 
     Raises
     ------
@@ -122,7 +122,7 @@ def generate(out_dir: str | Path, domains: list[str], n_per_domain: int, image_s
     out_dir : str or Path
         Folder to write into (created if needed).
     domains : list of str
-        Lab preset names (see :data:`dorl.synth_domains.PRESETS`).
+        Lab preset names (see :data:`dorl.data.synth.domains.PRESETS`).
     n_per_domain : int
         Cells per domain.
     image_size : int
@@ -178,7 +178,7 @@ def synthetic_cells(n: int, domains: list[str], size: int,
     ----------
     n : int
     domains : list of str
-        Lab presets (:data:`dorl.synth_domains.PRESETS`), taken in turn.
+        Lab presets (:data:`dorl.data.synth.domains.PRESETS`), taken in turn.
     size : int
         Image side S.
     seed : int
@@ -210,7 +210,7 @@ def generate_from_config(cfg) -> Manifest:
     Returns
     -------
     Manifest
-        The manifest as :func:`dorl.manifest.load_manifest` reads it back.
+        The manifest as :func:`dorl.data.manifest.load_manifest` reads it back.
     """
     synth = cfg.data.synth
     root = Path(cfg.data.root)

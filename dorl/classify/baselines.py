@@ -10,7 +10,7 @@ Two baselines that any learned embedding must beat to be worth its cost:
   projected on principal components fitted on the source cells only (inductive) or on all cells.
 
 Both take a sequence of RGB uint8 images of shape (H, W, 3), of any size, as
-:func:`dorl.images.read_rgb` returns them, or one array of shape (n, H, W, 3).
+:func:`dorl.data.images.read_rgb` returns them, or one array of shape (n, H, W, 3).
 """
 
 from __future__ import annotations

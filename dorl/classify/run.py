@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,79 +31,14 @@ from tqdm import tqdm
 
 from dorl import __version__
 from dorl.atomic import atomic_path
-from dorl.classifiers import build_classifier
-from dorl.estimators import DomainStandardScaler
+from dorl.classify.inputs import UNLABELLED, FeatureInput, load_input
+from dorl.classify.protocols import Split, cap_train, make_splits
+from dorl.classify.registry import build_classifier
+from dorl.classify.reports import write_reports
 from dorl.featstore import FeatureFileError, read_features
-from dorl.protocols import Split, cap_train, has_groups, make_splits
 from dorl.provenance import sha256_file
-from dorl.reports import write_reports
-from dorl.taxonomy import UNKNOWN
 
 logger = logging.getLogger(__name__)
-
-#: Labels that mean "no usable label": never trained or scored on.
-UNLABELLED = (UNKNOWN, "")
-
-
-@dataclass
-class FeatureInput:
-    """One feature set of the comparison, restricted to labelled cells.
-
-    Attributes
-    ----------
-    name : str
-        The key in ``classify.features``.
-    path : Path
-    key : str
-        ``X`` or the ``obsm`` key the features come from.
-    X : ndarray of shape (n_labelled, n_features), float32
-    labels, domains : ndarray of shape (n_labelled,), str
-    groups : ndarray of shape (n_labelled,) or None
-        Near-duplicate groups, when some group holds several cells.
-    n_unknown : dict of str -> int
-        Cells left out per domain because they are ``unknown`` or unlabelled.
-    signature : dict
-        The file's ``uns/signature`` (empty when it has none).
-    """
-
-    name: str
-    path: Path
-    key: str
-    X: np.ndarray
-    labels: np.ndarray
-    domains: np.ndarray
-    groups: np.ndarray | None
-    n_unknown: dict[str, int] = field(default_factory=dict)
-    signature: dict[str, Any] = field(default_factory=dict)
-
-
-def load_input(name: str, path: str | Path, key: str = "X",
-               domain_standardize: bool = False) -> FeatureInput:
-    """Read one feature file and keep its labelled cells.
-
-    Parameters
-    ----------
-    name : str
-    path : str or Path
-    key : str, default="X"
-        ``X`` or an ``obsm`` key.
-    domain_standardize : bool, default=False
-        Standardise each domain with its own statistics over all its cells (labelled or not;
-        transductive, label-free), see :class:`~dorl.estimators.DomainStandardScaler`.
-    """
-    fs = read_features(path, obsm=key != "X")
-    X = fs.features(key)
-    if domain_standardize:
-        X = DomainStandardScaler().fit_transform(X, domains=fs.domains).astype(np.float32)
-    keep = ~np.isin(fs.labels, UNLABELLED)
-    if not keep.any():
-        raise FeatureFileError(f"{path}: no labelled cells (all are {UNLABELLED})")
-    dropped = pd.Series(fs.domains[~keep]).value_counts()
-    groups = fs.obs["group"].astype(str).to_numpy()[keep] if "group" in fs.obs else None
-    return FeatureInput(name, Path(path), key, X[keep], fs.labels[keep], fs.domains[keep],
-                        groups if has_groups(groups) else None,
-                        {str(d): int(n) for d, n in dropped.items()},
-                        dict(fs.uns.get("signature", {})))
 
 
 def kept_classes(labels: np.ndarray, min_count: int) -> list[str]:

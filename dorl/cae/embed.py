@@ -17,17 +17,17 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from dorl import __version__
-from dorl.cae_train import CAEData, TrainResult, encode_cells, train_cae
+from dorl.cae.invariance import domain_invariance, plot_invariance
+from dorl.cae.train import CAEData, TrainResult, encode_cells, train_cae
 from dorl.config import ConfigError, resolved_yaml
+from dorl.data.manifest import Manifest
+from dorl.data.taxonomy import label_space
 from dorl.device import get_device
-from dorl.estimators import DomainStandardScaler
+from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import OBS_COLUMNS, FeatureSet, check_signature, write_features
-from dorl.invariance import domain_invariance, plot_invariance
-from dorl.manifest import Manifest
 from dorl.provenance import package_versions, sha256_file, signature_of, utc_now
 from dorl.resize import resize_batch
-from dorl.segmentation import Segmentation
-from dorl.taxonomy import label_space
+from dorl.sam.segmentation import Segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +52,11 @@ def load_data(cfg) -> Manifest:
     With ``data.on_bad_image=skip``, unreadable images are dropped and listed in
     ``run_dir/skipped_images.csv``.
     """
-    from dorl.adapters import manifest_from_config
-    from dorl.manifest import drop_unreadable
+    from dorl.data.manifest import drop_unreadable
+    from dorl.data.readers import manifest_from_config
 
     if not Path(cfg.data.manifest).is_file() and not cfg.data.sources:
-        from dorl.synth import generate_from_config
+        from dorl.data.synth.generate import generate_from_config
 
         logger.info("no manifest at %s and no data.sources: generating the synthetic dataset",
                     cfg.data.manifest)
@@ -79,8 +79,8 @@ def run_embed(cfg) -> Path:
     if check_signature(out, signature):
         logger.info("%s is up to date for this config and dataset: reused", out)
         return out
-    from dorl.sam_finetune import finetune_from_config
-    from dorl.segment import segment_from_config
+    from dorl.sam.finetune import finetune_from_config
+    from dorl.sam.inference import segment_from_config
 
     t0 = time.perf_counter()
     adapter_dir = finetune_from_config(cfg, manifest)

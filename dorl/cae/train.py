@@ -1,11 +1,11 @@
 """Training the cross-domain autoencoder: losses, epochs, checkpoints, resume, early stopping.
 
-Each step draws a domain-balanced batch (:mod:`dorl.domain_batches`) and minimises
+Each step draws a domain-balanced batch (:mod:`dorl.cae.batches`) and minimises
 
     ssim * (1 - SSIM) + l1 * L1 + mse * MSE + feature * MSE(features)
         + ramp(epoch) * (mmd * MMD^2 + coral * CORAL)
 
-where the alignment terms are averaged over every pair of domains (:mod:`dorl.alignment`). The
+where the alignment terms are averaged over every pair of domains (:mod:`dorl.cae.alignment`). The
 decoder may be domain-conditional (``cae.domain_code_dim``), so the domain's stain need not pass
 through the aligned latent. The learning rate warms up linearly, then decays on a cosine, per step.
 After every epoch the full state (weights, optimiser, schedule, history, best weights) is saved
@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from pytorch_msssim import ssim
 from tqdm.auto import tqdm
 
-from dorl.alignment import align_weight, coral, mmd2, pairwise_alignment
 from dorl.atomic import atomic_path
-from dorl.autoencoder import CAEOutput, FeatureScaler, build_autoencoder
-from dorl.domain_batches import DomainBalancedBatches
+from dorl.cae.alignment import align_weight, coral, mmd2, pairwise_alignment
+from dorl.cae.batches import DomainBalancedBatches
+from dorl.cae.models import CAEOutput, FeatureScaler, build_autoencoder
 from dorl.lr_schedule import warmup_cosine, warmup_steps
 
 logger = logging.getLogger(__name__)

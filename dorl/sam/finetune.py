@@ -2,7 +2,7 @@
 
 Training masks come, in order of preference, from the dataset itself (manifest ``mask_path``;
 the synthetic generator writes its masks there) and from pseudo-masks bootstrapped on the
-unlabelled domains (:mod:`dorl.pseudo_masks`); ``sam.finetune.synth_images`` synthetic cells
+unlabelled domains (:mod:`dorl.sam.pseudo_masks`); ``sam.finetune.synth_images`` synthetic cells
 drawn on the fly, with their true whole-cell masks, can be mixed in (training only, never
 validation). Domains in ``sam.finetune.exclude_domains`` are never trained on. The loss is
 0.2 CE + 0.8 Dice on the low-resolution logits; AdamW with linear warm-up then cosine decay;
@@ -26,12 +26,12 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from dorl.augment import augment_batch
 from dorl.atomic import write_text_atomic
-from dorl.images import read_cell_mask, read_rgb
+from dorl.data.images import read_cell_mask, read_rgb
+from dorl.data.manifest import Manifest
 from dorl.lr_schedule import warmup_cosine, warmup_steps
-from dorl.manifest import Manifest
 from dorl.provenance import signature_of
+from dorl.sam.augment import augment_batch
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def validate(model, loader, prompt: str, box_fraction: float, ce_weight: float,
 
 def _save_atomically(model, out_dir: Path) -> None:
     """Write the adapter to a temporary sibling folder, then swap it in for ``out_dir``."""
-    from dorl.lora import save_adapter
+    from dorl.sam.lora import save_adapter
 
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     if tmp.exists():
@@ -131,8 +131,8 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
 
     Parameters
     ----------
-    model : dorl.sam_models.CellSAM
-        With LoRA added (:func:`dorl.lora.add_lora`).
+    model : dorl.sam.models.CellSAM
+        With LoRA added (:func:`dorl.sam.lora.add_lora`).
     train_loader, val_loader : iterable of (images, masks)
         Batches of uint8 images (B, S, S, 3) and bool masks (B, S, S). ``val_loader`` may be
         None, in which case the last epoch is kept.
@@ -161,7 +161,7 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
     device = model.pixel_mean.device
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("the model has no trainable parameters; call dorl.lora.add_lora first")
+        raise ValueError("the model has no trainable parameters; call dorl.sam.lora.add_lora first")
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(int(seed))
     steps_per_epoch = max(len(train_loader), 1)
@@ -254,7 +254,7 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
     Rows from ``sam.finetune.exclude_domains`` are never used. ``mask_source``: ``dataset`` uses
     the manifest's masks; ``pseudo`` bootstraps pseudo-masks for rows without one; ``auto`` uses
     the dataset's masks and pseudo-masks for the domains that have none. ``synth_images``
-    synthetic cells (:func:`dorl.synth.synthetic_cells`) are appended as training images, row -1.
+    synthetic cells (:func:`dorl.data.synth.generate.synthetic_cells`) are appended as training images, row -1.
 
     Returns
     -------
@@ -263,8 +263,8 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
         (manifest row indices, -1 for synthetic cells) and ``sources`` (counts per mask source
         and domain).
     """
-    from dorl.pseudo_masks import bootstrap_pseudo_masks
     from dorl.resize import resize_image, resize_mask
+    from dorl.sam.pseudo_masks import bootstrap_pseudo_masks
 
     ft, s = cfg.sam.finetune, model.image_size
     table = manifest.table
@@ -312,7 +312,7 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
     val = validation_rows(table["split"].to_numpy()[rows] == "val", float(ft.val_fraction), rng)
     n_synth = int(ft.synth_images)
     if n_synth:
-        from dorl.synth import synthetic_cells
+        from dorl.data.synth.generate import synthetic_cells
 
         synth_images, synth_masks = synthetic_cells(n_synth, list(ft.synth_domains), s,
                                                     int(cfg.seed))
@@ -345,8 +345,8 @@ def finetune_from_config(cfg, manifest: Manifest) -> Path | None:
         mask exists. An adapter already there is reused when its signature matches.
     """
     from dorl.device import get_device
-    from dorl.lora import add_lora
-    from dorl.sam_models import sam_from_config
+    from dorl.sam.lora import add_lora
+    from dorl.sam.models import sam_from_config
 
     ft = cfg.sam.finetune
     if not ft.enabled:

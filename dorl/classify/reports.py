@@ -10,18 +10,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
 from dorl.atomic import atomic_path, write_text_atomic
-from dorl.classifiers import display_name
+from dorl.classify.inputs import FeatureInput
+from dorl.classify.registry import display_name
 from dorl.provenance import package_versions, utc_now
-
-if TYPE_CHECKING:
-    from dorl.evaluation import FeatureInput
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +119,7 @@ def _ceilings(results: pd.DataFrame) -> pd.DataFrame:
                            columns="metric", values="value", aggfunc="mean").reset_index()
 
 
-def _dropped_classes(inputs: list["FeatureInput"], min_count: int) -> dict[str, dict[str, list]]:
+def _dropped_classes(inputs: list[FeatureInput], min_count: int) -> dict[str, dict[str, list]]:
     out: dict[str, dict[str, list]] = {}
     for inp in inputs:
         for domain in sorted(set(inp.domains)):
@@ -132,7 +130,7 @@ def _dropped_classes(inputs: list["FeatureInput"], min_count: int) -> dict[str, 
     return out
 
 
-def markdown_report(results: pd.DataFrame, inputs: list["FeatureInput"], cfg) -> str:
+def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput], cfg) -> str:
     """Return the whole ``results.md`` text."""
     c = cfg.classify
     parts = ["# Classification results", "",
@@ -248,7 +246,7 @@ def plot_confusions(out_dir: Path, confusions: dict) -> list[Path]:
 
 
 def write_reports(out_dir: str | Path, results: pd.DataFrame, confusions: dict,
-                  timings: pd.DataFrame, inputs: list["FeatureInput"], cfg,
+                  timings: pd.DataFrame, inputs: list[FeatureInput], cfg,
                   elapsed_s: float) -> str:
     """Write every classify report into ``out_dir``; return the headline table (markdown)."""
     out_dir = Path(out_dir)

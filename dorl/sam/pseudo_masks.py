@@ -30,9 +30,10 @@ from skimage.filters import threshold_multiotsu
 from skimage.morphology import disk, h_maxima
 from skimage.segmentation import watershed
 
-from dorl.sam_eval import dice
 from dorl.resize import resize_image
-from dorl.segment import border_fraction, clean_mask, predict_masks
+from dorl.sam.inference import predict_masks
+from dorl.sam.masks import border_fraction, clean_mask
+from dorl.sam.metrics import dice
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def bootstrap_pseudo_masks(images: list[np.ndarray], size: int, model=None,
     images : list of uint8 ndarray of shape (H_i, W_i, 3)
     size : int
         Side S the images are resized to (SAM's input size).
-    model : dorl.sam_models.CellSAM, optional
+    model : dorl.sam.models.CellSAM, optional
         The zero-shot model; only run when ``checks.min_agreement`` > 0.
     prompt, box_fraction, batch_size : str, float, int
         How the zero-shot masks are made.

@@ -34,7 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from xgboost import XGBClassifier
 
-from dorl.estimators import EncodedLabelClassifier
+from dorl.classify.estimators import EncodedLabelClassifier
 
 
 class ClassifierError(ValueError):
@@ -137,7 +137,7 @@ def build_classifier(name: str, seed: int, params: Mapping[str, Any] | None = No
     -------
     estimator
         A classifier, a ``Pipeline(StandardScaler, model)`` when the model needs scaling, and
-        wrapped in :class:`~dorl.estimators.EncodedLabelClassifier` when it needs labels 0..K-1.
+        wrapped in :class:`~dorl.classify.estimators.EncodedLabelClassifier` when it needs labels 0..K-1.
     """
     custom = custom or {}
     if name in custom:

@@ -15,13 +15,17 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from peft import (LoraConfig, get_peft_model_state_dict, inject_adapter_in_model,
-                  set_peft_model_state_dict)
+from peft import (
+    LoraConfig,
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    set_peft_model_state_dict,
+)
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
 from dorl.atomic import atomic_path, write_text_atomic
-from dorl.sam_models import CellSAM
+from dorl.sam.models import CellSAM
 
 logger = logging.getLogger(__name__)
 

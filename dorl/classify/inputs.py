@@ -1,0 +1,80 @@
+"""The feature sets a classification compares: one :class:`FeatureInput` per stored feature file
+and key, restricted to labelled cells."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dorl.classify.protocols import has_groups
+from dorl.data.taxonomy import UNKNOWN
+from dorl.domain_scaler import DomainStandardScaler
+from dorl.featstore import FeatureFileError, read_features
+
+#: Labels that mean "no usable label": never trained or scored on.
+UNLABELLED = (UNKNOWN, "")
+
+
+@dataclass
+class FeatureInput:
+    """One feature set of the comparison, restricted to labelled cells.
+
+    Attributes
+    ----------
+    name : str
+        The key in ``classify.features``.
+    path : Path
+    key : str
+        ``X`` or the ``obsm`` key the features come from.
+    X : ndarray of shape (n_labelled, n_features), float32
+    labels, domains : ndarray of shape (n_labelled,), str
+    groups : ndarray of shape (n_labelled,) or None
+        Near-duplicate groups, when some group holds several cells.
+    n_unknown : dict of str -> int
+        Cells left out per domain because they are ``unknown`` or unlabelled.
+    signature : dict
+        The file's ``uns/signature`` (empty when it has none).
+    """
+
+    name: str
+    path: Path
+    key: str
+    X: np.ndarray
+    labels: np.ndarray
+    domains: np.ndarray
+    groups: np.ndarray | None
+    n_unknown: dict[str, int] = field(default_factory=dict)
+    signature: dict[str, Any] = field(default_factory=dict)
+
+
+def load_input(name: str, path: str | Path, key: str = "X",
+               domain_standardize: bool = False) -> FeatureInput:
+    """Read one feature file and keep its labelled cells.
+
+    Parameters
+    ----------
+    name : str
+    path : str or Path
+    key : str, default="X"
+        ``X`` or an ``obsm`` key.
+    domain_standardize : bool, default=False
+        Standardise each domain with its own statistics over all its cells (labelled or not;
+        transductive, label-free), see :class:`~dorl.classify.estimators.DomainStandardScaler`.
+    """
+    fs = read_features(path, obsm=key != "X")
+    X = fs.features(key)
+    if domain_standardize:
+        X = DomainStandardScaler().fit_transform(X, domains=fs.domains).astype(np.float32)
+    keep = ~np.isin(fs.labels, UNLABELLED)
+    if not keep.any():
+        raise FeatureFileError(f"{path}: no labelled cells (all are {UNLABELLED})")
+    dropped = pd.Series(fs.domains[~keep]).value_counts()
+    groups = fs.obs["group"].astype(str).to_numpy()[keep] if "group" in fs.obs else None
+    return FeatureInput(name, Path(path), key, X[keep], fs.labels[keep], fs.domains[keep],
+                        groups if has_groups(groups) else None,
+                        {str(d): int(n) for d, n in dropped.items()},
+                        dict(fs.uns.get("signature", {})))

@@ -1,0 +1,2 @@
+"""Stage 0, the data: manifest, dataset readers, images, label taxonomy, near-duplicates and the
+synthetic multi-lab generator (:mod:`dorl.data.synth`)."""

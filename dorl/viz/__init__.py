@@ -1,0 +1,1 @@
+"""Pictures of the embeddings: UMAP by domain and by class."""
