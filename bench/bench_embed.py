@@ -15,7 +15,7 @@ plus the stage timings and the process's peak RSS. Each row of the printed table
 reproduced with the command in the header.
 
 Data (``--data``): ``real`` takes three labs from ../shared/datasets (Acevedo-20 subset, LISC
-crops, Zheng-2018), ``synth`` the synthetic default (needs dorl/data/synth/generate.py). Segmentation
+crops, Zheng-2018), ``synth`` the synthetic default (dorl/data/synth/generate.py). Segmentation
 (``--segmentation``) comes from the LoRA-SAM stage, or from the label-free colour segmentation
 of the pseudo-masks with pooled features of the pretrained LiteMedSAM encoder.
 
@@ -234,7 +234,8 @@ def main() -> None:
     parser.add_argument("--data", choices=["real", "synth"], default="synth")
     parser.add_argument("--n-per-domain", type=int, default=300)
     parser.add_argument("--segmentation", choices=["sam", "colour"], default="sam",
-                        help="the LoRA-SAM stage, or the colour segmentation of dorl.sam.pseudo_masks")
+                        help="the LoRA-SAM stage, or the colour segmentation of "
+                             "dorl.sam.pseudo_masks")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="seeds of the autoencoder runs (the first also draws the data)")
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS),

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 import umap
+from feature_options import OPTIONS, choose_default, option_features, shifted_source_scores
 from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score
@@ -276,12 +277,12 @@ def variant_slug(name: str) -> str:
 
 
 def cae_features(cfg, manifest: Manifest, seg, out: Path, seed: int, watch: Stopwatch,
-                 variants: list[str]) -> dict:
-    """Train the named CAE variants (keys of ``CAE_VARIANTS``) for one seed and return their
-    embeddings, name -> (n, latent_dim)."""
+                 variants: dict[str, tuple[list[str], bool]], cell_feats=None) -> dict:
+    """Train the CAE variants (name -> (config overrides, unmasked crops)) for one seed and
+    return their embeddings, name -> (n, latent_dim). ``cell_feats`` (features, meta) are the
+    cell features the variants' ``features.*`` overrides name, computed once by the caller."""
     feats = {}
-    for name in variants:
-        overrides, unmasked = CAE_VARIANTS[name]
+    for name, (overrides, unmasked) in variants.items():
         # One folder per segmentation: a new one (other SAM settings or code) trains afresh.
         run_dir = out / "cae" / f"{variant_slug(name)}_seed{seed}_" \
                                 f"{str(seg.meta.get('signature'))[:8]}"
@@ -289,7 +290,9 @@ def cae_features(cfg, manifest: Manifest, seg, out: Path, seed: int, watch: Stop
             overrides + [f"seed={seed}", f"run_dir={run_dir}"]))
         var_seg = replace(seg, crops=seg.raw_crops) if unmasked else seg
         t0 = time.time()
-        fs = read_features(embed_segmentation(var_cfg, manifest, var_seg))
+        fs = read_features(embed_segmentation(var_cfg, manifest, var_seg,
+                                              cell_feats=cell_feats if var_cfg.features.encoders
+                                              else None))
         n_train = int(fs.obs["cae_trained_on"].sum())
         last = run_dir / "cae" / "last.pt"  # rewritten after every epoch trained in this call
         reloaded = "" if last.stat().st_mtime >= t0 else " [checkpoint reload, not a timing]"
@@ -299,6 +302,40 @@ def cae_features(cfg, manifest: Manifest, seg, out: Path, seed: int, watch: Stop
                      fs.uns["timings_s"]["cae_encode"])
         feats[name] = fs.X
     return feats
+
+
+def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stopwatch,
+                 out: Path) -> tuple[str, dict]:
+    """Add one row per ``--feature-options`` option to ``per_seed`` and choose among them by the
+    label-free rule of bench/feature_options.py. Returns the chosen option and a dict with the
+    ``selection`` table (records) and the chosen encoders' ``raw`` features (for the CAE)."""
+    from dorl.features.encode import FeatureSettings, cell_crops
+
+    table = manifest.table
+    domains = table["domain"].astype(str).to_numpy()
+    src = domains == SOURCE
+    base = FeatureSettings.from_config(cfg)
+    with watch.time("cell crops at native resolution (LoRA-SAM masks)", len(manifest)):
+        crops, masks = cell_crops(manifest, seg, base.crop_size)
+    cache: dict = {}
+    selection = []
+    for name in args.feature_options:
+        X, seconds = option_features(name, crops, masks, domains, base, int(cfg.seed), cache)
+        watch.record(f"cell features: {name} (stain + encoders)", len(manifest), seconds)
+        for seed in args.seeds:
+            per_seed[seed][name] = X
+            selection.append(shifted_source_scores(
+                name, crops[src], masks[src], table["label"].to_numpy()[src], base,
+                list(cfg.classify.classifiers), seed, cache))
+    selection = pd.concat(selection)
+    with atomic_path(out / "selection.csv") as tmp:
+        selection.to_csv(tmp, index=False)
+    chosen, summary = choose_default(selection)
+    logger.info("feature options by the selection rule (chosen: %s):\n%s", chosen,
+                summary.to_string())
+    enc, stain, adabn = OPTIONS[chosen]
+    raw = {e: cache[(e, stain, adabn, len(crops))][0] for e in enc}
+    return chosen, {"selection": summary.to_dict("records"), "raw": raw}
 
 
 def summarise(scores: pd.DataFrame, invariance: pd.DataFrame) -> pd.DataFrame:
@@ -344,6 +381,14 @@ def markdown(summary: pd.DataFrame, seg_quality: dict, speed: pd.DataFrame, meta
                      f"({r['chosen_classifier']}) | {pm(r, 'best_f1')} | {pm(r, 'mean_f1')}"
                      f" | {pm(r, 'best_acc')} | {pm(r, 'mean_acc')} | {r['mmd']:.4f} | "
                      f"{r['domain_clf_acc']:.3f} |")
+    if meta.get("selection"):
+        lines += ["", f"Cell-feature options by the label-free selection rule "
+                      f"(bench/feature_options.py); chosen: **{meta['chosen_option']}**.", "",
+                  "| option | classifier (best in-domain) | in-domain macro-F1 | "
+                  "shifted-source macro-F1 | selection score |", "|---|---|---|---|---|"]
+        for r in meta["selection"]:
+            lines.append(f"| {r['option']} | {r['classifier']} | {r['in_domain_f1']:.3f} | "
+                         f"{r['shifted_f1']:.3f} | {r['score']:.3f} |")
     if seg_quality:
         lines += ["", "| SAM | cells with GT mask | Dice | IoU | precision | recall |",
                   "|---|---|---|---|---|---|"]
@@ -402,6 +447,9 @@ def main(argv=None) -> int:
                     default=[variant_slug(v) for v in CAE_VARIANTS],
                     help="CAE variants to train (default: all; each costs one CAE training "
                          "per seed)")
+    ap.add_argument("--feature-options", nargs="*", choices=list(OPTIONS), default=[],
+                    metavar="OPTION", help=f"cell-feature options to add as rows, chosen between "
+                    f"by the label-free rule of bench/feature_options.py: {list(OPTIONS)}")
     ap.add_argument("overrides", nargs="*", help="config key=value overrides")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite results.md from the scores.csv and results.json in --out")
@@ -442,7 +490,7 @@ def main(argv=None) -> int:
             "seeds": args.seeds, "classifiers": list(cfg.classify.classifiers),
             "sam_image_size": int(cfg.sam.image_size), "load_average_start": os.getloadavg()}
     seg_quality = {}
-    variants = [v for v in CAE_VARIANTS if variant_slug(v) in args.cae_variants]
+    variants = {v: CAE_VARIANTS[v] for v in CAE_VARIANTS if variant_slug(v) in args.cae_variants}
     if not args.baselines_only:
         seg_zs, seg_ft, adapter, seg_quality = sam_stages(cfg, manifest, out, watch)
         timing_images = images[:: max(1, n // ENCODER_TIMING_CELLS)][:ENCODER_TIMING_CELLS]
@@ -458,7 +506,21 @@ def main(argv=None) -> int:
             per_seed[seed]["LoRA-SAM domain-std"] = DomainStandardScaler().fit_transform(
                 seg_ft.features["sam_pooled"], domains=table["domain"].to_numpy())
             per_seed[seed].update(cae_features(cfg, manifest, seg_ft, out, seed, watch,
-                                                 variants))
+                                                 variants, None))
+        if args.feature_options:
+            chosen, cell = feature_rows(cfg, manifest, seg_ft, args, per_seed, watch, out)
+            meta["selection"] = cell["selection"]
+            meta["chosen_option"] = chosen
+            enc, stain, adabn = OPTIONS[chosen]
+            chosen_cfg = [f"features.encoders=[{','.join(enc)}]", f"features.stain={stain}",
+                          f"features.adabn={adabn}"]
+            cell_variants = {f"CAE on {chosen}": (chosen_cfg, False),
+                             f"CAE on {chosen}, features only": (
+                                 chosen_cfg + ["cae.input=features"], False)}
+            feats = ({e: cell["raw"][e] for e in enc}, {})
+            for seed in args.seeds:
+                per_seed[seed].update(cae_features(cfg, manifest, seg_ft, out, seed, watch,
+                                                   cell_variants, feats))
     meta["methods"] = list(per_seed[args.seeds[0]])
 
     scores, invariance = [], []

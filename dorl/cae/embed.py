@@ -25,6 +25,7 @@ from dorl.data.taxonomy import label_space
 from dorl.device import get_device
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import OBS_COLUMNS, FeatureSet, check_signature, write_features
+from dorl.features.encode import features_from_config
 from dorl.provenance import package_versions, sha256_file, signature_of, utc_now
 from dorl.resize import resize_batch
 from dorl.sam.segmentation import Segmentation
@@ -41,6 +42,7 @@ def feature_signature(cfg, manifest: Manifest) -> dict[str, str]:
         "data": manifest.signature(),
         "label_space": str(cfg.data.label_space),
         "sam": signature_of([OmegaConf.to_container(cfg.sam, resolve=True)]),
+        "features": signature_of([OmegaConf.to_container(cfg.features, resolve=True)]),
         "cae": signature_of([OmegaConf.to_container(cfg.cae, resolve=True)]),
         "seed": str(cfg.seed),
     }
@@ -123,17 +125,29 @@ def split_cells(cfg, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(used & ~is_val), np.flatnonzero(used & is_val)
 
 
-def _cae_data(cfg, manifest: Manifest, seg: Segmentation) -> CAEData:
+def _encoder_input(cfg, seg: Segmentation, cell_feats: dict[str, np.ndarray]) -> np.ndarray:
+    """The features the CAE encoder reads: the configured cell encoders' features side by side,
+    else the SAM features of the whole image that segmentation kept."""
+    if cell_feats:
+        if cfg.cae.arch == "transformer":
+            raise ConfigError("cae.arch=transformer reads SAM's spatial tokens: set "
+                              "features.encoders=[] or cae.arch=conv")
+        return np.concatenate([cell_feats[k] for k in cfg.features.encoders], axis=1)
+    key = "sam_spatial" if cfg.cae.arch == "transformer" else "sam_pooled"
+    if key not in seg.features:
+        raise ConfigError(f"cae.arch={cfg.cae.arch} with cae.input={cfg.cae.input} needs "
+                          f"segmentation features {key!r}, found {sorted(seg.features)}; "
+                          f"set sam.infer.features accordingly")
+    return np.asarray(seg.features[key], dtype=np.float32)
+
+
+def _cae_data(cfg, manifest: Manifest, seg: Segmentation,
+              cell_feats: dict[str, np.ndarray]) -> CAEData:
     domains = manifest.domains
     ids = manifest.table["domain"].map({d: i for i, d in enumerate(domains)}).to_numpy()
     feats = None
     if cfg.cae.input in ("features", "both"):
-        key = "sam_spatial" if cfg.cae.arch == "transformer" else "sam_pooled"
-        if key not in seg.features:
-            raise ConfigError(f"cae.arch={cfg.cae.arch} with cae.input={cfg.cae.input} needs "
-                             f"segmentation features {key!r}, found {sorted(seg.features)}; "
-                             f"set sam.infer.features accordingly")
-        feats = np.asarray(seg.features[key], dtype=np.float32)
+        feats = _encoder_input(cfg, seg, cell_feats)
         if cfg.cae.feature_norm == "per_domain":
             flat = DomainStandardScaler().fit_transform(feats.reshape(len(feats), -1), domains=ids)
             feats = flat.reshape(feats.shape).astype(np.float32)
@@ -147,7 +161,8 @@ def _cae_data(cfg, manifest: Manifest, seg: Segmentation) -> CAEData:
 
 
 def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
-                       timings: dict[str, float] | None = None) -> Path:
+                       timings: dict[str, float] | None = None,
+                       cell_feats: tuple[dict[str, np.ndarray], dict] | None = None) -> Path:
     """Train the CAE on segmented cells, embed them all and write ``run_dir/features.h5ad``.
 
     Parameters
@@ -159,6 +174,9 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
         Masked crops (n, s, s, 3), fallback flags and SAM features of every manifest row.
     timings : dict of str -> float, optional
         Seconds spent in earlier stages, recorded in the file's provenance.
+    cell_feats : (features, meta), optional
+        Cell features already computed for these settings (see
+        :func:`dorl.features.encode.features_from_config`); computed here when not given.
     """
     if len(seg) != len(manifest):
         raise ValueError(f"segmentation has {len(seg)} cells but the manifest has "
@@ -168,7 +186,10 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     signature = feature_signature(cfg, manifest)
     timings = dict(timings or {})
     train_idx, val_idx = split_cells(cfg, manifest)
-    data = _cae_data(cfg, manifest, seg)
+    t0 = time.perf_counter()
+    cell_feats, cell_meta = cell_feats or features_from_config(cfg, manifest, seg)
+    timings["cell_features"] = time.perf_counter() - t0
+    data = _cae_data(cfg, manifest, seg, cell_feats)
     device = get_device(cfg.device)
     logger.info("CAE (%s, input %s, %s protocol): %d training and %d validation cells of %d, "
                 "%d px crops, device %s", cfg.cae.arch, cfg.cae.input, cfg.cae.protocol,
@@ -187,12 +208,14 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     obs.index = pd.Index(table["path"].astype(str), name="cell_id")
     obsm = {f"X_{k}": np.asarray(v, dtype=np.float32)
             for k, v in seg.features.items() if np.asarray(v).ndim == 2}
+    obsm.update({f"X_{k}": v for k, v in cell_feats.items()})
     invariance = _invariance(cfg, X, obsm, obs, run_dir)
     in_training = np.zeros(len(table), dtype=bool)
     in_training[np.concatenate([train_idx, val_idx])] = True
     obs["cae_trained_on"] = in_training
     uns = _provenance(cfg, signature, seg, result, data.domains, timings)
     uns["invariance"] = invariance
+    uns["cell_features"] = {k: v for k, v in cell_meta.items() if k != "timings_s"}
     return write_features(out, FeatureSet(X, obs, obsm, uns))
 
 

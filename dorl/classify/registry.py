@@ -137,7 +137,8 @@ def build_classifier(name: str, seed: int, params: Mapping[str, Any] | None = No
     -------
     estimator
         A classifier, a ``Pipeline(StandardScaler, model)`` when the model needs scaling, and
-        wrapped in :class:`~dorl.classify.estimators.EncodedLabelClassifier` when it needs labels 0..K-1.
+        wrapped in :class:`~dorl.classify.estimators.EncodedLabelClassifier` when it needs labels
+        0..K-1.
     """
     custom = custom or {}
     if name in custom:

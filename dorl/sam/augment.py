@@ -105,3 +105,41 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, params,
         x, m = _zoom(x, m, uniform(lo, hi), flip)
     out = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
     return out, m[:, 0] > 0.5
+
+
+def simulate_lab(images: torch.Tensor, masks: torch.Tensor, *, hue: float, saturation: float,
+                 brightness: float, blur_sigma: float, scale: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give a whole batch one fixed appearance change, as if imaged in another lab.
+
+    Parameters
+    ----------
+    images : uint8 tensor of shape (B, H, W, 3)
+    masks : bool tensor of shape (B, H, W)
+    hue : float
+        Hue rotation in turns.
+    saturation, brightness : float
+        Multipliers (1 = unchanged).
+    blur_sigma : float
+        Gaussian blur in pixels (0 = none).
+    scale : float
+        Zoom about the centre (1 = unchanged).
+
+    Returns
+    -------
+    images : uint8 tensor of shape (B, H, W, 3)
+    masks : bool tensor of shape (B, H, W)
+    """
+    b = images.shape[0]
+    x = images.permute(0, 3, 1, 2).float() / 255.0
+    m = masks[:, None].float()
+    if hue:
+        x = _hue_rotate(x, torch.full((b,), hue * 2 * math.pi))
+    grey = x.mean(dim=1, keepdim=True)
+    x = (grey + (x - grey) * saturation) * brightness
+    if blur_sigma > 0:
+        x = _blur(x, blur_sigma)
+    if scale != 1.0:
+        x, m = _zoom(x, m, torch.full((b,), scale), torch.zeros(b, dtype=torch.bool))
+    out = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return out, m[:, 0] > 0.5

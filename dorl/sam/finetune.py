@@ -254,7 +254,8 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
     Rows from ``sam.finetune.exclude_domains`` are never used. ``mask_source``: ``dataset`` uses
     the manifest's masks; ``pseudo`` bootstraps pseudo-masks for rows without one; ``auto`` uses
     the dataset's masks and pseudo-masks for the domains that have none. ``synth_images``
-    synthetic cells (:func:`dorl.data.synth.generate.synthetic_cells`) are appended as training images, row -1.
+    synthetic cells (:func:`dorl.data.synth.generate.synthetic_cells`) are appended as training
+    images, row -1.
 
     Returns
     -------

@@ -308,7 +308,7 @@ BACKBONES: dict[str, Callable[[int], CellSAM]] = {
 
 
 def build_sam(backbone: str, checkpoint: str | Path | None = "default", image_size: int = 256,
-              ) -> CellSAM:
+              fold: bool = True) -> CellSAM:
     """Build a SAM backbone, optionally with pretrained weights.
 
     Parameters
@@ -320,6 +320,10 @@ def build_sam(backbone: str, checkpoint: str | Path | None = "default", image_si
     image_size : int
         Side of the square encoder input (a multiple of 4 for litemedsam, of 16 for the ViTs).
         ViT position tables are interpolated from the checkpoint's size.
+    fold : bool, default=True
+        Fold the encoder's BatchNorm into its convolutions (eval mode does). False keeps the
+        BatchNorm layers, for re-estimating their statistics per domain
+        (:mod:`dorl.features.adabn`).
 
     Returns
     -------
@@ -339,7 +343,7 @@ def build_sam(backbone: str, checkpoint: str | Path | None = "default", image_si
         logger.info("loaded %s weights from %s at %d px", backbone, path, image_size)
     else:
         logger.info("built %s with random weights at %d px", backbone, image_size)
-    return model.eval()
+    return model.eval() if fold else nn.Module.train(model, False)
 
 
 def sam_from_config(cfg) -> tuple[CellSAM, dict]:

@@ -1,0 +1,136 @@
+"""The cell-feature options of ``features.*`` as rows of the real-data bench, and the label-free
+rule that chooses the default among them.
+
+Every option reads the same LoRA-SAM cell crops (cut once, :func:`dorl.features.encode.cell_crops`)
+and is standardised per domain before the classifiers, like the "LoRA-SAM domain-std" row.
+
+The rule (fixed before any option was measured, docs/benchmarks.md): each option gets a
+*selection score*, the mean of
+  * the in-domain macro-F1 on the source (5-fold), and
+  * the shifted-source macro-F1: the same folds' models scored on their held-out source cells
+    re-imaged as three simulated labs (:data:`SIMULATED_LABS`: fixed hue, saturation,
+    brightness, blur and scale changes, each lab standardised, stain-normalised and
+    AdaBN-recalibrated as its own domain),
+for the classifier that scores best in-domain; the default is the option with the highest score
+(ties within 0.01 go to the cheaper option). Only source labels are used.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold
+
+from dorl.classify.registry import build_classifier
+from dorl.domain_scaler import DomainStandardScaler
+from dorl.features.encode import FeatureSettings, cell_features
+from dorl.sam.augment import simulate_lab
+
+logger = logging.getLogger("bench_realdata")
+
+L0, L1, L2, SAM = "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "litemedsam"
+#: name -> (encoders, stain, adabn). The "cheaper" order for ties is this order.
+OPTIONS = {
+    "L0 cell": ((L0,), "none", False),
+    "L0 cell AdaBN": ((L0,), "none", True),
+    "L0 cell Reinhard": ((L0,), "reinhard", False),
+    "L0 cell Reinhard AdaBN": ((L0,), "reinhard", True),
+    "L0 cell Macenko AdaBN": ((L0,), "macenko", True),
+    "L0 cell grey AdaBN": ((L0,), "grey", True),
+    "L1 cell Reinhard AdaBN": ((L1,), "reinhard", True),
+    "L2 cell Reinhard AdaBN": ((L2,), "reinhard", True),
+    "SAM cell Reinhard AdaBN": ((SAM,), "reinhard", True),
+    "L0 + SAM cell Reinhard AdaBN": ((L0, SAM), "reinhard", True),
+}
+#: Simulated labs for the shifted-source score: hue (turns), saturation, brightness, blur
+#: sigma (px at the crop side), zoom.
+SIMULATED_LABS = {
+    "sim_warm": dict(hue=0.05, saturation=0.8, brightness=1.1, blur_sigma=0.0, scale=1.0),
+    "sim_cold_blur": dict(hue=-0.05, saturation=1.25, brightness=0.9, blur_sigma=1.0, scale=1.2),
+    "sim_pale_small": dict(hue=0.0, saturation=0.7, brightness=1.0, blur_sigma=0.7, scale=0.85),
+}
+
+
+def shifted_crops(crops: np.ndarray, masks: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The crops re-imaged by every simulated lab: name -> (crops, masks)."""
+    out = {}
+    for name, shift in SIMULATED_LABS.items():
+        parts = [simulate_lab(torch.from_numpy(crops[i:i + 64]), torch.from_numpy(masks[i:i + 64]),
+                              **shift) for i in range(0, len(crops), 64)]
+        out[name] = (torch.cat([p[0] for p in parts]).numpy(),
+                     torch.cat([p[1] for p in parts]).numpy())
+    return out
+
+
+def option_features(name: str, crops: np.ndarray, masks: np.ndarray, domains: np.ndarray,
+                    base: FeatureSettings, seed: int, cache: dict) -> tuple[np.ndarray, float]:
+    """Features (n, d) of one option, standardised per domain, and the encoders' seconds.
+
+    ``cache`` holds each (encoder, stain, adabn) result, so a concatenation reuses its parts.
+    """
+    encoders, stain, adabn = OPTIONS[name]
+    parts, seconds = [], 0.0
+    for encoder in encoders:
+        key = (encoder, stain, adabn, len(crops))
+        if key not in cache:
+            settings = FeatureSettings(**{**base.__dict__, "encoders": (encoder,),
+                                          "stain": stain, "adabn": adabn})
+            t0 = time.perf_counter()
+            cache[key] = (cell_features(crops, masks, domains, settings, seed)[0][encoder],
+                          time.perf_counter() - t0)
+        parts.append(cache[key][0])
+        seconds += cache[key][1]
+    X = np.concatenate(parts, axis=1)
+    return DomainStandardScaler().fit_transform(X, domains=domains).astype(np.float32), seconds
+
+
+def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarray,
+                          labels: np.ndarray, base: FeatureSettings, classifiers: list[str],
+                          seed: int, cache: dict) -> pd.DataFrame:
+    """In-domain and shifted-source macro-F1 of every classifier on one option's source cells.
+
+    The source and its simulated labs are encoded as separate domains (each standardised, stain-
+    normalised and AdaBN-recalibrated on its own). Each fold's model is trained on the original
+    source cells of the other folds and scored on the held-out cells, original and shifted.
+    """
+    shifted = shifted_crops(src_crops, src_masks)
+    crops = np.concatenate([src_crops] + [c for c, _ in shifted.values()])
+    masks = np.concatenate([src_masks] + [m for _, m in shifted.values()])
+    domains = np.repeat(np.array(["source", *shifted]), len(src_crops))
+    X, _ = option_features(name, crops, masks, domains, base, seed, cache)
+    n = len(src_crops)
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    rows = []
+    for clf in classifiers:
+        in_domain, shift = np.empty(n, dtype=object), {s: np.empty(n, dtype=object)
+                                                       for s in shifted}
+        for train, test in folds.split(X[:n], labels):
+            model = build_classifier(clf, seed).fit(X[:n][train], labels[train])
+            in_domain[test] = model.predict(X[:n][test])
+            for k, s in enumerate(shifted, start=1):
+                shift[s][test] = model.predict(X[k * n:(k + 1) * n][test])
+        rows.append({"option": name, "classifier": clf, "seed": seed,
+                     "in_domain_f1": f1_score(labels, in_domain.astype(str), average="macro"),
+                     "shifted_f1": float(np.mean([f1_score(labels, p.astype(str), average="macro")
+                                                  for p in shift.values()]))})
+    return pd.DataFrame(rows)
+
+
+def choose_default(selection: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Apply the rule of this module's docstring to :func:`shifted_source_scores` rows of every
+    option and seed; returns the chosen option and the per-option table."""
+    best = selection.loc[selection.groupby(["option", "seed"])["in_domain_f1"].idxmax()]
+    best = best.assign(score=(best["in_domain_f1"] + best["shifted_f1"]) / 2)
+    table = best.groupby("option", sort=False)[["in_domain_f1", "shifted_f1", "score"]].mean()
+    table["classifier"] = best.groupby("option", sort=False)["classifier"].agg(
+        lambda c: "/".join(sorted(set(c))))
+    order = [o for o in OPTIONS if o in table.index]
+    table = table.loc[order]
+    top = table["score"].max()
+    chosen = next(o for o in order if table.loc[o, "score"] >= top - 0.01)
+    return chosen, table.reset_index()

@@ -1,0 +1,246 @@
+"""Cell features for the autoencoder and the classifiers: each configured encoder reads the
+segmented cell, not the field.
+
+For every cell, the mask and box that segmentation found are carried back to the original image,
+and the masked cell is cut out at its own resolution and scaled to ``features.crop_size``
+(:func:`cell_crop`). The crops are colour-normalised (:mod:`dorl.features.stain`), and each
+encoder of ``features.encoders`` turns them into pooled features, with its BatchNorm statistics
+re-estimated on each domain's cells when ``features.adabn`` is on (:mod:`dorl.features.adabn`).
+Several encoders are concatenated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from dorl.atomic import atomic_path
+from dorl.data.images import read_rgb
+from dorl.data.manifest import Manifest
+from dorl.features.adabn import recalibrate_batchnorm
+from dorl.features.stain import normalise_crops
+from dorl.provenance import signature_of
+from dorl.resize import resize_image, resize_mask
+from dorl.sam.masks import masked_crop
+from dorl.sam.segmentation import Segmentation
+
+logger = logging.getLogger(__name__)
+
+FEATURES_FILE = "cell_features.npz"
+ENCODERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "litemedsam")
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """What :func:`cell_features` needs, unpacked once from ``cfg.features``."""
+
+    encoders: tuple[str, ...]
+    crop_size: int
+    stain: str
+    stain_reference_domains: tuple[str, ...]
+    adabn: bool
+    adabn_cells: int
+    batch_size: int
+    bf16: bool
+    sam_image_size: int
+
+    @classmethod
+    def from_config(cls, cfg) -> "FeatureSettings":
+        f = cfg.features
+        unknown = sorted(set(f.encoders) - set(ENCODERS))
+        if unknown:
+            from dorl.config import ConfigError
+
+            raise ConfigError(f"features.encoders: unknown {unknown}; known: {list(ENCODERS)}")
+        return cls(tuple(str(e) for e in f.encoders), int(f.crop_size), str(f.stain),
+                   tuple(str(d) for d in f.stain_reference_domains), bool(f.adabn),
+                   int(f.adabn_cells), int(f.batch_size), bool(f.bf16), int(cfg.sam.image_size))
+
+
+def cell_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray, seg_size: int,
+              size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The masked cell at the original image's resolution, scaled to ``size``.
+
+    Parameters
+    ----------
+    image : uint8 ndarray of shape (H, W, 3)
+        The original image.
+    mask : bool ndarray of shape (S, S), or None
+        The cell's mask at segmentation's input side ``seg_size`` (None: keep every pixel).
+    box : ndarray of shape (4,)
+        Its box (x0, y0, x1, y1) in the same ``seg_size`` frame.
+    seg_size, size : int
+
+    Returns
+    -------
+    crop : uint8 ndarray of shape (size, size, 3)
+    crop_mask : bool ndarray of shape (size, size)
+        The cell's pixels in the crop.
+    """
+    side = max(image.shape[:2])  # segmentation saw the image stretched to a square
+    scale = side / seg_size
+    big = resize_image(image, side)
+    if mask is None:
+        crop = masked_crop(big, None, box * scale, size)
+        return crop, np.ones((size, size), bool)
+    big_mask = resize_mask(mask, side)
+    crop = masked_crop(big, big_mask, box * scale, size)
+    # The mask cut the same way: 255 inside, 0 outside, the crop's grey (128) beyond the image.
+    mask_rgb = np.repeat((big_mask * np.uint8(255))[..., None], 3, axis=-1)
+    crop_mask = masked_crop(mask_rgb, None, box * scale, size)[..., 0] > 191
+    return crop, crop_mask
+
+
+def cell_crops(manifest: Manifest, seg: Segmentation, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cell_crop` of every manifest row: crops (n, size, size, 3), masks (n, size, size)."""
+    n, seg_size = len(manifest), seg.masks.shape[1]
+    crops = np.empty((n, size, size, 3), np.uint8)
+    masks = np.empty((n, size, size), bool)
+    for i in tqdm(range(n), desc="cell crops", unit="img"):
+        mask = None if seg.fallback[i] else np.asarray(seg.masks[i], bool)
+        crops[i], masks[i] = cell_crop(read_rgb(manifest.image_path(i)), mask, seg.boxes[i],
+                                       seg_size, size)
+    return crops, masks
+
+
+class SamCropEncoder(nn.Module):
+    """LiteMedSAM's image encoder on cell crops: (B, 3, h, w) 0..255 -> (B, 320) pooled.
+
+    The zero-shot weights, not the LoRA adapter (which is trained for masks, not cell types), with
+    BatchNorm kept unfolded so that its statistics can be re-estimated per domain.
+    """
+
+    def __init__(self, image_size: int):
+        super().__init__()
+        from dorl.sam.models import build_sam
+
+        sam = build_sam("litemedsam", "default", image_size, fold=False)
+        self.image_size = image_size
+        self.encoder = sam.image_encoder
+        self.register_buffer("pixel_mean", sam.pixel_mean.clone())
+        self.register_buffer("pixel_std", sam.pixel_std.clone())
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear",
+                          align_corners=False, antialias=True)
+        return self.encoder.forward_features((x - self.pixel_mean) / self.pixel_std).mean((2, 3))
+
+
+def build_encoder(name: str, sam_image_size: int) -> tuple[nn.Module, int]:
+    """The encoder ``name`` in eval mode, with its input side."""
+    if name == "litemedsam":
+        return SamCropEncoder(sam_image_size).eval(), sam_image_size
+    from dorl.features.efficientnet import VARIANTS, build_efficientnet_lite
+
+    return build_efficientnet_lite(name), VARIANTS[name].image_size
+
+
+def _batches(crops: np.ndarray, side: int, batch_size: int):
+    """(B, 3, side, side) float tensors of 0..255 pixels over ``crops`` (n, s, s, 3) uint8."""
+    for start in range(0, len(crops), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(crops[start:start + batch_size]))
+        x = x.permute(0, 3, 1, 2).float()
+        if x.shape[-1] != side:
+            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False,
+                              antialias=True)
+        yield x
+
+
+def encode_crops(model: nn.Module, side: int, crops: np.ndarray, domains: np.ndarray,
+                 adabn_cells: int, batch_size: int, bf16: bool) -> np.ndarray:
+    """Pooled features (n, d) float32 of ``crops`` (n, s, s, 3) uint8, domain by domain.
+
+    With ``adabn_cells > 0`` the BatchNorm statistics are first re-estimated on up to that many of
+    the domain's crops, spread evenly over its rows (AdaBN); 0 keeps the ImageNet statistics.
+    """
+    out: np.ndarray | None = None
+    for domain in np.unique(domains):
+        rows = np.flatnonzero(domains == domain)
+        if adabn_cells > 0:
+            picks = np.linspace(0, len(rows) - 1, min(len(rows), adabn_cells)).astype(int)
+            stats_rows = rows[picks]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                recalibrate_batchnorm(model, _batches(crops[stats_rows], side, batch_size))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            feats = torch.cat([model(x).float() for x in _batches(crops[rows], side, batch_size)])
+        if out is None:
+            out = np.empty((len(crops), feats.shape[1]), np.float32)
+        out[rows] = feats.numpy()
+    return out
+
+
+def cell_features(crops: np.ndarray, masks: np.ndarray, domains: np.ndarray,
+                  settings: FeatureSettings, seed: int) -> tuple[dict[str, np.ndarray], dict]:
+    """Normalise the cell crops' colours and encode them with every configured encoder.
+
+    Parameters
+    ----------
+    crops : uint8 ndarray of shape (n, s, s, 3)
+    masks : bool ndarray of shape (n, s, s)
+    domains : ndarray of shape (n,)
+    settings : FeatureSettings
+    seed : int
+
+    Returns
+    -------
+    features : dict of str -> float32 ndarray of shape (n, d_encoder)
+    meta : dict
+        The stain reference, seconds and images/s of each step.
+    """
+    t0 = time.perf_counter()
+    normalised, reference = normalise_crops(crops, masks, domains, settings.stain,
+                                            list(settings.stain_reference_domains), seed)
+    meta = {"stain": settings.stain, "stain_reference": reference,
+            "timings_s": {"stain": time.perf_counter() - t0}}
+    features = {}
+    for name in settings.encoders:
+        t0 = time.perf_counter()
+        model, side = build_encoder(name, settings.sam_image_size)
+        features[name] = encode_crops(model, side, normalised, domains,
+                                      settings.adabn_cells if settings.adabn else 0,
+                                      settings.batch_size, settings.bf16)
+        seconds = time.perf_counter() - t0
+        meta["timings_s"][name] = seconds
+        logger.info("%s features of %d cells (%s, AdaBN %s): %.1f s, %.1f img/s", name,
+                    len(crops), settings.stain, settings.adabn, seconds, len(crops) / seconds)
+    return features, meta
+
+
+def features_signature(settings: FeatureSettings, seg: Segmentation, seed: int) -> str:
+    """What a cell-feature file depends on: the segmentation, the feature settings, the seed."""
+    return signature_of([seg.meta.get("signature"), asdict(settings), seed])
+
+
+def features_from_config(cfg, manifest: Manifest, seg: Segmentation
+                         ) -> tuple[dict[str, np.ndarray], dict]:
+    """Cell features of every manifest row and their provenance (see :func:`cell_features`),
+    reusing ``run_dir/cell_features.npz`` when it was made from the same segmentation and
+    settings. Empty when ``features.encoders`` is empty."""
+    settings = FeatureSettings.from_config(cfg)
+    if not settings.encoders:
+        return {}, {}
+    out = Path(cfg.run_dir) / FEATURES_FILE
+    signature = features_signature(settings, seg, int(cfg.seed))
+    if out.is_file():
+        with np.load(out, allow_pickle=False) as cached:
+            if str(cached["signature"]) == signature:
+                logger.info("%s matches this segmentation and settings: reused", out)
+                return ({k: cached[k] for k in settings.encoders},
+                        json.loads(str(cached["meta"])))
+    crops, masks = cell_crops(manifest, seg, settings.crop_size)
+    domains = manifest.table["domain"].astype(str).to_numpy()
+    features, meta = cell_features(crops, masks, domains, settings, int(cfg.seed))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, signature=np.array(signature), meta=np.array(json.dumps(meta)), **features)
+    logger.info("cell features %s written to %s", sorted(features), out)
+    return features, meta
