@@ -261,24 +261,14 @@ def read_features(path: str | Path, obsm: bool = True) -> FeatureSet:
     return FeatureSet(X, obs, obsm_d, uns, var_names)
 
 
-def check_signature(path: str | Path, expected: Mapping[str, Any]) -> bool:
-    """Return True if ``path`` exists and its ``uns/signature`` equals ``expected``.
-
-    Returns False when there is no file. Raises :class:`FeatureFileError` listing the keys that
-    differ when the file was made by another config or dataset, so it is never mixed in.
-    """
+def stored_signature(path: str | Path) -> dict[str, Any] | None:
+    """The ``uns/signature`` of the feature file at ``path``; None when there is no file, an
+    empty dict when it has no signature."""
     path = Path(path)
     if not path.is_file():
-        return False
+        return None
     with h5py.File(path, "r") as f:
-        found = _read_uns(f["uns/signature"]) if "uns/signature" in f else {}
-    diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
-    if diff:
-        details = "; ".join(f"{k}: file has {a!r}, this run has {b!r}"
-                            for k, (a, b) in diff.items())
-        raise FeatureFileError(f"{path} was made by another config or dataset ({details}). "
-                               f"Delete it or choose another run_dir.")
-    return True
+        return dict(_read_uns(f["uns/signature"])) if "uns/signature" in f else {}
 
 
 def add_obsm(path: str | Path, key: str, values: np.ndarray) -> None:

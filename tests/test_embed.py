@@ -116,21 +116,21 @@ def test_per_domain_feature_norm_feeds_the_autoencoder(tiny_cfg):
                .to_numpy()[:, None].astype(np.float32)}
     seg.features = shifted
     tiny_cfg.cae.input, tiny_cfg.cae.feature_norm = "both", "per_domain"
-    data = embed._cae_data(tiny_cfg, manifest, seg)
+    data = embed._cae_data(tiny_cfg, manifest, seg, {})
     for d in range(3):
         block = data.features[data.domain_ids == d]
         np.testing.assert_allclose(block.mean(0), 0, atol=1e-5)
         np.testing.assert_allclose(block.std(0), 1, atol=1e-4)
     tiny_cfg.cae.feature_norm = "per_lab"
     with pytest.raises(ConfigError, match="feature_norm"):
-        embed._cae_data(tiny_cfg, manifest, seg)
+        embed._cae_data(tiny_cfg, manifest, seg, {})
 
 
 @pytest.mark.parametrize("cae_size, expected", [(16, 16), (64, 32)])
 def test_autoencoder_crops_are_downsized_never_upsized(tiny_cfg, cae_size, expected):
     manifest, seg = toy_cells(size=32)
     tiny_cfg.cae.image_size = cae_size
-    assert embed._cae_data(tiny_cfg, manifest, seg).crops.shape[1:] == (expected, expected, 3)
+    assert embed._cae_data(tiny_cfg, manifest, seg, {}).crops.shape[1:] == (expected, expected, 3)
 
 
 def test_run_embed_reuses_a_matching_file_and_refuses_another(tiny_cfg, monkeypatch):
@@ -151,3 +151,21 @@ def test_run_embed_end_to_end_on_tiny_config(tiny_cfg):
     assert len(fs.X) == len(fs.obs) > 0 and np.isfinite(fs.X).all()
     assert "X_sam_pooled" in fs.obsm
     assert run_embed(tiny_cfg) == path
+
+
+def test_cell_features_replace_the_sam_features_the_autoencoder_reads(tiny_cfg):
+    manifest, seg = toy_cells()
+    rng = np.random.default_rng(0)
+    cell = {"efficientnet_lite0": rng.normal(size=(len(manifest), 6)).astype(np.float32),
+            "litemedsam": rng.normal(size=(len(manifest), 4)).astype(np.float32)}
+    tiny_cfg.features.encoders = ["litemedsam", "efficientnet_lite0"]
+    tiny_cfg.cae.input, tiny_cfg.cae.feature_norm = "features", "per_domain"
+    data = embed._cae_data(tiny_cfg, manifest, seg, cell)
+    assert data.features.shape == (len(manifest), 10)  # concatenated in the configured order
+    lab_a = data.domain_ids == 0
+    expected = cell["litemedsam"][lab_a]
+    np.testing.assert_allclose(data.features[lab_a][:, :4],
+                               (expected - expected.mean(0)) / expected.std(0), atol=1e-4)
+    tiny_cfg.cae.arch = "transformer"
+    with pytest.raises(ConfigError, match="spatial tokens"):
+        embed._cae_data(tiny_cfg, manifest, seg, cell)

@@ -4,12 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dorl.artifacts import FEATURE_FILE, reusable
 from dorl.featstore import (
     FeatureFileError,
     FeatureSet,
     add_obsm,
-    check_signature,
     read_features,
+    stored_signature,
     write_features,
 )
 
@@ -56,11 +57,15 @@ def test_anndata_reads_it(tmp_path):
 
 def test_signature_mismatch_is_refused(tmp_path):
     path = tmp_path / "f.h5ad"
-    assert check_signature(path, {"data": "abc"}) is False
+    assert stored_signature(path) is None
+    assert not reusable(FEATURE_FILE, path, stored_signature(path), {"data": "abc"}, refuse=True)
     write_features(path, _fs())
-    assert check_signature(path, {"data": "abc", "seed": 3}) is True
-    with pytest.raises(FeatureFileError, match="another config.*seed: file has 3, this run has 4"):
-        check_signature(path, {"data": "abc", "seed": 4})
+    assert stored_signature(path) == {"data": "abc", "seed": 3}
+    assert reusable(FEATURE_FILE, path, stored_signature(path), {"data": "abc", "seed": 3},
+                    refuse=True, error=FeatureFileError)
+    with pytest.raises(FeatureFileError, match="another config.*seed: it has 3, this run has 4"):
+        reusable(FEATURE_FILE, path, stored_signature(path), {"data": "abc", "seed": 4},
+                 refuse=True, error=FeatureFileError)
 
 
 def test_add_obsm_and_bad_shapes(tmp_path):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
 from dorl import __version__
+from dorl.artifacts import CAE_CHECKPOINT, FEATURE_FILE, reusable
 from dorl.cae.invariance import domain_invariance, plot_invariance
 from dorl.cae.train import CAEData, TrainResult, encode_cells, train_cae
 from dorl.config import ConfigError, resolved_yaml
@@ -24,9 +24,15 @@ from dorl.data.manifest import Manifest
 from dorl.data.taxonomy import label_space
 from dorl.device import get_device
 from dorl.domain_scaler import DomainStandardScaler
-from dorl.featstore import OBS_COLUMNS, FeatureSet, check_signature, write_features
+from dorl.featstore import (
+    OBS_COLUMNS,
+    FeatureFileError,
+    FeatureSet,
+    stored_signature,
+    write_features,
+)
 from dorl.features.encode import features_from_config
-from dorl.provenance import package_versions, sha256_file, signature_of, utc_now
+from dorl.provenance import package_versions, sha256_file, utc_now
 from dorl.resize import resize_batch
 from dorl.sam.segmentation import Segmentation
 
@@ -36,16 +42,10 @@ FEATURES_FILE = "features.h5ad"
 
 
 def feature_signature(cfg, manifest: Manifest) -> dict[str, str]:
-    """What a feature file must have been made with to be reused: data, label space, the SAM and
-    CAE config sections and the seed."""
-    return {
-        "data": manifest.signature(),
-        "label_space": str(cfg.data.label_space),
-        "sam": signature_of([OmegaConf.to_container(cfg.sam, resolve=True)]),
-        "features": signature_of([OmegaConf.to_container(cfg.features, resolve=True)]),
-        "cae": signature_of([OmegaConf.to_container(cfg.cae, resolve=True)]),
-        "seed": str(cfg.seed),
-    }
+    """What a feature file must have been made with to be reused: the data and the config keys
+    of :data:`dorl.artifacts.FEATURE_FILE`, one hash per config section (``config.cae``, ...)."""
+    return {"data": manifest.signature(),
+            **{f"config.{k}": v for k, v in FEATURE_FILE.parts(cfg).items()}}
 
 
 def load_data(cfg) -> Manifest:
@@ -78,8 +78,8 @@ def run_embed(cfg) -> Path:
     out = Path(cfg.run_dir) / FEATURES_FILE
     manifest = load_data(cfg)
     signature = feature_signature(cfg, manifest)
-    if check_signature(out, signature):
-        logger.info("%s is up to date for this config and dataset: reused", out)
+    if reusable(FEATURE_FILE, out, stored_signature(out), signature, refuse=True,
+                error=FeatureFileError):
         return out
     from dorl.sam.finetune import finetune_from_config
     from dorl.sam.inference import segment_from_config
@@ -195,7 +195,7 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
                 "%d px crops, device %s", cfg.cae.arch, cfg.cae.input, cfg.cae.protocol,
                 len(train_idx), len(val_idx), len(data), data.crops.shape[1], device)
     t0 = time.perf_counter()
-    train_sig = signature_of([signature, seg.meta.get("signature", "")])
+    train_sig = CAE_CHECKPOINT.signature(cfg, signature["data"], seg.meta.get("signature", ""))
     result = train_cae(data, train_idx, val_idx, cfg.cae, int(cfg.seed), run_dir / "cae",
                        device, train_sig)
     t1 = time.perf_counter()

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pytorch_msssim import ssim
 from tqdm.auto import tqdm
 
+from dorl.artifacts import CAE_CHECKPOINT, reusable
 from dorl.atomic import atomic_path
 from dorl.cae.alignment import align_weight, coral, mmd2, pairwise_alignment
 from dorl.cae.batches import DomainBalancedBatches
@@ -208,10 +209,8 @@ def _load_checkpoint(path: Path, signature: str) -> dict:
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read the CAE checkpoint ({exc}); delete it to "
                               f"train from scratch") from exc
-    if state.get("signature") != signature:
-        raise CheckpointError(f"{path} was made by another config or dataset (signature "
-                              f"{state.get('signature')!r}, this run {signature!r}). Delete "
-                              f"{path.parent} or choose another run_dir.")
+    reusable(CAE_CHECKPOINT, path, state.get("signature", ""), signature, refuse=True,
+             error=CheckpointError)
     return state
 
 

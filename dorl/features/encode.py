@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from dorl.artifacts import CELL_FEATURES, reusable
 from dorl.atomic import atomic_path
 from dorl.data.images import read_rgb
 from dorl.data.manifest import Manifest
 from dorl.features.adabn import recalibrate_batchnorm
 from dorl.features.stain import normalise_crops
-from dorl.provenance import signature_of
 from dorl.resize import resize_image, resize_mask
 from dorl.sam.masks import masked_crop
 from dorl.sam.segmentation import Segmentation
@@ -215,9 +215,6 @@ def cell_features(crops: np.ndarray, masks: np.ndarray, domains: np.ndarray,
     return features, meta
 
 
-def features_signature(settings: FeatureSettings, seg: Segmentation, seed: int) -> str:
-    """What a cell-feature file depends on: the segmentation, the feature settings, the seed."""
-    return signature_of([seg.meta.get("signature"), asdict(settings), seed])
 
 
 def features_from_config(cfg, manifest: Manifest, seg: Segmentation
@@ -229,11 +226,10 @@ def features_from_config(cfg, manifest: Manifest, seg: Segmentation
     if not settings.encoders:
         return {}, {}
     out = Path(cfg.run_dir) / FEATURES_FILE
-    signature = features_signature(settings, seg, int(cfg.seed))
+    signature = CELL_FEATURES.signature(cfg, seg.meta.get("signature"))
     if out.is_file():
         with np.load(out, allow_pickle=False) as cached:
-            if str(cached["signature"]) == signature:
-                logger.info("%s matches this segmentation and settings: reused", out)
+            if reusable(CELL_FEATURES, out, str(cached["signature"]), signature):
                 return ({k: cached[k] for k in settings.encoders},
                         json.loads(str(cached["meta"])))
     crops, masks = cell_crops(manifest, seg, settings.crop_size)

@@ -26,11 +26,11 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
+from dorl.artifacts import ADAPTER, reusable
 from dorl.atomic import write_text_atomic
 from dorl.data.images import read_cell_mask, read_rgb
 from dorl.data.manifest import Manifest
 from dorl.lr_schedule import warmup_cosine, warmup_steps
-from dorl.provenance import signature_of
 from dorl.sam.augment import augment_batch
 
 logger = logging.getLogger(__name__)
@@ -328,12 +328,9 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
 
 
 def finetune_signature(cfg, manifest: Manifest, provenance: dict) -> str:
-    """The signature an adapter is reused under: data, SAM config, seed and checkpoint."""
-    sam = OmegaConf.to_container(cfg.sam, resolve=True)
-    for key in ("infer", "eval"):
-        sam.pop(key, None)
-    return signature_of([manifest.signature(), sam, int(cfg.seed),
-                         provenance.get("checkpoint_sha256")])
+    """The signature an adapter is reused under (:data:`dorl.artifacts.ADAPTER`): its config
+    keys, the data and the checkpoint."""
+    return ADAPTER.signature(cfg, manifest.signature(), provenance.get("checkpoint_sha256"))
 
 
 def finetune_from_config(cfg, manifest: Manifest) -> Path | None:
@@ -357,8 +354,8 @@ def finetune_from_config(cfg, manifest: Manifest) -> Path | None:
     model, provenance = sam_from_config(cfg)
     signature = finetune_signature(cfg, manifest, provenance)
     sig_file = out_dir / SIGNATURE_FILE
-    if sig_file.is_file() and json.loads(sig_file.read_text())["signature"] == signature:
-        logger.info("adapter %s matches this data, config and checkpoint: reused", out_dir)
+    found = json.loads(sig_file.read_text())["signature"] if sig_file.is_file() else None
+    if reusable(ADAPTER, out_dir, found, signature):
         return out_dir
     model = model.to(get_device(cfg.device))
     data = training_set(cfg, manifest, model)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from dorl.artifacts import SEGMENTATION, reusable
 from dorl.data.images import read_rgb
 from dorl.data.manifest import Manifest
 from dorl.provenance import sha256_file, signature_of
@@ -139,12 +139,10 @@ def adapter_hash(adapter_dir: Path | None) -> str | None:
 
 def segmentation_signature(cfg, manifest: Manifest, provenance: dict,
                            adapter_dir: Path | None) -> str:
-    """The signature of a segmentation: data, SAM settings, checkpoint and adapter."""
-    sam = OmegaConf.to_container(cfg.sam, resolve=True)
-    for key in ("finetune", "eval"):  # the adapter hash covers fine-tuning
-        sam.pop(key, None)
-    return signature_of([manifest.signature(), sam, provenance.get("checkpoint_sha256"),
-                         adapter_hash(adapter_dir)])
+    """The signature of a segmentation (:data:`dorl.artifacts.SEGMENTATION`): its config keys,
+    the data, the checkpoint and the adapter's files (which cover fine-tuning)."""
+    return SEGMENTATION.signature(cfg, manifest.signature(), provenance.get("checkpoint_sha256"),
+                                  adapter_hash(adapter_dir))
 
 
 def load_model(cfg, adapter_dir: Path | None):
@@ -188,10 +186,8 @@ def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None) -> Se
     signature = segmentation_signature(cfg, manifest, provenance, adapter_dir)
     if out.is_file():
         cached = Segmentation.load(out)
-        if cached.meta.get("signature") == signature and len(cached) == len(manifest):
-            logger.info("%s matches this config, data and adapter: reused", out)
+        if reusable(SEGMENTATION, out, cached.meta.get("signature"), signature):
             return cached
-        logger.info("%s was made with other settings: segmenting again", out)
     parts = []
     with tqdm(total=len(manifest), desc="segment", unit="img") as bar:
         for start in range(0, len(manifest), READ_CHUNK):
