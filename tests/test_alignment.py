@@ -55,10 +55,10 @@ def test_pairwise_alignment_averages_every_pair():
 
 
 def test_align_weight_ramps_linearly():
-    assert align_weight(0.0, 2.0, 4) == 0.0
-    assert align_weight(2.0, 2.0, 4) == pytest.approx(1.0)
-    assert align_weight(9.0, 2.0, 4) == 2.0
-    assert align_weight(0.0, 2.0, 0) == 2.0
+    assert align_weight(0.0, 4) == 0.0
+    assert align_weight(2.0, 4) == pytest.approx(0.5)
+    assert align_weight(9.0, 4) == 1.0
+    assert align_weight(0.0, 0) == 1.0
 
 
 def test_every_batch_holds_every_domain_even_a_tiny_one():

@@ -6,8 +6,15 @@ import logging
 
 import pytest
 
-from dorl.artifacts import (ADAPTER, CAE_CHECKPOINT, CELL_FEATURES, FEATURE_FILE, SEGMENTATION,
-                            ArtifactMismatchError, reusable)
+from dorl.artifacts import (
+    ADAPTER,
+    CAE_CHECKPOINT,
+    CELL_FEATURES,
+    FEATURE_FILE,
+    SEGMENTATION,
+    ArtifactMismatchError,
+    reusable,
+)
 from dorl.config import load_config
 from tests.conftest import REPO
 

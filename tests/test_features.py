@@ -7,11 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from dorl.features.adabn import batchnorm_layers, recalibrate_batchnorm
+from dorl.features.adabn import recalibrate_batchnorm
 from dorl.features.efficientnet import SameConv2d, build_efficientnet_lite
-from dorl.features.encode import (FeatureSettings, cell_crop, encode_crops, features_from_config)
-from dorl.features.stain import (estimate_stains, grey, lab_stats, macenko, masked_od,
-                                 normalise_crops, reinhard)
+from dorl.features.encode import FeatureSettings, cell_crop, encode_crops, features_from_config
+from dorl.features.stain import (
+    estimate_stains,
+    grey,
+    lab_stats,
+    macenko,
+    masked_od,
+    normalise_crops,
+    reinhard,
+)
 from dorl.sam.masks import GREY
 from dorl.sam.segmentation import Segmentation
 from tests.conftest import write_disc_manifest

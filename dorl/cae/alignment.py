@@ -99,18 +99,16 @@ def pairwise_alignment(z: torch.Tensor, domain_ids: torch.Tensor,
     return torch.stack([loss(groups[a], groups[b]) for a, b in pairs]).mean()
 
 
-def align_weight(epoch_progress: float, weight: float, warmup_epochs: float) -> float:
-    """Alignment weight after ``epoch_progress`` epochs: a linear ramp from 0 to ``weight``.
+def align_weight(epoch_progress: float, warmup_epochs: float) -> float:
+    """Alignment ramp after ``epoch_progress`` epochs: linear from 0 to 1 over ``warmup_epochs``.
 
     Parameters
     ----------
     epoch_progress : float
         Epochs done so far, fractional within an epoch (e.g. 1.5 = halfway through epoch 2).
-    weight : float
-        The full weight, reached after ``warmup_epochs``.
     warmup_epochs : float
         Length of the ramp; 0 applies the full weight from the start.
     """
     if warmup_epochs <= 0:
-        return float(weight)
-    return float(weight) * min(1.0, max(0.0, epoch_progress) / float(warmup_epochs))
+        return 1.0
+    return min(1.0, max(0.0, epoch_progress) / float(warmup_epochs))

@@ -311,7 +311,7 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg
             idx = train_idx[local]
             batch = data.batch(idx, device)
             dom = torch.from_numpy(data.domain_ids[idx]).to(device)
-            ramp = align_weight(epoch + step / len(batches), 1.0, warmup)
+            ramp = align_weight(epoch + step / len(batches), warmup)
             terms = compute_losses(model, model(batch), batch, dom, cae_cfg.loss, ramp,
                                    bandwidths)
             optimizer.zero_grad(set_to_none=True)
@@ -321,7 +321,7 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg
             for k in sums:
                 sums[k] += float(terms[k].detach()) / len(batches)
         val = _validate(model, data, val_idx, device, cae_cfg)
-        record = {"epoch": epoch, "align_weight": align_weight(epoch + 1, 1.0, warmup),
+        record = {"epoch": epoch, "align_weight": align_weight(epoch + 1, warmup),
                   "seconds": time.perf_counter() - t0,
                   **{f"train_{k}": v for k, v in sums.items()},
                   **{f"val_{k}": v for k, v in val.items()}}

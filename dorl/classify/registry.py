@@ -1,7 +1,7 @@
 """The classifier registry: names in ``classify.classifiers`` -> configured scikit-learn estimators.
 
-Built-in models follow the DoRL / BC-SAM notebooks where that is fast enough on a CPU
-(``dorl-method.md`` section 4), with these deliberate changes:
+Built-in models follow the DoRL / BC-SAM notebooks' classifiers where that is fast enough on a
+CPU, with these deliberate changes:
 
 * every model that supports it weighs classes by inverse frequency (``class_weight="balanced"``;
   XGBoost through sample weights), because white-cell classes are very imbalanced;

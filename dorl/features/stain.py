@@ -14,6 +14,7 @@ Pixels outside the mask are left at their value (the crops' grey background).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +45,10 @@ def reinhard(crop: np.ndarray, mask: np.ndarray, reference: np.ndarray) -> np.nd
     lab = rgb2lab(crop)
     stats = lab_stats(crop, mask)
     mapped = (lab - stats[0]) / stats[1] * reference[1] + reference[0]
-    out = (np.clip(lab2rgb(mapped), 0, 1) * 255).round().astype(np.uint8)
+    with warnings.catch_warnings():  # colours mapped out of the sRGB gamut are clipped
+        warnings.filterwarnings("ignore", "Conversion from CIE-LAB", UserWarning)
+        rgb = lab2rgb(mapped)
+    out = (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
     return np.where(mask[..., None], out, crop)
 
 

@@ -17,7 +17,6 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -124,7 +123,7 @@ def _save_atomically(model, out_dir: Path) -> None:
 
 def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_decay: float,
              warmup_epochs: float, prompt: str, box_fraction: float, out_dir: str | Path,
-             progress: Callable[[dict], None] | None = None, ce_weight: float = 0.2,
+             ce_weight: float = 0.2,
              dice_weight: float = 0.8, augment=None, val_zooms: tuple[float, ...] = (1.0,),
              seed: int = 0) -> dict:
     """Train the trainable parameters of a LoRA-wrapped SAM and keep the best epoch's adapter.
@@ -142,8 +141,6 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
         The prompt the model is trained (and later run) with.
     out_dir : str or Path
         The adapter folder, rewritten whenever validation Dice improves.
-    progress : callable, optional
-        Called with each epoch's record (epoch, train_loss, val_loss, val_dice, lr, seconds).
     ce_weight, dice_weight : float
     augment : mapping, optional
         ``sam.finetune.augment``; None trains on the images as they are.
@@ -199,8 +196,6 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
         if score > best["best_val_dice"]:
             best = {"best_epoch": epoch + 1, "best_val_dice": score}
             _save_atomically(model, out_dir)
-        if progress is not None:
-            progress(record)
     if val_loader is None:
         best["best_val_dice"] = None
     return {"history": history, **best}
