@@ -76,6 +76,8 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCE = "acevedo20"
 QUICK = ["classify.classifiers=[logreg,knn,rf,svm_rbf]",
          "sam.finetune.epochs=1", "sam.finetune.max_images=32", "cae.epochs=4", "cae.patience=2"]
+# Source cells per class the cell-feature selection rule scores (bench/feature_options.py).
+SELECTION_PER_CLASS = 100
 # Cells (spread over the bench cells) on which the bare encoder forward pass is timed.
 ENCODER_TIMING_CELLS = 64
 CAE_VARIANTS = {  # name -> (config overrides, use unmasked crops); the full pipeline last
@@ -317,6 +319,9 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
     base = FeatureSettings.from_config(cfg)
     with watch.time("cell crops at native resolution (LoRA-SAM masks)", len(manifest)):
         crops, masks = cell_crops(manifest, seg, base.crop_size)
+    # The selection rule's source cells: the first SELECTION_PER_CLASS of each class.
+    sel = np.flatnonzero(src)[table[src].groupby("label").cumcount().to_numpy()
+                              < SELECTION_PER_CLASS]
     cache: dict = {}
     selection = []
     for name in args.feature_options:
@@ -325,7 +330,7 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
         for seed in args.seeds:
             per_seed[seed][name] = X
             selection.append(shifted_source_scores(
-                name, crops[src], masks[src], table["label"].to_numpy()[src], base,
+                name, crops[sel], masks[sel], table["label"].to_numpy()[sel], base,
                 list(cfg.classify.classifiers), seed, cache))
     selection = pd.concat(selection)
     with atomic_path(out / "selection.csv") as tmp:

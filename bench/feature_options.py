@@ -6,7 +6,7 @@ and is standardised per domain before the classifiers, like the "LoRA-SAM domain
 
 The rule (fixed before any option was measured, docs/benchmarks.md): each option gets a
 *selection score*, the mean of
-  * the in-domain macro-F1 on the source (5-fold), and
+  * the in-domain macro-F1 on the source (5-fold, over up to 100 cells per class), and
   * the shifted-source macro-F1: the same folds' models scored on their held-out source cells
     re-imaged as three simulated labs (:data:`SIMULATED_LABS`: fixed hue, saturation,
     brightness, blur and scale changes, each lab standardised, stain-normalised and
