@@ -11,11 +11,33 @@ from PIL import Image
 from dorl.cli import main
 
 
-def test_help_lists_every_stage(capsys):
-    proc = subprocess.run([sys.executable, "-m", "dorl", "--help"], capture_output=True,
+def _choices(parser) -> dict:
+    """The subcommand parsers of an argparse parser, by name."""
+    import argparse
+
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_stage_and_action_is_a_command():
+    from dorl.cli import build_parser
+
+    commands = _choices(build_parser())
+    assert set(commands) == {"data", "sam", "embed", "classify", "umap", "info"}
+    assert set(_choices(commands["data"])) == {"prepare", "synth", "manifest"}
+    assert set(_choices(commands["sam"])) == {"finetune", "eval"}
+    assert set(_choices(commands["classify"])) == {"run", "predict"}
+
+
+def test_python_m_dorl_prints_help_and_version():
+    proc = subprocess.run([sys.executable, "-m", "dorl", "--version"], capture_output=True,
                           text=True, check=True)
-    for command in ("data", "sam", "embed", "classify", "umap", "info"):
-        assert command in proc.stdout
+    from dorl import __version__
+
+    assert proc.stdout.strip() == f"dorl {__version__}"
+    proc = subprocess.run([sys.executable, "-m", "dorl", "embed", "--help"], capture_output=True,
+                          text=True, check=True)
+    assert "--config" in proc.stdout and "key=value" in proc.stdout
 
 
 def test_bad_override_exits_with_message(tmp_path, caplog):

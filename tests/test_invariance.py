@@ -46,7 +46,9 @@ def test_unknown_cells_and_missing_classes_are_handled():
     labels[:10] = "unknown"
     labels[(domains == "lab2") & (labels == "monocyte")] = "lymphocyte"
     result = domain_invariance(X, domains, labels, seed=0)
-    assert np.isfinite(result["cross_domain_macro_f1"])
+    # aligned, separable classes: still transfer once unknown cells and lab2's missing class
+    # are left out of the scores
+    assert result["cross_domain_macro_f1"] > 0.85
 
 
 def test_one_domain_is_refused():

@@ -21,8 +21,19 @@ def test_downsizing_is_antialiased():
 def test_chunks_and_single_images_give_the_same_pixels(chunk):
     images = np.random.default_rng(0).integers(0, 256, (5, 33, 33, 3), dtype=np.uint8)
     out = resize_batch(images, 20, chunk=chunk)
-    np.testing.assert_array_equal(out, resize_batch(images, 20))
-    np.testing.assert_array_equal(out[3], resize_image(images[3], 20))
+    for i in range(5):  # each image on its own, a batch of one
+        np.testing.assert_array_equal(out[i], resize_image(images[i], 20))
+
+
+def test_resize_is_antialiased_bilinear():
+    import torch
+    import torch.nn.functional as F
+
+    image = np.random.default_rng(1).integers(0, 256, (37, 29, 3), dtype=np.uint8)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    expected = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False,
+                             antialias=True)[0].permute(1, 2, 0).round().clamp(0, 255).numpy()
+    assert np.abs(resize_image(image, 16).astype(int) - expected.astype(int)).max() <= 1
 
 
 def test_mask_resize_keeps_labels_binary_and_blocks_whole():

@@ -48,14 +48,22 @@ def test_segment_images_shapes_and_fallback(tiny_cfg):
 
     model, _ = sam_from_config(tiny_cfg)
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (40 + 8 * i, 48, 3), dtype=np.uint8) for i in range(5)]
-    seg = segment_images(model, images, tiny_cfg, progress=False)
-    assert seg.crops.shape == (5, 32, 32, 3) and seg.raw_crops.shape == (5, 32, 32, 3)
-    assert seg.masks.shape == (5, 64, 64) and seg.boxes.shape == (5, 4)
-    assert seg.features["sam_pooled"].shape[0] == 5
-    # every non-fallback mask is usable; every fallback has an empty mask
-    for m, fb in zip(seg.masks, seg.fallback):
-        assert (not m.any()) if fb else is_usable(m, 0.01, 0.5)
+    images = [rng.integers(0, 255, (40 + 8 * i, 48, 3), dtype=np.uint8) for i in range(4)]
+    cell = np.zeros((64, 64), bool)
+    cell[16:48, 20:44] = True
+    speck = np.zeros((64, 64), bool)
+    speck[30:32, 30:32] = True  # 4 pixels: below min_area_frac
+    field = np.ones((64, 64), bool)  # covers the whole border
+    seg = segment_images(model, images, tiny_cfg, progress=False,
+                         masks=[cell, speck, field, np.zeros((64, 64), bool)])
+    assert seg.crops.shape == (4, 32, 32, 3) and seg.raw_crops.shape == (4, 32, 32, 3)
+    assert seg.masks.shape == (4, 64, 64) and seg.boxes.shape == (4, 4)
+    assert seg.features["sam_pooled"].shape[0] == 4
+    assert seg.fallback.tolist() == [False, True, True, True]
+    assert is_usable(seg.masks[0], 0.01, 0.5) and (seg.masks[0] == cell).all()
+    assert not seg.masks[1:].any()  # a fallback keeps no mask
+    assert (seg.crops[0][0, 0] == GREY).all()  # outside the cell mask: grey
+    assert not (seg.crops[1] == GREY).all(-1).any()  # a centre crop keeps every pixel
 
 
 def test_given_masks_replace_the_models_and_keep_its_features(tiny_cfg):
