@@ -332,7 +332,7 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
             selection.append(shifted_source_scores(
                 name, crops[sel], masks[sel], table["label"].to_numpy()[sel], base,
                 list(cfg.classify.classifiers), seed, cache))
-    selection = pd.concat(selection)
+    selection = pd.concat(selection, ignore_index=True)
     with atomic_path(out / "selection.csv") as tmp:
         selection.to_csv(tmp, index=False)
     chosen, summary = choose_default(selection)

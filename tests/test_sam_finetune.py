@@ -178,3 +178,26 @@ def test_a_lone_manifest_val_row_is_topped_up_to_the_validation_fraction():
     assert not validation_rows(np.zeros(1, bool), 0.5, np.random.default_rng(0)).any()
     drawn = validation_rows(np.zeros(400, bool), 0.15, np.random.default_rng(0))
     assert 30 < drawn.sum() < 90  # each row with probability 0.15
+
+
+def test_finetune_without_validation_keeps_the_last_epoch(tiny_cfg, tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dorl.sam.finetune import finetune
+    from dorl.sam.lora import add_lora
+    from dorl.sam.models import sam_from_config
+
+    model, _ = sam_from_config(tiny_cfg)
+    add_lora(model, 2, 2.0, 0.0, ["qkv"], False)
+    images = torch.zeros(4, 64, 64, 3, dtype=torch.uint8)
+    masks = torch.zeros(4, 64, 64, dtype=torch.bool)
+    masks[:, 16:48, 16:48] = True
+    images[masks] = 200
+    loader = DataLoader(TensorDataset(images, masks), batch_size=2)
+    result = finetune(model, loader, None, epochs=2, lr=1e-3, weight_decay=0.0,
+                      warmup_epochs=0, prompt="center_box", box_fraction=0.9,
+                      out_dir=tmp_path / "adapter")
+    assert result["best_epoch"] == 2 and result["best_val_dice"] is None
+    assert [set(r) >= {"train_loss"} and "val_dice" not in r for r in result["history"]] \
+        == [True, True]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
