@@ -28,7 +28,8 @@ from sklearn.model_selection import StratifiedKFold
 
 from dorl.classify.registry import build_classifier
 from dorl.domain_scaler import DomainStandardScaler
-from dorl.features.encode import FeatureSettings, cell_features
+from dorl.features.encode import FeatureSettings, encode_normalised
+from dorl.features.stain import normalise_crops
 from dorl.sam.augment import simulate_lab
 
 logger = logging.getLogger("bench_realdata")
@@ -69,20 +70,27 @@ def shifted_crops(crops: np.ndarray, masks: np.ndarray) -> dict[str, tuple[np.nd
 
 def option_features(name: str, crops: np.ndarray, masks: np.ndarray, domains: np.ndarray,
                     base: FeatureSettings, seed: int, cache: dict) -> tuple[np.ndarray, float]:
-    """Features (n, d) of one option, standardised per domain, and the encoders' seconds.
+    """Features (n, d) of one option, standardised per domain, and the seconds of its stain
+    normalisation and encoders.
 
-    ``cache`` holds each (encoder, stain, adabn) result, so a concatenation reuses its parts.
+    ``cache`` holds each stain normalisation (stain, n) and each (encoder, stain, adabn, n)
+    result, so options share their normalised crops and a concatenation reuses its parts.
     """
     encoders, stain, adabn = OPTIONS[name]
-    parts, seconds = [], 0.0
+    if (stain, len(crops)) not in cache:
+        t0 = time.perf_counter()
+        normalised = normalise_crops(crops, masks, domains, stain,
+                                     list(base.stain_reference_domains), seed)[0]
+        cache[(stain, len(crops))] = (normalised, time.perf_counter() - t0)
+    normalised, seconds = cache[(stain, len(crops))]
+    parts = []
     for encoder in encoders:
         key = (encoder, stain, adabn, len(crops))
         if key not in cache:
             settings = FeatureSettings(**{**base.__dict__, "encoders": (encoder,),
                                           "stain": stain, "adabn": adabn})
-            t0 = time.perf_counter()
-            cache[key] = (cell_features(crops, masks, domains, settings, seed)[0][encoder],
-                          time.perf_counter() - t0)
+            features, timings = encode_normalised(normalised, domains, settings)
+            cache[key] = (features[encoder], timings[encoder])
         parts.append(cache[key][0])
         seconds += cache[key][1]
     X = np.concatenate(parts, axis=1)
