@@ -79,13 +79,14 @@ def test_class_folders_with_aliases(tmp_path):
 
 
 def test_user_csv(tmp_path):
-    _img(tmp_path / "imgs" / "a.png")
-    _img(tmp_path / "imgs" / "b.png")
+    for name in "abcd":
+        _img(tmp_path / "imgs" / f"{name}.png")
     (tmp_path / "cells.csv").write_text("path,label,domain\nimgs/a.png,Monocyte,site1\n"
-                                        "imgs/b.png,eosinophil,site2\n")
+                                        "imgs/b.png,eosinophil,site2\n"
+                                        "imgs/c.png,basophil,site1\nimgs/d.png,basophil,site2\n")
     m, _ = build_manifest([{"format": "csv", "path": str(tmp_path / "cells.csv")}], "mature5",
                           tmp_path / "out" / "m.csv")
-    assert list(m.table["label"]) == ["monocyte", "eosinophil"]
+    assert sorted(m.table["label"]) == ["basophil", "basophil", "eosinophil", "monocyte"]
     assert m.image_path(0).is_file()  # paths re-based onto the manifest folder
 
 
@@ -136,3 +137,60 @@ def test_real_datasets(shared_datasets, tmp_path):
     ace13 = reloaded.table[reloaded.table.domain == "acevedo20"]
     assert set(ace13.loc[ace13.label_raw == "BNE", "label"]) == {"neutrophil_banded"}
     assert pd.notna(reloaded.signature())
+
+
+def _zheng(root, header):
+    folder = root / "Dataset 1"
+    folder.mkdir(parents=True)
+    for i in (1, 2):
+        _img(folder / f"{i:03d}.bmp")
+    (root / "Class Labels of Dataset 1.csv").write_text(f"{header}\n1,1\n2,3\n")
+
+
+@pytest.mark.parametrize("header", ["image ID,class", "image ID,class label"])
+def test_zheng2018_reads_both_official_label_headers(tmp_path, header):
+    _zheng(tmp_path, header)
+    rows = read_source({"format": "zheng2018", "path": str(tmp_path)})
+    assert rows["label_fine"].str.startswith(("neutrophil", "monocyte")).all()
+    assert len(rows) == 2
+
+
+def _cli_manifest(tmp_path, source):
+    """`dorl data manifest` on one source: (exit status, dorl.log text, manifest written?)."""
+    import yaml
+
+    from dorl.cli import main
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"),
+                                   "data": {"root": str(tmp_path / "data"), "sources": [source]}}))
+    code = main(["data", "manifest", "-c", str(cfg)])
+    return code, (tmp_path / "run" / "dorl.log").read_text(), \
+        (tmp_path / "data" / "manifest.csv").exists()
+
+
+def test_bad_sources_exit_2_naming_the_file_and_write_nothing(tmp_path):
+    # Acevedo-20 layout without Acevedo's file-name prefixes
+    for cls in ("basophil", "monocyte"):
+        _img(tmp_path / "ace" / "PBC_dataset_normal_DIB" / cls / f"img_{cls}.jpg")
+    code, log, written = _cli_manifest(tmp_path / "a", {"format": "acevedo20",
+                                                        "path": str(tmp_path / "ace")})
+    assert code == 2 and not written and "PREFIX one of" in log and "img_basophil.jpg" in log
+    # a CSV row whose absolute path does not exist: the CSV file and its line are named
+    _img(tmp_path / "c" / "ok.png")
+    (tmp_path / "c" / "cells.csv").write_text(
+        "path,label,domain\nok.png,monocyte,s\n/nonexistent/x.png,basophil,s\n")
+    code, log, written = _cli_manifest(tmp_path / "b", {"format": "csv",
+                                                        "path": str(tmp_path / "c" / "cells.csv")})
+    assert code == 2 and not written
+    assert "cells.csv, line 3: path '/nonexistent/x.png' not found" in log
+    # masks that are all background
+    for name in ("p", "q"):
+        _img(tmp_path / "m" / f"{name}.png")
+        Image.fromarray(np.zeros((24, 24), np.uint8)).save(tmp_path / "m" / f"{name}_mask.png")
+    (tmp_path / "m" / "cells.csv").write_text(
+        "path,label,domain,mask_path\np.png,monocyte,s,p_mask.png\nq.png,basophil,s,q_mask.png\n")
+    code, log, written = _cli_manifest(tmp_path / "d", {"format": "csv",
+                                                        "path": str(tmp_path / "m" / "cells.csv")})
+    assert code == 2 and not written and "2 mask file(s) are all background" in log

@@ -39,6 +39,10 @@ def test_minimal_manifest_is_completed(tmp_path):
     ([{"path": "gone.png", "domain": "x", "label": "monocyte", "_missing": True}],
      "not found.*gone.png"),
     ([{"path": "1.png", "domain": "x", "label_fine": "neutrophilic"}], "neutrophilic"),
+    ([{"path": "1.png", "domain": "x", "label": "monocyte"},
+      {"path": "22.png", "domain": "x", "label": "basophil"},
+      {"path": "333.png", "domain": "y", "label": "monocyte"}],
+     r"fewer than 2 cells.*\{'y': 1\}"),
 ])
 def test_problems_are_named(tmp_path, rows, match):
     path = _write(tmp_path, rows)
@@ -62,7 +66,8 @@ def test_split_is_stable_and_roughly_sized():
 
 
 def test_round_trip(tmp_path):
-    path = _write(tmp_path, [{"path": "1.png", "domain": "x", "label": "basophil"}])
+    path = _write(tmp_path, [{"path": "1.png", "domain": "x", "label": "basophil"},
+                             {"path": "22.png", "domain": "x", "label": "monocyte"}])
     m = load_manifest(path, "mature5")
     save_manifest(m.table, tmp_path / "copy.csv")
     again = load_manifest(tmp_path / "copy.csv", "mature5")
@@ -73,12 +78,13 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path):
     from dorl.data.manifest import drop_unreadable
 
     path = _write(tmp_path, [{"path": "ok.png", "domain": "x", "label": "monocyte"},
+                             {"path": "ok22.png", "domain": "x", "label": "monocyte"},
                              {"path": "bad.png", "domain": "x", "label": "basophil"}])
     m = load_manifest(path, "mature5")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG truncated")
     assert drop_unreadable(m, "error", tmp_path / "r.csv") is m
     kept = drop_unreadable(m, "skip", tmp_path / "r.csv")
-    assert list(kept.table["path"]) == ["ok.png"]
+    assert list(kept.table["path"]) == ["ok.png", "ok22.png"]
     report = pd.read_csv(tmp_path / "r.csv")
     assert report["path"].tolist() == ["bad.png"] and "cannot decode" in report["problem"][0]
     with pytest.raises(ManifestError, match="on_bad_image"):

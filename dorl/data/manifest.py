@@ -108,6 +108,10 @@ def _resolve(base_dir: Path, p: str) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
+#: The fewest cells a domain may hold: its per-domain statistics need at least two.
+MIN_DOMAIN_CELLS = 2
+
+
 def validate(df: pd.DataFrame, space: str, base_dir: str | Path, where: str = "manifest",
              check_files: bool = True) -> None:
     """Raise :class:`ManifestError` naming every problem found in ``df``.
@@ -140,6 +144,11 @@ def validate(df: pd.DataFrame, space: str, base_dir: str | Path, where: str = "m
     empty = sorted(set(df["domain"]) - set(counts.index))
     if empty:
         problems.append(f"domain(s) with no labelled cells (all 'unknown'): {empty}")
+    sizes = df.groupby("domain").size()
+    lone = {str(d): int(n) for d, n in sizes.items() if n < MIN_DOMAIN_CELLS}
+    if lone:
+        problems.append(f"domain(s) with fewer than {MIN_DOMAIN_CELLS} cells (per-domain "
+                        f"statistics and alignment need more): {lone}")
     if check_files:
         base = Path(base_dir)
         missing = [p for p in df["path"] if not _resolve(base, p).is_file()]

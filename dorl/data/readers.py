@@ -27,7 +27,7 @@ from dorl.data.manifest import (
     save_manifest,
     validate,
 )
-from dorl.data.taxonomy import UNKNOWN, raw_to_fine
+from dorl.data.taxonomy import RAW_TO_FINE, UNKNOWN, raw_to_fine
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,13 @@ def read_acevedo20(root: str | Path, domain: str = "acevedo20", **_) -> pd.DataF
     _require_dir(root, "acevedo20", layout)
     paths = [img for _, img in _walk_class_folders(root, "acevedo20", layout)]
     raws = [img.stem.split("_")[0].upper() for img in paths]
-    return _rows(paths, domain, raws, [raw_to_fine(r, "acevedo20") for r in raws])
+    fines = [raw_to_fine(r, "acevedo20") for r in raws]
+    if all(f == UNKNOWN for f in fines):
+        known = sorted(RAW_TO_FINE["acevedo20"])
+        raise LayoutError(f"acevedo20: no file under {root} starts with an Acevedo-20 prefix "
+                          f"(expected layout: {layout}, PREFIX one of {known}); found e.g. "
+                          f"{[p.name for p in paths[:3]]}")
+    return _rows(paths, domain, raws, fines)
 
 
 def read_matek19(root: str | Path, domain: str = "matek19", **_) -> pd.DataFrame:
@@ -109,10 +115,12 @@ def read_zheng2018(root: str | Path, domain: str = "zheng2018", **_) -> pd.DataF
         if not csv.is_file():
             raise LayoutError(f"zheng2018: label file missing: {csv} (expected layout: {layout})")
         labels = pd.read_csv(csv)
-        labels.columns = [c.strip().lower() for c in labels.columns]
+        # Dataset 1's official file says 'class label', Dataset 2's 'class'.
+        labels.columns = [c.strip().lower().replace("class label", "class")
+                          for c in labels.columns]
         if not {"image id", "class"} <= set(labels.columns):
-            raise LayoutError(f"{csv}: expected columns 'image ID,class', "
-                              f"got {list(labels.columns)}")
+            raise LayoutError(f"{csv}: expected columns 'image ID,class' (or 'image ID,class "
+                              f"label'), got {list(labels.columns)}")
         by_stem = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in (".bmp", ".jpg")}
         paths, raws, masks = [], [], []
         for image_id, cls in zip(labels["image id"], labels["class"]):
@@ -170,6 +178,12 @@ def read_csv(root: str | Path, domain: str | None = None,
 
     def absolute(p: str) -> str:
         return str(p if not p or Path(p).is_absolute() else base / p)
+
+    for column in ("path", "mask_path"):
+        for line, p in enumerate(df.get(column, []), start=2):  # line 1 is the header
+            if p and not Path(absolute(p)).is_file():
+                raise LayoutError(f"{csv}, line {line}: {column} {p!r} not found "
+                                  f"(looked for {absolute(p)})")
 
     out = _rows([absolute(p) for p in df["path"]], df["domain"].tolist(), df["label"],
                 [raw_to_fine(r, "csv", dict(aliases or {})) for r in df["label"]],
@@ -240,6 +254,7 @@ def build_manifest(sources: list[dict], space: str, out_path: str | Path,
     df = finalize(df, space, base, val_fraction)
     df, report = deduplicate(df)
     validate(df, space, base, where=str(out_path))
+    _refuse_empty_masks(df, base, str(out_path))
     save_manifest(df, out_path)
     counts = df.groupby(["domain", "label"]).size().unstack(fill_value=0)
     logger.info("manifest %s: %d cells\n%s", out_path, len(df), counts.to_string())
@@ -249,6 +264,16 @@ def build_manifest(sources: list[dict], space: str, out_path: str | Path,
         logger.warning("%d cells have no label in %r and are kept as 'unknown': %s",
                        n_unknown, space, raw)
     return Manifest(df[list(COLUMNS)], base, space), report
+
+
+def _refuse_empty_masks(df: pd.DataFrame, base: Path, where: str) -> None:
+    """Refuse masks with no cell pixel: with fine-tuning on they would be training targets."""
+    from dorl.data.images import read_cell_mask
+
+    empty = [str(base / m) for m in df["mask_path"] if m and not read_cell_mask(base / m).any()]
+    if empty:
+        raise ManifestError(f"{where}: {len(empty)} mask file(s) are all background, e.g. "
+                            f"{empty[:3]}; fix or remove their mask_path")
 
 
 def manifest_from_config(cfg) -> Manifest:
