@@ -169,3 +169,22 @@ def test_cell_features_replace_the_sam_features_the_autoencoder_reads(tiny_cfg):
     tiny_cfg.cae.arch = "transformer"
     with pytest.raises(ConfigError, match="spatial tokens"):
         embed._cae_data(tiny_cfg, manifest, seg, cell)
+
+
+def test_without_the_autoencoder_the_embedding_is_the_standardised_features(tiny_cfg):
+    manifest, seg = toy_cells()
+    tiny_cfg.cae.enabled = False
+    fs = read_features(embed_segmentation(tiny_cfg, manifest, seg))
+    domains = manifest.table["domain"].to_numpy()
+    raw = seg.features["sam_pooled"]
+    for d in np.unique(domains):
+        block = raw[domains == d]
+        np.testing.assert_allclose(fs.X[domains == d], (block - block.mean(0)) / block.std(0),
+                                   rtol=1e-4, atol=1e-4)
+    assert "cae_checkpoint" not in fs.uns["hashes"] and "cae_training" not in fs.uns
+    assert not fs.obs["cae_trained_on"].any()
+    assert not (Path(tiny_cfg.run_dir) / "cae").exists()
+    tiny_cfg.cae.input = "crop"
+    tiny_cfg.run_dir = str(Path(tiny_cfg.run_dir) / "crop")
+    with pytest.raises(ConfigError, match="cae.enabled=false"):
+        embed_segmentation(tiny_cfg, manifest, seg)

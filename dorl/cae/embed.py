@@ -190,17 +190,27 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     cell_feats, cell_meta = cell_feats or features_from_config(cfg, manifest, seg)
     timings["cell_features"] = time.perf_counter() - t0
     data = _cae_data(cfg, manifest, seg, cell_feats)
-    device = get_device(cfg.device)
-    logger.info("CAE (%s, input %s, %s protocol): %d training and %d validation cells of %d, "
-                "%d px crops, device %s", cfg.cae.arch, cfg.cae.input, cfg.cae.protocol,
-                len(train_idx), len(val_idx), len(data), data.crops.shape[1], device)
-    t0 = time.perf_counter()
-    train_sig = CAE_CHECKPOINT.signature(cfg, signature["data"], seg.meta.get("signature", ""))
-    result = train_cae(data, train_idx, val_idx, cfg.cae, int(cfg.seed), run_dir / "cae",
-                       device, train_sig)
-    t1 = time.perf_counter()
-    X = encode_cells(result.model, data, device)
-    timings.update(cae_train=t1 - t0, cae_encode=time.perf_counter() - t1)
+    if cfg.cae.enabled:
+        device = get_device(cfg.device)
+        logger.info("CAE (%s, input %s, %s protocol): %d training and %d validation cells of "
+                    "%d, %d px crops, device %s", cfg.cae.arch, cfg.cae.input, cfg.cae.protocol,
+                    len(train_idx), len(val_idx), len(data), data.crops.shape[1], device)
+        t0 = time.perf_counter()
+        train_sig = CAE_CHECKPOINT.signature(cfg, signature["data"],
+                                             seg.meta.get("signature", ""))
+        result = train_cae(data, train_idx, val_idx, cfg.cae, int(cfg.seed), run_dir / "cae",
+                           device, train_sig)
+        t1 = time.perf_counter()
+        X = encode_cells(result.model, data, device)
+        timings.update(cae_train=t1 - t0, cae_encode=time.perf_counter() - t1)
+    else:
+        if data.features is None:
+            raise ConfigError("cae.enabled=false embeds the cells by their features: set "
+                              "cae.input to features or both")
+        logger.info("autoencoder off (cae.enabled=false): the embedding is the %s-standardised "
+                    "features", cfg.cae.feature_norm)
+        result, train_idx, val_idx = None, np.array([], int), np.array([], int)
+        X = data.features.reshape(len(data), -1).astype(np.float32)
 
     table = manifest.table
     obs = table[[c for c in OBS_COLUMNS if c in table.columns]].copy()
@@ -219,9 +229,15 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     return write_features(out, FeatureSet(X, obs, obsm, uns))
 
 
-def _provenance(cfg, signature: dict[str, str], seg: Segmentation, result: TrainResult,
+def _provenance(cfg, signature: dict[str, str], seg: Segmentation, result: TrainResult | None,
                 domains: list[str], timings: dict[str, float]) -> dict:
-    """The feature file's ``uns``: signature, config, versions, hashes, protocol, labels."""
+    """The feature file's ``uns``: signature, config, versions, hashes, protocol, labels
+    (``result`` is None when the autoencoder is off)."""
+    cae = {} if result is None else {"cae_checkpoint": sha256_file(result.checkpoint)}
+    training = None if result is None else {
+        "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "best_val_reconstruction": result.history[result.best_epoch]["val_recon"]}
     return {
         "signature": signature,
         "created_utc": utc_now(),
@@ -233,15 +249,12 @@ def _provenance(cfg, signature: dict[str, str], seg: Segmentation, result: Train
         "label_space": str(cfg.data.label_space),
         "label_order": list(label_space(cfg.data.label_space)),
         "domains": list(domains),
-        "hashes": {"cae_checkpoint": sha256_file(result.checkpoint),
+        "hashes": {**cae,
                    **{k: str(v) for k, v in seg.meta.items() if v is not None
                       and ("hash" in k or "sha256" in k or k == "signature")}},
         "segmentation": {k: v for k, v in seg.meta.items()
                          if isinstance(v, (str, int, float, bool))},
-        "cae_training": {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                         "stopped_early": result.stopped_early,
-                         "best_val_reconstruction":
-                             result.history[result.best_epoch]["val_recon"]},
+        "cae_training": training,
         "timings_s": timings,
         "dorl_version": __version__,
     }
