@@ -5,6 +5,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dorl.cae.models import ConvCAE, FeatureScaler, TransformerCAE, build_autoencoder
+from dorl.cae.settings import CAESettings
 from dorl.config import package_defaults
 
 
@@ -15,7 +16,7 @@ def _cae_cfg(**overrides):
     cfg.transformer.dim, cfg.transformer.depth, cfg.transformer.heads = 16, 1, 2
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
-    return cfg
+    return CAESettings.from_config(cfg)
 
 
 def _scaler(shape):
@@ -78,7 +79,7 @@ def test_build_autoencoder_explains_bad_combinations():
         build_autoencoder(_cae_cfg(arch="transformer", input="features"), 32, _scaler((8,)), 2)
     with pytest.raises(ValueError, match="cae.input=features"):
         build_autoencoder(_cae_cfg(arch="transformer", input="crop"), 32, None, 2)
-    with pytest.raises(ValueError, match="needs SAM features"):
+    with pytest.raises(ValueError, match="needs features"):
         build_autoencoder(_cae_cfg(input="both"), 32, None, 2)
     with pytest.raises(ValueError, match="cae.arch"):
         build_autoencoder(_cae_cfg(arch="mlp"), 32, None, 2)

@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 
 import dorl.cae.train as cae_train
 from dorl.cae.batches import DomainBalancedBatches
+from dorl.cae.settings import CAESettings
 from dorl.cae.train import CAEData, CheckpointError, compute_losses, encode_cells, train_cae
 from dorl.config import package_defaults
 
@@ -17,7 +18,7 @@ def _cfg(**overrides):
     cfg.loss.align_warmup_epochs = 1
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
-    return cfg
+    return CAESettings.from_config(cfg)
 
 
 def _data(sizes=(12, 12, 12), seed=0):

@@ -18,6 +18,7 @@ import pandas as pd
 from dorl import __version__
 from dorl.artifacts import CAE_CHECKPOINT, FEATURE_FILE, reusable
 from dorl.cae.invariance import domain_invariance, plot_invariance
+from dorl.cae.settings import CAESettings
 from dorl.cae.train import CAEData, TrainResult, encode_cells, train_cae
 from dorl.config import ConfigError, resolved_yaml
 from dorl.data.manifest import Manifest
@@ -198,8 +199,8 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
         t0 = time.perf_counter()
         train_sig = CAE_CHECKPOINT.signature(cfg, signature["data"],
                                              seg.meta.get("signature", ""))
-        result = train_cae(data, train_idx, val_idx, cfg.cae, int(cfg.seed), run_dir / "cae",
-                           device, train_sig)
+        result = train_cae(data, train_idx, val_idx, CAESettings.from_config(cfg.cae),
+                           int(cfg.seed), run_dir / "cae", device, train_sig)
         t1 = time.perf_counter()
         X = encode_cells(result.model, data, device)
         timings.update(cae_train=t1 - t0, cae_encode=time.perf_counter() - t1)

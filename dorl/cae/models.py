@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dorl.cae.settings import CAESettings
+
 N_DOWN = 4
 
 
@@ -306,39 +308,34 @@ class TransformerCAE(nn.Module):
         return CAEOutput(z, self.decoder(z, batch.get("domain")), feats)
 
 
-def build_autoencoder(cae_cfg, image_size: int, feature_scaler: FeatureScaler | None,
-                      n_domains: int) -> nn.Module:
-    """Build the autoencoder the ``cae`` config section asks for.
+def build_autoencoder(settings: CAESettings, image_size: int,
+                      feature_scaler: FeatureScaler | None, n_domains: int) -> nn.Module:
+    """Build the autoencoder ``settings`` describe.
 
     Parameters
     ----------
-    cae_cfg : DictConfig
-        The ``cae`` section (arch, input, latent_dim, width, loss.feature, transformer.*).
+    settings : CAESettings
+        Architecture, input, latent size, width, domain code, transformer shape; features are
+        reconstructed when ``settings.loss.feature`` > 0.
     image_size : int
         Side of the crops the model reconstructs.
     feature_scaler : FeatureScaler or None
-        Required when ``cae.input`` is ``features`` or ``both``.
+        Required when ``settings.input`` is ``features`` or ``both``.
     n_domains : int
         Number of domains (the domain-conditional decoder holds one code per domain).
     """
-    use_crop = cae_cfg.input in ("crop", "both")
-    use_feats = cae_cfg.input in ("features", "both")
-    if cae_cfg.input not in ("crop", "features", "both"):
-        raise ValueError(f"cae.input must be crop, features or both, got {cae_cfg.input!r}")
-    if use_feats and feature_scaler is None:
-        raise ValueError(f"cae.input={cae_cfg.input} needs SAM features, but the segmentation "
+    if settings.uses_features and feature_scaler is None:
+        raise ValueError(f"cae.input={settings.input} needs features, but the segmentation "
                          f"stage stored none (sam.infer.features=none)")
-    recon_feats = float(cae_cfg.loss.feature) > 0
-    domain_dim = int(cae_cfg.domain_code_dim)
-    if cae_cfg.arch == "conv":
-        return ConvCAE(image_size, int(cae_cfg.latent_dim), int(cae_cfg.width), use_crop,
-                       feature_scaler if use_feats else None, recon_feats, n_domains, domain_dim)
-    if cae_cfg.arch == "transformer":
-        if not use_feats:
-            raise ValueError("cae.arch=transformer works on SAM tokens: set cae.input=features "
-                             "(or both) and sam.infer.features=spatial")
-        t = cae_cfg.transformer
-        return TransformerCAE(image_size, int(cae_cfg.latent_dim), feature_scaler, int(t.dim),
-                              int(t.depth), int(t.heads), float(t.mask_ratio),
-                              int(cae_cfg.width), use_crop, recon_feats, n_domains, domain_dim)
-    raise ValueError(f"cae.arch must be conv or transformer, got {cae_cfg.arch!r}")
+    recon_feats = settings.loss.feature > 0
+    if settings.arch == "conv":
+        return ConvCAE(image_size, settings.latent_dim, settings.width, settings.uses_crop,
+                       feature_scaler if settings.uses_features else None, recon_feats,
+                       n_domains, settings.domain_code_dim)
+    if not settings.uses_features:
+        raise ValueError("cae.arch=transformer works on SAM tokens: set cae.input=features "
+                         "(or both) and sam.infer.features=spatial")
+    t = settings.transformer
+    return TransformerCAE(image_size, settings.latent_dim, feature_scaler, t.dim, t.depth,
+                          t.heads, t.mask_ratio, settings.width, settings.uses_crop,
+                          recon_feats, n_domains, settings.domain_code_dim)

@@ -34,6 +34,7 @@ from dorl.atomic import atomic_path
 from dorl.cae.alignment import align_weight, coral, mmd2, pairwise_alignment
 from dorl.cae.batches import DomainBalancedBatches
 from dorl.cae.models import CAEOutput, FeatureScaler, build_autoencoder
+from dorl.cae.settings import CAESettings, LossWeights
 from dorl.lr_schedule import warmup_cosine, warmup_steps
 
 logger = logging.getLogger(__name__)
@@ -117,8 +118,22 @@ def feature_scaler(features: np.ndarray | None, train_idx: np.ndarray) -> Featur
     return FeatureScaler(train.mean(0), train.std(0))
 
 
+def alignment(z: torch.Tensor, domain_ids: torch.Tensor, weights: LossWeights,
+              bandwidths: tuple[float, ...], scale: float = 1.0) -> torch.Tensor:
+    """The weighted alignment terms of latents ``z`` (b, d) over every pair of domains:
+    ``scale * (mmd * MMD^2 + coral * CORAL)``, the terms with weight 0 left out. Training passes
+    the warm-up ramp as ``scale``; validation takes the full weight."""
+    total = z.new_zeros(())
+    if weights.mmd > 0:
+        total = total + scale * weights.mmd * pairwise_alignment(
+            z, domain_ids, partial(mmd2, bandwidths=bandwidths))
+    if weights.coral > 0:
+        total = total + scale * weights.coral * pairwise_alignment(z, domain_ids, coral)
+    return total
+
+
 def compute_losses(model: torch.nn.Module, out: CAEOutput, batch: dict[str, torch.Tensor],
-                   domain_ids: torch.Tensor, loss_cfg, ramp: float,
+                   domain_ids: torch.Tensor, weights: LossWeights, ramp: float,
                    bandwidths: tuple[float, ...]) -> dict[str, torch.Tensor]:
     """The weighted loss terms of one batch and their sum under ``"total"``.
 
@@ -127,30 +142,26 @@ def compute_losses(model: torch.nn.Module, out: CAEOutput, batch: dict[str, torc
     out : CAEOutput
         The model's output for ``batch``.
     domain_ids : Tensor of shape (b,)
-    loss_cfg : DictConfig
-        ``cae.loss`` (ssim, l1, mse, feature, mmd, coral weights).
+    weights : LossWeights
     ramp : float
-        Alignment warm-up factor in [0, 1].
+        Alignment warm-up factor in [0, 1]; 0 leaves the alignment out.
     bandwidths : tuple of float
         MMD kernel bandwidths.
     """
     target = batch["crop"]
     terms = {
-        "ssim": loss_cfg.ssim * (1.0 - ssim(out.image, target, data_range=1.0, size_average=True)),
-        "l1": loss_cfg.l1 * F.l1_loss(out.image, target),
-        "mse": loss_cfg.mse * F.mse_loss(out.image, target),
+        "ssim": weights.ssim * (1.0 - ssim(out.image, target, data_range=1.0, size_average=True)),
+        "l1": weights.l1 * F.l1_loss(out.image, target),
+        "mse": weights.mse * F.mse_loss(out.image, target),
         "feature": out.z.new_zeros(()),
         "align": out.z.new_zeros(()),
     }
     if out.features is not None:
-        terms["feature"] = loss_cfg.feature * F.mse_loss(out.features,
-                                                         model.scaler(batch["features"]))
-    if ramp > 0 and loss_cfg.mmd > 0:
-        terms["align"] = terms["align"] + ramp * loss_cfg.mmd * pairwise_alignment(
-            out.z, domain_ids, partial(mmd2, bandwidths=bandwidths))
-    if ramp > 0 and loss_cfg.coral > 0:
-        terms["align"] = terms["align"] + ramp * loss_cfg.coral * pairwise_alignment(
-            out.z, domain_ids, coral)
+        terms["feature"] = weights.feature * F.mse_loss(out.features,
+                                                        model.scaler(batch["features"]))
+    if ramp > 0:
+        terms["align"] = terms["align"] + alignment(out.z, domain_ids, weights, bandwidths,
+                                                    scale=ramp)
     terms["total"] = sum(terms[k] for k in LOSS_TERMS)
     return terms
 
@@ -168,33 +179,27 @@ def encode_cells(model: torch.nn.Module, data: CAEData, device: torch.device,
 
 
 @torch.inference_mode()
-def _validate(model, data: CAEData, val_idx: np.ndarray, device, cae_cfg) -> dict[str, float]:
+def _validate(model, data: CAEData, val_idx: np.ndarray, device,
+              settings: CAESettings) -> dict[str, float]:
     """Loss terms over the validation cells, alignment at full weight over all of them."""
     model.eval()
     sums = {k: 0.0 for k in LOSS_TERMS}
     zs, doms = [], []
-    bandwidths = tuple(cae_cfg.mmd_bandwidths)
     for start in range(0, len(val_idx), 256):
         idx = val_idx[start:start + 256]
         batch = data.batch(idx, device)
         out = model(batch)
         terms = compute_losses(model, out, batch, out.z.new_zeros(len(idx), dtype=torch.long),
-                               cae_cfg.loss, 0.0, bandwidths)
+                               settings.loss, 0.0, settings.mmd_bandwidths)
         for k in LOSS_TERMS:
             sums[k] += float(terms[k]) * len(idx)
         zs.append(out.z)
         doms.append(torch.from_numpy(data.domain_ids[idx]))
     result = {k: v / len(val_idx) for k, v in sums.items()}
-    z, d = torch.cat(zs), torch.cat(doms).to(device)
-    align = 0.0
-    if cae_cfg.loss.mmd > 0:
-        align += cae_cfg.loss.mmd * float(pairwise_alignment(
-            z, d, partial(mmd2, bandwidths=bandwidths)))
-    if cae_cfg.loss.coral > 0:
-        align += cae_cfg.loss.coral * float(pairwise_alignment(z, d, coral))
-    result["align"] = align
+    result["align"] = float(alignment(torch.cat(zs), torch.cat(doms).to(device), settings.loss,
+                                      settings.mmd_bandwidths))
     result["recon"] = sum(result[k] for k in RECON_TERMS)
-    result["total"] = result["recon"] + align
+    result["total"] = result["recon"] + result["align"]
     return result
 
 
@@ -244,8 +249,55 @@ def plot_loss_curves(history: list[dict[str, float]], path: str | Path,
     return Path(path)
 
 
-def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg, seed: int,
-              out_dir: str | Path, device: torch.device, signature: str) -> TrainResult:
+def _fresh_state() -> dict:
+    return {"epoch": -1, "history": [], "best_loss": float("inf"), "best_epoch": -1,
+            "best_state": None, "bad_epochs": 0, "done": False}
+
+
+def _train_epoch(model, data: CAEData, train_idx: np.ndarray, batches: DomainBalancedBatches,
+                 optimizer, scheduler, settings: CAESettings, epoch: int, seed: int,
+                 device) -> dict[str, float]:
+    """One epoch of optimiser steps; returns the mean of each loss term and of the total."""
+    model.train()
+    torch.manual_seed(seed * 100_003 + epoch)
+    sums = {k: 0.0 for k in LOSS_TERMS + ("total",)}
+    for step, local in enumerate(batches.epoch(epoch)):
+        idx = train_idx[local]
+        batch = data.batch(idx, device)
+        dom = torch.from_numpy(data.domain_ids[idx]).to(device)
+        ramp = align_weight(epoch + step / len(batches), settings.loss.align_warmup_epochs)
+        terms = compute_losses(model, model(batch), batch, dom, settings.loss, ramp,
+                               settings.mmd_bandwidths)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizer.step()
+        scheduler.step()
+        for k in sums:
+            sums[k] += float(terms[k].detach()) / len(batches)
+    return sums
+
+
+def _track_best(state: dict, val: dict[str, float], epoch: int, model,
+                settings: CAESettings) -> None:
+    """Keep the best weights by validation reconstruction once the alignment ramp is complete,
+    and mark the state done after ``patience`` epochs without improvement."""
+    ramp_complete = epoch + 1 >= settings.loss.align_warmup_epochs
+    if not ramp_complete or val["recon"] < state["best_loss"]:
+        state["best_loss"] = val["recon"] if ramp_complete else float("inf")
+        state["best_epoch"] = epoch
+        state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        state["bad_epochs"] = 0
+        return
+    state["bad_epochs"] += 1
+    if state["bad_epochs"] >= settings.patience:
+        state["done"] = True
+        logger.info("CAE early stopping after epoch %d: no validation improvement for %d "
+                    "epochs", epoch + 1, state["bad_epochs"])
+
+
+def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, settings: CAESettings,
+              seed: int, out_dir: str | Path, device: torch.device,
+              signature: str) -> TrainResult:
     """Train (or resume, or reload) the autoencoder on ``train_idx``, validating on ``val_idx``.
 
     Parameters
@@ -253,8 +305,7 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg
     data : CAEData
     train_idx, val_idx : int ndarray
         Rows of ``data`` to train on and to validate on (disjoint, both non-empty).
-    cae_cfg : DictConfig
-        The ``cae`` config section.
+    settings : CAESettings
     seed : int
     out_dir : str or Path
         Holds ``last.pt`` (resumable state), ``best.pt`` and ``loss_curves.png``.
@@ -274,19 +325,16 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg
         raise ValueError(f"the autoencoder needs training and validation cells, got "
                          f"{len(train_idx)} and {len(val_idx)}")
     torch.manual_seed(seed)
-    model = build_autoencoder(cae_cfg, data.crops.shape[1],
+    model = build_autoencoder(settings, data.crops.shape[1],
                               feature_scaler(data.features, train_idx), len(data.domains))
     model = model.to(device, memory_format=torch.channels_last)
-    batches = DomainBalancedBatches(data.domain_ids[train_idx], int(cae_cfg.batch_per_domain),
-                                    seed)
-    n_epochs = int(cae_cfg.epochs)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(cae_cfg.lr),
-                                  weight_decay=float(cae_cfg.weight_decay))
+    batches = DomainBalancedBatches(data.domain_ids[train_idx], settings.batch_per_domain, seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(warmup_cosine, total_steps=n_epochs * len(batches),
-                           warmup_steps=warmup_steps(cae_cfg.lr_warmup_epochs, len(batches))))
-    state = {"epoch": -1, "history": [], "best_loss": float("inf"), "best_epoch": -1,
-             "best_state": None, "bad_epochs": 0, "done": False}
+        optimizer, partial(warmup_cosine, total_steps=settings.epochs * len(batches),
+                           warmup_steps=warmup_steps(settings.lr_warmup_epochs, len(batches))))
+    state = _fresh_state()
     if last_path.is_file():
         saved = _load_checkpoint(last_path, signature)
         model.load_state_dict(saved["model"])
@@ -294,62 +342,35 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, cae_cfg
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["train_state"]
         logger.info("resuming CAE training from %s (epoch %d of %d done)", last_path,
-                    state["epoch"] + 1, cae_cfg.epochs)
-    if len(np.unique(data.domain_ids[train_idx])) < 2 and (cae_cfg.loss.mmd or cae_cfg.loss.coral):
+                    state["epoch"] + 1, settings.epochs)
+    if len(np.unique(data.domain_ids[train_idx])) < 2 and settings.loss.aligns:
         logger.warning("only one domain takes part in CAE training: no alignment is possible")
-    bandwidths = tuple(cae_cfg.mmd_bandwidths)
-    warmup = float(cae_cfg.loss.align_warmup_epochs)
-    bar = tqdm(range(state["epoch"] + 1, n_epochs), desc="CAE epochs", leave=False)
+    bar = tqdm(range(state["epoch"] + 1, settings.epochs), desc="CAE epochs", leave=False)
     for epoch in bar:
         if state["done"]:
             break
-        model.train()
-        torch.manual_seed(seed * 100_003 + epoch)
-        sums = {k: 0.0 for k in LOSS_TERMS + ("total",)}
         t0 = time.perf_counter()
-        for step, local in enumerate(batches.epoch(epoch)):
-            idx = train_idx[local]
-            batch = data.batch(idx, device)
-            dom = torch.from_numpy(data.domain_ids[idx]).to(device)
-            ramp = align_weight(epoch + step / len(batches), warmup)
-            terms = compute_losses(model, model(batch), batch, dom, cae_cfg.loss, ramp,
-                                   bandwidths)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            scheduler.step()
-            for k in sums:
-                sums[k] += float(terms[k].detach()) / len(batches)
-        val = _validate(model, data, val_idx, device, cae_cfg)
-        record = {"epoch": epoch, "align_weight": align_weight(epoch + 1, warmup),
+        sums = _train_epoch(model, data, train_idx, batches, optimizer, scheduler, settings,
+                            epoch, seed, device)
+        val = _validate(model, data, val_idx, device, settings)
+        record = {"epoch": epoch,
+                  "align_weight": align_weight(epoch + 1, settings.loss.align_warmup_epochs),
                   "seconds": time.perf_counter() - t0,
                   **{f"train_{k}": v for k, v in sums.items()},
                   **{f"val_{k}": v for k, v in val.items()}}
         state["history"].append(record)
         state["epoch"] = epoch
-        ramp_complete = epoch + 1 >= warmup
-        if not ramp_complete or val["recon"] < state["best_loss"]:
-            state["best_loss"] = val["recon"] if ramp_complete else float("inf")
-            state["best_epoch"] = epoch
-            state["best_state"] = {k: v.detach().cpu().clone()
-                                   for k, v in model.state_dict().items()}
-            state["bad_epochs"] = 0
-        else:
-            state["bad_epochs"] += 1
-            if state["bad_epochs"] >= int(cae_cfg.patience):
-                state["done"] = True
-                logger.info("CAE early stopping after epoch %d: no validation improvement "
-                            "for %d epochs", epoch + 1, state["bad_epochs"])
+        _track_best(state, val, epoch, model, settings)
         bar.set_postfix(train=f"{sums['total']:.4f}", val=f"{val['total']:.4f}")
         logger.info("CAE epoch %d/%d: train %.4f, val %.4f (reconstruction %.4f, align %.4f), "
-                    "%.1f s", epoch + 1, n_epochs, sums["total"], val["total"], val["recon"],
-                    val["align"], record["seconds"])
+                    "%.1f s", epoch + 1, settings.epochs, sums["total"], val["total"],
+                    val["recon"], val["align"], record["seconds"])
         _save(last_path, {"signature": signature, "model": model.state_dict(),
                           "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "train_state": state})
     if state["best_state"] is None:
         raise CheckpointError(f"{last_path}: no finished epoch to take weights from "
-                              f"(cae.epochs={n_epochs})")
+                              f"(cae.epochs={settings.epochs})")
     model.load_state_dict(state["best_state"])
     model.eval()
     _save(best_path, {"signature": signature, "model": state["best_state"],
