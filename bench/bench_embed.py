@@ -89,14 +89,14 @@ def colour_segmentation(cfg, manifest: Manifest) -> Segmentation:
     features (so "raw SAM" stays real SAM features)."""
     from dorl.data.images import read_rgb
     from dorl.resize import resize_image
-    from dorl.sam.inference import segment_images
+    from dorl.sam.inference import SegmentSettings, segment_images
     from dorl.sam.models import sam_from_config
     from dorl.sam.pseudo_masks import colour_mask
 
     model, provenance = sam_from_config(cfg)
     images = [read_rgb(manifest.image_path(i)) for i in range(len(manifest))]
     masks = [colour_mask(resize_image(image, model.image_size)) for image in images]
-    seg = segment_images(model.eval(), images, cfg, masks=masks)
+    seg = segment_images(model.eval(), images, SegmentSettings.from_config(cfg), masks=masks)
     seg.meta = {**provenance, "signature": "colour-" + manifest.signature()}
     return seg
 

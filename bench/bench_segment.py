@@ -35,22 +35,23 @@ DATA = REPO.parent / "shared" / "datasets"
 
 
 def throughput(args) -> None:
-    from dorl.sam.inference import segment_images
+    from dorl.sam.inference import SegmentSettings, segment_images
     from dorl.sam.models import build_sam
 
     cfg = load_config(None, [f"sam.image_size={args.size}", f"sam.infer.batch_size={args.batch}",
                              f"sam.infer.bf16={args.bf16}", f"sam.prompt={args.prompt}"])
+    settings = SegmentSettings.from_config(cfg)
     model = build_sam(cfg.sam.backbone, "default", args.size)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (128, 128, 3), dtype=np.uint8) for _ in range(args.n)]
-    segment_images(model, images[:args.batch], cfg, progress=False)  # warm-up
+    segment_images(model, images[:args.batch], settings, progress=False)  # warm-up
     start = time.perf_counter()
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
         for i in range(0, args.n, args.batch):
             model.encode(model.preprocess(images[i:i + args.batch]))
     encoder = args.n / (time.perf_counter() - start)
     start = time.perf_counter()
-    segment_images(model, images, cfg, progress=False)
+    segment_images(model, images, settings, progress=False)
     full = args.n / (time.perf_counter() - start)
     print(json.dumps({"backbone": cfg.sam.backbone, "size": args.size, "batch": args.batch,
                       "bf16": args.bf16, "threads": torch.get_num_threads(),

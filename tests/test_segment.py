@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dorl.sam.inference import segment_from_config, segment_images
+from dorl.sam.inference import SegmentSettings, segment_from_config, segment_images
 from dorl.sam.masks import GREY, border_fraction, clean_mask, is_usable, mask_box, masked_crop
 from dorl.sam.segmentation import Segmentation
 from tests.conftest import write_disc_manifest
@@ -54,7 +54,7 @@ def test_segment_images_shapes_and_fallback(tiny_cfg):
     speck = np.zeros((64, 64), bool)
     speck[30:32, 30:32] = True  # 4 pixels: below min_area_frac
     field = np.ones((64, 64), bool)  # covers the whole border
-    seg = segment_images(model, images, tiny_cfg, progress=False,
+    seg = segment_images(model, images, SegmentSettings.from_config(tiny_cfg), progress=False,
                          masks=[cell, speck, field, np.zeros((64, 64), bool)])
     assert seg.crops.shape == (4, 32, 32, 3) and seg.raw_crops.shape == (4, 32, 32, 3)
     assert seg.masks.shape == (4, 64, 64) and seg.boxes.shape == (4, 4)
@@ -74,8 +74,8 @@ def test_given_masks_replace_the_models_and_keep_its_features(tiny_cfg):
     images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
     square = np.zeros((64, 64), bool)
     square[20:40, 16:44] = True
-    own = segment_images(model, images, tiny_cfg, progress=False)
-    given = segment_images(model, images, tiny_cfg, progress=False,
+    own = segment_images(model, images, SegmentSettings.from_config(tiny_cfg), progress=False)
+    given = segment_images(model, images, SegmentSettings.from_config(tiny_cfg), progress=False,
                            masks=[square, square, np.zeros((64, 64), bool)])
     assert (given.masks[:2] == square).all() and list(given.fallback) == [False, False, True]
     np.testing.assert_array_equal(given.boxes[0], [16, 20, 44, 40])
@@ -89,9 +89,9 @@ def test_batching_does_not_change_results(tiny_cfg):
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(6)]
     tiny_cfg.sam.infer.batch_size = 6
-    a = segment_images(model, images, tiny_cfg, progress=False)
+    a = segment_images(model, images, SegmentSettings.from_config(tiny_cfg), progress=False)
     tiny_cfg.sam.infer.batch_size = 4
-    b = segment_images(model, images, tiny_cfg, progress=False)
+    b = segment_images(model, images, SegmentSettings.from_config(tiny_cfg), progress=False)
     np.testing.assert_allclose(a.features["sam_pooled"], b.features["sam_pooled"], atol=1e-5)
     assert (a.masks == b.masks).mean() > 0.999
 

@@ -8,6 +8,7 @@ is empty, tiny or covers most of the image border is replaced by a centre crop a
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,30 @@ def predict_masks(model, images: list[np.ndarray], prompt: str, box_fraction: fl
     return np.concatenate(masks), feats
 
 
-def segment_images(model, images: list[np.ndarray], cfg, progress: bool = True,
+@dataclass(frozen=True)
+class SegmentSettings:
+    """How cells are segmented and cut out, unpacked once from ``sam.prompt``,
+    ``sam.box_fraction`` and ``sam.infer``."""
+
+    prompt: str
+    box_fraction: float
+    batch_size: int
+    bf16: bool
+    features: str
+    crop_size: int
+    min_area_frac: float
+    max_border_frac: float
+
+    @classmethod
+    def from_config(cls, cfg) -> "SegmentSettings":
+        infer = cfg.sam.infer
+        return cls(str(cfg.sam.prompt), float(cfg.sam.box_fraction), int(infer.batch_size),
+                   bool(infer.bf16), str(infer.features), int(infer.crop_size),
+                   float(infer.min_area_frac), float(infer.max_border_frac))
+
+
+def segment_images(model, images: list[np.ndarray], settings: SegmentSettings,
+                   progress: bool = True,
                    masks: list[np.ndarray] | None = None) -> Segmentation:
     """Segment single-cell images in batches and cut out each cell.
 
@@ -89,8 +113,7 @@ def segment_images(model, images: list[np.ndarray], cfg, progress: bool = True,
     model : dorl.sam.models.CellSAM
         In eval mode, with or without a LoRA adapter.
     images : list of uint8 ndarray of shape (H_i, W_i, 3)
-    cfg : DictConfig
-        Uses ``sam.prompt``, ``sam.box_fraction`` and ``sam.infer.*``.
+    settings : SegmentSettings
     progress : bool
     masks : list of bool ndarray of shape (S, S), optional
         Masks from elsewhere (a classical segmentation, for comparison) used instead of the
@@ -102,10 +125,9 @@ def segment_images(model, images: list[np.ndarray], cfg, progress: bool = True,
         Crops (n, crop, crop, 3), raw crops, cleaned masks (n, S, S), boxes, fallback flags and
         ``features`` as chosen by ``sam.infer.features``; ``meta`` is left for the caller.
     """
-    infer = cfg.sam.infer
-    s, crop = model.image_size, int(infer.crop_size)
-    raw_masks, feats = predict_masks(model, images, cfg.sam.prompt, float(cfg.sam.box_fraction),
-                                     int(infer.batch_size), bool(infer.bf16), str(infer.features),
+    s, crop = model.image_size, settings.crop_size
+    raw_masks, feats = predict_masks(model, images, settings.prompt, settings.box_fraction,
+                                     settings.batch_size, settings.bf16, settings.features,
                                      progress)
     if masks is not None:
         raw_masks = masks
@@ -119,12 +141,12 @@ def segment_images(model, images: list[np.ndarray], cfg, progress: bool = True,
         resized = resize_image(image, s)
         raw_crops[i] = resize_image(image, crop)
         mask = clean_mask(raw_masks[i])
-        if is_usable(mask, float(infer.min_area_frac), float(infer.max_border_frac)):
+        if is_usable(mask, settings.min_area_frac, settings.max_border_frac):
             kept[i], boxes[i] = mask, mask_box(mask)
             crops[i] = masked_crop(resized, mask, boxes[i], crop)
         else:
             fallback[i] = True
-            boxes[i] = centre_box(s, float(cfg.sam.box_fraction))
+            boxes[i] = centre_box(s, settings.box_fraction)
             crops[i] = masked_crop(resized, None, boxes[i], crop)
     return Segmentation(crops, raw_crops, kept, boxes, fallback, feats, {})
 
@@ -188,12 +210,13 @@ def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None) -> Se
         cached = Segmentation.load(out)
         if reusable(SEGMENTATION, out, cached.meta.get("signature"), signature):
             return cached
+    settings = SegmentSettings.from_config(cfg)
     parts = []
     with tqdm(total=len(manifest), desc="segment", unit="img") as bar:
         for start in range(0, len(manifest), READ_CHUNK):
             stop = min(start + READ_CHUNK, len(manifest))
             images = [read_rgb(manifest.image_path(i)) for i in range(start, stop)]
-            parts.append(segment_images(model, images, cfg, progress=False))
+            parts.append(segment_images(model, images, settings, progress=False))
             bar.update(stop - start)
     seg = Segmentation(*(np.concatenate([getattr(p, k) for p in parts])
                          for k in ("crops", "raw_crops", "masks", "boxes", "fallback")),
@@ -206,9 +229,9 @@ def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None) -> Se
         logger.log(level, "domain %s: %d of %d cells fell back to a centre crop", domain, count,
                    int((domains == domain).sum()))
     seg.meta = {**provenance, "adapter": None if adapter_dir is None else str(adapter_dir),
-                "adapter_hash": adapter_hash(adapter_dir), "prompt": cfg.sam.prompt,
-                "box_fraction": float(cfg.sam.box_fraction),
-                "crop_size": int(cfg.sam.infer.crop_size), "bf16": bool(cfg.sam.infer.bf16),
+                "adapter_hash": adapter_hash(adapter_dir), "prompt": settings.prompt,
+                "box_fraction": settings.box_fraction,
+                "crop_size": settings.crop_size, "bf16": settings.bf16,
                 "fallback_per_domain": per_domain, "signature": signature}
     seg.save(out)
     logger.info("segmentation of %d cells written to %s", len(seg), out)
