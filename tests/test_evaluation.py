@@ -18,6 +18,7 @@ from dorl.classify.run import (
     run_classification,
     score,
 )
+from dorl.classify.settings import ClassifySettings
 from dorl.config import load_config
 from dorl.featstore import FeatureFileError, FeatureSet, read_features, write_features
 
@@ -136,12 +137,12 @@ def test_same_seed_gives_identical_results_in_parallel(cfg, tmp_path):
     inp = load_input("x", synthetic_features(tmp_path / "s.h5ad", n_per_domain=60))
     cfg.classify.classifiers = ["mlp"]
     cfg.classify.protocols = ["lodo"]
-    first = run_classification([inp], cfg, tmp_path / "one")[0]
+    first = run_classification([inp], ClassifySettings.from_config(cfg), tmp_path / "one")[0]
     cfg.classify.n_jobs = 2
-    second = run_classification([inp], cfg, tmp_path / "two")[0]
+    second = run_classification([inp], ClassifySettings.from_config(cfg), tmp_path / "two")[0]
     pd.testing.assert_frame_equal(first, second)
     cfg.classify.seeds = [1]
-    third = run_classification([inp], cfg, tmp_path / "three")[0]
+    third = run_classification([inp], ClassifySettings.from_config(cfg), tmp_path / "three")[0]
     assert not np.allclose(first["value"], third["value"])
 
 
@@ -162,7 +163,7 @@ def test_missing_source_class_lowers_the_full_scope_ceiling(tmp_path, cfg):
     path = synthetic_features(tmp_path / "m.h5ad", missing={"lab_a": ("monocyte",)})
     inp = load_input("m", path)
     cfg.classify.protocols = ["source_target"]
-    results, _, _ = run_classification([inp], cfg, tmp_path / "out")
+    results, _, _ = run_classification([inp], ClassifySettings.from_config(cfg), tmp_path / "out")
     ceiling = results[(results["metric"] == "ceiling_macro_f1") & (results["source"] == "lab_a")]
     assert ceiling["value"].max() == pytest.approx(4 / 5)
     from_b = results[(results["metric"] == "ceiling_macro_f1") & (results["source"] == "lab_b")]
@@ -187,7 +188,7 @@ def test_group_aware_splits_never_share_a_group(tmp_path, cfg, monkeypatch):
         return real(model, X, y, split, keep_model)
 
     monkeypatch.setattr(evaluation, "_fit_predict", spy)
-    run_classification([inp], cfg, tmp_path / "out")
+    run_classification([inp], ClassifySettings.from_config(cfg), tmp_path / "out")
     assert seen and not any(seen)
 
 

@@ -15,6 +15,7 @@ from dorl.classify.reports import (
     pooled_mean,
     write_reports,
 )
+from dorl.classify.settings import ClassifySettings
 from dorl.config import load_config
 
 
@@ -67,7 +68,7 @@ def test_pair_table_layout():
 
 def test_markdown_report_states_ceilings_and_lodo(tmp_path):
     cfg = load_config(None, [f"run_dir={tmp_path}"])
-    text = markdown_report(results_frame(), [], cfg)
+    text = markdown_report(results_frame(), [], ClassifySettings.from_config(cfg))
     assert "| dorl | source_target | a → b | 75.0 | 75.0 |" in text
     assert "b → a |" not in text.split("## Ceilings")[1]
     assert "held out a" in text and "Logistic regression (full)" in text
@@ -79,7 +80,8 @@ def test_write_reports_files(tmp_path):
                                                                  np.array([[3, 1], [0, 4]]))}
     timings = pd.DataFrame([{"feature_set": "dorl", "classifier": "logreg", "fit_s": 1.0,
                              "predict_s": 0.5}])
-    table = write_reports(tmp_path / "out", results_frame(), confusions, timings, [], cfg, 2.0)
+    table = write_reports(tmp_path / "out", results_frame(), confusions, timings, [],
+                          ClassifySettings.from_config(cfg), 2.0)
     assert "cross-domain mean" in table
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     head = summary["headline"]["dorl/logreg"]

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
 from dorl.atomic import atomic_path, write_text_atomic
 from dorl.classify.inputs import FeatureInput
 from dorl.classify.registry import display_name
+from dorl.classify.settings import ClassifySettings
 from dorl.provenance import package_versions, utc_now
 
 logger = logging.getLogger(__name__)
@@ -130,9 +130,9 @@ def _dropped_classes(inputs: list[FeatureInput], min_count: int) -> dict[str, di
     return out
 
 
-def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput], cfg) -> str:
+def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput],
+                    c: ClassifySettings) -> str:
     """Return the whole ``results.md`` text."""
-    c = cfg.classify
     parts = ["# Classification results", "",
              f"Folds: {c.n_folds} (stratified on each source domain), seeds: {list(c.seeds)}; "
              "cells are mean ± std (%) over folds and seeds. Rows `a → a` are in-domain "
@@ -147,7 +147,7 @@ def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput], cfg) -> s
                      f"x {inp.X.shape[1]} features; unknown left out per domain: "
                      f"{inp.n_unknown or 0}"
                      + ("; splits are group-aware" if inp.groups is not None else ""))
-    for fs, per_domain in _dropped_classes(inputs, int(c.min_class_count)).items():
+    for fs, per_domain in _dropped_classes(inputs, c.min_class_count).items():
         parts.append(f"* `{fs}`: classes left out of a target's score: {per_domain}")
     if results["protocol"].isin(["in_domain", "source_target"]).any():
         parts += ["", "## Macro-F1, classes shared by source and target (headline)", "",
@@ -171,7 +171,8 @@ def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput], cfg) -> s
     return "\n".join(parts) + "\n"
 
 
-def _summary(results, confusions, timings, inputs, cfg, elapsed_s) -> dict[str, Any]:
+def _summary(results, confusions, timings, inputs, settings: ClassifySettings,
+             elapsed_s) -> dict[str, Any]:
     stats = cell_stats(results).reset_index()
     headline = {}
     for scope in ("shared", "full"):
@@ -182,7 +183,7 @@ def _summary(results, confusions, timings, inputs, cfg, elapsed_s) -> dict[str, 
                     f"{name}_macro_f1_{scope}"] = {"mean": row.mean, "std": row.std}
     return {
         "created_utc": utc_now(), "elapsed_s": round(elapsed_s, 2), "versions": package_versions(),
-        "config": OmegaConf.to_container(cfg.classify, resolve=True), "seed": int(cfg.seed),
+        "config": settings.section, "seed": settings.seed,
         "feature_sets": {inp.name: {"path": str(inp.path), "key": inp.key,
                                     "n_labelled": int(len(inp.labels)),
                                     "n_features": int(inp.X.shape[1]),
@@ -246,15 +247,15 @@ def plot_confusions(out_dir: Path, confusions: dict) -> list[Path]:
 
 
 def write_reports(out_dir: str | Path, results: pd.DataFrame, confusions: dict,
-                  timings: pd.DataFrame, inputs: list[FeatureInput], cfg,
-                  elapsed_s: float) -> str:
+                  timings: pd.DataFrame, inputs: list[FeatureInput],
+                  settings: ClassifySettings, elapsed_s: float) -> str:
     """Write every classify report into ``out_dir``; return the headline table (markdown)."""
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "results.csv") as tmp:
         results.to_csv(tmp, index=False, float_format="%.6g")
-    report = markdown_report(results, inputs, cfg)
+    report = markdown_report(results, inputs, settings)
     write_text_atomic(out_dir / "results.md", report)
-    summary = _summary(results, confusions, timings, inputs, cfg, elapsed_s)
+    summary = _summary(results, confusions, timings, inputs, settings, elapsed_s)
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, default=str))
     pngs = plot_confusions(out_dir, confusions)
     logger.info("wrote %s (results.csv, results.md, summary.json, %d confusion PNGs)", out_dir,

@@ -35,6 +35,7 @@ from dorl.classify.inputs import UNLABELLED, FeatureInput, load_input
 from dorl.classify.protocols import Split, cap_train, make_splits
 from dorl.classify.registry import build_classifier
 from dorl.classify.reports import write_reports
+from dorl.classify.settings import ClassifySettings
 from dorl.featstore import FeatureFileError, read_features
 from dorl.provenance import sha256_file
 
@@ -122,16 +123,14 @@ class _Task:
     split: Split
 
 
-def _tasks(inputs: list[FeatureInput], cfg) -> list[_Task]:
-    c = cfg.classify
-    seeds = [int(s) for s in c.seeds]
+def _tasks(inputs: list[FeatureInput], c: ClassifySettings) -> list[_Task]:
     tasks = []
     for inp in inputs:
-        for seed in seeds:
-            max_train = None if c.max_train_cells is None else int(c.max_train_cells)
-            splits = list(make_splits(inp.labels, inp.domains, list(c.protocols),
-                                      int(c.n_folds), seed, inp.groups, max_train))
-            if c.save_models and seed == seeds[0]:
+        for seed in c.seeds:
+            max_train = c.max_train_cells
+            splits = list(make_splits(inp.labels, inp.domains, list(c.protocols), c.n_folds,
+                                      seed, inp.groups, max_train))
+            if c.save_models and seed == c.seeds[0]:
                 every = cap_train(np.arange(len(inp.labels)), inp.labels, max_train,
                                   np.random.default_rng(seed))
                 splits.append(Split("all", 0, every, ()))
@@ -152,7 +151,7 @@ def _save_model(path: Path, fitted, task: _Task) -> None:
         joblib.dump(bundle, tmp)
 
 
-def run_classification(inputs: list[FeatureInput], cfg, out_dir: Path):
+def run_classification(inputs: list[FeatureInput], settings: ClassifySettings, out_dir: Path):
     """Fit and score every (feature set, classifier, seed, split); save the final models.
 
     Returns
@@ -166,18 +165,17 @@ def run_classification(inputs: list[FeatureInput], cfg, out_dir: Path):
     timings : DataFrame
         Fit and predict seconds per task.
     """
-    c = cfg.classify
-    tasks = _tasks(inputs, cfg)
+    c = settings
+    tasks = _tasks(inputs, c)
     models = {(t.input.name, t.classifier, t.seed): build_classifier(
-        t.classifier, t.seed, (c.params or {}).get(t.classifier),
-        OmegaConf.to_container(c.custom, resolve=True)) for t in tasks}
+        t.classifier, t.seed, c.params.get(t.classifier), c.custom) for t in tasks}
     logger.info("classify: %d fits (%d feature sets, %d classifiers, seeds %s, protocols %s) "
                 "on %d worker(s)", len(tasks), len(inputs), len(c.classifiers), list(c.seeds),
-                list(c.protocols), int(c.n_jobs))
+                list(c.protocols), c.n_jobs)
     jobs = (delayed(_fit_predict)(models[(t.input.name, t.classifier, t.seed)], t.input.X,
                                   t.input.labels, t.split, not t.split.evaluations)
             for t in tasks)
-    outputs = Parallel(n_jobs=int(c.n_jobs), return_as="generator")(jobs)
+    outputs = Parallel(n_jobs=c.n_jobs, return_as="generator")(jobs)
     rows, confusions, timings, warned = [], {}, [], {}
     for task, (fitted, preds, fit_s, pred_s, messages) in tqdm(
             zip(tasks, outputs), total=len(tasks), desc="classify", unit="fit"):
@@ -195,7 +193,7 @@ def run_classification(inputs: list[FeatureInput], cfg, out_dir: Path):
         labels_all = sorted(set(inp.labels))
         for ev, pred in zip(split.evaluations, preds):
             truth = inp.labels[ev.test]
-            target = kept_classes(inp.labels[inp.domains == ev.target], int(c.min_class_count))
+            target = kept_classes(inp.labels[inp.domains == ev.target], c.min_class_count)
             base = {"feature_set": inp.name, "classifier": task.classifier,
                     "protocol": ev.protocol, "source": split.source, "target": ev.target,
                     "fold": split.fold, "seed": task.seed}
@@ -244,8 +242,9 @@ def classify_from_config(cfg) -> Path:
                     "out%s", inp.name, inp.path, inp.key, *inp.X.shape, sorted(set(inp.domains)),
                     sum(inp.n_unknown.values()),
                     ", group-aware splits" if inp.groups is not None else "")
-    results, confusions, timings = run_classification(inputs, cfg, out_dir)
-    table = write_reports(out_dir, results, confusions, timings, inputs, cfg,
+    settings = ClassifySettings.from_config(cfg)
+    results, confusions, timings = run_classification(inputs, settings, out_dir)
+    table = write_reports(out_dir, results, confusions, timings, inputs, settings,
                           time.perf_counter() - start)
     logger.info("classification results (macro-F1, mean ± std over folds and seeds):\n%s", table)
     return out_dir
