@@ -36,18 +36,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from measure import peak_rss_mib
 
 from dorl.cae.embed import embed_segmentation, load_data, run_embed
 from dorl.cae.invariance import domain_invariance
 from dorl.config import load_config
-from dorl.data.manifest import Manifest, load_manifest
+from dorl.data.manifest import Manifest, load_manifest, subsample
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import read_features
 from dorl.sam.segmentation import Segmentation
@@ -62,25 +62,14 @@ REAL_SOURCES = [
 logger = logging.getLogger("bench_embed")
 
 
-def peak_rss_gb() -> float:
-    """Peak resident memory of this process (and finished children), in GB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024 ** 2
-
-
 def real_manifest(out: Path, n_per_domain: int, seed: int) -> Manifest:
     """The three real labs, labelled mature5 cells only, at most ``n_per_domain`` each."""
     from dorl.data.readers import build_manifest
 
     manifest, _ = build_manifest(REAL_SOURCES, "mature5", out / "manifest.csv")
-    table = manifest.table[manifest.table["label"] != "unknown"]
-    rng = np.random.default_rng(seed)
-    keep = []
-    for _, rows in table.groupby("domain"):
-        idx = rows.index.to_numpy()
-        keep.extend(rng.choice(idx, min(n_per_domain, len(idx)), replace=False))
-    return Manifest(table.loc[sorted(keep)].reset_index(drop=True), manifest.base_dir, "mature5")
+    table = subsample(manifest.table[manifest.table["label"] != "unknown"], n_per_domain,
+                      ("domain",), seed)
+    return Manifest(table, manifest.base_dir, "mature5")
 
 
 def colour_segmentation(cfg, manifest: Manifest) -> Segmentation:
@@ -210,7 +199,7 @@ def compare(args: argparse.Namespace) -> None:
               f"{r['domain_clf_chance']:>7.3f} {r['cross_domain_macro_f1']:>12.3f} "
               f"{r['in_domain_f1']:>13.3f}")
     print("\n".join(timing))
-    print(f"peak RSS: {peak_rss_gb():.2f} GB")
+    print(f"peak RSS: {peak_rss_mib() / 1024:.2f} GB")
 
 
 def full(args: argparse.Namespace) -> None:
@@ -220,7 +209,8 @@ def full(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     fs = read_features(run_embed(cfg))
     total = time.perf_counter() - t0
-    print(f"make embed (default config): {total:.1f} s total, peak RSS {peak_rss_gb():.2f} GB")
+    print(f"make embed (default config): {total:.1f} s total, "
+          f"peak RSS {peak_rss_mib() / 1024:.2f} GB")
     for stage, seconds in fs.uns["timings_s"].items():
         print(f"  {stage}: {seconds:.1f} s")
     for name, r in fs.uns["invariance"].items():

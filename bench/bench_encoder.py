@@ -18,6 +18,7 @@ import statistics
 import time
 
 import torch
+from measure import peak_rss_mib
 from torch.utils.flop_counter import FlopCounterMode
 
 from dorl.sam.checkpoints import default_checkpoint
@@ -85,8 +86,7 @@ def main() -> None:
                   f"{'channels_last' if channels_last else 'NCHW':>13} "
                   f"{'bf16' if bf16 else 'fp32':>5} {args.batch / wall:>7.2f} "
                   f"{cpu / args.batch:>9.2f}", flush=True)
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-    print(f"peak RSS {peak_gb:.2f} GB")
+    print(f"peak RSS {peak_rss_mib() / 1024:.2f} GB")
 
 
 if __name__ == "__main__":

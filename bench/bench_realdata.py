@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import re
-import resource
 import sys
 import time
 from dataclasses import replace
@@ -50,25 +49,26 @@ import pandas as pd
 import torch
 import umap
 from feature_options import OPTIONS, choose_default, option_features, shifted_source_scores
+from measure import Stopwatch
 from omegaconf import OmegaConf
-from PIL import Image
-from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from tqdm.auto import tqdm
 
 from dorl.atomic import atomic_path, write_text_atomic
 from dorl.cae.embed import embed_segmentation
 from dorl.cae.invariance import domain_invariance
 from dorl.classify.baselines import colour_texture_features, pixel_pca_features
-from dorl.classify.registry import build_classifier
+from dorl.classify.inputs import FeatureInput
+from dorl.classify.run import kept_classes, run_classification
+from dorl.classify.settings import ClassifySettings
 from dorl.config import load_config
 from dorl.data.images import read_cell_mask, read_rgb
-from dorl.data.manifest import Manifest, load_manifest, save_manifest
+from dorl.data.manifest import Manifest, load_manifest, save_manifest, subsample
 from dorl.data.readers import build_manifest
 from dorl.data.taxonomy import UNKNOWN
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import read_features
-from dorl.sam.metrics import dice, iou
+from dorl.resize import resize_mask
+from dorl.sam.metrics import mask_scores
 from dorl.seeding import seed_everything
 
 logger = logging.getLogger("bench_realdata")
@@ -89,39 +89,13 @@ CAE_VARIANTS = {  # name -> (config overrides, use unmasked crops); the full pip
 }
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class Stopwatch:
-    """Records seconds, images/s and peak memory of each named stage."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
-
-    def record(self, stage: str, n_images: int, seconds: float) -> None:
-        self.rows.append({"stage": stage, "images": n_images, "seconds": seconds,
-                          "images_per_s": n_images / seconds if seconds > 0 else float("nan"),
-                          "peak_rss_mib": peak_rss_mib()})
-        logger.info("%s: %d images in %.1f s", stage, n_images, seconds)
-
-    @contextlib.contextmanager
-    def time(self, stage: str, n_images: int):
-        t0 = time.perf_counter()
-        yield
-        self.record(stage, n_images, time.perf_counter() - t0)
-
-
 def subsample_manifest(cfg, out: Path, max_per_class: int) -> Manifest:
     """Index the configured sources, drop ``unknown`` cells, keep <= max_per_class per (domain,
     label) chosen with the config seed, and save the bench manifest."""
     sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
     full, _ = build_manifest(sources, cfg.data.label_space, out / "manifest_full.csv")
-    table = full.table[full.table["label"] != UNKNOWN]
-    table = (table.groupby(["domain", "label"], group_keys=False)
-             .apply(lambda g: g.sample(min(len(g), max_per_class), random_state=int(cfg.seed)))
-             .sort_values(["domain", "path"]).reset_index(drop=True))
+    table = subsample(full.table[full.table["label"] != UNKNOWN], max_per_class,
+                      ("domain", "label"), int(cfg.seed))
     groups = table.groupby("domain")["group"].nunique()
     logger.info("near-duplicate groups among the kept cells: %s (cells: %s)", groups.to_dict(),
                 table["domain"].value_counts().to_dict())
@@ -129,46 +103,46 @@ def subsample_manifest(cfg, out: Path, max_per_class: int) -> Manifest:
     return load_manifest(out / "manifest.csv", cfg.data.label_space)
 
 
-def score_targets(X: np.ndarray, table: pd.DataFrame, classifiers: list[str], seed: int,
-                  min_count: int, watch: Stopwatch | None = None) -> list[dict]:
-    """Train each classifier on the source cells, score macro-F1 and accuracy on each target.
+def score_methods(features: dict[str, np.ndarray], table: pd.DataFrame, cfg, seed: int,
+                  out: Path) -> tuple[list[dict], pd.DataFrame]:
+    """Score every method's features with the classify stage itself (``source_target`` and
+    ``in_domain`` protocols, the source lab's folds as the only training sets), so the bench
+    and ``dorl classify run`` give the same numbers for the same cells and classifier.
 
-    Target classes with fewer than ``min_count`` cells, or absent from the source, are left out.
-    The in-domain reference (target ``<source> (5-fold)``) scores the same model family by
-    stratified 5-fold cross-validation within the source.
+    Each cell of the table is the mean over the source's 5 fold models of the macro-F1 and
+    accuracy on the classes shared by source and target (target classes with fewer than
+    ``classify.min_class_count`` cells left out); ``<source> (5-fold)`` is the held-out fold.
+    Returns the rows and the fit timings.
     """
     domains, labels = table["domain"].to_numpy(), table["label"].to_numpy()
-    src = domains == SOURCE
-    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    inputs = [FeatureInput(name, out, "X", X, labels, domains, None)
+              for name, X in features.items()]
+    settings = replace(ClassifySettings.from_config(cfg), protocols=("source_target",
+                                                                      "in_domain"),
+                       n_folds=5, seeds=(seed,), sources=(SOURCE,), save_models=False,
+                       max_train_cells=None)
+    results, _, timings = run_classification(inputs, settings, out)
+    shared = results[(results["scope"] == "shared") & (results["label"] == "")
+                     & results["metric"].isin(["macro_f1", "accuracy"])]
+    cells = shared.pivot_table(index=["feature_set", "classifier", "protocol", "target", "fold"],
+                               columns="metric", values="value").reset_index()
+    n_test = shared[shared["metric"] == "accuracy"].groupby(
+        ["feature_set", "classifier", "protocol", "target"])["n_test"].sum()
     rows = []
-    for name in classifiers:
-        in_domain = cross_val_predict(build_classifier(name, seed), X[src], labels[src], cv=folds)
-        rows.append({"classifier": name, "target": f"{SOURCE} (5-fold)", "seed": seed,
-                     "macro_f1": f1_score(labels[src], in_domain, average="macro"),
-                     "accuracy": accuracy_score(labels[src], in_domain),
-                     "classes": ",".join(sorted(set(labels[src]))), "n_test": int(src.sum())})
-        t0 = time.perf_counter()
-        model = build_classifier(name, seed).fit(X[src], labels[src])
-        fit_s = time.perf_counter() - t0
-        for target in sorted(set(domains) - {SOURCE}):
-            counts = pd.Series(labels[domains == target]).value_counts()
-            kept = sorted(set(counts[counts >= min_count].index) & set(labels[src]))
-            test = (domains == target) & np.isin(labels, kept)
-            pred = model.predict(X[test])
-            rows.append({"classifier": name, "target": target, "seed": seed,
-                         "macro_f1": f1_score(labels[test], pred, labels=kept, average="macro"),
-                         "accuracy": accuracy_score(labels[test], pred),
-                         "classes": ",".join(kept), "n_test": int(test.sum())})
-        if watch is not None:
-            watch.record(f"classifier {name} (fit on source)", int(src.sum()), fit_s)
-    return rows
-
-
-def mask_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float, float]:
-    """Dice, IoU, precision and recall of a boolean mask against the truth, same shape."""
-    inter = np.logical_and(pred, truth).sum()
-    return (dice(pred, truth), iou(pred, truth), (inter / pred.sum() if pred.sum() else 1.0),
-            (inter / truth.sum() if truth.sum() else 1.0))
+    for (method, clf, protocol, target), g in cells.groupby(
+            ["feature_set", "classifier", "protocol", "target"]):
+        in_domain = protocol == "in_domain"
+        counts = pd.Series(labels[domains == target]).value_counts()
+        kept = sorted(set(kept_classes(labels[domains == target],
+                                       int(cfg.classify.min_class_count)))
+                      & set(labels[domains == SOURCE]))
+        rows.append({"method": method, "classifier": clf, "seed": seed,
+                     "target": f"{SOURCE} (5-fold)" if in_domain else target,
+                     "macro_f1": g["macro_f1"].mean(), "accuracy": g["accuracy"].mean(),
+                     "classes": ",".join(kept),
+                     "n_test": int(n_test[(method, clf, protocol, target)])
+                     if in_domain else int(counts[kept].sum())})
+    return rows, timings
 
 
 def segmentation_quality(seg, manifest: Manifest) -> dict:
@@ -182,22 +156,17 @@ def segmentation_quality(seg, manifest: Manifest) -> dict:
                       "mask_area": float(area[domains == d].mean()),
                       "fallback_rate": float(fallback[domains == d].mean())}
                   for d in manifest.domains}
-    scores, true_area = [], []
+    preds, truths = [], []
     for i in range(len(manifest)):
         mask_path = manifest.mask_path(i)
         if mask_path is None:
             continue
-        pred = np.asarray(seg.masks[i], dtype=bool)
-        truth = read_cell_mask(mask_path)
-        truth = np.asarray(Image.fromarray(truth).resize(pred.shape[::-1], Image.NEAREST))
-        scores.append(mask_scores(pred, truth))
-        true_area.append(truth.mean())
-    if not scores:
+        preds.append(np.asarray(seg.masks[i], dtype=bool))
+        truths.append(resize_mask(read_cell_mask(mask_path), preds[-1].shape[0]))
+    if not preds:
         return {"per_domain": per_domain}
-    arr = np.array(scores, dtype=float)
-    return {"n": len(arr), "dice": arr[:, 0].mean(), "dice_std": arr[:, 0].std(),
-            "iou": arr[:, 1].mean(), "precision": arr[:, 2].mean(), "recall": arr[:, 3].mean(),
-            "true_mask_area": float(np.mean(true_area)), "per_domain": per_domain}
+    return {**mask_scores(preds, truths), "true_mask_area": float(np.mean(truths)),
+            "per_domain": per_domain}
 
 
 def encoder_throughput(cfg, images: list[np.ndarray], watch: Stopwatch) -> float:
@@ -530,12 +499,15 @@ def main(argv=None) -> int:
 
     scores, invariance = [], []
     for seed in args.seeds:
+        logger.info("scoring %d methods (seed %d)", len(per_seed[seed]), seed)
+        rows, timings = score_methods(per_seed[seed], table, cfg, seed, out / "classify")
+        scores += rows
+        if seed == args.seeds[0]:
+            last = timings[timings["feature_set"] == meta["methods"][-1]]
+            for clf, fits in last.groupby("classifier"):
+                watch.record(f"classifier {clf} (5 source folds, {meta['methods'][-1]})",
+                             int(fits["n_train"].sum()), float(fits["fit_s"].sum()))
         for method, X in per_seed[seed].items():
-            logger.info("scoring %s (seed %d)", method, seed)
-            timed = watch if (seed == args.seeds[0] and method == meta["methods"][-1]) else None
-            rows = score_targets(X, table, list(cfg.classify.classifiers), seed,
-                                 int(cfg.classify.min_class_count), timed)
-            scores += [{"method": method, **r} for r in rows]
             inv = domain_invariance(X, table["domain"], table["label"], seed)
             invariance.append({"method": method, "seed": seed, "mmd": inv["mmd"],
                                "domain_clf_acc": inv["domain_clf_acc"]})

@@ -120,20 +120,16 @@ def evaluation_sets(out: Path, size: int, seed: int):
 
 
 def mask_scores(model, cfg, images: list[np.ndarray], truths: list[np.ndarray]) -> dict:
-    """Mean Dice, 10th-percentile Dice, precision and recall of the model's cleaned masks."""
+    """Mean Dice, 10th-percentile Dice, precision and recall of the model's cleaned masks
+    (:func:`dorl.sam.metrics.mask_scores`)."""
     from dorl.sam.inference import predict_masks
     from dorl.sam.masks import clean_mask
-    from dorl.sam.metrics import dice
+    from dorl.sam.metrics import mask_scores as scores
 
     raw, _ = predict_masks(model, images, cfg.sam.prompt, float(cfg.sam.box_fraction),
                            int(cfg.sam.infer.batch_size), bool(cfg.sam.infer.bf16), "none")
-    preds = [clean_mask(m) for m in raw]
-    d = np.array([dice(p, t) for p, t in zip(preds, truths)])
-    return {"dice": float(d.mean()), "dice_p10": float(np.percentile(d, 10)),
-            "precision": float(np.mean([(p & t).sum() / max(p.sum(), 1)
-                                        for p, t in zip(preds, truths)])),
-            "recall": float(np.mean([(p & t).sum() / max(t.sum(), 1)
-                                     for p, t in zip(preds, truths)]))}
+    summary = scores([clean_mask(m) for m in raw], truths)
+    return {k: summary[k] for k in ("dice", "dice_p10", "precision", "recall")}
 
 
 def finetune_variants(args) -> None:

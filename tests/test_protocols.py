@@ -85,3 +85,16 @@ def test_bad_requests_are_refused():
         list(make_splits(labels, domains, ["loso"], 3, 0))
     with pytest.raises(ProtocolError, match="at least 2 domains"):
         list(make_splits(labels[:30], domains[:30], ["lodo"], 3, 0))
+
+
+def test_sources_restrict_the_domains_trained_on():
+    labels = np.array(["a", "b"] * 30)
+    domains = np.repeat(["x", "y", "z"], 20)
+    splits = list(make_splits(labels, domains, ["source_target", "in_domain"], 2, 0,
+                              sources=["y"]))
+    assert {s.source for s in splits} == {"y"} and len(splits) == 2
+    for s in splits:
+        assert set(domains[s.train]) == {"y"}
+        assert {e.target for e in s.evaluations} == {"x", "y", "z"}
+    with pytest.raises(ProtocolError, match="classify.sources"):
+        list(make_splits(labels, domains, ["source_target"], 2, 0, sources=["w"]))

@@ -128,7 +128,8 @@ def _kfold(labels: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: in
 
 def make_splits(labels: np.ndarray, domains: np.ndarray, protocols: Sequence[str], n_folds: int,
                 seed: int, groups: np.ndarray | None = None,
-                max_train: int | None = None) -> Iterator[Split]:
+                max_train: int | None = None,
+                sources: Sequence[str] | None = None) -> Iterator[Split]:
     """Yield the model fits that the requested protocols need.
 
     Parameters
@@ -146,6 +147,9 @@ def make_splits(labels: np.ndarray, domains: np.ndarray, protocols: Sequence[str
         Near-duplicate group ids; cells sharing one never land on both sides of a split.
     max_train : int, optional
         Cap on training cells per fit (see :func:`cap_train`; subsampling seeded by ``seed``).
+    sources : sequence of str, optional
+        The domains ``source_target`` and ``in_domain`` train on (default: every domain), e.g.
+        the labs whose labels may be used.
 
     Yields
     ------
@@ -160,8 +164,12 @@ def make_splits(labels: np.ndarray, domains: np.ndarray, protocols: Sequence[str
     within = "in_domain" in protocols
     if (cross or "lodo" in protocols) and len(names) < 2:
         raise ProtocolError(f"cross-domain protocols need at least 2 domains, found {names}")
+    unknown = sorted(set(sources or ()) - set(names))
+    if unknown:
+        raise ProtocolError(f"classify.sources names {unknown}, which are not among the "
+                            f"domains {names}")
     if cross or within:
-        for source in names:
+        for source in [n for n in names if not sources or n in sources]:
             rows = np.flatnonzero(domains == source)
             others = [(t, np.flatnonzero(domains == t)) for t in names if t != source]
             sub_groups = None if groups is None else groups[rows]

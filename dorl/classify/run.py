@@ -129,7 +129,7 @@ def _tasks(inputs: list[FeatureInput], c: ClassifySettings) -> list[_Task]:
         for seed in c.seeds:
             max_train = c.max_train_cells
             splits = list(make_splits(inp.labels, inp.domains, list(c.protocols), c.n_folds,
-                                      seed, inp.groups, max_train))
+                                      seed, inp.groups, max_train, c.sources))
             if c.save_models and seed == c.seeds[0]:
                 every = cap_train(np.arange(len(inp.labels)), inp.labels, max_train,
                                   np.random.default_rng(seed))

@@ -23,6 +23,7 @@ class ClassifySettings:
     min_class_count: int
     n_jobs: int
     save_models: bool
+    sources: tuple[str, ...] = ()
     params: dict[str, dict] = field(default_factory=dict)
     custom: dict[str, dict] = field(default_factory=dict)
     seed: int = 0
@@ -37,7 +38,7 @@ class ClassifySettings:
             seeds=tuple(int(s) for s in c.seeds),
             max_train_cells=None if c.max_train_cells is None else int(c.max_train_cells),
             min_class_count=int(c.min_class_count), n_jobs=int(c.n_jobs),
-            save_models=bool(c.save_models),
+            save_models=bool(c.save_models), sources=tuple(str(s) for s in c.sources),
             params=OmegaConf.to_container(c.params, resolve=True) or {},
             custom=OmegaConf.to_container(c.custom, resolve=True) or {},
             seed=int(cfg.seed), section=OmegaConf.to_container(c, resolve=True))

@@ -108,6 +108,15 @@ def _resolve(base_dir: Path, p: str) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
+def subsample(table: pd.DataFrame, max_per_group: int, by: tuple[str, ...],
+              seed: int) -> pd.DataFrame:
+    """At most ``max_per_group`` rows of each ``by`` group, drawn with ``seed``, ordered by
+    domain and path (one sampling rule for every bench and subset)."""
+    return (table.groupby(list(by), group_keys=False)
+            .apply(lambda g: g.sample(min(len(g), max_per_group), random_state=seed))
+            .sort_values(["domain", "path"]).reset_index(drop=True))
+
+
 #: The fewest cells a domain may hold: its per-domain statistics need at least two.
 MIN_DOMAIN_CELLS = 2
 
