@@ -115,3 +115,32 @@ def test_training_moves_the_domain_codes_of_the_conditional_decoder(tmp_path):
     trained = result.model.decoder.domain_code.weight
     assert trained.shape == (3, 3)
     assert (trained - initial).abs().min() > 0  # every domain's code was trained
+
+
+def test_consistency_pulls_the_latents_of_two_views_together(tmp_path):
+    from dorl.cae.train import _second_view
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    crops = np.full((72, 32, 32, 3), 128, np.uint8)
+    for i in range(72):  # discs of various sizes and places, in one of three stains
+        c = 16 + rng.uniform(-4, 4, 2)
+        disc = (xx - c[0]) ** 2 + (yy - c[1]) ** 2 < rng.uniform(5, 12) ** 2
+        crops[i][disc] = [(120, 60, 170), (90, 40, 120), (170, 90, 200)][i % 3]
+    data = CAEData(crops, None, np.repeat(np.arange(3), 24), ["d0", "d1", "d2"])
+    train, val = _split(len(data))
+    gaps = {}
+    for weight in (0.0, 5.0):
+        cfg = _cfg(epochs=6, input="crop", **{"loss.feature": 0.0, "loss.mmd": 0.0,
+                                              "loss.consistency": weight})
+        result = train_cae(data, train, val, cfg, 0, tmp_path / str(weight), torch.device("cpu"),
+                           "sig")
+        assert ("train_consistency" in result.history[0]) == (weight > 0)
+        batch = data.batch(val, torch.device("cpu"))
+        with torch.no_grad():
+            z = result.model.encode(batch)
+            z2 = result.model.encode(_second_view(data, val, batch, cfg,
+                                                  torch.Generator().manual_seed(1)))
+        spread = torch.cdist(z, z).mean()  # how far apart different cells are
+        gaps[weight] = float((z - z2).norm(dim=1).mean() / spread)
+    assert gaps[5.0] < 0.9 * gaps[0.0], gaps  # measured 0.75 vs 0.90

@@ -4,7 +4,9 @@ frozen values, never the config."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from omegaconf import OmegaConf
 
 INPUTS = ("crop", "features", "both")
 ARCHS = ("conv", "transformer")
@@ -21,6 +23,7 @@ class LossWeights:
     mmd: float
     coral: float
     align_warmup_epochs: float
+    consistency: float = 0.0
 
     @property
     def aligns(self) -> bool:
@@ -56,6 +59,7 @@ class CAESettings:
     patience: int
     loss: LossWeights
     mmd_bandwidths: tuple[float, ...]
+    view_augment: dict = field(default_factory=dict)
 
     @property
     def uses_crop(self) -> bool:
@@ -89,5 +93,6 @@ class CAESettings:
             weight_decay=float(cae.weight_decay), patience=int(cae.patience),
             loss=LossWeights(float(loss.ssim), float(loss.l1), float(loss.mse),
                              float(loss.feature), float(loss.mmd), float(loss.coral),
-                             float(loss.align_warmup_epochs)),
-            mmd_bandwidths=tuple(float(b) for b in cae.mmd_bandwidths))
+                             float(loss.align_warmup_epochs), float(loss.consistency)),
+            mmd_bandwidths=tuple(float(b) for b in cae.mmd_bandwidths),
+            view_augment=OmegaConf.to_container(cae.view_augment, resolve=True))

@@ -36,6 +36,7 @@ from dorl.cae.batches import DomainBalancedBatches
 from dorl.cae.models import CAEOutput, FeatureScaler, build_autoencoder
 from dorl.cae.settings import CAESettings, LossWeights
 from dorl.lr_schedule import warmup_cosine, warmup_steps
+from dorl.sam.augment import augment_batch
 
 logger = logging.getLogger(__name__)
 
@@ -260,14 +261,22 @@ def _train_epoch(model, data: CAEData, train_idx: np.ndarray, batches: DomainBal
     """One epoch of optimiser steps; returns the mean of each loss term and of the total."""
     model.train()
     torch.manual_seed(seed * 100_003 + epoch)
-    sums = {k: 0.0 for k in LOSS_TERMS + ("total",)}
+    views = settings.loss.consistency > 0 and settings.uses_crop
+    # A generator of its own, so the views leave the global random stream as it is.
+    view_rng = torch.Generator().manual_seed(seed * 100_003 + epoch) if views else None
+    sums = {k: 0.0 for k in LOSS_TERMS + ("total",) + (("consistency",) if views else ())}
     for step, local in enumerate(batches.epoch(epoch)):
         idx = train_idx[local]
         batch = data.batch(idx, device)
         dom = torch.from_numpy(data.domain_ids[idx]).to(device)
         ramp = align_weight(epoch + step / len(batches), settings.loss.align_warmup_epochs)
-        terms = compute_losses(model, model(batch), batch, dom, settings.loss, ramp,
+        out = model(batch)
+        terms = compute_losses(model, out, batch, dom, settings.loss, ramp,
                                settings.mmd_bandwidths)
+        if views:
+            terms["consistency"] = settings.loss.consistency * F.mse_loss(
+                out.z, model.encode(_second_view(data, idx, batch, settings, view_rng)))
+            terms["total"] = terms["total"] + terms["consistency"]
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         optimizer.step()
@@ -275,6 +284,17 @@ def _train_epoch(model, data: CAEData, train_idx: np.ndarray, batches: DomainBal
         for k in sums:
             sums[k] += float(terms[k].detach()) / len(batches)
     return sums
+
+
+def _second_view(data: CAEData, idx: np.ndarray, batch: dict[str, torch.Tensor],
+                 settings: CAESettings, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``batch`` with its crops re-drawn under random stain, colour, blur and scale changes
+    (``cae.view_augment``): the view whose latent the consistency term pulls to the first."""
+    crops = torch.from_numpy(data.crops[idx])
+    view, _ = augment_batch(crops, torch.ones(crops.shape[:3], dtype=torch.bool),
+                            settings.view_augment, generator)
+    crop = view.to(batch["crop"].device).permute(0, 3, 1, 2).float() / 255.0
+    return {**batch, "crop": crop.contiguous(memory_format=torch.channels_last)}
 
 
 def _track_best(state: dict, val: dict[str, float], epoch: int, model,
