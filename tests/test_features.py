@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from dorl.features.adabn import recalibrate_batchnorm
+from dorl.features.adabn import batchnorm_layers, recalibrate_batchnorm
 from dorl.features.efficientnet import SameConv2d, build_efficientnet_lite
 from dorl.features.encode import FeatureSettings, cell_crop, encode_crops, features_from_config
 from dorl.features.stain import (
@@ -190,3 +190,13 @@ def test_features_are_cached_by_segmentation_and_settings(tiny_cfg, tmp_path):
     tiny_cfg.features.encoders = ["resnet50"]
     with pytest.raises(Exception, match="unknown"):
         FeatureSettings.from_config(tiny_cfg)
+
+
+def test_litemedsam_crop_encoder_keeps_batchnorm_for_adabn():
+    from dorl.features.encode import SamCropEncoder
+
+    encoder = SamCropEncoder(64).eval()
+    assert len(batchnorm_layers(encoder)) > 0  # not folded, so AdaBN can re-estimate them
+    crops, _ = disc_crops(n=4, size=48)
+    feats = encode_crops(encoder, 48, crops, np.repeat(["a", "b"], 2), 500, 2, False)
+    assert feats.shape == (4, 320) and np.isfinite(feats).all()
