@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from dorl.config import ConfigError
 from dorl.features.adabn import batchnorm_layers, recalibrate_batchnorm
 from dorl.features.efficientnet import SameConv2d, build_efficientnet_lite
 from dorl.features.encode import FeatureSettings, cell_crop, encode_crops, features_from_config
@@ -188,7 +189,10 @@ def test_features_are_cached_by_segmentation_and_settings(tiny_cfg, tmp_path):
     assert path.stat().st_mtime_ns != stamp
     assert not np.allclose(other["efficientnet_lite0"], feats["efficientnet_lite0"])
     tiny_cfg.features.encoders = ["resnet50"]
-    with pytest.raises(Exception, match="unknown"):
+    with pytest.raises(ConfigError, match="unknown"):
+        FeatureSettings.from_config(tiny_cfg)
+    tiny_cfg.features.encoders, tiny_cfg.features.stain = ["efficientnet_lite0"], "hsv"
+    with pytest.raises(ConfigError, match="features.stain"):
         FeatureSettings.from_config(tiny_cfg)
 
 

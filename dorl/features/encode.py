@@ -25,9 +25,11 @@ from tqdm import tqdm
 
 from dorl.artifacts import CELL_FEATURES, reusable
 from dorl.atomic import atomic_path
+from dorl.config import ConfigError
 from dorl.data.images import read_rgb
 from dorl.data.manifest import Manifest
 from dorl.features.adabn import recalibrate_batchnorm
+from dorl.features.stain import METHODS as STAIN_METHODS
 from dorl.features.stain import normalise_crops
 from dorl.resize import resize_image, resize_mask
 from dorl.sam.masks import masked_crop
@@ -58,9 +60,10 @@ class FeatureSettings:
         f = cfg.features
         unknown = sorted(set(f.encoders) - set(ENCODERS))
         if unknown:
-            from dorl.config import ConfigError
-
             raise ConfigError(f"features.encoders: unknown {unknown}; known: {list(ENCODERS)}")
+        if f.stain not in STAIN_METHODS:
+            raise ConfigError(f"features.stain must be one of {list(STAIN_METHODS)}, got "
+                              f"{f.stain!r}")
         return cls(tuple(str(e) for e in f.encoders), int(f.crop_size), str(f.stain),
                    tuple(str(d) for d in f.stain_reference_domains), bool(f.adabn),
                    int(f.adabn_cells), int(f.batch_size), bool(f.bf16), int(cfg.sam.image_size))
