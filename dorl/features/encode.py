@@ -28,6 +28,7 @@ from dorl.atomic import atomic_path
 from dorl.config import ConfigError
 from dorl.data.images import read_rgb
 from dorl.data.manifest import Manifest
+from dorl.device import get_device
 from dorl.features.adabn import recalibrate_batchnorm
 from dorl.features.stain import METHODS as STAIN_METHODS
 from dorl.features.stain import normalise_crops
@@ -54,6 +55,7 @@ class FeatureSettings:
     batch_size: int
     bf16: bool
     sam_image_size: int
+    device: str = "cpu"
 
     @classmethod
     def from_config(cls, cfg) -> "FeatureSettings":
@@ -66,7 +68,8 @@ class FeatureSettings:
                               f"{f.stain!r}")
         return cls(tuple(str(e) for e in f.encoders), int(f.crop_size), str(f.stain),
                    tuple(str(d) for d in f.stain_reference_domains), bool(f.adabn),
-                   int(f.adabn_cells), int(f.batch_size), bool(f.bf16), int(cfg.sam.image_size))
+                   int(f.adabn_cells), int(f.batch_size), bool(f.bf16), int(cfg.sam.image_size),
+                   str(get_device(cfg.device)))
 
 
 def cell_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray, seg_size: int,
@@ -147,11 +150,12 @@ def build_encoder(name: str, sam_image_size: int) -> tuple[nn.Module, int]:
     return build_efficientnet_lite(name), VARIANTS[name].image_size
 
 
-def _batches(crops: np.ndarray, side: int, batch_size: int):
-    """(B, 3, side, side) float tensors of 0..255 pixels over ``crops`` (n, s, s, 3) uint8."""
+def _batches(crops: np.ndarray, side: int, batch_size: int, device: torch.device):
+    """(B, 3, side, side) float tensors of 0..255 pixels on ``device`` over ``crops``
+    (n, s, s, 3) uint8."""
     for start in range(0, len(crops), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(crops[start:start + batch_size]))
-        x = x.permute(0, 3, 1, 2).float()
+        x = x.to(device).permute(0, 3, 1, 2).float()
         if x.shape[-1] != side:
             x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False,
                               antialias=True)
@@ -165,16 +169,18 @@ def encode_crops(model: nn.Module, side: int, crops: np.ndarray, domains: np.nda
     With ``adabn_cells > 0`` the BatchNorm statistics are first re-estimated on up to that many of
     the domain's crops, spread evenly over its rows (AdaBN); 0 keeps the ImageNet statistics.
     """
+    device = next(model.parameters()).device
     out: np.ndarray | None = None
     for domain in np.unique(domains):
         rows = np.flatnonzero(domains == domain)
         if adabn_cells > 0:
             picks = np.linspace(0, len(rows) - 1, min(len(rows), adabn_cells)).astype(int)
-            stats_rows = rows[picks]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                recalibrate_batchnorm(model, _batches(crops[stats_rows], side, batch_size))
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            feats = torch.cat([model(x).float() for x in _batches(crops[rows], side, batch_size)])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                recalibrate_batchnorm(model, _batches(crops[rows[picks]], side, batch_size,
+                                                      device))
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            feats = torch.cat([model(x).float().cpu()
+                               for x in _batches(crops[rows], side, batch_size, device)])
         if out is None:
             out = np.empty((len(crops), feats.shape[1]), np.float32)
         out[rows] = feats.numpy()
@@ -216,6 +222,7 @@ def encode_normalised(normalised: np.ndarray, domains: np.ndarray, settings: Fea
     for name in settings.encoders:
         t0 = time.perf_counter()
         model, side = build_encoder(name, settings.sam_image_size)
+        model = model.to(settings.device)
         features[name] = encode_crops(model, side, normalised, domains,
                                       settings.adabn_cells if settings.adabn else 0,
                                       settings.batch_size, settings.bf16)
