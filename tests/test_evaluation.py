@@ -221,3 +221,17 @@ def test_config_errors_name_the_problem(cfg):
     cfg.classify.obsm = {"other": "X_raw"}
     with pytest.raises(FeatureFileError, match=r"classify.obsm names \['other'\]"):
         classify_from_config(cfg)
+
+
+def test_predict_file_refuses_features_of_another_encoder(classified, tmp_path):
+    model = classified / "models" / "dorl__logreg.joblib"
+    fs = read_features(synthetic_features(tmp_path / "o.h5ad", n_per_domain=20))
+    other_lab = dict(fs.uns, signature={"data": "another lab"})  # new cells, same encoder
+    predict_file(model, write_features(tmp_path / "lab.h5ad", FeatureSet(fs.X, fs.obs, {},
+                                                                         other_lab)),
+                 tmp_path / "ok.csv")
+    other_run = dict(fs.uns, signature={"data": "synthetic", "config.cae": "other"})
+    path = write_features(tmp_path / "run.h5ad", FeatureSet(fs.X, fs.obs, {}, other_run))
+    with pytest.raises(FeatureFileError, match=r"other settings.*\['config.cae'\] differ"):
+        predict_file(model, path, tmp_path / "p.csv")
+    assert not (tmp_path / "p.csv").exists()

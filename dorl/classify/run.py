@@ -256,8 +256,8 @@ def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str
     Raises
     ------
     FeatureFileError
-        When the model file is unreadable, or the feature dimension or the label space of the
-        feature file does not match the model's.
+        When the model file is unreadable, or the feature dimension, the label space or (for
+        ``X``) the embedding settings of the feature file do not match the model's.
     """
     model_path, features_path = Path(model_path), Path(features_path)
     if not model_path.is_file():
@@ -277,12 +277,19 @@ def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str
     if foreign:
         raise FeatureFileError(f"{features_path} holds labels {foreign} outside the label space "
                                f"of model {model_path}: {classes}")
+    # The cells may come from another lab (another data signature), but the features must come
+    # from the same encoder: a model on another run's latent space predicts noise.
     signature = dict(fs.uns.get("signature", {}))
     changed = sorted(k for k in set(signature) | set(bundle["feature_signature"])
-                     if signature.get(k) != bundle["feature_signature"].get(k))
+                     if k != "data" and signature.get(k) != bundle["feature_signature"].get(k))
+    if changed and key == "X":
+        raise FeatureFileError(
+            f"{features_path} was embedded with other settings than the features model "
+            f"{model_path} was trained on ({bundle['feature_file']}): signature keys {changed} "
+            f"differ. Embed these cells with the model's run, or train a model on this file")
     if changed:
-        logger.warning("%s differs from the model's training features in signature keys %s",
-                       features_path, changed)
+        logger.warning("%s[%s] differs from the model's training features in signature keys %s",
+                       features_path, key, changed)
     out = pd.DataFrame({"cell_id": fs.obs.index.astype(str), "domain": fs.domains,
                         "label": fs.labels, "predicted": np.asarray(model.predict(X)).astype(str)})
     if "path" in fs.obs:
