@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
 
 from dorl.config import load_config
-from dorl.data.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
@@ -48,28 +44,3 @@ def tiny_cfg(tmp_path):
         "classify.classifiers=[logreg,knn]",
         "umap.n_neighbors=5",
     ])
-
-
-def write_disc_manifest(root, domains=("lab_a", "lab_b"), n=12, size=64, masks=True):
-    """Pink-background images with one purple disc each (the cell), masks and a manifest."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:size, :size]
-    rows = []
-    for d, domain in enumerate(domains):
-        for i in range(n):
-            r = rng.uniform(0.2, 0.3) * size
-            cx, cy = size / 2 + rng.uniform(-3, 3, 2)
-            mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r ** 2
-            img = np.full((size, size, 3), (235, 200 - 20 * d, 200), np.uint8)
-            img[mask] = (120, 60, 160 + 20 * d)
-            img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
-            path = root / f"{domain}_{i}.png"
-            Image.fromarray(img).save(path)
-            mask_path = ""
-            if masks:
-                mask_path = f"{domain}_{i}_mask.png"
-                Image.fromarray(mask.astype(np.uint8) * 255).save(root / mask_path)
-            rows.append({"path": path.name, "domain": domain, "label_fine": "lymphocyte_typical",
-                         "mask_path": mask_path})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    return load_manifest(root / "manifest.csv", "mature5")

@@ -96,6 +96,7 @@ def test_bad_inputs_raise_clear_errors():
         colour_texture_features([], progress=False)
 
 
+@pytest.mark.realdata
 def test_real_images_of_three_labs_give_finite_features(shared_datasets):
     from dorl.data.images import read_rgb
 

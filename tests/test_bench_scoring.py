@@ -10,7 +10,7 @@ import pandas as pd
 from dorl.classify.run import classify_from_config
 from dorl.featstore import read_features
 from tests.conftest import REPO
-from tests.test_evaluation import synthetic_features
+from tests.helpers import synthetic_features
 
 
 def test_bench_and_classify_run_give_the_same_numbers(tiny_cfg, tmp_path):

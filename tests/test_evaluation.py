@@ -21,42 +21,9 @@ from dorl.classify.run import (
 from dorl.classify.settings import ClassifySettings
 from dorl.config import load_config
 from dorl.featstore import FeatureFileError, FeatureSet, read_features, write_features
+from tests.helpers import CLASSES, synthetic_features
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
-
-
-def synthetic_features(path, n_per_domain=120, dim=12, domains=("lab_a", "lab_b", "lab_c"),
-                       seed=0, missing=None, n_unknown=0, groups=False, obsm=False):
-    """Write a feature file: class blobs, shifted and scaled per domain.
-
-    ``missing`` maps a domain to classes it lacks; ``n_unknown`` cells per domain are labelled
-    ``unknown``; with ``groups`` every pair of consecutive cells shares a group.
-    """
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 3, (len(CLASSES), dim))
-    weights = np.array([0.4, 0.25, 0.15, 0.12, 0.08])
-    X, labels, doms = [], [], []
-    for d, domain in enumerate(domains):
-        allowed = [c for c in CLASSES if c not in (missing or {}).get(domain, ())]
-        p = np.array([weights[CLASSES.index(c)] for c in allowed])
-        y = rng.choice(allowed, size=n_per_domain, p=p / p.sum())
-        shift, scale = rng.normal(0, 1.0, dim), 1 + 0.2 * d
-        noise = rng.normal(0, 1, (n_per_domain, dim))
-        X.append(scale * (centres[[CLASSES.index(c) for c in y]] + noise) + shift)
-        y = y.astype(object)
-        y[:n_unknown] = "unknown"
-        labels += list(y)
-        doms += [domain] * n_per_domain
-    X = np.concatenate(X).astype(np.float32)
-    n = len(X)
-    obs = pd.DataFrame({"path": [f"img/{i}.png" for i in range(n)], "domain": doms,
-                        "label": labels,
-                        "group": [f"g{i // 2}" for i in range(n)] if groups
-                        else [f"img/{i}.png" for i in range(n)]},
-                       index=[f"c{i}" for i in range(n)])
-    extra = {"X_raw": np.concatenate([X, X ** 2], axis=1)} if obsm else {}
-    return write_features(path, FeatureSet(X, obs, extra, {"signature": {"data": "synthetic"}}))
 
 
 @pytest.fixture

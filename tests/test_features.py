@@ -22,7 +22,7 @@ from dorl.features.stain import (
 )
 from dorl.sam.masks import GREY
 from dorl.sam.segmentation import Segmentation
-from tests.conftest import write_disc_manifest
+from tests.helpers import write_disc_manifest
 
 
 def disc_crops(n=6, size=48, seed=0, tint=(0, 0, 0)):

@@ -10,7 +10,7 @@ import pytest
 
 from dorl.sam.evaluate import evaluate_from_config, overlay, report_markdown
 from dorl.sam.metrics import dice, iou
-from tests.conftest import write_disc_manifest
+from tests.helpers import write_disc_manifest
 
 
 def test_dice_and_iou_known_values():

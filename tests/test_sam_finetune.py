@@ -18,7 +18,7 @@ from dorl.sam.finetune import (
     validate,
     validation_rows,
 )
-from tests.conftest import write_disc_manifest
+from tests.helpers import write_disc_manifest
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from dorl.sam.inference import SegmentSettings, segment_from_config, segment_images
 from dorl.sam.masks import GREY, border_fraction, clean_mask, is_usable, mask_box, masked_crop
 from dorl.sam.segmentation import Segmentation
-from tests.conftest import write_disc_manifest
+from tests.helpers import write_disc_manifest
 
 
 def test_clean_mask_keeps_largest_component_and_fills_holes():

@@ -7,7 +7,7 @@ import pytest
 
 from dorl.featstore import FeatureFileError, read_features
 from dorl.viz.umap import colour_map, fit_umap, umap_from_config
-from tests.test_evaluation import synthetic_features
+from tests.helpers import synthetic_features
 
 
 @pytest.fixture
