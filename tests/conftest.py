@@ -36,6 +36,8 @@ def tiny_cfg(tmp_path):
         "sam.finetune.max_images=32",
         "sam.infer.batch_size=16",
         "sam.infer.crop_size=32",
+        "features.crop_size=32",
+        "features.adabn_cells=16",
         "cae.epochs=2",
         "cae.batch_per_domain=8",
         "cae.width=8",

@@ -40,7 +40,7 @@ AFTER_SEGMENTATION = {"cell_features", "cae", "feature_file"}
     ("sam.finetune.epochs", 1, ALL),  # a new adapter is new segmentation input
     ("sam.infer.crop_size", 64, {"segmentation"} | AFTER_SEGMENTATION),
     ("features.stain", "macenko", AFTER_SEGMENTATION),
-    ("features.encoders", ["efficientnet_lite0"], AFTER_SEGMENTATION),
+    ("features.encoders", ["efficientnet_lite1"], AFTER_SEGMENTATION),
     ("cae.epochs", 3, {"cae", "feature_file"}),
     ("cae.loss.mmd", 0.0, {"cae", "feature_file"}),
     ("data.label_space", "dorl13", {"cae", "feature_file"}),
