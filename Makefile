@@ -69,8 +69,11 @@ bench: $(STAMP) ## print speed, memory and domain-shift figures (synthetic data;
 	$(BIN)/python bench/bench_classify.py
 
 bench-realdata: $(STAMP) ## the real-data benchmark of docs/benchmarks.md (needs ../shared/datasets)
-	$(BIN)/python bench/bench_realdata.py --max-per-class 60 --seeds 0 1 2 \
-	    --out runs/realdata_bench num_threads=2 "classify.classifiers=[logreg,svm_rbf,knn,mlp,rf]"
+	$(BIN)/python bench/bench_realdata.py --max-per-class 200 --seeds 0 1 2 \
+	    --out runs/realdata_bench --cae-variants dorl_full --feature-options "L0 cell" \
+	    "L0 cell AdaBN" "L0 cell Reinhard" "L0 cell Reinhard AdaBN" "L0 cell Macenko AdaBN" \
+	    "L0 cell grey AdaBN" "L2 cell Reinhard AdaBN" -- \
+	    num_threads=2 "classify.classifiers=[logreg,svm_rbf,knn,mlp,rf]"
 
 clean: ## remove runs and generated data (keeps the environment)
 	rm -rf runs data/synth .pytest_cache
