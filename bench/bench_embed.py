@@ -184,7 +184,7 @@ def compare(args: argparse.Namespace) -> None:
             vcfg = load_config(config_file(args), base + VARIANTS[name] + [
                 f"seed={seed}", f"run_dir={out}/{name}_seed{seed}"])
             fs = read_features(embed_segmentation(vcfg, manifest, seg))
-            rows.append({"features": name, "seed": seed, **fs.uns["invariance"]["cae"],
+            rows.append({"features": name, "seed": seed, **fs.uns["invariance"]["embedding"],
                          "in_domain_f1": in_domain_f1(fs.X, domains, labels, seed)})
             t = fs.uns["timings_s"]
             timing.append(f"timing {name} seed {seed}: CAE training {t['cae_train']:.1f} s over "

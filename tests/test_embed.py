@@ -71,7 +71,7 @@ def test_feature_file_holds_embeddings_metadata_and_provenance(toy_cfg):
     assert "torch" in uns["versions"] and "cae:" in uns["config"]
     assert len(uns["hashes"]["cae_checkpoint"]) == 64
     assert uns["hashes"]["checkpoint_sha256"] == "abc"
-    assert set(uns["invariance"]) == {"cae", "sam_pooled"}
+    assert set(uns["invariance"]) == {"embedding", "sam_pooled"}
     run_dir = Path(toy_cfg.run_dir)
     for name in ("invariance.png", "cae/loss_curves.png", "cae/best.pt", "cae/last.pt"):
         assert (run_dir / name).is_file(), name

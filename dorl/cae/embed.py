@@ -263,11 +263,11 @@ def _provenance(cfg, signature: dict[str, str], seg: Segmentation, result: Train
 
 def _invariance(cfg, X: np.ndarray, obsm: dict[str, np.ndarray], obs: pd.DataFrame,
                 run_dir: Path) -> dict:
-    """Domain-invariance figures of the CAE latent and of each stored SAM feature set."""
+    """Domain-invariance figures of the embedding (X) and of each stored feature set (obsm)."""
     domains, labels = obs["domain"].astype(str).to_numpy(), obs["label"].astype(str).to_numpy()
     if len(np.unique(domains)) < 2:
         return {}
-    sets = {"cae": X, **{k[2:]: v for k, v in obsm.items()}}
+    sets = {"embedding": X, **{k[2:]: v for k, v in obsm.items()}}
     results = {name: domain_invariance(v, domains, labels, int(cfg.seed))
                for name, v in sets.items()}
     for name, r in results.items():
