@@ -12,7 +12,7 @@ artifact       declared keys                                       upstream
 adapter        seed, the SAM model, ``sam.lora``, ``sam.finetune``  data
 segmentation   the SAM model, ``sam.lora``, ``sam.infer``           data, adapter files
 cell features  seed, ``features``                                   segmentation
-CAE            seed, ``data.label_space``, ``features``, ``cae``    feature file's, segmentation
+CAE            seed, ``data.label_space``, ``features``, ``cae``    data, segmentation
 feature file   every key above                                     data
 =============  ==================================================  ============================
 """
