@@ -20,8 +20,9 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Replace the running statistics of ``model``'s BatchNorm layers by the exact mean and
-    variance over ``batches`` (a cumulative average), then return the model to eval mode.
+    """Replace the running statistics of ``model``'s BatchNorm layers by those of ``batches``
+    (the average of the per-batch means and variances, every batch weighing the same), then
+    return the model to eval mode.
 
     Parameters
     ----------
@@ -48,7 +49,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     saved = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: the exact mean over every batch
+        m.momentum = None  # cumulative moving average: the mean of the per-batch statistics
         m.train()
     seen = 0
     for batch in batches:

@@ -32,18 +32,22 @@ def _od(rgb: np.ndarray) -> np.ndarray:
     return -np.log((rgb.astype(np.float64) + 1.0) / 256.0)
 
 
+def _masked_stats(lab: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean and standard deviation (2, 3) of a LAB image's pixels inside ``mask`` (all of them
+    when the mask is empty)."""
+    pixels = lab[mask] if mask.any() else lab.reshape(-1, 3)
+    return np.stack([pixels.mean(axis=0), pixels.std(axis=0) + 1e-6])
+
+
 def lab_stats(crop: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Mean and standard deviation of L, a, b inside ``mask``: shape (2, 3)."""
-    lab = rgb2lab(crop)[mask]
-    if not len(lab):
-        lab = rgb2lab(crop).reshape(-1, 3)
-    return np.stack([lab.mean(axis=0), lab.std(axis=0) + 1e-6])
+    return _masked_stats(rgb2lab(crop), mask)
 
 
 def reinhard(crop: np.ndarray, mask: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Map the crop's masked LAB statistics to ``reference`` (2, 3); returns uint8 (H, W, 3)."""
-    lab = rgb2lab(crop)
-    stats = lab_stats(crop, mask)
+    lab = rgb2lab(crop)  # converted once: the statistics and the mapping both use it
+    stats = _masked_stats(lab, mask)
     mapped = (lab - stats[0]) / stats[1] * reference[1] + reference[0]
     with warnings.catch_warnings():  # colours mapped out of the sRGB gamut are clipped
         warnings.filterwarnings("ignore", "Conversion from CIE-LAB", UserWarning)
