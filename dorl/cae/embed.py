@@ -142,23 +142,35 @@ def _encoder_input(cfg, seg: Segmentation, cell_feats: dict[str, np.ndarray]) ->
     return np.asarray(seg.features[key], dtype=np.float32)
 
 
+def _domain_ids(manifest: Manifest) -> np.ndarray:
+    """Each row's index into ``manifest.domains``."""
+    return manifest.table["domain"].map(
+        {d: i for i, d in enumerate(manifest.domains)}).to_numpy()
+
+
+def _standardised_features(cfg, seg: Segmentation, cell_feats: dict[str, np.ndarray],
+                           ids: np.ndarray) -> np.ndarray | None:
+    """The encoder input features under ``cae.feature_norm`` (None when ``cae.input=crop``)."""
+    if cfg.cae.input not in ("features", "both"):
+        return None
+    feats = _encoder_input(cfg, seg, cell_feats)
+    if cfg.cae.feature_norm == "per_domain":
+        flat = DomainStandardScaler().fit_transform(feats.reshape(len(feats), -1), domains=ids)
+        return flat.reshape(feats.shape).astype(np.float32)
+    if cfg.cae.feature_norm != "global":
+        raise ConfigError(f"cae.feature_norm must be global or per_domain, got "
+                          f"{cfg.cae.feature_norm!r}")
+    return feats
+
+
 def _cae_data(cfg, manifest: Manifest, seg: Segmentation,
               cell_feats: dict[str, np.ndarray]) -> CAEData:
-    domains = manifest.domains
-    ids = manifest.table["domain"].map({d: i for i, d in enumerate(domains)}).to_numpy()
-    feats = None
-    if cfg.cae.input in ("features", "both"):
-        feats = _encoder_input(cfg, seg, cell_feats)
-        if cfg.cae.feature_norm == "per_domain":
-            flat = DomainStandardScaler().fit_transform(feats.reshape(len(feats), -1), domains=ids)
-            feats = flat.reshape(feats.shape).astype(np.float32)
-        elif cfg.cae.feature_norm != "global":
-            raise ConfigError(f"cae.feature_norm must be global or per_domain, got "
-                              f"{cfg.cae.feature_norm!r}")
+    ids = _domain_ids(manifest)
+    feats = _standardised_features(cfg, seg, cell_feats, ids)
     crops, size = np.asarray(seg.crops, dtype=np.uint8), int(cfg.cae.image_size)
     if crops.shape[1] > size:  # downsize only: the SSIM target is never upsampled
         crops = resize_batch(crops, size)
-    return CAEData(crops, feats, ids.astype(np.int64), domains)
+    return CAEData(crops, feats, ids.astype(np.int64), manifest.domains)
 
 
 def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
@@ -186,12 +198,12 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     out = run_dir / FEATURES_FILE
     signature = feature_signature(cfg, manifest)
     timings = dict(timings or {})
-    train_idx, val_idx = split_cells(cfg, manifest)
     t0 = time.perf_counter()
     cell_feats, cell_meta = cell_feats or features_from_config(cfg, manifest, seg)
     timings["cell_features"] = time.perf_counter() - t0
-    data = _cae_data(cfg, manifest, seg, cell_feats)
     if cfg.cae.enabled:
+        train_idx, val_idx = split_cells(cfg, manifest)
+        data = _cae_data(cfg, manifest, seg, cell_feats)
         device = get_device(cfg.device)
         logger.info("CAE (%s, input %s, %s protocol): %d training and %d validation cells of "
                     "%d, %d px crops, device %s", cfg.cae.arch, cfg.cae.input, cfg.cae.protocol,
@@ -205,13 +217,14 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
         X = encode_cells(result.model, data, device)
         timings.update(cae_train=t1 - t0, cae_encode=time.perf_counter() - t1)
     else:
-        if data.features is None:
+        feats = _standardised_features(cfg, seg, cell_feats, _domain_ids(manifest))
+        if feats is None:
             raise ConfigError("cae.enabled=false embeds the cells by their features: set "
                               "cae.input to features or both")
         logger.info("autoencoder off (cae.enabled=false): the embedding is the %s-standardised "
                     "features", cfg.cae.feature_norm)
         result, train_idx, val_idx = None, np.array([], int), np.array([], int)
-        X = data.features.reshape(len(data), -1).astype(np.float32)
+        X = feats.reshape(len(feats), -1).astype(np.float32)
 
     table = manifest.table
     obs = table[[c for c in OBS_COLUMNS if c in table.columns]].copy()
@@ -224,7 +237,7 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     in_training = np.zeros(len(table), dtype=bool)
     in_training[np.concatenate([train_idx, val_idx])] = True
     obs["cae_trained_on"] = in_training
-    uns = _provenance(cfg, signature, seg, result, data.domains, timings)
+    uns = _provenance(cfg, signature, seg, result, manifest.domains, timings)
     uns["invariance"] = invariance
     uns["cell_features"] = {k: v for k, v in cell_meta.items() if k != "timings_s"}
     return write_features(out, FeatureSet(X, obs, obsm, uns))
