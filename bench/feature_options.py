@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -87,8 +88,7 @@ def option_features(name: str, crops: np.ndarray, masks: np.ndarray, domains: np
     for encoder in encoders:
         key = (encoder, stain, adabn, len(crops))
         if key not in cache:
-            settings = FeatureSettings(**{**base.__dict__, "encoders": (encoder,),
-                                          "stain": stain, "adabn": adabn})
+            settings = replace(base, encoders=(encoder,), stain=stain, adabn=adabn)
             features, timings = encode_normalised(normalised, domains, settings)
             cache[key] = (features[encoder], timings[encoder])
         parts.append(cache[key][0])
@@ -127,6 +127,13 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
                      "shifted_f1": float(np.mean([f1_score(labels, p.astype(str), average="macro")
                                                   for p in shift.values()]))})
     return pd.DataFrame(rows)
+
+
+def encoder_features(name: str, n: int, cache: dict) -> dict[str, np.ndarray]:
+    """The raw (not standardised) features of each encoder of option ``name`` over the ``n``
+    cells :func:`option_features` encoded, from its cache."""
+    encoders, stain, adabn = OPTIONS[name]
+    return {e: cache[(e, stain, adabn, n)][0] for e in encoders}
 
 
 def choose_default(selection: pd.DataFrame) -> tuple[str, pd.DataFrame]:
