@@ -233,8 +233,6 @@ def encode_normalised(normalised: np.ndarray, domains: np.ndarray, settings: Fea
     return features, timings
 
 
-
-
 def features_from_config(cfg, manifest: Manifest, seg: Segmentation
                          ) -> tuple[dict[str, np.ndarray], dict]:
     """Cell features of every manifest row and their provenance (see :func:`cell_features`),
