@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 import umap
+from cnn_comparator import CNNSettings, cnn_predictions
 from feature_options import (
     OPTIONS,
     choose_default,
@@ -65,7 +66,7 @@ from dorl.cae.embed import embed_segmentation
 from dorl.cae.invariance import domain_invariance
 from dorl.classify.baselines import colour_texture_features, pixel_pca_features
 from dorl.classify.inputs import FeatureInput
-from dorl.classify.run import kept_classes, run_classification
+from dorl.classify.run import kept_classes, run_classification, score
 from dorl.classify.settings import ClassifySettings
 from dorl.config import load_config
 from dorl.data.images import read_cell_mask, read_rgb
@@ -81,6 +82,7 @@ from dorl.seeding import seed_everything
 logger = logging.getLogger("bench_realdata")
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "acevedo20"
+CNN_METHOD = "supervised CNN (source labels)"
 QUICK = ["classify.classifiers=[logreg,knn,rf,svm_rbf]",
          "sam.finetune.epochs=1", "sam.finetune.max_images=32", "cae.epochs=4", "cae.patience=2"]
 # Source cells per class the cell-feature selection rule scores (bench/feature_options.py).
@@ -129,7 +131,7 @@ def score_methods(features: dict[str, np.ndarray], table: pd.DataFrame, cfg, see
     settings = replace(ClassifySettings.from_config(cfg), protocols=("source_target",
                                                                       "in_domain"),
                        n_folds=5, seeds=(seed,), sources=(SOURCE,), save_models=False,
-                       max_train_cells=None)
+                       max_train_cells=None, adaptations=("none",))
     results, _, timings = run_classification(inputs, settings, out)
     shared = results[(results["scope"] == "shared") & (results["label"] == "")
                      & results["metric"].isin(["macro_f1", "accuracy"])]
@@ -150,6 +152,32 @@ def score_methods(features: dict[str, np.ndarray], table: pd.DataFrame, cfg, see
                      "n_test": int(n_test[(method, clf, protocol, target)]) if in_domain
                      else int(np.isin(labels[domains == target], kept[target]).sum())})
     return rows, timings
+
+
+def cnn_rows(crops: np.ndarray, masks: np.ndarray, table: pd.DataFrame, cfg, seed: int,
+             watch: Stopwatch) -> list[dict]:
+    """Rows of the supervised CNN comparator (bench/cnn_comparator.py) for one seed, scored by
+    the classify stage's own metric code on the classes :func:`score_methods` keeps."""
+    domains, labels = table["domain"].to_numpy(), table["label"].to_numpy()
+    predictions, seconds = cnn_predictions(crops, masks, labels, domains, SOURCE, seed,
+                                           CNNSettings())
+    n_train = int(round(0.8 * (domains == SOURCE).sum()))
+    watch.record(f"supervised CNN training (seed {seed}, {CNNSettings().epochs} epochs)",
+                 n_train * CNNSettings().epochs, seconds)
+    rows = []
+    for target, (cells, pred) in predictions.items():
+        kept = sorted(set(kept_classes(labels[domains == target],
+                                       int(cfg.classify.min_class_count)))
+                      & set(labels[domains == SOURCE]))
+        scored = {(r["metric"]): r["value"] for r in score(labels[cells], pred,
+                                                           set(labels[domains == SOURCE]), kept)
+                  if r["scope"] == "shared" and r["label"] == ""}
+        rows.append({"method": CNN_METHOD, "classifier": "cnn", "seed": seed,
+                     "target": f"{SOURCE} (5-fold)" if target == SOURCE else target,
+                     "macro_f1": scored["macro_f1"], "accuracy": scored["accuracy"],
+                     "classes": ",".join(kept),
+                     "n_test": int(np.isin(labels[cells], kept).sum())})
+    return rows
 
 
 def segmentation_quality(seg, manifest: Manifest) -> dict:
@@ -365,8 +393,9 @@ def markdown(summary: pd.DataFrame, seg_quality: dict, speed: pd.DataFrame, meta
     for _, r in summary.iterrows():
         lines.append(f"| {r['method']} | {r['target']} | {pm(r, 'chosen_f1')} "
                      f"({r['chosen_classifier']}) | {pm(r, 'best_f1')} | {pm(r, 'mean_f1')}"
-                     f" | {pm(r, 'best_acc')} | {pm(r, 'mean_acc')} | {r['mmd']:.4f} | "
-                     f"{r['domain_clf_acc']:.3f} |")
+                     f" | {pm(r, 'best_acc')} | {pm(r, 'mean_acc')} | "
+                     + ("– | – |" if np.isnan(r["mmd"]) else
+                        f"{r['mmd']:.4f} | {r['domain_clf_acc']:.3f} |"))
     if meta.get("selection"):
         lines += ["", f"Cell-feature options by the label-free selection rule "
                       f"(bench/feature_options.py); chosen: **{meta['chosen_option']}**.", "",
@@ -436,6 +465,9 @@ def main(argv=None) -> int:
     ap.add_argument("--feature-options", nargs="*", choices=list(OPTIONS), default=[],
                     metavar="OPTION", help=f"cell-feature options to add as rows, chosen between "
                     f"by the label-free rule of bench/feature_options.py: {list(OPTIONS)}")
+    ap.add_argument("--cnn", action="store_true",
+                    help="add the supervised CNN comparator (bench/cnn_comparator.py), one "
+                         "training per seed on the LoRA-SAM cell crops")
     ap.add_argument("overrides", nargs="*", help="config key=value overrides")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite results.md from the scores.csv and results.json in --out")
@@ -529,6 +561,17 @@ def main(argv=None) -> int:
         umap.UMAP(n_neighbors=int(cfg.umap.n_neighbors), random_state=int(cfg.seed)
                   ).fit_transform(X_last)
 
+    if args.cnn and not args.baselines_only:
+        from dorl.features.encode import cell_crops
+
+        with watch.time("cell crops for the CNN (LoRA-SAM masks)", n):
+            crops, masks = cell_crops(manifest, seg_ft, CNNSettings().crop_size)
+        for seed in args.seeds:
+            scores += cnn_rows(crops, masks, table, cfg, seed, watch)
+        meta["methods"].append(CNN_METHOD)
+        for seed in args.seeds:  # the CNN has no embedding: no invariance figures
+            invariance.append({"method": CNN_METHOD, "seed": seed, "mmd": np.nan,
+                               "domain_clf_acc": np.nan})
     meta["load_average_end"] = os.getloadavg()
     scores, invariance = pd.DataFrame(scores), pd.DataFrame(invariance)
     summary = summarise(scores, invariance)

@@ -28,6 +28,7 @@ def test_bench_and_classify_run_give_the_same_numbers(tiny_cfg, tmp_path):
 
     tiny_cfg.classify.features = {"dorl": str(path)}
     tiny_cfg.classify.protocols = ["source_target", "in_domain"]
+    tiny_cfg.classify.adaptations = ["none"]
     tiny_cfg.classify.sources = [SOURCE]
     tiny_cfg.classify.n_folds = 5
     tiny_cfg.classify.save_models = False

@@ -80,8 +80,9 @@ def test_classify_writes_every_report(classified):
     results = pd.read_csv(out / "results.csv", keep_default_na=False)
     assert {"feature_set", "classifier", "protocol", "source", "target", "fold", "seed", "scope",
             "metric", "label", "value"} <= set(results.columns)
-    assert set(results["protocol"]) == {"source_target", "in_domain", "lodo"}
+    assert set(results["protocol"]) == {"source_target", "in_domain", "lodo", "few_shot"}
     assert set(results["classifier"]) == {"logreg", "knn"}
+    assert set(results["adaptation"]) == {"none", "coral", "self_training"}
     st = results[results["protocol"] == "source_target"]
     assert (st["source"] != st["target"]).all()
     assert len(st[["source", "target"]].drop_duplicates()) == 6
@@ -91,13 +92,69 @@ def test_classify_writes_every_report(classified):
     assert set(indom["fold"]) == {0, 1}
     md = (out / "results.md").read_text()
     assert "cross-domain mean" in md and "lab_a → lab_b" in md and "held out lab_c" in md
+    assert "## Choosing a classifier per target" in md and "| k=10 |" in md
     summary = json.loads((out / "summary.json").read_text())
     assert summary["feature_sets"]["dorl"]["unknown_left_out"] == {"lab_a": 4, "lab_b": 4,
                                                                    "lab_c": 4}
-    assert "dorl/logreg" in summary["headline"]
-    assert len(list((out / "confusion").glob("*.png"))) == 2 * 3
+    assert "dorl/self_training/logreg" in summary["headline"]
+    assert {c["rule"] for c in summary["classifier_choices"]} == {"source", "agreement", "snd",
+                                                                  "oracle"}
+    assert {c["shots"] for c in summary["few_shot"]} == {0, 1, 5, 10, 25}
+    assert (out / "few_shot.png").stat().st_size > 0
+    assert len(list((out / "confusion").glob("*.png"))) == 3 * 2 * 3
     assert sorted(p.name for p in (out / "models").iterdir()) == ["dorl__knn.joblib",
                                                                   "dorl__logreg.joblib"]
+
+
+def test_adapted_rows_keep_the_in_domain_score_and_few_shot_its_classifiers(cfg, tmp_path):
+    cfg.classify.adaptations = ["none", "domain_std", "coral", "self_training"]
+    cfg.classify.adaptation_classifiers = ["knn", "svm_rbf"]
+    cfg.classify.few_shot.draws = 2
+    results, _, _ = run_classification([load_input("x", cfg.classify.features.dorl)],
+                                       ClassifySettings.from_config(cfg), tmp_path / "o")
+    f1 = results[(results["metric"] == "macro_f1") & (results["scope"] == "shared")]
+    within = f1[f1["protocol"] == "in_domain"].pivot_table(
+        index=["classifier", "source", "fold"], columns="adaptation", values="value")
+    # coral and self-training adapt only to targets outside the training domains.
+    np.testing.assert_allclose(within["coral"].dropna(), within["domain_std"].dropna())
+    np.testing.assert_allclose(within["self_training"].dropna(), within["domain_std"].dropna())
+    adapted = results[(results["adaptation"] != "none") & (results["protocol"] != "few_shot")]
+    assert set(adapted["classifier"]) == {"knn"}  # classifiers ∩ adaptation_classifiers
+    few = results[results["protocol"] == "few_shot"]
+    assert set(few["classifier"]) == {"logreg"}  # classify.few_shot.classifiers
+    assert set(few["adaptation"]) == {"none", "domain_std"}
+    assert set(few["shots"]) == {1, 5, 10, 25}
+    free = results[(results["scope"] == "label_free") & (results["adaptation"] == "none")]
+    assert set(free["metric"]) == {"snd", "agreement"}
+    assert free["value"].between(0, np.inf).all()
+
+
+def test_self_training_row_lifts_a_shifted_target(tmp_path, cfg):
+    # Class-conditional shift: the target's class x moves towards y, which per-domain
+    # standardisation cannot undo.
+    rng = np.random.default_rng(0)
+    centres = {"lab_a": {"x": (-2.0, 0.0), "y": (2.0, 0.0)},
+               "lab_b": {"x": (-0.3, 0.0), "y": (3.7, 0.0)}}
+    rows = [(d, c, rng.normal(xy, 0.7)) for d, by in centres.items() for c, xy in by.items()
+            for _ in range(100)]
+    obs = pd.DataFrame({"domain": [r[0] for r in rows], "label": [r[1] for r in rows]},
+                       index=[f"c{i}" for i in range(len(rows))])
+    X = np.stack([r[2] for r in rows]).astype(np.float32)
+    path = write_features(tmp_path / "shift.h5ad", FeatureSet(X, obs, {}, {}))
+    cfg.classify.classifiers = ["logreg"]
+    cfg.classify.protocols = ["source_target"]
+    cfg.classify.adaptations = ["none", "self_training"]
+    results, _, _ = run_classification([load_input("x", path)],
+                                       ClassifySettings.from_config(cfg), tmp_path / "o")
+    f1 = results[(results["metric"] == "macro_f1") & (results["scope"] == "shared")]
+    mean = f1.groupby("adaptation")["value"].mean()
+    assert mean["self_training"] > mean["none"] + 0.03
+
+
+def test_unknown_adaptation_is_refused(cfg):
+    cfg.classify.adaptations = ["none", "tent"]
+    with pytest.raises(ValueError, match="unknown \\['tent'\\]"):
+        ClassifySettings.from_config(cfg)
 
 
 def test_same_seed_gives_identical_results_in_parallel(cfg, tmp_path):
@@ -123,7 +180,7 @@ def test_several_feature_sets_and_obsm_in_one_table(cfg):
     out = classify_from_config(cfg)
     assert set(pd.read_csv(out / "results.csv")["feature_set"]) == {"dorl", "raw"}
     table = (out / "results.md").read_text()
-    assert "| raw | KNN |" in table and "| dorl | KNN |" in table
+    assert "| raw | none | KNN |" in table and "| dorl | coral | KNN |" in table
 
 
 def test_missing_source_class_lowers_the_full_scope_ceiling(tmp_path, cfg):
@@ -149,10 +206,10 @@ def test_group_aware_splits_never_share_a_group(tmp_path, cfg, monkeypatch):
     seen = []
     real = evaluation._fit_predict
 
-    def spy(model, X, y, split, keep_model):
+    def spy(model, X, y, split, *rest):
         for ev in split.evaluations:
             seen.append(set(inp.groups[split.train]) & set(inp.groups[ev.test]))
-        return real(model, X, y, split, keep_model)
+        return real(model, X, y, split, *rest)
 
     monkeypatch.setattr(evaluation, "_fit_predict", spy)
     run_classification([inp], ClassifySettings.from_config(cfg), tmp_path / "out")

@@ -98,3 +98,48 @@ def test_sources_restrict_the_domains_trained_on():
         assert {e.target for e in s.evaluations} == {"x", "y", "z"}
     with pytest.raises(ProtocolError, match="classify.sources"):
         list(make_splits(labels, domains, ["source_target"], 2, 0, sources=["w"]))
+
+
+def _few_shot(labels, domains, groups=None, shots=(1, 3), draws=4, seed=0, sources=None):
+    return list(make_splits(labels, domains, ["few_shot"], 2, seed, groups, sources=sources,
+                            shots=shots, draws=draws))
+
+
+def test_few_shot_draws_never_leak_a_test_cell_into_training():
+    labels, domains = cells(60)
+    groups = np.array([f"g{i // 2}" for i in range(len(labels))])  # near-duplicate pairs
+    splits = _few_shot(labels, domains, groups)
+    assert len(splits) == 3 * 2 * 4 * 2  # sources x targets x draws x shots
+    for s in splits:
+        (ev,) = s.evaluations
+        assert ev.protocol == "few_shot" and ev.target != s.source
+        assert not set(s.train) & set(ev.test)
+        assert not set(groups[s.train]) & set(groups[ev.test])
+        shots = s.train[domains[s.train] == ev.target]
+        assert sorted(np.unique(labels[shots], return_counts=True)[1]) == [ev.shots] * 3
+        assert len(np.unique(groups[shots])) == len(shots)  # one cell per drawn group
+        assert set(ev.test) | set(shots) <= set(np.flatnonzero(domains == ev.target))
+        assert set(domains[s.train]) == {s.source, ev.target}
+
+
+def test_few_shot_shots_are_nested_within_a_draw_and_differ_between_draws():
+    labels, domains = cells(60)
+    splits = _few_shot(labels, domains, sources=["a"])
+    by = {(s.evaluations[0].target, s.fold, s.evaluations[0].shots):
+          set(s.train[domains[s.train] != "a"]) for s in splits}
+    for target in "bc":
+        for draw in range(4):
+            assert by[(target, draw, 1)] < by[(target, draw, 3)]
+        assert len({frozenset(by[(target, d, 3)]) for d in range(4)}) > 1
+    again = _few_shot(labels, domains, sources=["a"])
+    assert all(np.array_equal(x.train, y.train) for x, y in zip(splits, again))
+
+
+def test_few_shot_leaves_classes_with_too_few_cells_unshot():
+    labels = np.array(["x"] * 20 + ["x"] * 10 + ["y"] * 2)
+    domains = np.array(["a"] * 20 + ["b"] * 12)
+    labels[:10] = "y"
+    (s,) = _few_shot(labels, domains, shots=(2,), draws=1, sources=["a"])
+    shots = s.train[domains[s.train] == "b"]
+    assert set(labels[shots]) == {"x"} and len(shots) == 2  # y has only 2 cells in b
+    assert set(labels[s.evaluations[0].test]) == {"x", "y"}

@@ -10,6 +10,8 @@ import pytest
 
 from dorl.classify.reports import (
     cell_stats,
+    classifier_choices,
+    few_shot_curve,
     markdown_report,
     pair_table,
     pooled_mean,
@@ -28,8 +30,9 @@ def results_frame():
     for (protocol, source, target), per_fold in values.items():
         for fold, v in enumerate(per_fold):
             for scope in ("shared", "full"):
-                base = {"feature_set": "dorl", "classifier": "logreg", "protocol": protocol,
-                        "source": source, "target": target, "fold": fold, "seed": 0,
+                base = {"feature_set": "dorl", "adaptation": "none", "classifier": "logreg",
+                        "protocol": protocol, "source": source, "target": target, "shots": 0,
+                        "fold": fold, "seed": 0,
                         "scope": scope, "label": "", "n_test": 10}
                 rows.append({**base, "metric": "macro_f1", "value": v})
                 rows.append({**base, "metric": "accuracy", "value": v})
@@ -43,7 +46,8 @@ def results_frame():
 
 def test_cell_stats_average_over_folds_without_per_class_rows():
     stats = cell_stats(results_frame())
-    cell = stats.loc[("dorl", "logreg", "source_target", "a", "b", "shared", "macro_f1")]
+    cell = stats.loc[("dorl", "none", "logreg", "source_target", "a", "b", 0, "shared",
+                      "macro_f1")]
     assert cell["mean"] == pytest.approx(0.3) and cell["n"] == 2
     assert cell["std"] == pytest.approx(np.std([0.4, 0.2], ddof=1))
     assert "f1" not in stats.index.get_level_values("metric")
@@ -60,10 +64,10 @@ def test_cross_domain_mean_leaves_in_domain_cells_out():
 
 def test_pair_table_layout():
     table = pair_table(results_frame(), "shared", "macro_f1").splitlines()
-    assert table[0] == ("| features | classifier | a → a | a → b | b → a | b → b | "
+    assert table[0] == ("| features | adaptation | classifier | a → a | a → b | b → a | b → b | "
                         "in-domain mean | **cross-domain mean** |")
-    assert table[2] == ("| dorl | Logistic regression | 85.0 ± 7.1 | 30.0 ± 14.1 | 30.0 ± 0.0 | "
-                        "70.0 ± 0.0 | 77.5 ± 3.5 | **30.0 ± 7.1** |")
+    assert table[2] == ("| dorl | none | Logistic regression | 85.0 ± 7.1 | 30.0 ± 14.1 | "
+                        "30.0 ± 0.0 | 70.0 ± 0.0 | 77.5 ± 3.5 | **30.0 ± 7.1** |")
 
 
 def test_markdown_report_states_ceilings_and_lodo(tmp_path):
@@ -76,19 +80,54 @@ def test_markdown_report_states_ceilings_and_lodo(tmp_path):
 
 def test_write_reports_files(tmp_path):
     cfg = load_config(None, [f"run_dir={tmp_path}"])
-    confusions = {("dorl", "logreg", "source_target", "a", "b"): (["x", "y"],
-                                                                 np.array([[3, 1], [0, 4]]))}
-    timings = pd.DataFrame([{"feature_set": "dorl", "classifier": "logreg", "fit_s": 1.0,
-                             "predict_s": 0.5}])
+    confusions = {("dorl", "none", "logreg", "source_target", "a", "b"): (
+        ["x", "y"], np.array([[3, 1], [0, 4]]))}
+    timings = pd.DataFrame([{"feature_set": "dorl", "adaptation": "none", "classifier": "logreg",
+                             "fit_s": 1.0, "predict_s": 0.5}])
     table = write_reports(tmp_path / "out", results_frame(), confusions, timings, [],
                           ClassifySettings.from_config(cfg), 2.0)
     assert "cross-domain mean" in table
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    head = summary["headline"]["dorl/logreg"]
+    head = summary["headline"]["dorl/none/logreg"]
     assert head["cross_domain_macro_f1_shared"]["mean"] == pytest.approx(0.3)
     assert head["lodo_macro_f1_full"]["mean"] == pytest.approx(0.55)
     assert summary["confusion_matrices"][0]["counts"] == [[3, 1], [0, 4]]
-    png = tmp_path / "out" / "confusion" / "dorl__logreg__source_target.png"
+    png = tmp_path / "out" / "confusion" / "dorl__none__logreg__source_target.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
     csv = pd.read_csv(tmp_path / "out" / "results.csv", keep_default_na=False)
     assert len(csv) == len(results_frame())
+
+
+def _row(classifier, protocol, target, metric, value, scope="shared", shots=0, fold=0):
+    return {"feature_set": "dorl", "adaptation": "none", "classifier": classifier,
+            "protocol": protocol, "source": "a", "target": target, "shots": shots, "fold": fold,
+            "seed": 0, "scope": scope, "metric": metric, "label": "", "value": value,
+            "n_test": 10}
+
+
+def test_each_rule_picks_its_own_classifier():
+    rows = []
+    # rf is best in-domain, svm agrees most with the vote, knn has the highest SND, and logreg
+    # is best on the target: four rules, four picks.
+    for clf, within, target, agreement, snd in (("rf", 0.9, 0.4, 0.5, 1.0),
+                                                ("svm_rbf", 0.8, 0.5, 0.9, 1.1),
+                                                ("knn", 0.7, 0.6, 0.6, 2.0),
+                                                ("logreg", 0.6, 0.7, 0.7, 1.2)):
+        rows += [_row(clf, "in_domain", "a", "macro_f1", within),
+                 _row(clf, "source_target", "b", "macro_f1", target),
+                 _row(clf, "source_target", "b", "agreement", agreement, "label_free"),
+                 _row(clf, "source_target", "b", "snd", snd, "label_free")]
+    picks = classifier_choices(pd.DataFrame(rows)).set_index("rule")
+    assert picks["classifier"].to_dict() == {"source": "rf", "agreement": "svm_rbf",
+                                             "snd": "knn", "oracle": "logreg"}
+    assert picks.loc["agreement", "mean"] == pytest.approx(0.5)  # scored on target labels
+
+
+def test_few_shot_curve_starts_at_the_cross_domain_score():
+    rows = [_row("logreg", "source_target", "b", "macro_f1", 0.5)]
+    for draw, (one, five) in enumerate(((0.6, 0.8), (0.7, 0.9))):
+        rows += [_row("logreg", "few_shot", "b", "macro_f1", one, shots=1, fold=draw),
+                 _row("logreg", "few_shot", "b", "macro_f1", five, shots=5, fold=draw)]
+    curve = few_shot_curve(pd.DataFrame(rows)).set_index("shots")
+    assert curve["mean"].to_dict() == pytest.approx({0: 0.5, 1: 0.65, 5: 0.85})
+    assert curve.loc[5, "n"] == 2

@@ -38,6 +38,9 @@ class FeatureInput:
         Cells left out per domain because they are ``unknown`` or unlabelled.
     signature : dict
         The file's ``uns/signature`` (empty when it has none).
+    domain_scaler : DomainStandardScaler or None
+        Per-domain statistics over all the file's cells, labelled or not (the ``domain_std``
+        adaptation); None: fitted on the labelled cells when needed.
     """
 
     name: str
@@ -49,10 +52,15 @@ class FeatureInput:
     groups: np.ndarray | None
     n_unknown: dict[str, int] = field(default_factory=dict)
     signature: dict[str, Any] = field(default_factory=dict)
+    domain_scaler: DomainStandardScaler | None = None
+
+    def standardised(self) -> np.ndarray:
+        """``X`` with each domain standardised by its own statistics, float32, same shape."""
+        scaler = self.domain_scaler or DomainStandardScaler().fit(self.X, domains=self.domains)
+        return scaler.transform(self.X, domains=self.domains).astype(np.float32)
 
 
-def load_input(name: str, path: str | Path, key: str = "X",
-               domain_standardize: bool = False) -> FeatureInput:
+def load_input(name: str, path: str | Path, key: str = "X") -> FeatureInput:
     """Read one feature file and keep its labelled cells.
 
     Parameters
@@ -61,14 +69,9 @@ def load_input(name: str, path: str | Path, key: str = "X",
     path : str or Path
     key : str, default="X"
         ``X`` or an ``obsm`` key.
-    domain_standardize : bool, default=False
-        Standardise each domain with its own statistics over all its cells (labelled or not;
-        transductive, label-free), see :class:`~dorl.classify.estimators.DomainStandardScaler`.
     """
     fs = read_features(path, obsm=key != "X")
     X = fs.features(key)
-    if domain_standardize:
-        X = DomainStandardScaler().fit_transform(X, domains=fs.domains).astype(np.float32)
     keep = ~np.isin(fs.labels, UNLABELLED)
     if not keep.any():
         raise FeatureFileError(f"{path}: no labelled cells (all are {UNLABELLED})")
@@ -77,4 +80,5 @@ def load_input(name: str, path: str | Path, key: str = "X",
     return FeatureInput(name, Path(path), key, X[keep], fs.labels[keep], fs.domains[keep],
                         groups if has_groups(groups) else None,
                         {str(d): int(n) for d, n in dropped.items()},
-                        dict(fs.uns.get("signature", {})))
+                        dict(fs.uns.get("signature", {})),
+                        DomainStandardScaler().fit(X, domains=fs.domains))

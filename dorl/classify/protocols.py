@@ -1,6 +1,6 @@
 """Evaluation protocols: which cells each model trains on and which cells it is scored on.
 
-Three protocols, all over the labelled cells (``unknown`` cells are removed before this module):
+Four protocols, all over the labelled cells (``unknown`` cells are removed before this module):
 
 * ``source_target``: for every source domain, a stratified k-fold on the source. Each fold model
   is scored on every *other* domain in full (cross-domain), as in the DoRL / BC-SAM notebooks.
@@ -8,9 +8,15 @@ Three protocols, all over the labelled cells (``unknown`` cells are removed befo
   also asked for, the two share one set of fits, so in-domain and cross-domain numbers come from
   the same fold models.
 * ``lodo``: leave one domain out: train on all other domains, score on the held-out one.
+* ``few_shot``: for every source and every other domain, ``k`` labelled cells per class of that
+  target join the source's training cells, and the model is scored on the target's remaining
+  cells: what a lab gets after labelling a handful of its own cells. Several random draws per
+  ``k``; within a draw the shots are nested (the 5 cells of ``k=5`` hold the cell of ``k=1``). A
+  class with ``k`` or fewer cells (groups) in the target gets no shots and is still scored.
 
 When obs holds near-duplicate groups (``group`` values shared by several cells), k-folds are
-group-aware and no test cell shares a group with a training cell.
+group-aware, few-shot draws pick groups (one cell each) and drop the rest of a drawn group from
+the test set, and no test cell shares a group with a training cell.
 
 A training set larger than ``max_train`` is cut to a class-stratified random subsample of that
 size (kernel SVMs grow quadratically with it; classical models on 50-d embeddings gain little
@@ -25,7 +31,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-PROTOCOLS = ("source_target", "in_domain", "lodo")
+PROTOCOLS = ("source_target", "in_domain", "lodo", "few_shot")
 
 
 class ProtocolError(ValueError):
@@ -39,16 +45,19 @@ class Evaluation:
     Attributes
     ----------
     protocol : str
-        ``source_target``, ``in_domain`` or ``lodo``.
+        One of :data:`PROTOCOLS`.
     target : str
         The domain the test cells come from.
     test : ndarray of shape (n_test,), int
         Row indices of the test cells.
+    shots : int
+        Labelled target cells per class in the training set (``few_shot``; 0 otherwise).
     """
 
     protocol: str
     target: str
     test: np.ndarray
+    shots: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ class Split:
     source : str
         The training domain(s), ``+``-joined for leave-one-domain-out.
     fold : int
-        Fold number within the source (0 for leave-one-domain-out).
+        Fold number within the source (0 for leave-one-domain-out, the draw for few-shot).
     train : ndarray of shape (n_train,), int
         Row indices of the training cells.
     evaluations : tuple of Evaluation
@@ -129,7 +138,8 @@ def _kfold(labels: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: in
 def make_splits(labels: np.ndarray, domains: np.ndarray, protocols: Sequence[str], n_folds: int,
                 seed: int, groups: np.ndarray | None = None,
                 max_train: int | None = None,
-                sources: Sequence[str] | None = None) -> Iterator[Split]:
+                sources: Sequence[str] | None = None, shots: Sequence[int] = (1, 5, 10, 25),
+                draws: int = 5) -> Iterator[Split]:
     """Yield the model fits that the requested protocols need.
 
     Parameters
@@ -148,8 +158,12 @@ def make_splits(labels: np.ndarray, domains: np.ndarray, protocols: Sequence[str
     max_train : int, optional
         Cap on training cells per fit (see :func:`cap_train`; subsampling seeded by ``seed``).
     sources : sequence of str, optional
-        The domains ``source_target`` and ``in_domain`` train on (default: every domain), e.g.
-        the labs whose labels may be used.
+        The domains ``source_target``, ``in_domain`` and ``few_shot`` train on (default: every
+        domain), e.g. the labs whose labels may be used.
+    shots : sequence of int, default=(1, 5, 10, 25)
+        ``few_shot``: labelled target cells per class.
+    draws : int, default=5
+        ``few_shot``: random draws per number of shots.
 
     Yields
     ------
@@ -188,3 +202,40 @@ def make_splits(labels: np.ndarray, domains: np.ndarray, protocols: Sequence[str
             test = _without_groups(np.flatnonzero(domains == held_out), train, groups)
             source = "+".join(n for n in names if n != held_out)
             yield Split(source, 0, train, (Evaluation("lodo", held_out, test),))
+    if "few_shot" in protocols:
+        if len(names) < 2:
+            raise ProtocolError(f"few_shot needs at least 2 domains, found {names}")
+        for source in [n for n in names if not sources or n in sources]:
+            source_train = cap_train(np.flatnonzero(domains == source), labels, max_train, rng)
+            for target in [n for n in names if n != source]:
+                yield from _few_shot(source, source_train, target, labels, domains, groups,
+                                     shots, draws, rng)
+
+
+def _few_shot(source: str, source_train: np.ndarray, target: str, labels: np.ndarray,
+              domains: np.ndarray, groups: np.ndarray | None, shots: Sequence[int], draws: int,
+              rng: np.random.Generator) -> Iterator[Split]:
+    """The few-shot fits of one source and one target: ``draws`` x ``len(shots)`` splits."""
+    rows = np.flatnonzero(domains == target)
+    cell_groups = rows.astype(str) if groups is None else groups[rows]
+    classes = sorted(set(labels[rows]))
+    for draw in range(draws):
+        # One shuffled list of groups per class and draw; k shots take its first k groups,
+        # one cell of each.
+        order = {}
+        for c in classes:
+            members = rows[labels[rows] == c]
+            member_groups = cell_groups[labels[rows] == c]
+            picked = rng.permutation(np.unique(member_groups))
+            order[c] = (picked, np.array([rng.choice(members[member_groups == g])
+                                          for g in picked]))
+        for k in sorted(shots):
+            chosen_groups, chosen = [], []
+            for picked, first in order.values():
+                if len(picked) > k:  # leave at least one group of the class to test on
+                    chosen_groups += list(picked[:k])
+                    chosen += list(first[:k])
+            chosen = np.asarray(chosen, dtype=int)
+            test = rows[~np.isin(cell_groups, chosen_groups)]
+            train = np.sort(np.concatenate([source_train, chosen]))
+            yield Split(source, draw, train, (Evaluation("few_shot", target, test, int(k)),))

@@ -23,14 +23,16 @@ from dorl.provenance import package_versions, utc_now
 
 logger = logging.getLogger(__name__)
 
-_CELL = ["feature_set", "classifier", "protocol", "source", "target", "scope", "metric"]
+_CELL = ["feature_set", "adaptation", "classifier", "protocol", "source", "target", "shots",
+         "scope", "metric"]
+_MODEL = ["feature_set", "adaptation", "classifier"]
 
 
 def cell_stats(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over folds and seeds of every overall (not per-class) metric.
 
-    Returns a DataFrame indexed by ``feature_set, classifier, protocol, source, target, scope,
-    metric`` with columns ``mean, std, n`` (n = folds x seeds).
+    Returns a DataFrame indexed by ``feature_set, adaptation, classifier, protocol, source,
+    target, shots, scope, metric`` with columns ``mean, std, n`` (n = folds x seeds).
     """
     overall = results[results["label"] == ""]
     return overall.groupby(_CELL, sort=False)["value"].agg(["mean", "std", "count"]) \
@@ -39,16 +41,17 @@ def cell_stats(results: pd.DataFrame) -> pd.DataFrame:
 
 def pooled_mean(results: pd.DataFrame, protocols: tuple[str, ...], scope: str,
                 metric: str) -> pd.DataFrame:
-    """Mean over the (source, target) pairs of ``protocols``, per feature set and classifier.
+    """Mean over the (source, target) pairs of ``protocols``, per feature set, adaptation and
+    classifier.
 
     The pairs' fold-and-seed means are averaged; ``std`` is the spread over (fold, seed) of the
-    pair-averaged score. Returns columns ``feature_set, classifier, mean, std``.
+    pair-averaged score. Returns columns ``feature_set, adaptation, classifier, mean, std``.
     """
     sel = results[results["protocol"].isin(protocols) & (results["scope"] == scope)
                   & (results["metric"] == metric) & (results["label"] == "")]
     if sel.empty:
-        return pd.DataFrame(columns=["feature_set", "classifier", "mean", "std"])
-    keys = ["feature_set", "classifier"]
+        return pd.DataFrame(columns=_MODEL + ["mean", "std"])
+    keys = _MODEL
     pair = sel.groupby(keys + ["source", "target"], sort=False)["value"].mean()
     mean = pair.groupby(level=keys, sort=False).mean().rename("mean")
     spread = sel.groupby(keys + ["fold", "seed"], sort=False)["value"].mean() \
@@ -69,22 +72,24 @@ def _pair_columns(stats: pd.DataFrame) -> list[tuple[str, str, str]]:
 
 
 def pair_table(results: pd.DataFrame, scope: str, metric: str) -> str:
-    """Markdown table: rows feature set x classifier, columns source -> target, then means."""
+    """Markdown table: rows feature set x adaptation x classifier, columns source -> target,
+    then means."""
     stats = cell_stats(results)
     columns = _pair_columns(stats)
     cross = pooled_mean(results, ("source_target",), scope, metric)
     within = pooled_mean(results, ("in_domain",), scope, metric)
-    header = (["features", "classifier"] + [f"{s} → {t}" for _, s, t in columns]
+    header = (["features", "adaptation", "classifier"] + [f"{s} → {t}" for _, s, t in columns]
               + ["in-domain mean", "**cross-domain mean**"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    models = results[["feature_set", "classifier"]].drop_duplicates().to_numpy()
-    for fs, clf in models:
-        cells = [fs, display_name(clf)]
+    pairs = results[results["protocol"].isin(["in_domain", "source_target"])]
+    for fs, adaptation, clf in pairs[_MODEL].drop_duplicates().to_numpy():
+        cells = [fs, adaptation, display_name(clf)]
         for protocol, source, target in columns:
-            key = (fs, clf, protocol, source, target, scope, metric)
+            key = (fs, adaptation, clf, protocol, source, target, 0, scope, metric)
             cells.append(_fmt(*stats.loc[key, ["mean", "std"]]) if key in stats.index else "–")
         for pooled, bold in ((within, False), (cross, True)):
-            row = pooled[(pooled["feature_set"] == fs) & (pooled["classifier"] == clf)]
+            row = pooled[(pooled["feature_set"] == fs) & (pooled["adaptation"] == adaptation)
+                         & (pooled["classifier"] == clf)]
             text = _fmt(row["mean"].iloc[0], row["std"].iloc[0]) if len(row) else "–"
             cells.append(f"**{text}**" if bold and len(row) else text)
         lines.append("| " + " | ".join(cells) + " |")
@@ -96,19 +101,160 @@ def lodo_table(results: pd.DataFrame) -> str:
     stats = cell_stats(results)
     idx = stats.index.to_frame(index=False)
     targets = sorted(idx.loc[idx["protocol"] == "lodo", "target"].unique())
-    header = ["features", "classifier"] + [f"held out {t}" for t in targets] + ["mean"]
+    header = (["features", "adaptation", "classifier"] + [f"held out {t}" for t in targets]
+              + ["mean"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for scope in ("shared", "full"):
         pooled = pooled_mean(results, ("lodo",), scope, "macro_f1")
-        for fs, clf, mean, std in pooled.to_numpy():
-            cells = [fs, f"{display_name(clf)} ({scope})"]
+        for fs, adaptation, clf, mean, std in pooled.to_numpy():
+            cells = [fs, adaptation, f"{display_name(clf)} ({scope})"]
             for t in targets:
-                sub = stats[(idx["feature_set"].eq(fs) & idx["classifier"].eq(clf)
+                sub = stats[(idx["feature_set"].eq(fs) & idx["adaptation"].eq(adaptation)
+                             & idx["classifier"].eq(clf)
                              & idx["protocol"].eq("lodo") & idx["target"].eq(t)
                              & idx["scope"].eq(scope) & idx["metric"].eq("macro_f1")).to_numpy()]
                 cells.append(_fmt(*sub[["mean", "std"]].iloc[0]) if len(sub) else "–")
             lines.append("| " + " | ".join(cells + [_fmt(mean, std)]) + " |")
     return "\n".join(lines)
+
+
+CHOICE_RULES = {
+    "source": "source labels (best in-domain)",
+    "agreement": "label-free: vote agreement",
+    "snd": "label-free: SND",
+    "oracle": "oracle (target labels)",
+}
+
+
+def classifier_choices(results: pd.DataFrame) -> pd.DataFrame:
+    """The classifier each rule picks per feature set, adaptation and source -> target pair.
+
+    Rules (:data:`CHOICE_RULES`): the best in-domain macro-F1 on the source (source labels
+    only), the highest mean agreement with the other classifiers' vote on the target, the
+    highest mean soft neighbourhood density on the target (neither reads a target label), and
+    the oracle, the best target macro-F1 (an optimistic bound, not a usable choice). Means are
+    over folds and seeds, scores on the shared classes.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``feature_set, adaptation, source, target, rule, classifier, mean, std``.
+    """
+    stats = cell_stats(results).reset_index()
+    cross = stats[stats["protocol"] == "source_target"]
+    f1 = cross[(cross["scope"] == "shared") & (cross["metric"] == "macro_f1")]
+    within = stats[(stats["protocol"] == "in_domain") & (stats["scope"] == "shared")
+                   & (stats["metric"] == "macro_f1")]
+    free = cross[cross["scope"] == "label_free"]
+    rows = []
+    for (fs, adaptation, source, target), group in f1.groupby(
+            ["feature_set", "adaptation", "source", "target"], sort=False):
+        score = group.set_index("classifier")[["mean", "std"]]
+        same = ((within["feature_set"] == fs) & (within["adaptation"] == adaptation)
+                & (within["source"] == source))
+        pair = ((free["feature_set"] == fs) & (free["adaptation"] == adaptation)
+                & (free["source"] == source) & (free["target"] == target))
+        criteria = {"source": within[same].set_index("classifier")["mean"],
+                    "agreement": free[pair & (free["metric"] == "agreement")]
+                    .set_index("classifier")["mean"],
+                    "snd": free[pair & (free["metric"] == "snd")].set_index("classifier")["mean"],
+                    "oracle": score["mean"]}
+        for rule, values in criteria.items():
+            values = values[values.index.isin(score.index)].dropna()
+            if values.empty:
+                continue
+            clf = values.idxmax()
+            rows.append({"feature_set": fs, "adaptation": adaptation, "source": source,
+                         "target": target, "rule": rule, "classifier": clf,
+                         "mean": score.loc[clf, "mean"], "std": score.loc[clf, "std"]})
+    return pd.DataFrame(rows, columns=["feature_set", "adaptation", "source", "target", "rule",
+                                       "classifier", "mean", "std"])
+
+
+def choice_table(results: pd.DataFrame) -> str:
+    """Markdown table of :func:`classifier_choices`: one column per rule."""
+    choices = classifier_choices(results)
+    header = ["features", "adaptation", "source → target"] + list(CHOICE_RULES.values())
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (fs, adaptation, source, target), group in choices.groupby(
+            ["feature_set", "adaptation", "source", "target"], sort=False):
+        by_rule = group.set_index("rule")
+        cells = [fs, adaptation, f"{source} → {target}"]
+        for rule in CHOICE_RULES:
+            if rule in by_rule.index:
+                r = by_rule.loc[rule]
+                cells.append(f"{display_name(r['classifier'])}: {_fmt(r['mean'], r['std'])}")
+            else:
+                cells.append("–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def few_shot_curve(results: pd.DataFrame) -> pd.DataFrame:
+    """Macro-F1 (shared classes) against labelled target cells per class.
+
+    ``shots`` 0 is the same model key's ``source_target`` score (no target label). Returns
+    columns ``feature_set, adaptation, classifier, source, target, shots, mean, std, n,
+    n_test`` (``n``: draws x seeds; ``n_test``: mean test cells).
+    """
+    sel = results[results["protocol"].isin(["few_shot", "source_target"])
+                  & (results["scope"] == "shared") & (results["metric"] == "macro_f1")]
+    models = results.loc[results["protocol"] == "few_shot", _MODEL].drop_duplicates()
+    sel = sel.merge(models, on=_MODEL)
+    keys = _MODEL + ["source", "target", "shots"]
+    curve = sel.groupby(keys)["value"].agg(["mean", "std", "count"]).rename(
+        columns={"count": "n"}).fillna({"std": 0.0})
+    curve["n_test"] = sel.groupby(keys)["n_test"].mean()
+    return curve.reset_index()
+
+
+def few_shot_table(results: pd.DataFrame) -> str:
+    """Markdown table of :func:`few_shot_curve`: one column per number of shots."""
+    curve = few_shot_curve(results)
+    shots = sorted(curve["shots"].unique())
+    header = (["features", "adaptation", "classifier", "source → target"]
+              + [f"k={k}" + (" (cross-domain)" if k == 0 else "") for k in shots])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, group in curve.groupby(_MODEL + ["source", "target"], sort=False):
+        by_k = group.set_index("shots")
+        cells = [key[0], key[1], display_name(key[2]), f"{key[3]} → {key[4]}"]
+        cells += [f"{_fmt(by_k.loc[k, 'mean'], by_k.loc[k, 'std'])} ({by_k.loc[k, 'n_test']:.0f})"
+                  if k in by_k.index else "–" for k in shots]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_few_shot(out_dir: Path, results: pd.DataFrame) -> Path | None:
+    """``few_shot.png``: the learning curve, one panel per source -> target pair."""
+    curve = few_shot_curve(results)
+    if curve.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = curve[["source", "target"]].drop_duplicates().to_numpy()
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.4), squeeze=False,
+                             layout="constrained")
+    for ax, (source, target) in zip(axes[0], pairs):
+        panel = curve[(curve["source"] == source) & (curve["target"] == target)]
+        for key, line in panel.groupby(_MODEL, sort=False):
+            line = line.sort_values("shots")
+            ax.errorbar(line["shots"], line["mean"], yerr=line["std"], marker="o", capsize=2,
+                        label=f"{key[0]} / {key[1]} / {display_name(key[2])}")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("labelled target cells per class (k)")
+        ax.set_ylabel("macro-F1 (shared classes)")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{source} → {target}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    path = out_dir / "few_shot.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
 
 
 def _ceilings(results: pd.DataFrame) -> pd.DataFrame:
@@ -149,6 +295,14 @@ def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput],
                      + ("; splits are group-aware" if inp.groups is not None else ""))
     for fs, per_domain in _dropped_classes(inputs, c.min_class_count).items():
         parts.append(f"* `{fs}`: classes left out of a target's score: {per_domain}")
+    parts += ["", f"Adaptations (rows of their own; none reads a target label): "
+              f"{', '.join(c.adaptations)}. `none`: the stored features; `domain_std`: each "
+              "domain standardised with its own statistics; `coral`: `domain_std`, then each "
+              "target's covariance aligned to the training cells'; `self_training`: "
+              f"`domain_std`, then {c.self_training.rounds} rounds of class-balanced pseudo-"
+              f"labels on the target's cells (up to {c.self_training.final_fraction:.0%} of each "
+              "predicted class). `coral` and `self_training` change only targets the model did "
+              "not train on, so their in-domain cells equal `domain_std`'s."]
     if results["protocol"].isin(["in_domain", "source_target"]).any():
         parts += ["", "## Macro-F1, classes shared by source and target (headline)", "",
                   pair_table(results, "shared", "macro_f1"),
@@ -157,6 +311,22 @@ def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput],
                   pair_table(results, "full", "macro_f1"),
                   "", "## Accuracy, shared classes (the papers' metric)", "",
                   pair_table(results, "shared", "accuracy")]
+    if (results["protocol"] == "source_target").any():
+        parts += ["", "## Choosing a classifier per target", "",
+                  "Macro-F1 (shared classes) of the classifier each rule picks. Source labels: "
+                  "the best in-domain score. Vote agreement: the classifier that agrees most "
+                  "with the other classifiers' majority vote on the target's cells; SND: the "
+                  "highest soft neighbourhood density of its class scores on the target (both "
+                  "label-free). Oracle: the best target score, chosen on target labels (a bound, "
+                  "not a usable choice).", "", choice_table(results)]
+    if (results["protocol"] == "few_shot").any():
+        parts += ["", "## Few-shot target labels (learning curve, `few_shot.png`)", "",
+                  f"k labelled cells per class of the target join the source's training cells "
+                  f"({c.draws} random draws per k and seed; group-aware, so near-duplicates of a "
+                  f"drawn cell are never tested on); scored on the target's remaining cells "
+                  f"(their mean number in brackets). k=0 is the cross-domain score. A class "
+                  f"with k or fewer cells in the target gets no shots.", "",
+                  few_shot_table(results)]
     if (results["protocol"] == "lodo").any():
         parts += ["", "## Leave one domain out, macro-F1", "", lodo_table(results)]
     ceilings = _ceilings(results)
@@ -179,7 +349,7 @@ def _summary(results, confusions, timings, inputs, settings: ClassifySettings,
         for name, protocols in (("cross_domain", ("source_target",)), ("in_domain", ("in_domain",)),
                                 ("lodo", ("lodo",))):
             for row in pooled_mean(results, protocols, scope, "macro_f1").itertuples():
-                headline.setdefault(f"{row.feature_set}/{row.classifier}", {})[
+                headline.setdefault(f"{row.feature_set}/{row.adaptation}/{row.classifier}", {})[
                     f"{name}_macro_f1_{scope}"] = {"mean": row.mean, "std": row.std}
     return {
         "created_utc": utc_now(), "elapsed_s": round(elapsed_s, 2), "versions": package_versions(),
@@ -194,18 +364,22 @@ def _summary(results, confusions, timings, inputs, settings: ClassifySettings,
                                     .to_dict(orient="index")}
                          for inp in inputs},
         "headline": headline,
+        "classifier_choices": classifier_choices(results).to_dict(orient="records"),
+        "few_shot": few_shot_curve(results).to_dict(orient="records"),
         "cells": stats.to_dict(orient="records"),
-        "confusion_matrices": [{"feature_set": k[0], "classifier": k[1], "protocol": k[2],
-                                "source": k[3], "target": k[4], "labels": labels,
+        "confusion_matrices": [{"feature_set": k[0], "adaptation": k[1], "classifier": k[2],
+                                "protocol": k[3], "source": k[4], "target": k[5],
+                                "labels": labels,
                                 "counts": np.asarray(counts).tolist()}
                                for k, (labels, counts) in confusions.items()],
-        "seconds": timings.groupby(["feature_set", "classifier"])[["fit_s", "predict_s"]].sum()
+        "seconds": timings.groupby(_MODEL)[["fit_s", "predict_s"]].sum()
         .round(2).reset_index().to_dict(orient="records") if len(timings) else [],
     }
 
 
 def plot_confusions(out_dir: Path, confusions: dict) -> list[Path]:
-    """One PNG per feature set x classifier x protocol, one panel per source -> target pair.
+    """One PNG per feature set x adaptation x classifier x protocol, one panel per source ->
+    target pair.
 
     Colours are row-normalised (recall per true class); numbers are counts over folds and seeds.
     """
@@ -215,10 +389,10 @@ def plot_confusions(out_dir: Path, confusions: dict) -> list[Path]:
     import matplotlib.pyplot as plt
 
     groups: dict[tuple, list] = {}
-    for (fs, clf, protocol, source, target), value in confusions.items():
-        groups.setdefault((fs, clf, protocol), []).append((source, target, value))
+    for (fs, adaptation, clf, protocol, source, target), value in confusions.items():
+        groups.setdefault((fs, adaptation, clf, protocol), []).append((source, target, value))
     paths = []
-    for (fs, clf, protocol), panels in groups.items():
+    for (fs, adaptation, clf, protocol), panels in groups.items():
         panels.sort(key=lambda p: (p[0], p[1]))
         n_labels = len(panels[0][2][0])
         size = 1.2 + 0.45 * n_labels
@@ -237,8 +411,8 @@ def plot_confusions(out_dir: Path, confusions: dict) -> list[Path]:
             ax.set_title(f"{source} → {target}", fontsize=8)
             ax.set_xlabel("predicted", fontsize=7)
         axes[0][0].set_ylabel("true", fontsize=7)
-        fig.suptitle(f"{fs} / {display_name(clf)} / {protocol}", fontsize=9)
-        path = out_dir / "confusion" / f"{fs}__{clf}__{protocol}.png"
+        fig.suptitle(f"{fs} / {adaptation} / {display_name(clf)} / {protocol}", fontsize=9)
+        path = out_dir / "confusion" / f"{fs}__{adaptation}__{clf}__{protocol}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
@@ -258,8 +432,9 @@ def write_reports(out_dir: str | Path, results: pd.DataFrame, confusions: dict,
     summary = _summary(results, confusions, timings, inputs, settings, elapsed_s)
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, default=str))
     pngs = plot_confusions(out_dir, confusions)
-    logger.info("wrote %s (results.csv, results.md, summary.json, %d confusion PNGs)", out_dir,
-                len(pngs))
+    curve = plot_few_shot(out_dir, results)
+    logger.info("wrote %s (results.csv, results.md, summary.json, %d confusion PNGs%s)", out_dir,
+                len(pngs), ", few_shot.png" if curve else "")
     if results["protocol"].isin(["in_domain", "source_target"]).any():
         return pair_table(results, "shared", "macro_f1")
     return lodo_table(results)

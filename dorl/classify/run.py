@@ -1,4 +1,5 @@
-"""Run the classify stage: fit every classifier on every protocol split, score, save, predict.
+"""Run the classify stage: fit every classifier on every protocol split and adaptation, score,
+save, predict.
 
 Scoring policy (stated in every report):
 
@@ -8,7 +9,9 @@ Scoring policy (stated in every report):
 * ``scope=shared`` scores only the classes that both the training cells and the target hold;
   ``scope=full`` scores every (kept) target class, so classes the model never saw count as
   misses, and ``ceiling_accuracy`` / ``ceiling_macro_f1`` state the best score reachable;
-* macro averages use an explicit label list and ``zero_division=0``.
+* macro averages use an explicit label list and ``zero_division=0``;
+* label-free adaptations (:mod:`dorl.classify.adaptation`) are separate rows, and the scores that
+  choose a classifier without target labels (``snd``, ``agreement``) never read a target label.
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ from tqdm import tqdm
 
 from dorl import __version__
 from dorl.atomic import atomic_path
+from dorl.classify.adaptation import (
+    SelfTraining,
+    class_scores,
+    coral_align,
+    self_train,
+    soft_neighbourhood_density,
+    vote_agreement,
+)
 from dorl.classify.inputs import UNLABELLED, FeatureInput, load_input
 from dorl.classify.protocols import Split, cap_train, make_splits
 from dorl.classify.registry import build_classifier
@@ -96,45 +107,78 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, train_classes: Iterable[str],
     return rows
 
 
-def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: bool):
+def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: bool,
+                 adaptation: str, adapted: tuple[bool, ...], aligned: tuple, schedule: SelfTraining,
+                 seed: int):
     """Fit a clone of ``model`` on ``split.train``; predict each evaluation's test cells.
 
-    The fitted model is returned only when ``keep_model`` (it can be large to send back).
+    ``adapted[i]`` says whether evaluation ``i`` is a target the adaptation changes (its domain
+    is not a training domain); ``aligned[i]`` holds its CORAL-aligned test features (or None).
+    Returns the fitted model (only when ``keep_model``: it can be large to send back), the
+    predictions and the soft-neighbourhood density of each evaluation, the fit and predict
+    seconds and the warnings raised.
     """
     start = time.perf_counter()
+    X_train, y_train = X[split.train], y[split.train]
+    preds, densities = [], []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fitted = clone(model).fit(X[split.train], y[split.train])
+        fitted = clone(model).fit(X_train, y_train)
         fit_s = time.perf_counter() - start
-        tests = [e.test for e in split.evaluations]
-        flat = np.concatenate(tests) if tests else np.empty(0, dtype=int)
-        pred = fitted.predict(X[flat]) if len(flat) else np.empty(0, dtype=object)
-    preds = np.split(np.asarray(pred).astype(str), np.cumsum([len(t) for t in tests])[:-1])
+        for ev, is_adapted, X_aligned in zip(split.evaluations, adapted, aligned):
+            X_test = X[ev.test] if X_aligned is None else X_aligned
+            final = fitted
+            if adaptation == "self_training" and is_adapted and len(ev.test):
+                t0 = time.perf_counter()
+                final = self_train(model, X_train, y_train, X_test, schedule, fitted=fitted)
+                fit_s += time.perf_counter() - t0
+            preds.append(np.asarray(final.predict(X_test)).astype(str) if len(ev.test)
+                         else np.empty(0, dtype=str))
+            scoreable = len(ev.test) > 1 and (hasattr(final, "predict_proba")
+                                              or hasattr(final, "decision_function"))
+            densities.append(soft_neighbourhood_density(class_scores(final, X_test), seed=seed)
+                             if scoreable else float("nan"))
     messages = sorted({f"{w.category.__name__}: {str(w.message)[:160]}" for w in caught})
-    return (fitted if keep_model else None), preds, fit_s, \
+    return (fitted if keep_model else None), preds, densities, fit_s, \
         time.perf_counter() - start - fit_s, messages
 
 
 @dataclass
 class _Task:
     input: FeatureInput
+    adaptation: str
     classifier: str
     seed: int
     split: Split
 
 
 def _tasks(inputs: list[FeatureInput], c: ClassifySettings) -> list[_Task]:
+    """Every fit: feature set x seed x split x adaptation x classifier. Adapted rows run the
+    ``adaptation_classifiers`` among the classifiers; few-shot splits run the
+    ``few_shot.classifiers`` without the target-side adaptations (coral, self_training), whose
+    target then holds labelled training cells."""
     tasks = []
     for inp in inputs:
         for seed in c.seeds:
             max_train = c.max_train_cells
             splits = list(make_splits(inp.labels, inp.domains, list(c.protocols), c.n_folds,
-                                      seed, inp.groups, max_train, c.sources))
-            if c.save_models and seed == c.seeds[0]:
+                                      seed, inp.groups, max_train, c.sources, c.shots, c.draws))
+            if c.save_models and seed == c.seeds[0] and "none" in c.adaptations:
                 every = cap_train(np.arange(len(inp.labels)), inp.labels, max_train,
                                   np.random.default_rng(seed))
                 splits.append(Split("all", 0, every, ()))
-            tasks += [_Task(inp, name, seed, s) for name in c.classifiers for s in splits]
+            for s in splits:
+                few_shot = any(e.protocol == "few_shot" for e in s.evaluations)
+                for adaptation in c.adaptations:
+                    if not s.evaluations and adaptation != "none":
+                        continue  # the saved model is fitted on the stored features only
+                    if few_shot and adaptation not in ("none", "domain_std"):
+                        continue
+                    names = c.few_shot_classifiers if few_shot else c.classifiers
+                    if not few_shot and adaptation != "none" \
+                            and c.adaptation_classifiers is not None:
+                        names = [n for n in names if n in c.adaptation_classifiers]
+                    tasks += [_Task(inp, adaptation, name, seed, s) for name in names]
     return tasks
 
 
@@ -151,57 +195,124 @@ def _save_model(path: Path, fitted, task: _Task) -> None:
         joblib.dump(bundle, tmp)
 
 
+class _Adapter:
+    """The features and per-evaluation inputs each adaptation needs, computed once per feature
+    set and split in the parent process (CORAL's eigen-decompositions would otherwise be
+    repeated for every classifier)."""
+
+    def __init__(self):
+        self._standardised: dict[str, np.ndarray] = {}
+        self._aligned: dict[tuple, tuple] = {}
+
+    def features(self, task: _Task) -> np.ndarray:
+        if task.adaptation == "none":
+            return task.input.X
+        name = task.input.name
+        if name not in self._standardised:
+            self._standardised[name] = task.input.standardised()
+        return self._standardised[name]
+
+    @staticmethod
+    def adapted(task: _Task) -> tuple[bool, ...]:
+        train_domains = set(task.input.domains[task.split.train])
+        return tuple(task.adaptation in ("coral", "self_training") and ev.target not in
+                     train_domains for ev in task.split.evaluations)
+
+    def aligned(self, task: _Task) -> tuple:
+        if task.adaptation != "coral":
+            return (None,) * len(task.split.evaluations)
+        key = (task.input.name, task.seed, id(task.split))
+        if key not in self._aligned:
+            X = self.features(task)
+            self._aligned[key] = tuple(
+                coral_align(X[ev.test], X[task.split.train]) if is_adapted and len(ev.test) > 1
+                else None for ev, is_adapted in zip(task.split.evaluations, self.adapted(task)))
+        return self._aligned[key]
+
+
+def _agreement_rows(votes: dict) -> list[dict[str, Any]]:
+    """The ``label_free / agreement`` rows: each classifier's agreement with the other
+    classifiers' majority vote on the same evaluation (:func:`vote_agreement`); none where a
+    single classifier ran."""
+    rows = []
+    for (base, n_test), by_classifier in votes.items():
+        if len(by_classifier) < 2:
+            continue
+        for clf, value in vote_agreement(by_classifier).items():
+            rows.append({**dict(base), "classifier": clf, "scope": "label_free",
+                         "metric": "agreement", "label": "", "value": value, "n_test": n_test})
+    return rows
+
+
 def run_classification(inputs: list[FeatureInput], settings: ClassifySettings, out_dir: Path):
-    """Fit and score every (feature set, classifier, seed, split); save the final models.
+    """Fit and score every (feature set, adaptation, classifier, seed, split); save the final
+    models.
 
     Returns
     -------
     results : DataFrame
-        One row per feature set x classifier x protocol x source x target x fold x seed x scope
-        x metric (x label for per-class metrics).
+        One row per feature set x adaptation x classifier x protocol x source x target x shots x
+        fold x seed x scope x metric (x label for per-class metrics). Scope ``label_free`` holds
+        the scores that use no target label: ``snd`` (soft neighbourhood density) and
+        ``agreement`` (with the other classifiers' vote).
     confusions : dict
-        ``(feature_set, classifier, protocol, source, target) -> (labels, counts)``, counts of
-        shape (n_labels, n_labels) summed over folds and seeds (rows true, columns predicted).
+        ``(feature_set, adaptation, classifier, protocol, source, target) -> (labels, counts)``,
+        counts of shape (n_labels, n_labels) summed over folds and seeds (rows true, columns
+        predicted); few-shot fits are left out.
     timings : DataFrame
         Fit and predict seconds per task.
     """
     c = settings
     tasks = _tasks(inputs, c)
+    adapter = _Adapter()
     models = {(t.input.name, t.classifier, t.seed): build_classifier(
         t.classifier, t.seed, c.params.get(t.classifier), c.custom) for t in tasks}
-    logger.info("classify: %d fits (%d feature sets, %d classifiers, seeds %s, protocols %s) "
-                "on %d worker(s)", len(tasks), len(inputs), len(c.classifiers), list(c.seeds),
-                list(c.protocols), c.n_jobs)
-    jobs = (delayed(_fit_predict)(models[(t.input.name, t.classifier, t.seed)], t.input.X,
-                                  t.input.labels, t.split, not t.split.evaluations)
+    logger.info("classify: %d fits (%d feature sets, %d classifiers, adaptations %s, seeds %s, "
+                "protocols %s) on %d worker(s)", len(tasks), len(inputs), len(c.classifiers),
+                list(c.adaptations), list(c.seeds), list(c.protocols), c.n_jobs)
+    jobs = (delayed(_fit_predict)(models[(t.input.name, t.classifier, t.seed)],
+                                  adapter.features(t), t.input.labels, t.split,
+                                  not t.split.evaluations, t.adaptation, adapter.adapted(t),
+                                  adapter.aligned(t), c.self_training, t.seed)
             for t in tasks)
     outputs = Parallel(n_jobs=c.n_jobs, return_as="generator")(jobs)
-    rows, confusions, timings, warned = [], {}, [], {}
-    for task, (fitted, preds, fit_s, pred_s, messages) in tqdm(
+    rows, confusions, timings, warned, votes = [], {}, [], {}, {}
+    for task, (fitted, preds, densities, fit_s, pred_s, messages) in tqdm(
             zip(tasks, outputs), total=len(tasks), desc="classify", unit="fit"):
         inp, split = task.input, task.split
-        key = (inp.name, task.classifier)
-        timings.append({"feature_set": inp.name, "classifier": task.classifier,
-                        "source": split.source, "fold": split.fold, "seed": task.seed,
-                        "n_train": len(split.train), "fit_s": fit_s, "predict_s": pred_s})
+        timings.append({"feature_set": inp.name, "adaptation": task.adaptation,
+                        "classifier": task.classifier, "source": split.source,
+                        "fold": split.fold, "seed": task.seed, "n_train": len(split.train),
+                        "fit_s": fit_s, "predict_s": pred_s})
         if messages:
-            warned.setdefault(key, set()).update(messages)
+            warned.setdefault((inp.name, task.classifier), set()).update(messages)
         if not split.evaluations:  # the final model on all labelled cells
             _save_model(out_dir / "models" / f"{inp.name}__{task.classifier}.joblib", fitted, task)
             continue
         train_classes = set(inp.labels[split.train])
         labels_all = sorted(set(inp.labels))
-        for ev, pred in zip(split.evaluations, preds):
+        for ev, pred, density in zip(split.evaluations, preds, densities):
             truth = inp.labels[ev.test]
             target = kept_classes(inp.labels[inp.domains == ev.target], c.min_class_count)
-            base = {"feature_set": inp.name, "classifier": task.classifier,
-                    "protocol": ev.protocol, "source": split.source, "target": ev.target,
+            base = {"feature_set": inp.name, "adaptation": task.adaptation,
+                    "classifier": task.classifier, "protocol": ev.protocol,
+                    "source": split.source, "target": ev.target, "shots": ev.shots,
                     "fold": split.fold, "seed": task.seed}
             rows += [{**base, **r} for r in score(truth, pred, train_classes, target)]
-            cm_key = (inp.name, task.classifier, ev.protocol, split.source, ev.target)
+            if np.isfinite(density):
+                rows.append({**base, "scope": "label_free", "metric": "snd", "label": "",
+                             "value": density, "n_test": len(truth)})
+            vote_key = tuple((k, v) for k, v in base.items() if k != "classifier")
+            votes.setdefault((vote_key, len(truth)), {})[task.classifier] = \
+                np.searchsorted(labels_all, pred)
+            if ev.protocol == "few_shot":
+                continue
+            cm_key = (inp.name, task.adaptation, task.classifier, ev.protocol, split.source,
+                      ev.target)
             counts = confusion_matrix(truth, pred, labels=labels_all)
             prev = confusions.get(cm_key, (labels_all, 0))[1]
             confusions[cm_key] = (labels_all, prev + counts)
+    rows += _agreement_rows(votes)
     for (name, clf), messages in warned.items():
         logger.warning("%s / %s: warnings during fitting: %s", name, clf, "; ".join(messages))
     return pd.DataFrame(rows), confusions, pd.DataFrame(timings)
@@ -222,8 +333,7 @@ def inputs_from_config(cfg) -> list[FeatureInput]:
     if unknown:
         raise FeatureFileError(f"classify.obsm names {unknown}, which are not in "
                                f"classify.features ({sorted(features)})")
-    return [load_input(name, path, obsm.get(name, "X"), bool(c.domain_standardize))
-            for name, path in features.items()]
+    return [load_input(name, path, obsm.get(name, "X")) for name, path in features.items()]
 
 
 def classify_from_config(cfg) -> Path:

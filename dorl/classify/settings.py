@@ -8,6 +8,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from dorl.classify.adaptation import ADAPTATIONS, SelfTraining
+
 
 @dataclass(frozen=True)
 class ClassifySettings:
@@ -24,10 +26,28 @@ class ClassifySettings:
     n_jobs: int
     save_models: bool
     sources: tuple[str, ...] = ()
+    adaptations: tuple[str, ...] = ("none",)
+    adaptation_classifiers: tuple[str, ...] | None = None
+    self_training: SelfTraining = SelfTraining()
+    shots: tuple[int, ...] = (1, 5, 10, 25)
+    draws: int = 5
+    few_shot_classifiers: tuple[str, ...] = ("logreg",)
     params: dict[str, dict] = field(default_factory=dict)
     custom: dict[str, dict] = field(default_factory=dict)
     seed: int = 0
     section: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.adaptations) - set(ADAPTATIONS))
+        if unknown:
+            raise ValueError(f"classify.adaptations: unknown {unknown}; choose from "
+                             f"{list(ADAPTATIONS)}")
+        if any(k < 1 for k in self.shots) or self.draws < 1:
+            raise ValueError(f"classify.few_shot needs shots >= 1 and draws >= 1, got shots "
+                             f"{list(self.shots)}, draws {self.draws}")
+        if not 0 < self.self_training.final_fraction <= 1 or self.self_training.rounds < 1:
+            raise ValueError(f"classify.self_training needs rounds >= 1 and 0 < final_fraction "
+                             f"<= 1, got {self.self_training}")
 
     @classmethod
     def from_config(cls, cfg) -> "ClassifySettings":
@@ -39,6 +59,14 @@ class ClassifySettings:
             max_train_cells=None if c.max_train_cells is None else int(c.max_train_cells),
             min_class_count=int(c.min_class_count), n_jobs=int(c.n_jobs),
             save_models=bool(c.save_models), sources=tuple(str(s) for s in c.sources),
+            adaptations=tuple(str(a) for a in c.adaptations),
+            adaptation_classifiers=None if c.adaptation_classifiers is None
+            else tuple(str(x) for x in c.adaptation_classifiers),
+            self_training=SelfTraining(int(c.self_training.rounds),
+                                       float(c.self_training.final_fraction),
+                                       float(c.self_training.min_confidence)),
+            shots=tuple(int(k) for k in c.few_shot.shots), draws=int(c.few_shot.draws),
+            few_shot_classifiers=tuple(str(x) for x in c.few_shot.classifiers),
             params=OmegaConf.to_container(c.params, resolve=True) or {},
             custom=OmegaConf.to_container(c.custom, resolve=True) or {},
             seed=int(cfg.seed), section=OmegaConf.to_container(c, resolve=True))

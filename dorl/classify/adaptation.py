@@ -1,0 +1,229 @@
+"""Label-free target adaptation of the classify stage, and label-free scores for choosing a
+classifier on a target without its labels.
+
+Each adaptation is its own set of rows in the reports, never mixed into the plain classifiers:
+
+* ``none``: the stored features as they are;
+* ``domain_std``: every domain standardised with its own mean and standard deviation, over all
+  its cells (:class:`~dorl.domain_scaler.DomainStandardScaler`);
+* ``coral``: ``domain_std``, then each target's feature covariance aligned to the training
+  cells' (CORAL, Sun, Feng & Saenko 2016, in the target-to-source direction so that one fitted
+  model serves every target);
+* ``self_training``: ``domain_std``, then a few rounds of class-balanced self-training (Zou et
+  al. 2018): the model labels the target's cells, the most confident share of each predicted
+  class joins the training set with its pseudo-label, and the model is refitted.
+
+``coral`` and ``self_training`` change only evaluations whose domain is not one the model trained
+on. Target labels are never read here; they only score the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.base import clone
+
+ADAPTATIONS = ("none", "domain_std", "coral", "self_training")
+#: Adaptations whose features are the per-domain standardised ones.
+STANDARDISED = ("domain_std", "coral", "self_training")
+
+
+@dataclass(frozen=True)
+class SelfTraining:
+    """Class-balanced self-training schedule.
+
+    Attributes
+    ----------
+    rounds : int
+        Refits after the first fit.
+    final_fraction : float
+        Share of each predicted class taken in the last round; round ``r`` of ``R`` takes
+        ``final_fraction * r / R`` (the most confident first), so the pseudo-labelled set grows
+        from the surest cells.
+    min_confidence : float
+        Cells with a lower class score are never pseudo-labelled.
+    """
+
+    rounds: int = 3
+    final_fraction: float = 0.6
+    min_confidence: float = 0.0
+
+
+def class_scores(model, X: np.ndarray) -> np.ndarray:
+    """Class scores of shape (n_samples, n_classes), rows summing to 1, columns in
+    ``model.classes_`` order: ``predict_proba`` when the model has it, else the softmax of its
+    ``decision_function`` (linear and kernel SVMs)."""
+    if hasattr(model, "predict_proba"):
+        return np.asarray(model.predict_proba(X), dtype=np.float64)
+    scores = np.asarray(model.decision_function(X), dtype=np.float64)
+    if scores.ndim == 1:  # binary: the score of the second class
+        scores = np.stack([-scores, scores], axis=1) / 2
+    scores = scores - scores.max(axis=1, keepdims=True)
+    weights = np.exp(scores)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def _inverse_sqrt_and_sqrt(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    values, vectors = np.linalg.eigh(cov)
+    values = np.clip(values, 1e-12, None)
+    return (vectors / np.sqrt(values)) @ vectors.T, (vectors * np.sqrt(values)) @ vectors.T
+
+
+def coral_align(X_target: np.ndarray, X_source: np.ndarray, reg: float = 1.0) -> np.ndarray:
+    """Map target features to the source's mean and covariance (CORAL, target to source).
+
+    ``X_t' = (X_t - mu_t) C_t^{-1/2} C_s^{1/2} + mu_s`` with ``C = cov + reg * I``; the identity
+    term (the paper's) keeps the whitening stable when a domain has fewer cells than features.
+
+    Parameters
+    ----------
+    X_target : ndarray of shape (n_target, n_features)
+    X_source : ndarray of shape (n_source, n_features)
+    reg : float, default=1.0
+        Added to both covariances' diagonals (features are standardised per domain first, so 1
+        is the features' own scale).
+
+    Returns
+    -------
+    ndarray of shape (n_target, n_features), float32
+    """
+    X_target = np.asarray(X_target, dtype=np.float64)
+    X_source = np.asarray(X_source, dtype=np.float64)
+    eye = reg * np.eye(X_target.shape[1])
+    whiten, _ = _inverse_sqrt_and_sqrt(np.cov(X_target, rowvar=False) + eye)
+    _, colour = _inverse_sqrt_and_sqrt(np.cov(X_source, rowvar=False) + eye)
+    aligned = (X_target - X_target.mean(axis=0)) @ whiten @ colour + X_source.mean(axis=0)
+    return aligned.astype(np.float32)
+
+
+def pseudo_labels(scores: np.ndarray, classes: np.ndarray, fraction: float,
+                  min_confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pick, in every predicted class, its most confident ``fraction`` of cells.
+
+    Per-class quotas (rather than one global threshold) keep rare classes in the pseudo-labelled
+    set: a global threshold fills it with the classes the source model is surest of.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (n_cells, n_classes)
+        Class scores (:func:`class_scores`).
+    classes : ndarray of shape (n_classes,)
+    fraction : float
+        Share of each predicted class kept, in (0, 1].
+    min_confidence : float
+        Cells scoring lower are never kept.
+
+    Returns
+    -------
+    rows : ndarray of shape (n_kept,), int
+        Row indices into ``scores``, sorted.
+    labels : ndarray of shape (n_kept,)
+        Their pseudo-labels.
+    """
+    predicted = scores.argmax(axis=1)
+    confidence = scores.max(axis=1)
+    keep = []
+    for c in np.unique(predicted):
+        rows = np.flatnonzero((predicted == c) & (confidence >= min_confidence))
+        take = int(np.ceil(fraction * np.sum(predicted == c)))
+        keep.append(rows[np.argsort(-confidence[rows], kind="stable")[:take]])
+    rows = np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=int)
+    return rows, np.asarray(classes)[predicted[rows]]
+
+
+def self_train(model, X_train: np.ndarray, y_train: np.ndarray, X_target: np.ndarray,
+               schedule: SelfTraining, fitted=None):
+    """Refit ``model`` on the training cells plus pseudo-labelled target cells, round by round.
+
+    Parameters
+    ----------
+    model : classifier
+        Unfitted; cloned for every round.
+    X_train, y_train : ndarray of shape (n_train, n_features) and (n_train,)
+    X_target : ndarray of shape (n_target, n_features)
+        The target's cells; their labels are never seen.
+    schedule : SelfTraining
+    fitted : classifier, optional
+        ``model`` already fitted on the training cells (saves the first fit).
+
+    Returns
+    -------
+    classifier
+        The model of the last round.
+    """
+    current = fitted if fitted is not None else clone(model).fit(X_train, y_train)
+    for r in range(1, schedule.rounds + 1):
+        scores = class_scores(current, X_target)
+        rows, labels = pseudo_labels(scores, current.classes_,
+                                     schedule.final_fraction * r / schedule.rounds,
+                                     schedule.min_confidence)
+        current = clone(model).fit(np.concatenate([X_train, X_target[rows]]),
+                                   np.concatenate([y_train, labels]))
+    return current
+
+
+def soft_neighbourhood_density(scores: np.ndarray, temperature: float = 0.05,
+                               max_cells: int = 2000, seed: int = 0) -> float:
+    """Soft neighbourhood density (Saito et al. 2021) of a model's class scores on a target.
+
+    The mean entropy of each cell's softmax similarity to the other cells, computed on the
+    L2-normalised class scores: high when cells form tight groups of similar predictions.
+    Higher is better. At most ``max_cells`` cells (a seeded random subset) keep it O(1) in the
+    number of target cells.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (n_cells, n_classes)
+    temperature : float, default=0.05
+        The paper's value.
+    max_cells : int, default=2000
+    seed : int, default=0
+
+    Returns
+    -------
+    float
+    """
+    if len(scores) > max_cells:
+        scores = scores[np.random.default_rng(seed).choice(len(scores), max_cells, replace=False)]
+    if len(scores) < 2:
+        return float("nan")
+    unit = scores / np.maximum(np.linalg.norm(scores, axis=1, keepdims=True), 1e-12)
+    sim = unit @ unit.T / temperature
+    np.fill_diagonal(sim, -np.inf)
+    sim -= sim.max(axis=1, keepdims=True)
+    p = np.exp(sim)
+    p /= p.sum(axis=1, keepdims=True)
+    entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
+    return float(entropy.mean())
+
+
+def vote_agreement(predictions: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each classifier's agreement with the majority vote of the *other* classifiers.
+
+    A label-free choice that, unlike entropy or SND, does not compare class scores across model
+    families (a forest's probabilities and an SVM's softmaxed margins have different scales).
+
+    Parameters
+    ----------
+    predictions : dict of str -> ndarray of shape (n_cells,), int
+        Class codes predicted by each classifier on the same cells.
+
+    Returns
+    -------
+    dict of str -> float
+        Share of cells where a classifier matches the others' vote (ties: the lowest code).
+        With a single classifier there is nothing to vote against: NaN.
+    """
+    names = list(predictions)
+    if len(names) < 2:
+        return {n: float("nan") for n in names}
+    stacked = np.stack([predictions[n] for n in names])
+    n_codes = int(stacked.max()) + 1
+    counts = np.stack([(stacked == c).sum(axis=0) for c in range(n_codes)])  # (codes, cells)
+    out = {}
+    for i, name in enumerate(names):
+        others = counts.copy()
+        np.subtract.at(others, (stacked[i], np.arange(stacked.shape[1])), 1)
+        out[name] = float((others.argmax(axis=0) == stacked[i]).mean())
+    return out

@@ -1,0 +1,100 @@
+"""Label-free target adaptation and the label-free classifier-choice scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from dorl.classify.adaptation import (
+    SelfTraining,
+    class_scores,
+    coral_align,
+    pseudo_labels,
+    self_train,
+    soft_neighbourhood_density,
+    vote_agreement,
+)
+
+
+def _blobs(rng, centres, n, sd):
+    y = np.repeat(np.arange(len(centres)), n).astype(str)
+    return np.concatenate([rng.normal(c, sd, (n, 2)) for c in centres]), y
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_self_training_improves_a_shifted_toy_domain(seed):
+    rng = np.random.default_rng(seed)
+    Xs, ys = _blobs(rng, [(-2, 0), (2, 0)], 100, 0.7)
+    # The target's classes are shifted across the source's decision boundary.
+    Xt, yt = _blobs(rng, [(-0.3, 0), (3.7, 0)], 200, 0.7)
+    plain = LogisticRegression().fit(Xs, ys).score(Xt, yt)
+    adapted = self_train(LogisticRegression(), Xs, ys, Xt, SelfTraining()).score(Xt, yt)
+    assert adapted > plain + 0.03
+
+
+def test_self_training_never_reads_target_labels():
+    rng = np.random.default_rng(0)
+    Xs, ys = _blobs(rng, [(-2, 0), (2, 0)], 50, 0.7)
+    Xt, _ = _blobs(rng, [(-0.3, 0), (3.7, 0)], 50, 0.7)
+    first = self_train(LogisticRegression(), Xs, ys, Xt, SelfTraining())
+    again = self_train(LogisticRegression(), Xs, ys, Xt.copy(), SelfTraining())
+    np.testing.assert_allclose(first.coef_, again.coef_)  # the signature has no target labels
+
+
+def test_pseudo_labels_take_the_same_share_of_every_predicted_class():
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4],
+                       [0.45, 0.55], [0.3, 0.7]])
+    rows, labels = pseudo_labels(scores, np.array(["a", "b"]), 0.5, 0.0)
+    # 4 cells predicted a (the 2 surest kept), 2 predicted b (the surest kept).
+    assert rows.tolist() == [0, 1, 5] and labels.tolist() == ["a", "a", "b"]
+    rows, _ = pseudo_labels(scores, np.array(["a", "b"]), 1.0, 0.65)
+    assert rows.tolist() == [0, 1, 2, 5]
+
+
+def test_coral_maps_the_target_to_the_source_moments():
+    rng = np.random.default_rng(0)
+    source = rng.normal(0, 1, (4000, 3)) @ np.array([[2, 0, 0], [1, 1, 0], [0, 0, 0.5]])
+    target = rng.normal(3, 1, (4000, 3)) * np.array([0.5, 3, 1])
+    aligned = coral_align(target, source, reg=1e-6)
+    np.testing.assert_allclose(aligned.mean(axis=0), source.mean(axis=0), atol=1e-3)
+    np.testing.assert_allclose(np.cov(aligned, rowvar=False), np.cov(source, rowvar=False),
+                               atol=1e-3)
+
+
+def test_coral_is_stable_with_fewer_cells_than_features():
+    rng = np.random.default_rng(0)
+    aligned = coral_align(rng.normal(size=(20, 64)), rng.normal(size=(30, 64)))
+    assert aligned.shape == (20, 64) and np.isfinite(aligned).all()
+
+
+@pytest.mark.parametrize("model", [LogisticRegression(),
+                                   make_pipeline(StandardScaler(), LinearSVC())])
+def test_class_scores_are_distributions_in_class_order(model):
+    rng = np.random.default_rng(0)
+    X, y = _blobs(rng, [(-2, 0), (2, 0), (0, 3)], 30, 0.7)
+    model.fit(X, y)
+    scores = class_scores(model, X)
+    assert scores.shape == (90, 3)
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(model.classes_[scores.argmax(axis=1)], model.predict(X))
+
+
+def test_snd_prefers_predictions_that_form_tight_groups():
+    rng = np.random.default_rng(0)
+    grouped = np.repeat(np.eye(4), 50, axis=0) * 0.9 + 0.025
+    scattered = rng.dirichlet(np.ones(4), size=200)
+    assert soft_neighbourhood_density(grouped) > soft_neighbourhood_density(scattered)
+    big = rng.dirichlet(np.ones(4), size=5000)
+    assert np.isfinite(soft_neighbourhood_density(big, max_cells=500))
+
+
+def test_vote_agreement_against_the_other_classifiers():
+    votes = vote_agreement({"a": np.array([0, 0, 1, 1]), "b": np.array([0, 0, 1, 0]),
+                            "c": np.array([0, 1, 1, 1])})
+    # a vs vote(b, c): ties go to the lowest code -> [0, 0, 1, 0]: 3 of 4 agree.
+    assert votes == {"a": 0.75, "b": 0.75, "c": 0.5}
+    assert np.isnan(vote_agreement({"a": np.array([0, 1])})["a"])
