@@ -42,6 +42,9 @@ data: $(STAMP) ## generate the synthetic dataset, or index data.sources into the
 embed: $(STAMP) ## stage 1: LoRA-SAM + cross-domain autoencoder -> run_dir/features.h5ad
 	$(DORL) embed $(CFG) $(ARGS)
 
+apply: $(STAMP) ## embed a new lab with a finished run, training nothing: make apply FROM=runs/default CONFIG=my_lab.yaml
+	$(DORL) apply --from $(FROM) $(CFG) $(ARGS)
+
 classify: $(STAMP) ## stage 2: compare classifiers on the stored embeddings
 	$(DORL) classify run $(CFG) $(ARGS)
 

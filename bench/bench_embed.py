@@ -151,13 +151,13 @@ def cells(args: argparse.Namespace, base: list[str]) -> tuple[Manifest, Segmenta
         run = Path(args.from_run)
         cfg = load_config(config_file(args), [])
         manifest = load_manifest(cfg.data.manifest, cfg.data.label_space, check_files=False)
-        return manifest, Segmentation.load(run / "segmentation.npz"), f"cached in {run}"
+        return manifest, Segmentation.load(run / "segmentation.h5"), f"cached in {run}"
     cfg = load_config(config_file(args), base)
     t0 = time.perf_counter()
     manifest = (real_manifest(out / "data", args.n_per_domain, args.seeds[0])
                 if args.data == "real" else load_data(cfg))
     t1 = time.perf_counter()
-    seg, how = segment(cfg, manifest, args.segmentation, out / "segmentation.npz")
+    seg, how = segment(cfg, manifest, args.segmentation, out / "segmentation.h5")
     return manifest, seg, f"{how}; data {t1 - t0:.1f} s, segmentation " \
                           f"{time.perf_counter() - t1:.1f} s"
 

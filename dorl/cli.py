@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sub.add_parser("embed", help="stage 1: data -> LoRA-SAM -> segmentation -> CAE -> "
                                          "features.h5ad in run_dir"))
 
+    apply = sub.add_parser("apply", help="embed a new lab's cells with a finished run's LoRA "
+                                         "adapter and autoencoder, training nothing")
+    apply.add_argument("--from", dest="from_run", required=True, metavar="RUN_DIR",
+                       help="the finished `dorl embed` run; -c and overrides give only data.*, "
+                            "run_dir, device and num_threads")
+    _common(apply)
+
     cls = sub.add_parser("classify", help="stage 2: compare classifiers on stored embeddings")
     cls_sub = cls.add_subparsers(dest="action", required=True, metavar="ACTION")
     _common(cls_sub.add_parser("run", help="fit and score every classifier and protocol"))
@@ -130,6 +137,11 @@ def _run(args: argparse.Namespace) -> int:
 
         path = run_embed(cfg)
         logger.info("features: %s", path)
+    elif command == "apply":
+        from dorl.cae.apply import apply_run
+
+        path = apply_run(args.from_run, cfg)
+        logger.info("features of the new cells: %s", path)
     elif command == "classify" and action == "run":
         from dorl.classify.run import classify_from_config
 

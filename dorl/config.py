@@ -70,7 +70,10 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except Exception as exc:
-            raise ConfigError(f"{origin}: {exc}") from exc
+            # OmegaConf's message spans lines (key, type, ...): one line, naming the full key.
+            key = getattr(exc, "full_key", None)
+            raise ConfigError(f"{origin}: {str(exc).splitlines()[0]}"
+                              + (f" (key {key})" if key else "")) from exc
     OmegaConf.set_struct(cfg, False)
     return cfg
 

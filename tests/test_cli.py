@@ -23,7 +23,7 @@ def test_every_stage_and_action_is_a_command():
     from dorl.cli import build_parser
 
     commands = _choices(build_parser())
-    assert set(commands) == {"data", "sam", "embed", "classify", "umap", "info"}
+    assert set(commands) == {"data", "sam", "embed", "apply", "classify", "umap", "info"}
     assert set(_choices(commands["data"])) == {"prepare", "synth", "manifest"}
     assert set(_choices(commands["sam"])) == {"finetune", "eval"}
     assert set(_choices(commands["classify"])) == {"run", "predict"}

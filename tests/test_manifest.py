@@ -34,8 +34,6 @@ def test_minimal_manifest_is_completed(tmp_path):
     ([{"path": "1.png", "domain": "x", "label": "dragon"}], "outside the 'mature5' label space"),
     ([{"path": "1.png", "domain": "x", "label": "monocyte"},
       {"path": "1.png", "domain": "x", "label": "monocyte"}], "duplicate path"),
-    ([{"path": "1.png", "domain": "x", "label": "monocyte"},
-      {"path": "2.png", "domain": "y", "label": "unknown"}], "no labelled cells.*'y'"),
     ([{"path": "gone.png", "domain": "x", "label": "monocyte", "_missing": True}],
      "not found.*gone.png"),
     ([{"path": "1.png", "domain": "x", "label_fine": "neutrophilic"}], "neutrophilic"),
@@ -48,6 +46,12 @@ def test_problems_are_named(tmp_path, rows, match):
     path = _write(tmp_path, rows)
     with pytest.raises(ManifestError, match=match):
         load_manifest(path, "mature5")
+
+
+def test_an_unlabelled_domain_is_accepted(tmp_path):
+    rows = [{"path": f"{i}.png", "domain": d, "label": "monocyte" if d == "x" else "unknown"}
+            for i, d in enumerate("xxyy")]
+    assert load_manifest(_write(tmp_path, rows), "mature5").domains == ["x", "y"]
 
 
 def test_missing_columns_and_file(tmp_path):

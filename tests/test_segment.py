@@ -117,4 +117,55 @@ def test_segment_from_config_caches_by_signature(tiny_cfg, small_manifest, caplo
     np.testing.assert_array_equal(again.crops, seg.crops)
     tiny_cfg.sam.infer.crop_size = 24
     assert segment_from_config(tiny_cfg, small_manifest, None).crops.shape[1] == 24
-    assert isinstance(Segmentation.load(tiny_cfg.run_dir + "/segmentation.npz"), Segmentation)
+    assert isinstance(Segmentation.load(tiny_cfg.run_dir + "/segmentation.h5"), Segmentation)
+
+
+def _interrupt_after(monkeypatch, n_chunks):
+    """Make segment_images fail on its (n_chunks + 1)-th call, as a killed run stops."""
+    import dorl.sam.inference
+
+    real, calls = dorl.sam.inference.segment_images, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > n_chunks:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dorl.sam.inference, "segment_images", flaky)
+    return lambda: monkeypatch.setattr(dorl.sam.inference, "segment_images", real)
+
+
+def test_interrupted_segmentation_resumes_bit_identical(tiny_cfg, small_manifest, tmp_path,
+                                                        monkeypatch, caplog):
+    import dorl.sam.inference
+
+    monkeypatch.setattr(dorl.sam.inference, "READ_CHUNK", 3)
+    whole = segment_from_config(tiny_cfg, small_manifest, None)
+    tiny_cfg.run_dir = str(tmp_path / "resumed")
+    restore = _interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        segment_from_config(tiny_cfg, small_manifest, None)
+    store = tmp_path / "resumed" / "segmentation.h5"
+    with pytest.raises(ValueError, match="incomplete \\(6 of 8 rows\\)"):
+        Segmentation.load(store)  # the chunk being segmented when it stopped is not counted
+    restore()
+    caplog.set_level("INFO")
+    resumed = segment_from_config(tiny_cfg, small_manifest, None)
+    assert "6 of 8 cells done" in caplog.text
+    for key in ("crops", "raw_crops", "masks", "boxes", "fallback"):
+        np.testing.assert_array_equal(getattr(resumed, key), getattr(whole, key))
+    np.testing.assert_array_equal(resumed.features["sam_pooled"], whole.features["sam_pooled"])
+    assert resumed.meta == whole.meta
+
+
+def test_a_store_cut_off_mid_write_is_segmented_again(tiny_cfg, small_manifest, monkeypatch,
+                                                      caplog):
+    whole = segment_from_config(tiny_cfg, small_manifest, None)
+    store = tiny_cfg.run_dir + "/segmentation.h5"
+    data = open(store, "rb").read()
+    with open(store, "wb") as fh:
+        fh.write(data[: len(data) // 3])
+    again = segment_from_config(tiny_cfg, small_manifest, None)
+    assert "cannot be read" in caplog.text
+    np.testing.assert_array_equal(again.crops, whole.crops)

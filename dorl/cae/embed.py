@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from dorl import __version__
 from dorl.artifacts import CAE_CHECKPOINT, FEATURE_FILE, reusable
@@ -175,7 +178,9 @@ def _cae_data(cfg, manifest: Manifest, seg: Segmentation,
 
 def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
                        timings: dict[str, float] | None = None,
-                       cell_feats: tuple[dict[str, np.ndarray], dict] | None = None) -> Path:
+                       cell_feats: tuple[dict[str, np.ndarray], dict] | None = None,
+                       autoencoder_from: Callable[[CAEData, torch.device], nn.Module] | None = None,
+                       applied_from: dict | None = None) -> Path:
     """Train the CAE on segmented cells, embed them all and write ``run_dir/features.h5ad``.
 
     Parameters
@@ -190,6 +195,11 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     cell_feats : (features, meta), optional
         Cell features already computed for these settings (see
         :func:`dorl.features.encode.features_from_config`); computed here when not given.
+    autoencoder_from : callable, optional
+        ``(data, device) -> model``: a trained autoencoder that embeds the cells instead of a
+        newly trained one (:func:`dorl.cae.apply.apply_run`).
+    applied_from : dict, optional
+        The provenance of the run whose trained parts are applied (``uns/applied_from``).
     """
     if len(seg) != len(manifest):
         raise ValueError(f"segmentation has {len(seg)} cells but the manifest has "
@@ -201,7 +211,14 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     t0 = time.perf_counter()
     cell_feats, cell_meta = cell_feats or features_from_config(cfg, manifest, seg)
     timings["cell_features"] = time.perf_counter() - t0
-    if cfg.cae.enabled:
+    if cfg.cae.enabled and autoencoder_from is not None:
+        data = _cae_data(cfg, manifest, seg, cell_feats)
+        device = get_device(cfg.device)
+        t0 = time.perf_counter()
+        X = encode_cells(autoencoder_from(data, device), data, device)
+        timings["cae_encode"] = time.perf_counter() - t0
+        result, train_idx, val_idx = None, np.array([], int), np.array([], int)
+    elif cfg.cae.enabled:
         train_idx, val_idx = split_cells(cfg, manifest)
         data = _cae_data(cfg, manifest, seg, cell_feats)
         device = get_device(cfg.device)
@@ -240,6 +257,10 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     uns = _provenance(cfg, signature, seg, result, manifest.domains, timings)
     uns["invariance"] = invariance
     uns["cell_features"] = {k: v for k, v in cell_meta.items() if k != "timings_s"}
+    if applied_from is not None:
+        uns["applied_from"] = applied_from
+        if "cae_checkpoint" in applied_from["hashes"]:
+            uns["hashes"]["cae_checkpoint"] = applied_from["hashes"]["cae_checkpoint"]
     return write_features(out, FeatureSet(X, obs, obsm, uns))
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from dorl.classify.adaptation import ADAPTATIONS, SelfTraining
+from dorl.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,13 @@ class ClassifySettings:
     def __post_init__(self):
         unknown = sorted(set(self.adaptations) - set(ADAPTATIONS))
         if unknown:
-            raise ValueError(f"classify.adaptations: unknown {unknown}; choose from "
+            raise ConfigError(f"classify.adaptations: unknown {unknown}; choose from "
                              f"{list(ADAPTATIONS)}")
         if any(k < 1 for k in self.shots) or self.draws < 1:
-            raise ValueError(f"classify.few_shot needs shots >= 1 and draws >= 1, got shots "
+            raise ConfigError(f"classify.few_shot needs shots >= 1 and draws >= 1, got shots "
                              f"{list(self.shots)}, draws {self.draws}")
         if not 0 < self.self_training.final_fraction <= 1 or self.self_training.rounds < 1:
-            raise ValueError(f"classify.self_training needs rounds >= 1 and 0 < final_fraction "
+            raise ConfigError(f"classify.self_training needs rounds >= 1 and 0 < final_fraction "
                              f"<= 1, got {self.self_training}")
 
     @classmethod

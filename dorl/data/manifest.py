@@ -16,6 +16,7 @@ group       near-duplicate group id; rows sharing a group never land on both sid
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,8 +105,10 @@ def deduplicate(df: pd.DataFrame) -> tuple[pd.DataFrame, DedupReport]:
 
 
 def _resolve(base_dir: Path, p: str) -> Path:
+    """``p`` (relative to the manifest's folder) as a normalised path: messages then name
+    ``/data/cells/x.png``, not ``/data/manifests/../cells/x.png``."""
     path = Path(p)
-    return path if path.is_absolute() else base_dir / path
+    return path if path.is_absolute() else Path(os.path.normpath(base_dir / path))
 
 
 def subsample(table: pd.DataFrame, max_per_group: int, by: tuple[str, ...],
@@ -151,8 +154,8 @@ def validate(df: pd.DataFrame, space: str, base_dir: str | Path, where: str = "m
         problems.append(f"{empty_domain} row(s) with an empty domain")
     counts = df[df["label"] != UNKNOWN].groupby("domain").size()
     empty = sorted(set(df["domain"]) - set(counts.index))
-    if empty:
-        problems.append(f"domain(s) with no labelled cells (all 'unknown'): {empty}")
+    if empty:  # a new lab's unlabelled images: embedded and predicted, never trained or scored on
+        logger.info("%s: domain(s) %s have no labelled cells (all 'unknown')", where, empty)
     sizes = df.groupby("domain").size()
     lone = {str(d): int(n) for d, n in sizes.items() if n < MIN_DOMAIN_CELLS}
     if lone:

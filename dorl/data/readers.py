@@ -153,6 +153,22 @@ def read_class_folders(root: str | Path, domain: str | None = None,
                  [raw_to_fine(r, "class_folders", aliases) for r in raws])
 
 
+def read_folder(root: str | Path, domain: str | None = None, **_) -> pd.DataFrame:
+    """Unlabelled images anywhere under ``root`` (a new lab's cells): every label is ``unknown``.
+
+    Such cells are embedded (``dorl apply``) and predicted, never trained or scored on.
+    """
+    layout = "<any folders>/<image>"
+    root = Path(root)
+    _require_dir(root, "folder", layout)
+    paths = sorted(p for p in root.rglob("*") if p.is_file()
+                   and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not paths:
+        raise LayoutError(f"folder: no images under {root} (expected layout: {layout}; image "
+                          f"suffixes {sorted(IMAGE_SUFFIXES)})")
+    return _rows(paths, domain or root.name, [""] * len(paths), [UNKNOWN] * len(paths))
+
+
 def read_csv(root: str | Path, domain: str | None = None,
              aliases: dict[str, str] | None = None, **_) -> pd.DataFrame:
     """A user CSV with columns ``path, label`` and optional ``domain, mask_path, group``.
@@ -199,6 +215,7 @@ ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
     "zheng2018": read_zheng2018,
     "class_folders": read_class_folders,
     "csv": read_csv,
+    "folder": read_folder,
 }
 
 

@@ -11,22 +11,23 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dorl.artifacts import SEGMENTATION, reusable
+from dorl.artifacts import SEGMENTATION
 from dorl.data.images import read_rgb
 from dorl.data.manifest import Manifest
 from dorl.provenance import sha256_file, signature_of
 from dorl.resize import resize_image
 from dorl.sam.masks import centre_box, clean_mask, is_usable, mask_box, masked_crop
-from dorl.sam.segmentation import Segmentation
+from dorl.sam.segmentation import Segmentation, SegmentationWriter
 
 logger = logging.getLogger(__name__)
 
-SEGMENTATION_FILE = "segmentation.npz"
+SEGMENTATION_FILE = "segmentation.h5"
 # Images read into memory at a time by segment_from_config (bounds memory on large datasets).
 READ_CHUNK = 128
 
@@ -189,7 +190,8 @@ def load_model(cfg, adapter_dir: Path | None):
 
 
 def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None) -> Segmentation:
-    """Segment every manifest row, reusing ``run_dir/segmentation.npz`` when its signature matches.
+    """Segment every manifest row into ``run_dir/segmentation.h5``, chunk by chunk; a store of
+    the same signature is reused when complete and resumed when interrupted.
 
     Parameters
     ----------
@@ -206,33 +208,28 @@ def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None) -> Se
     out = Path(cfg.run_dir) / SEGMENTATION_FILE
     model, provenance = load_model(cfg, adapter_dir)
     signature = segmentation_signature(cfg, manifest, provenance, adapter_dir)
-    if out.is_file():
-        cached = Segmentation.load(out)
-        if reusable(SEGMENTATION, out, cached.meta.get("signature"), signature):
-            return cached
+    writer = SegmentationWriter(out, len(manifest), signature)
+    if writer.complete:
+        return Segmentation.load(out)
     settings = SegmentSettings.from_config(cfg)
-    parts = []
-    with tqdm(total=len(manifest), desc="segment", unit="img") as bar:
-        for start in range(0, len(manifest), READ_CHUNK):
+    with tqdm(total=len(manifest), initial=writer.done, desc="segment", unit="img") as bar:
+        for start in range(writer.done, len(manifest), READ_CHUNK):
             stop = min(start + READ_CHUNK, len(manifest))
             images = [read_rgb(manifest.image_path(i)) for i in range(start, stop)]
-            parts.append(segment_images(model, images, settings, progress=False))
+            writer.write(start, segment_images(model, images, settings, progress=False))
             bar.update(stop - start)
-    seg = Segmentation(*(np.concatenate([getattr(p, k) for p in parts])
-                         for k in ("crops", "raw_crops", "masks", "boxes", "fallback")),
-                       {k: np.concatenate([p.features[k] for p in parts])
-                        for k in parts[0].features})
+    with h5py.File(out, "r") as f:  # only the small per-cell flags, not the crops
+        fallback = f["fallback"][()]
     domains = manifest.table["domain"].to_numpy()
-    per_domain = {d: int(seg.fallback[domains == d].sum()) for d in manifest.domains}
+    per_domain = {d: int(fallback[domains == d].sum()) for d in manifest.domains}
     for domain, count in per_domain.items():
         level = logging.WARNING if count > 0.2 * (domains == domain).sum() else logging.INFO
         logger.log(level, "domain %s: %d of %d cells fell back to a centre crop", domain, count,
                    int((domains == domain).sum()))
-    seg.meta = {**provenance, "adapter": None if adapter_dir is None else str(adapter_dir),
-                "adapter_hash": adapter_hash(adapter_dir), "prompt": settings.prompt,
-                "box_fraction": settings.box_fraction,
-                "crop_size": settings.crop_size, "bf16": settings.bf16,
-                "fallback_per_domain": per_domain, "signature": signature}
-    seg.save(out)
-    logger.info("segmentation of %d cells written to %s", len(seg), out)
-    return seg
+    writer.finish({**provenance, "adapter": None if adapter_dir is None else str(adapter_dir),
+                   "adapter_hash": adapter_hash(adapter_dir), "prompt": settings.prompt,
+                   "box_fraction": settings.box_fraction, "crop_size": settings.crop_size,
+                   "bf16": settings.bf16, "fallback_per_domain": per_domain,
+                   "signature": signature})
+    logger.info("segmentation of %d cells written to %s", len(manifest), out)
+    return Segmentation.load(out)

@@ -308,7 +308,7 @@ BACKBONES: dict[str, Callable[[int], CellSAM]] = {
 
 
 def build_sam(backbone: str, checkpoint: str | Path | None = "default", image_size: int = 256,
-              fold: bool = True) -> CellSAM:
+              fold: bool = True, seed: int = 0) -> CellSAM:
     """Build a SAM backbone, optionally with pretrained weights.
 
     Parameters
@@ -324,6 +324,9 @@ def build_sam(backbone: str, checkpoint: str | Path | None = "default", image_si
         Fold the encoder's BatchNorm into its convolutions (eval mode does). False keeps the
         BatchNorm layers, for re-estimating their statistics per domain
         (:mod:`dorl.features.adabn`).
+    seed : int, default=0
+        Seeds random weights (no checkpoint), so that a random-init model is the same in every
+        process: a run and a later ``dorl apply`` of its adapter see the same base weights.
 
     Returns
     -------
@@ -332,8 +335,13 @@ def build_sam(backbone: str, checkpoint: str | Path | None = "default", image_si
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown SAM backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-    model = BACKBONES[backbone](int(image_size))
     path = default_checkpoint(backbone) if checkpoint == "default" else checkpoint
+    if path is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = BACKBONES[backbone](int(image_size))
+    else:
+        model = BACKBONES[backbone](int(image_size))
     model.checkpoint_path = None if path is None else Path(path)
     if path is not None:
         path = Path(path)
@@ -357,7 +365,7 @@ def sam_from_config(cfg) -> tuple[CellSAM, dict]:
         ``image_size``.
     """
     checkpoint = cfg.sam.checkpoint if cfg.sam.checkpoint else "default"
-    model = build_sam(cfg.sam.backbone, checkpoint, int(cfg.sam.image_size))
+    model = build_sam(cfg.sam.backbone, checkpoint, int(cfg.sam.image_size), seed=int(cfg.seed))
     path = model.checkpoint_path
     provenance = {"backbone": model.backbone, "checkpoint": None if path is None else str(path),
                   "checkpoint_sha256": None if path is None else sha256_file(path),

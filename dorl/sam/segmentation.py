@@ -1,15 +1,30 @@
-"""The segmentation result handed from the LoRA-SAM stage to the autoencoder stage."""
+"""The segmentation result handed from the LoRA-SAM stage to the autoencoder stage, and its
+on-disk store.
+
+The store is one HDF5 file, written chunk by chunk as segmentation goes
+(:class:`SegmentationWriter`): its ``done`` attribute counts the rows on disk and is raised only
+after a chunk's rows are flushed, so an interrupted run resumes from the last completed chunk
+and a half-written chunk is never read as complete. A file cut off mid-write (unreadable) is
+started again.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
+from dorl.artifacts import SEGMENTATION, reusable
 from dorl.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+_ARRAYS = ("crops", "raw_crops", "masks", "boxes", "fallback")
 
 
 @dataclass
@@ -49,20 +64,106 @@ class Segmentation:
         return len(self.crops)
 
     def save(self, path: str | Path) -> Path:
-        """Write an ``.npz`` atomically (meta stored as JSON)."""
-        arrays = {"crops": self.crops, "raw_crops": self.raw_crops, "masks": self.masks,
-                  "boxes": self.boxes, "fallback": self.fallback,
-                  "meta_json": np.array(json.dumps(self.meta, default=str))}
-        arrays.update({f"feat__{k}": v for k, v in self.features.items()})
+        """Write the whole segmentation as one complete HDF5 store, atomically."""
         with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+            writer = SegmentationWriter(tmp, len(self), str(self.meta.get("signature", "")))
+            writer.write(0, self)
+            writer.finish(self.meta)
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Segmentation":
-        """Read a file written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as z:
-            feats = {k[len("feat__"):]: z[k] for k in z.files if k.startswith("feat__")}
-            return cls(z["crops"], z["raw_crops"], z["masks"], z["boxes"], z["fallback"], feats,
-                       json.loads(str(z["meta_json"])))
+        """Read a complete store written by :meth:`save` or :class:`SegmentationWriter`.
+
+        Raises
+        ------
+        ValueError
+            When the store is incomplete (an interrupted run: segment again to resume).
+        """
+        with h5py.File(path, "r") as f:
+            if not f.attrs.get("complete", False):
+                raise ValueError(f"{path}: segmentation store is incomplete ({f.attrs['done']} "
+                                 f"of {f.attrs['n_rows']} rows); segment again to resume")
+            arrays = [f[k][()] for k in _ARRAYS]
+            feats = {k: f["features"][k][()] for k in f["features"]} if "features" in f else {}
+            return cls(*arrays, feats, json.loads(str(f.attrs["meta_json"])))
+
+
+class SegmentationWriter:
+    """Write a segmentation of ``n_rows`` cells chunk by chunk into an HDF5 store.
+
+    Opening a store of the same ``signature`` and size resumes it: :attr:`done` rows are already
+    on disk. A store of another signature, or one that cannot be read, is started again.
+
+    Parameters
+    ----------
+    path : str or Path
+    n_rows : int
+    signature : str
+        What the store must have been made with to be resumed (config, data, adapter).
+
+    Attributes
+    ----------
+    done : int
+        Rows written and flushed; the next chunk starts there.
+    complete : bool
+        Whether :meth:`finish` has run (the store is a finished segmentation).
+    """
+
+    def __init__(self, path: str | Path, n_rows: int, signature: str):
+        self.path, self.n_rows, self.signature = Path(path), int(n_rows), str(signature)
+        self.done, self.complete = 0, False
+        if self.path.is_file() and self._resume():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(self.path, "w") as f:
+            f.attrs.update(signature=self.signature, n_rows=self.n_rows, done=0, complete=False)
+
+    def _resume(self) -> bool:
+        try:
+            with h5py.File(self.path, "r") as f:
+                found = str(f.attrs.get("signature", ""))
+                n_rows = int(f.attrs.get("n_rows", -1))
+                done, complete = int(f.attrs.get("done", 0)), bool(f.attrs.get("complete", False))
+        except (OSError, KeyError, ValueError) as exc:
+            logger.warning("%s cannot be read (%s), probably cut off mid-write: segmenting "
+                           "from the start", self.path, exc)
+            self.path.unlink()
+            return False
+        if not reusable(SEGMENTATION, self.path, found, self.signature) or n_rows != self.n_rows:
+            return False
+        self.done, self.complete = done, complete
+        if not complete:
+            logger.info("resuming segmentation from %s: %d of %d cells done", self.path, done,
+                        self.n_rows)
+        return True
+
+    def write(self, start: int, part: Segmentation) -> None:
+        """Store ``part``'s rows at ``start``, then mark them done."""
+        stop = start + len(part)
+        if start != self.done or stop > self.n_rows:
+            raise ValueError(f"{self.path}: rows {start}:{stop} do not follow the {self.done} "
+                             f"done of {self.n_rows}")
+        columns = {k: getattr(part, k) for k in _ARRAYS}
+        columns.update({f"features/{k}": v for k, v in part.features.items()})
+        with h5py.File(self.path, "a") as f:
+            for name, values in columns.items():
+                values = np.asarray(values)
+                if name not in f:
+                    f.create_dataset(name, shape=(self.n_rows, *values.shape[1:]),
+                                     dtype=values.dtype,
+                                     chunks=(max(1, min(len(part), self.n_rows)),
+                                             *values.shape[1:]))
+                f[name][start:stop] = values
+            f.flush()  # the rows are on disk before they are counted
+            f.attrs["done"] = stop
+        self.done = stop
+
+    def finish(self, meta: dict[str, Any]) -> None:
+        """Record the provenance and mark the store complete."""
+        if self.done != self.n_rows:
+            raise ValueError(f"{self.path}: {self.done} of {self.n_rows} rows written")
+        with h5py.File(self.path, "a") as f:
+            f.attrs["meta_json"] = json.dumps(meta, default=str)
+            f.attrs["complete"] = True
+        self.complete = True

@@ -1,0 +1,204 @@
+"""Embed a new lab's cells with a finished run's trained parts, training nothing.
+
+A finished ``dorl embed`` run holds everything the embedding depends on: its resolved config
+(in the feature file's ``uns``), the LoRA adapter that segments and the autoencoder checkpoint
+(when the autoencoder is on). :func:`apply_run` segments the new cells with that adapter,
+computes their cell features and embeds them with that checkpoint, so that the new file lies in
+the run's latent space and a model saved by ``dorl classify run`` on the run applies to it.
+
+What is estimated from the new lab's own cells, without labels, is what a lab's appearance
+shifts: the encoders' BatchNorm statistics (``features.adabn``) and the per-domain feature
+standardisation. Each new domain needs :data:`MIN_DOMAIN_CELLS` cells for those (measured by
+``bench/bench_domain_cells.py``, docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from dorl.cae.models import FeatureScaler, build_autoencoder
+from dorl.cae.settings import CAESettings
+from dorl.cae.train import CAEData
+from dorl.config import ConfigError, save_resolved
+from dorl.featstore import FeatureFileError, read_features
+from dorl.provenance import sha256_file
+
+logger = logging.getLogger(__name__)
+
+#: Cells a new domain needs for its own statistics: the smallest count whose per-domain
+#: standardisation scored within 0.02 macro-F1 of using every cell (bench/bench_domain_cells.py).
+MIN_DOMAIN_CELLS = 20
+#: What ``dorl apply`` takes from the user's config; every other key comes from the run.
+USER_KEYS = ("data", "run_dir", "device", "num_threads")
+
+
+@dataclass(frozen=True)
+class SourceRun:
+    """A finished run's trained parts, checked against the hashes its feature file recorded.
+
+    Attributes
+    ----------
+    run_dir : Path
+    cfg : DictConfig
+        The resolved config the run was embedded with.
+    uns : dict
+        Its feature file's provenance.
+    features_sha256 : str
+    adapter_dir : Path or None
+        The LoRA adapter its segmentation used (None: zero-shot SAM).
+    cae_checkpoint : Path or None
+        The autoencoder's ``best.pt`` (None when the autoencoder was off).
+    """
+
+    run_dir: Path
+    cfg: object
+    uns: dict
+    features_sha256: str
+    adapter_dir: Path | None
+    cae_checkpoint: Path | None
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> "SourceRun":
+        """Read ``run_dir/features.h5ad`` and find its adapter and checkpoint.
+
+        Raises
+        ------
+        FeatureFileError
+            When the run has no feature file, or its adapter or checkpoint is missing or is not
+            the one its feature file was made with.
+        """
+        from dorl.cae.embed import FEATURES_FILE
+        from dorl.sam.inference import adapter_hash
+
+        run_dir = Path(run_dir)
+        path = run_dir / FEATURES_FILE
+        if not path.is_file():
+            raise FeatureFileError(f"{run_dir}: no {FEATURES_FILE}; finish `dorl embed` there "
+                                   f"first")
+        uns = read_features(path).uns
+        if "config" not in uns:
+            raise FeatureFileError(f"{path}: holds no resolved config (not made by dorl embed)")
+        cfg = OmegaConf.create(str(uns["config"]))
+        seg = dict(uns.get("segmentation", {}))
+        adapter = seg.get("adapter")
+        adapter_dir = None
+        if adapter not in (None, "", "None"):
+            adapter_dir = Path(adapter)
+            if not adapter_dir.is_absolute() and not adapter_dir.is_dir():
+                adapter_dir = run_dir / adapter_dir.name
+            if not adapter_dir.is_dir() or adapter_hash(adapter_dir) != seg.get("adapter_hash"):
+                raise FeatureFileError(f"{path}: its LoRA adapter {adapter} is missing or was "
+                                       f"changed (hash {seg.get('adapter_hash')})")
+        checkpoint = None
+        if cfg.cae.enabled:
+            checkpoint = run_dir / "cae" / "best.pt"
+            expected = dict(uns.get("hashes", {})).get("cae_checkpoint")
+            if not checkpoint.is_file() or sha256_file(checkpoint) != expected:
+                raise FeatureFileError(f"{path}: its autoencoder checkpoint {checkpoint} is "
+                                       f"missing or was changed")
+        return cls(run_dir, cfg, uns, sha256_file(path), adapter_dir, checkpoint)
+
+    def load_autoencoder(self, data: CAEData, device: torch.device) -> torch.nn.Module:
+        """The run's autoencoder with its best weights, in eval mode on ``device``, for cells
+        like ``data`` (its crop size and feature shape)."""
+        settings = CAESettings.from_config(self.cfg.cae)
+        shape = None if data.features is None else data.features.shape[1:]
+        scaler = None if shape is None else FeatureScaler(torch.zeros(shape), torch.ones(shape))
+        model = build_autoencoder(settings, data.crops.shape[1], scaler, len(self.uns["domains"]))
+        state = torch.load(self.cae_checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])  # the scaler's statistics are in the state
+        return model.to(device).eval()
+
+    def provenance(self) -> dict:
+        """What the applied feature file records of this run (``uns/applied_from``)."""
+        return {"run_dir": str(self.run_dir), "features_sha256": self.features_sha256,
+                "signature": dict(self.uns.get("signature", {})),
+                "hashes": dict(self.uns.get("hashes", {})),
+                "created_utc": str(self.uns.get("created_utc", ""))}
+
+
+def applied_config(source: SourceRun, user_cfg):
+    """The run's config with the user's :data:`USER_KEYS` (the new data and output folder).
+
+    Raises
+    ------
+    ConfigError
+        When the output folder is the run's own, or the label space differs from the run's.
+    """
+    out = Path(user_cfg.run_dir)
+    if out.resolve() == source.run_dir.resolve():
+        raise ConfigError(f"run_dir {out} is the applied run's own folder: choose another "
+                          f"run_dir for the new lab's features")
+    if str(user_cfg.data.label_space) != str(source.cfg.data.label_space):
+        raise ConfigError(f"data.label_space {user_cfg.data.label_space!r} differs from the "
+                          f"label space {source.cfg.data.label_space!r} of {source.run_dir}")
+    cfg = OmegaConf.create(OmegaConf.to_container(source.cfg, resolve=True))
+    for key in USER_KEYS:
+        OmegaConf.update(cfg, key, OmegaConf.to_container(user_cfg, resolve=True)[key],
+                         merge=False)
+    return cfg
+
+
+def check_domain_sizes(domains: np.ndarray, where: str) -> None:
+    """Refuse domains with fewer than :data:`MIN_DOMAIN_CELLS` cells.
+
+    Raises
+    ------
+    ConfigError
+        Naming the domains, their sizes and ``where`` they come from.
+    """
+    names, counts = np.unique(np.asarray(domains).astype(str), return_counts=True)
+    small = {str(n): int(c) for n, c in zip(names, counts) if c < MIN_DOMAIN_CELLS}
+    if small:
+        raise ConfigError(f"{where}: domain(s) {small} have fewer than {MIN_DOMAIN_CELLS} cells; "
+                          f"a new lab's BatchNorm and standardisation statistics come from its "
+                          f"own cells and need at least {MIN_DOMAIN_CELLS} per domain")
+
+
+def apply_run(run_dir: str | Path, user_cfg) -> Path:
+    """Embed the cells of ``user_cfg.data`` with the trained parts of ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A finished ``dorl embed`` run.
+    user_cfg : DictConfig
+        Its :data:`USER_KEYS` name the new cells and where their features go.
+
+    Returns
+    -------
+    Path
+        ``user_cfg.run_dir/features.h5ad``; its ``uns/applied_from`` names the run, its
+        signature and hashes.
+    """
+    from dorl.artifacts import FEATURE_FILE, reusable
+    from dorl.cae.embed import FEATURES_FILE, embed_segmentation, feature_signature, load_data
+    from dorl.featstore import stored_signature
+    from dorl.sam.inference import segment_from_config
+
+    source = SourceRun.open(run_dir)
+    cfg = applied_config(source, user_cfg)
+    save_resolved(cfg, cfg.run_dir, "config.apply.yaml")
+    out = Path(cfg.run_dir) / FEATURES_FILE
+    manifest = load_data(cfg)
+    check_domain_sizes(manifest.table["domain"].to_numpy(), str(cfg.data.manifest))
+    signature = feature_signature(cfg, manifest)
+    if reusable(FEATURE_FILE, out, stored_signature(out), signature, refuse=True,
+                error=FeatureFileError):
+        return out
+    logger.info("applying %s (adapter %s, autoencoder %s) to %d cells of %s; nothing is trained",
+                source.run_dir, source.adapter_dir, source.cae_checkpoint, len(manifest),
+                manifest.domains)
+    t0 = time.perf_counter()
+    seg = segment_from_config(cfg, manifest, source.adapter_dir)
+    return embed_segmentation(
+        cfg, manifest, seg, timings={"segment": time.perf_counter() - t0},
+        autoencoder_from=source.load_autoencoder if source.cae_checkpoint else None,
+        applied_from=source.provenance())

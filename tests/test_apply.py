@@ -1,0 +1,106 @@
+"""A new lab: embed its cells with a finished run (`dorl apply`), then predict on them."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from dorl.cae.apply import MIN_DOMAIN_CELLS, apply_run
+from dorl.cae.embed import run_embed
+from dorl.classify.run import classify_from_config, predict_file
+from dorl.cli import main
+from dorl.config import ConfigError
+from dorl.data.manifest import save_manifest
+from dorl.data.synth.generate import generate_from_config
+from dorl.featstore import FeatureFileError, read_features
+
+
+@pytest.fixture
+def labs(tiny_cfg, tmp_path):
+    """The three synthetic labs, with manifests of labs a+b (training) and of lab c (new)."""
+    table = generate_from_config(tiny_cfg).table
+    root = tmp_path / "data"
+    save_manifest(table[table["domain"] != "lab_c"], root / "train_ab.csv")
+    save_manifest(table[table["domain"] == "lab_c"], root / "new_c.csv")
+    return root
+
+
+def _cfg(tiny_cfg, run_dir, manifest, *overrides):
+    cfg = copy.deepcopy(tiny_cfg)
+    for key, value in (("run_dir", str(run_dir)), ("data.manifest", str(manifest))):
+        OmegaConf.update(cfg, key, value)
+    for item in overrides:
+        key, value = item.split("=", 1)
+        OmegaConf.update(cfg, key, OmegaConf.create({"v": value}).v)
+    return cfg
+
+
+@pytest.mark.parametrize("cae", [False, True], ids=["features", "autoencoder"])
+def test_applied_cells_match_the_same_cells_embedded_in_the_run(tiny_cfg, labs, tmp_path, cae):
+    run = _cfg(tiny_cfg, tmp_path / "run_all", labs / "manifest.csv", f"cae.enabled={cae}")
+    trained = read_features(run_embed(run))
+    new = _cfg(tiny_cfg, tmp_path / "lab_c", labs / "new_c.csv")
+    applied = read_features(apply_run(run.run_dir, new))
+    same = trained.domains == "lab_c"
+    # Per-domain statistics come from each domain's own cells: lab c alone gives the same ones.
+    np.testing.assert_allclose(applied.X, trained.X[same], atol=1e-4)
+    assert applied.uns["applied_from"]["signature"] == dict(trained.uns["signature"])
+    assert {k: v for k, v in applied.uns["signature"].items() if k != "data"} == \
+        {k: v for k, v in trained.uns["signature"].items() if k != "data"}
+    assert not (tmp_path / "lab_c" / "cae").exists()  # nothing was trained
+    run.classify.features = {"dorl": str(tmp_path / "run_all" / "features.h5ad")}
+    run.classify.protocols = ["lodo"]
+    classify_from_config(run)
+    model = tmp_path / "run_all" / "classify" / "models" / "dorl__logreg.joblib"
+    on_run = pd.read_csv(predict_file(model, tmp_path / "run_all" / "features.h5ad",
+                                      tmp_path / "run.csv"))
+    on_new = pd.read_csv(predict_file(model, tmp_path / "lab_c" / "features.h5ad",
+                                      tmp_path / "new.csv"))
+    expected = on_run[on_run["domain"] == "lab_c"]["predicted"].to_numpy()
+    np.testing.assert_array_equal(on_new["predicted"].to_numpy(), expected)
+
+
+def test_new_lab_path_from_the_command_line(tiny_cfg, labs, tmp_path):
+    train = _cfg(tiny_cfg, tmp_path / "run_ab", labs / "train_ab.csv")
+    train.classify.protocols = ["source_target"]
+    train_yaml, new_yaml = tmp_path / "train.yaml", tmp_path / "new.yaml"
+    OmegaConf.save(train, train_yaml)
+    OmegaConf.save(_cfg(tiny_cfg, tmp_path / "lab_c", labs / "new_c.csv"), new_yaml)
+    assert main(["embed", "-c", str(train_yaml)]) == 0
+    assert main(["classify", "run", "-c", str(train_yaml)]) == 0
+    assert main(["apply", "--from", str(tmp_path / "run_ab"), "-c", str(new_yaml)]) == 0
+    new = tmp_path / "lab_c" / "features.h5ad"
+    assert set(read_features(new).domains) == {"lab_c"}
+    assert (tmp_path / "lab_c" / "config.apply.yaml").is_file()
+    out = tmp_path / "pred.csv"
+    model = tmp_path / "run_ab" / "classify" / "models" / "dorl__logreg.joblib"
+    assert main(["classify", "predict", "-c", str(new_yaml), "--model", str(model),
+                 "--features", str(new), "--out", str(out)]) == 0
+    assert len(pd.read_csv(out)) == 24
+    # Applying a second time reuses the finished file.
+    assert main(["apply", "--from", str(tmp_path / "run_ab"), "-c", str(new_yaml)]) == 0
+
+
+def test_apply_refuses_what_it_cannot_do(tiny_cfg, labs, tmp_path):
+    run = _cfg(tiny_cfg, tmp_path / "run_ab", labs / "train_ab.csv")
+    with pytest.raises(FeatureFileError, match="no features.h5ad"):
+        apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "x", labs / "new_c.csv"))
+    run_embed(run)
+    with pytest.raises(ConfigError, match="applied run's own folder"):
+        apply_run(run.run_dir, _cfg(tiny_cfg, run.run_dir, labs / "new_c.csv"))
+    with pytest.raises(ConfigError, match="label space"):
+        apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "y", labs / "new_c.csv",
+                                    "data.label_space=full"))
+    table = pd.read_csv(labs / "new_c.csv")
+    save_manifest(table.head(MIN_DOMAIN_CELLS - 1), labs / "few.csv")
+    with pytest.raises(ConfigError, match=f"fewer than {MIN_DOMAIN_CELLS} cells"):
+        apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "z", labs / "few.csv"))
+    assert not (tmp_path / "z" / "features.h5ad").exists()
+    adapter = next((tmp_path / "run_ab" / "sam_adapter").glob("*.safetensors"))
+    adapter.write_bytes(adapter.read_bytes()[:-1] + b"\0")
+    with pytest.raises(FeatureFileError, match="adapter .* was changed"):
+        apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "w", labs / "new_c.csv"))

@@ -1,0 +1,382 @@
+"""The bad-input matrix of docs/reliability.md, through the command line.
+
+Every case must end with exit status 2 and one log line that names the file (or the key) and the
+problem, and must leave nothing half-written: the stage's product is absent and no temporary
+file is left behind. The inputs that must keep working are at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from omegaconf import OmegaConf
+from PIL import Image
+
+from dorl.cli import main
+from dorl.data.images import read_rgb
+from dorl.featstore import FeatureSet, write_features
+
+
+def _png(path: Path, size=(24, 24), value=None, mode="RGB") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    if mode == "I;16":
+        Image.fromarray(rng.integers(0, 65535, size, dtype=np.uint16)).save(path)
+    else:
+        arr = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        if value is not None:
+            arr[:] = value
+        Image.fromarray(arr).convert(mode).save(path)
+    return path
+
+
+def _lab(folder: Path, n=4, classes=("monocyte", "basophil")) -> Path:
+    for c in classes:
+        for i in range(n):
+            _png(folder / c / f"{c}_{i}.png")
+    return folder
+
+
+def _config(tmp: Path, sources=None, **keys) -> Path:
+    cfg = {"run_dir": str(tmp / "run"), "data": {"root": str(tmp / "data")}}
+    if sources is not None:
+        cfg["data"]["sources"] = sources
+    for key, value in keys.items():
+        node = cfg
+        *parents, leaf = key.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _manifest_case(tmp: Path, sources) -> tuple[list[str], list[Path]]:
+    return ["data", "manifest", "-c", str(_config(tmp, sources))], [tmp / "data" / "manifest.csv"]
+
+
+def _csv(tmp: Path, text: str, name="cells.csv") -> Path:
+    (tmp / "c").mkdir(parents=True, exist_ok=True)
+    (tmp / "c" / name).write_text(text)
+    return tmp / "c" / name
+
+
+def _features(path: Path, n=40, dim=3, labels=("monocyte", "basophil")) -> Path:
+    obs = pd.DataFrame({"path": [f"{i}.png" for i in range(n)], "domain": ["a", "b"] * (n // 2),
+                        "label": [labels[(i // 2) % len(labels)] for i in range(n)]},
+                       index=[str(i) for i in range(n)])
+    X = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
+    return write_features(path, FeatureSet(X, obs, {}, {"signature": {"data": "x"}}))
+
+
+# --- dataset layouts and manifests: `dorl data manifest` -------------------------------------
+
+def case_unknown_format(tmp):
+    return _manifest_case(tmp, [{"format": "tiff_stack", "path": str(tmp)}]), "unknown format"
+
+
+def case_missing_folder(tmp):
+    return (_manifest_case(tmp, [{"format": "class_folders", "path": str(tmp / "nowhere")}]),
+            r"folder not found: .*nowhere")
+
+
+def case_empty_folder(tmp):
+    (tmp / "empty" / "monocyte").mkdir(parents=True)
+    return (_manifest_case(tmp, [{"format": "class_folders", "path": str(tmp / "empty")}]),
+            r"no images in class folders under .*empty")
+
+
+def case_unlabelled_folder_without_images(tmp):
+    (tmp / "new").mkdir()
+    (tmp / "new" / "notes.txt").write_text("x")
+    return (_manifest_case(tmp, [{"format": "folder", "path": str(tmp / "new")}]),
+            r"folder: no images under .*new")
+
+
+def case_csv_file_missing(tmp):
+    return (_manifest_case(tmp, [{"format": "csv", "path": str(tmp / "none.csv")}]),
+            r"csv: file not found: .*none.csv")
+
+
+def case_csv_without_path_column(tmp):
+    csv = _csv(tmp, "file,label,domain\na.png,monocyte,s\n")
+    return (_manifest_case(tmp, [{"format": "csv", "path": str(csv)}]),
+            r"cells.csv: missing column\(s\) \['path'\]")
+
+
+def case_csv_without_label_column(tmp):
+    csv = _csv(tmp, "path,domain\na.png,s\n")
+    return (_manifest_case(tmp, [{"format": "csv", "path": str(csv)}]),
+            r"cells.csv: missing column\(s\) \['label'\]")
+
+
+def case_csv_without_domain(tmp):
+    _png(tmp / "c" / "a.png")
+    csv = _csv(tmp, "path,label\na.png,monocyte\n")
+    return (_manifest_case(tmp, [{"format": "csv", "path": str(csv)}]),
+            r"cells.csv: no 'domain' column and no domain given")
+
+
+def case_csv_absolute_path_missing(tmp):
+    _png(tmp / "c" / "ok.png")
+    csv = _csv(tmp, "path,label,domain\nok.png,monocyte,s\n/nonexistent/x.png,basophil,s\n")
+    return (_manifest_case(tmp, [{"format": "csv", "path": str(csv)}]),
+            r"cells.csv, line 3: path '/nonexistent/x.png' not found")
+
+
+def case_csv_mask_missing(tmp):
+    _png(tmp / "c" / "ok.png")
+    csv = _csv(tmp, "path,label,domain,mask_path\nok.png,monocyte,s,ok_mask.png\n")
+    return (_manifest_case(tmp, [{"format": "csv", "path": str(csv)}]),
+            r"cells.csv, line 2: mask_path 'ok_mask.png' not found")
+
+
+def case_all_background_masks(tmp):
+    for name in ("p", "q"):
+        _png(tmp / "c" / f"{name}.png")
+        Image.fromarray(np.zeros((24, 24), np.uint8)).save(tmp / "c" / f"{name}_mask.png")
+    csv = _csv(tmp, "path,label,domain,mask_path\np.png,monocyte,s,p_mask.png\n"
+                    "q.png,basophil,s,q_mask.png\n")
+    return (_manifest_case(tmp, [{"format": "csv", "path": str(csv)}]),
+            r"2 mask file\(s\) are all background.*p_mask.png")
+
+
+def case_acevedo_without_prefixes(tmp):
+    for cls in ("basophil", "monocyte"):
+        _png(tmp / "ace" / "PBC_dataset_normal_DIB" / cls / f"img_{cls}.jpg")
+    return (_manifest_case(tmp, [{"format": "acevedo20", "path": str(tmp / "ace")}]),
+            r"PREFIX one of.*img_basophil.jpg")
+
+
+def case_zheng_without_label_file(tmp):
+    _png(tmp / "zheng" / "Dataset 1" / "001.bmp")
+    return (_manifest_case(tmp, [{"format": "zheng2018", "path": str(tmp / "zheng")}]),
+            r"zheng2018.*(label|Class Labels)")
+
+
+def case_domain_with_one_cell(tmp):
+    _lab(tmp / "a")
+    _png(tmp / "b" / "monocyte" / "1.png")
+    return (_manifest_case(tmp, [{"format": "class_folders", "path": str(tmp / "a"), "domain": "a"},
+                                 {"format": "class_folders", "path": str(tmp / "b"),
+                                  "domain": "b"}]),
+            r"fewer than 2 cells.*'b': 1")
+
+
+def case_domain_left_with_one_cell_after_dedup(tmp):
+    _lab(tmp / "a")
+    for i in (0, 1):  # lab b: byte-identical copies of lab a's cells, and one cell of its own
+        target = tmp / "b" / "monocyte" / f"copy{i}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((tmp / "a" / "monocyte" / f"monocyte_{i}.png").read_bytes())
+    _png(tmp / "b" / "monocyte" / "own.png")
+    return (_manifest_case(tmp, [{"format": "class_folders", "path": str(tmp / "a"), "domain": "a"},
+                                 {"format": "class_folders", "path": str(tmp / "b"),
+                                  "domain": "b"}]),
+            r"fewer than 2 cells.*'b': 1")
+
+
+def case_unknown_group_by(tmp):
+    _lab(tmp / "a")
+    return (_manifest_case(tmp, [{"format": "class_folders", "path": str(tmp / "a"),
+                                  "group_by": "md5"}]),
+            r"unknown group_by 'md5'")
+
+
+# --- config --------------------------------------------------------------------------------
+
+def case_unknown_config_key(tmp):
+    return (["info", "-c", str(_config(tmp, cae__epoch=3))], []), r"epoch"
+
+
+def case_unknown_label_space(tmp):
+    _lab(tmp / "a")
+    argv = ["data", "manifest", "-c", str(_config(tmp, [{"format": "class_folders",
+                                                         "path": str(tmp / "a")}],
+                                                  data__label_space="dorl99"))]
+    return (argv, [tmp / "data" / "manifest.csv"]), r"dorl99"
+
+
+def case_manifest_file_missing(tmp):
+    argv = ["sam", "eval", f"run_dir={tmp / 'run'}", f"data.manifest={tmp / 'none.csv'}"]
+    return (argv, [tmp / "run" / "sam_eval"]), r"manifest not found: .*none.csv"
+
+
+# --- images: `dorl embed` stops at the first unreadable image, naming it ---------------------
+
+def _embed_case(tmp, tiny_cfg, bad_name, write_bad):
+    for lab in ("a", "b"):
+        _lab(tmp / "cells" / lab, n=3)
+    write_bad(tmp / "cells" / "a" / "monocyte" / bad_name)
+    sources = [{"format": "class_folders", "path": str(tmp / "cells" / lab), "domain": lab}
+               for lab in ("a", "b")]
+    cfg = OmegaConf.to_container(tiny_cfg, resolve=True)
+    cfg["run_dir"] = str(tmp / "run")
+    cfg["data"].update(root=str(tmp / "data"), manifest=str(tmp / "data" / "manifest.csv"),
+                       sources=sources)
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return ["embed", "-c", str(path)], [tmp / "run" / "features.h5ad",
+                                        tmp / "run" / "segmentation.h5"]
+
+
+def case_corrupt_image(tmp, tiny_cfg):
+    return (_embed_case(tmp, tiny_cfg, "bad.png", lambda p: p.write_bytes(b"\x89PNG junk")),
+            r"bad.png")
+
+
+def case_truncated_image(tmp, tiny_cfg):
+    def truncate(p):
+        _png(p, size=(64, 64))
+        p.write_bytes(p.read_bytes()[:120])
+    return _embed_case(tmp, tiny_cfg, "cut.png", truncate), r"cut.png"
+
+
+def case_empty_image_file(tmp, tiny_cfg):
+    return _embed_case(tmp, tiny_cfg, "zero.png", lambda p: p.write_bytes(b"")), r"zero.png"
+
+
+def case_tiny_image(tmp, tiny_cfg):
+    return (_embed_case(tmp, tiny_cfg, "dot.png", lambda p: _png(p, size=(4, 4))),
+            r"dot.png.*too small \(4x4\)")
+
+
+def case_image_too_large(tmp, tiny_cfg):
+    def huge(p):  # refused from its header, before decoding 200 MB of pixels
+        Image.new("L", (8001, 8000)).save(p)
+    return _embed_case(tmp, tiny_cfg, "huge.png", huge), r"huge.png.*8001x8000, larger than"
+
+
+def case_feature_file_of_another_config(tmp, tiny_cfg):
+    argv, forbidden = _embed_case(tmp, tiny_cfg, "fine.png", _png)
+    stale = _features(tmp / "run" / "features.h5ad")
+    return (argv, [tmp / "run" / "segmentation.h5"], stale), \
+        r"features.h5ad was made by another config or dataset"
+
+
+# --- classify, predict, apply ----------------------------------------------------------------
+
+def case_classify_features_missing(tmp):
+    argv = ["classify", "run", f"run_dir={tmp / 'run'}",
+            f"classify.features={{dorl: {tmp / 'none.h5ad'}}}"]
+    return (argv, [tmp / "run" / "classify" / "results.csv"]), r"none.h5ad"
+
+
+def case_unknown_classifier(tmp):
+    path = _features(tmp / "f.h5ad")
+    argv = ["classify", "run", f"run_dir={tmp / 'run'}", "classify.classifiers=[forest]",
+            f"classify.features={{dorl: {path}}}"]
+    return (argv, [tmp / "run" / "classify" / "results.csv"]), r"unknown classifier 'forest'"
+
+
+def case_unknown_adaptation(tmp):
+    path = _features(tmp / "f.h5ad")
+    argv = ["classify", "run", f"run_dir={tmp / 'run'}", "classify.adaptations=[none,tent]",
+            f"classify.features={{dorl: {path}}}"]
+    return (argv, [tmp / "run" / "classify" / "results.csv"]), r"unknown \['tent'\]"
+
+
+def case_feature_file_without_labels(tmp):
+    path = _features(tmp / "f.h5ad", labels=("unknown",))
+    argv = ["classify", "run", f"run_dir={tmp / 'run'}", f"classify.features={{dorl: {path}}}"]
+    return (argv, [tmp / "run" / "classify" / "results.csv"]), r"f.h5ad: no labelled cells"
+
+
+def case_predict_model_missing(tmp):
+    path = _features(tmp / "f.h5ad")
+    argv = ["classify", "predict", f"run_dir={tmp / 'run'}", "--model", str(tmp / "m.joblib"),
+            "--features", str(path), "--out", str(tmp / "p.csv")]
+    return (argv, [tmp / "p.csv"]), r"model file not found: .*m.joblib"
+
+
+def case_predict_not_a_model(tmp):
+    path = _features(tmp / "f.h5ad")
+    (tmp / "m.joblib").write_text("not a model")
+    argv = ["classify", "predict", f"run_dir={tmp / 'run'}", "--model", str(tmp / "m.joblib"),
+            "--features", str(path), "--out", str(tmp / "p.csv")]
+    return (argv, [tmp / "p.csv"]), r"m.joblib: not a dorl classify model"
+
+
+def case_apply_from_unfinished_run(tmp):
+    (tmp / "old").mkdir()
+    argv = ["apply", "--from", str(tmp / "old"), f"run_dir={tmp / 'new'}"]
+    return (argv, [tmp / "new" / "features.h5ad"]), r"old: no features.h5ad"
+
+
+CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
+
+
+class _Errors(logging.Handler):
+    """The ERROR records of the ``dorl`` loggers (which do not propagate to pytest's caplog)."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def logged_errors():
+    handler = _Errors()
+    logging.getLogger("dorl").addHandler(handler)
+    yield handler.messages
+    logging.getLogger("dorl").removeHandler(handler)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_exits_2_with_one_line_and_writes_nothing_half(name, tmp_path, tiny_cfg,
+                                                                 logged_errors):
+    case = CASES[name]
+    takes_cfg = case.__code__.co_argcount == 2
+    setup, pattern = case(tmp_path, tiny_cfg) if takes_cfg else case(tmp_path)
+    argv, forbidden, *kept = setup
+    before = {p: p.stat().st_mtime_ns for p in kept}
+    assert main(argv) == 2
+    errors = logged_errors
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert re.search(pattern, errors[0]), errors[0]
+    for path in forbidden:
+        assert not Path(path).exists(), f"{path} was written"
+    for path, mtime in before.items():  # a refused artifact is left as it was
+        assert path.stat().st_mtime_ns == mtime
+    leftovers = [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+    assert not leftovers, leftovers
+
+
+def test_the_matrix_holds_at_least_25_cases():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("kind", ["grayscale", "rgba", "16-bit", "spaces and non-ascii",
+                                  "unknown label", "unlabelled folder"])
+def test_inputs_that_keep_working(kind, tmp_path):
+    folder = tmp_path / "lab"
+    _lab(folder)
+    names = {"grayscale": ("monocyte", "g.png", "L"), "rgba": ("monocyte", "a.png", "RGBA"),
+             "16-bit": ("basophil", "w.png", "I;16"),
+             "spaces and non-ascii": ("basophil", "cellule été 1.png", "RGB"),
+             "unknown label": ("smudge", "s.png", "RGB"),
+             "unlabelled folder": ("x", "u.png", "RGB")}
+    cls, name, mode = names[kind]
+    image = _png(folder / cls / name, mode=mode)
+    fmt = "folder" if kind == "unlabelled folder" else "class_folders"
+    sources = [{"format": fmt, "path": str(folder), "domain": "lab"},
+               {"format": "class_folders", "path": str(_lab(tmp_path / "other")),
+                "domain": "other"}]
+    assert main(["data", "manifest", "-c", str(_config(tmp_path, sources))]) == 0
+    table = pd.read_csv(tmp_path / "data" / "manifest.csv", keep_default_na=False)
+    row = table[table["path"].str.endswith(name)]
+    assert len(row) == 1
+    if kind in ("unknown label", "unlabelled folder"):
+        assert row["label"].item() == "unknown"
+    rgb = read_rgb(image)
+    assert rgb.dtype == np.uint8 and rgb.shape == (24, 24, 3)
