@@ -98,3 +98,9 @@ def test_vote_agreement_against_the_other_classifiers():
     # a vs vote(b, c): ties go to the lowest code -> [0, 0, 1, 0]: 3 of 4 agree.
     assert votes == {"a": 0.75, "b": 0.75, "c": 0.5}
     assert np.isnan(vote_agreement({"a": np.array([0, 1])})["a"])
+
+
+def test_pseudo_labels_respect_a_limit_in_proportion():
+    scores = np.array([[0.9, 0.1]] * 6 + [[0.2, 0.8]] * 2)
+    rows, labels = pseudo_labels(scores, np.array(["a", "b"]), 1.0, 0.0, limit=4)
+    assert len(rows) == 4 and labels.tolist().count("a") == 3 and labels.tolist().count("b") == 1

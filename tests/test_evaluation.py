@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dorl.classify.reports import markdown_report
 from dorl.classify.run import (
     classify_from_config,
     kept_classes,
@@ -259,3 +260,18 @@ def test_predict_file_refuses_features_of_another_encoder(classified, tmp_path):
     with pytest.raises(FeatureFileError, match=r"other settings.*\['config.cae'\] differ"):
         predict_file(model, path, tmp_path / "p.csv")
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_kernel_svms_train_on_their_own_cap(cfg, tmp_path):
+    inp = load_input("x", cfg.classify.features.dorl)
+    cfg.classify.classifiers = ["logreg", "svm_rbf"]
+    cfg.classify.protocols = ["lodo"]
+    cfg.classify.adaptations = ["none", "self_training"]
+    cfg.classify.kernel_svm_max_train = 40
+    _, _, timings = run_classification([inp], ClassifySettings.from_config(cfg), tmp_path / "o")
+    n_train = timings.groupby("classifier")["n_train"].max()
+    assert n_train["svm_rbf"] <= 41 < n_train["logreg"]
+    text = markdown_report(*run_classification([inp], ClassifySettings.from_config(cfg),
+                                               tmp_path / "p")[:1], [inp],
+                           ClassifySettings.from_config(cfg))
+    assert "at 40 for the kernel SVMs" in text

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from dorl.featstore import FeatureFileError, read_features
-from dorl.viz.umap import colour_map, fit_umap, umap_from_config
+from dorl.viz.explorer import colour_map, write_explorer
+from dorl.viz.umap import fit_umap, umap_from_config
 from tests.helpers import synthetic_features
 
 
@@ -22,8 +29,9 @@ def test_umap_writes_png_html_and_stores_coordinates(cfg):
     png, html = out / "umap.png", out / "umap.html"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = html.read_text()
-    assert "0.png" in text and "domain: lab_b" in text and "label: eosinophil" in text
+    assert '"p": "img/0.png"' in text and '"d": "lab_b"' in text and '"l": "eosinophil"' in text
     assert '<script src="http' not in text and len(text) > 1_000_000  # plotly.js embedded
+    assert "all 120 cells drawn" in text and "plotly_selected" in text
     coords = read_features(cfg.umap.features).obsm["X_umap"]
     assert coords.shape == (120, 2) and np.isfinite(coords).all()
 
@@ -50,3 +58,74 @@ def test_colours_are_fixed_and_unknown_is_grey():
     colours = colour_map(["b", "unknown", "a", "b"])
     assert list(colours) == ["a", "b", "unknown"] and colours["unknown"] == "#b0b0b0"
     assert colour_map(["a", "b"]) == {k: v for k, v in colours.items() if k != "unknown"}
+
+
+def test_domain_and_class_palettes_never_share_a_colour():
+    domains = colour_map([f"lab_{i}" for i in range(8)], "domain")
+    classes = colour_map(["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"],
+                         "class")
+    assert not set(domains.values()) & set(classes.values())
+
+
+def test_explorer_embeds_thumbnails_predictions_and_stays_bounded(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    n = 300
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png")
+    obs = pd.DataFrame({"domain": ["a", "b", "c"] * 100, "label": ["monocyte", "basophil"] * 150,
+                        "path": [f"{i}.png" for i in range(n)]},
+                       index=[f"c{i}" for i in range(n)])
+    coords = rng.normal(size=(n, 2))
+    predictions = pd.Series({f"c{i}": "neutrophil" for i in range(n)})
+    small = write_explorer(coords, obs, tmp_path, tmp_path / "small.html", "t", max_cells=50,
+                           predictions=predictions)
+    text = small.read_text()
+    assert text.count("data:image/jpeg;base64,") == 50
+    assert "50 of 300 cells drawn" in text and '"y": "neutrophil"' in text
+    full = write_explorer(coords, obs, tmp_path, tmp_path / "full.html", "t", max_cells=n)
+    per_cell = (full.stat().st_size - small.stat().st_size) / (n - 50)
+    assert per_cell < 3000  # bytes per drawn cell: a 40 px JPEG and its fields
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node.js not installed")
+def test_explorer_scripts_parse(tmp_path):
+    obs = pd.DataFrame({"domain": ["a", "b"] * 5, "label": ["monocyte"] * 10,
+                        "path": [f"{i}.png" for i in range(10)]})
+    page = write_explorer(np.zeros((10, 2)), obs, None, tmp_path / "e.html", "t").read_text()
+    scripts = re.findall(r"<script[^>]*>(.*?)</script>", page, flags=re.S)
+    ours = [s for s in scripts if "CELLS" in s]
+    assert len(ours) == 2  # the cell data, and plotly's call that runs the explorer script
+    for i, script in enumerate(ours):
+        (tmp_path / f"s{i}.js").write_text(script)
+        subprocess.run(["node", "--check", str(tmp_path / f"s{i}.js")], check=True)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node.js not installed")
+def test_explorer_hover_and_selection_show_the_cells(tmp_path):
+    from dorl.viz import explorer
+
+    cells = [{"t": "data:image/jpeg;base64,AAA", "p": "lab/1.png", "d": "lab_a",
+              "l": "monocyte", "y": "basophil"},
+             {"t": None, "p": "lab/2.png", "d": "lab_b", "l": "basophil", "y": ""}]
+    script = explorer._SCRIPT.replace("{plot_id}", "umap").replace("THUMB", "40") \
+        .replace("MAX", "300")
+    stub = """
+const handlers = {}, nodes = {umap: {on: (n, f) => { handlers[n] = f; }}, card: {}, selection: {}};
+const document = {getElementById: id => nodes[id]};
+const CELLS = %s;
+%s
+handlers.plotly_hover({points: [{customdata: 0}]});
+handlers.plotly_selected({points: [{customdata: 0}, {customdata: 1}, {customdata: 1}]});
+console.log(JSON.stringify([nodes.card.innerHTML, nodes.selection.innerHTML]));
+""" % (json.dumps(cells), script)
+    (tmp_path / "t.js").write_text(stub)
+    out = subprocess.run(["node", str(tmp_path / "t.js")], capture_output=True, text=True,
+                         check=True).stdout
+    card, selection = json.loads(out)
+    assert 'src="data:image/jpeg;base64,AAA"' in card and "predicted: basophil" in card
+    assert "lab/1.png" in card and "(lab_a)" in card
+    assert "2 selected" in selection and selection.count('class="cell"') == 2
+    assert "no image" in selection

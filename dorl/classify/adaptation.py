@@ -98,7 +98,8 @@ def coral_align(X_target: np.ndarray, X_source: np.ndarray, reg: float = 1.0) ->
 
 
 def pseudo_labels(scores: np.ndarray, classes: np.ndarray, fraction: float,
-                  min_confidence: float) -> tuple[np.ndarray, np.ndarray]:
+                  min_confidence: float, limit: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Pick, in every predicted class, its most confident ``fraction`` of cells.
 
     Per-class quotas (rather than one global threshold) keep rare classes in the pseudo-labelled
@@ -113,6 +114,8 @@ def pseudo_labels(scores: np.ndarray, classes: np.ndarray, fraction: float,
         Share of each predicted class kept, in (0, 1].
     min_confidence : float
         Cells scoring lower are never kept.
+    limit : int, optional
+        At most this many cells in all; every class's quota shrinks by the same factor.
 
     Returns
     -------
@@ -123,17 +126,21 @@ def pseudo_labels(scores: np.ndarray, classes: np.ndarray, fraction: float,
     """
     predicted = scores.argmax(axis=1)
     confidence = scores.max(axis=1)
+    present = np.unique(predicted)
+    takes = {c: int(np.ceil(fraction * np.sum(predicted == c))) for c in present}
+    total = sum(takes.values())
+    if limit is not None and total > limit:
+        takes = {c: int(t * limit / total) for c, t in takes.items()}
     keep = []
-    for c in np.unique(predicted):
+    for c in present:
         rows = np.flatnonzero((predicted == c) & (confidence >= min_confidence))
-        take = int(np.ceil(fraction * np.sum(predicted == c)))
-        keep.append(rows[np.argsort(-confidence[rows], kind="stable")[:take]])
+        keep.append(rows[np.argsort(-confidence[rows], kind="stable")[:takes[c]]])
     rows = np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=int)
     return rows, np.asarray(classes)[predicted[rows]]
 
 
 def self_train(model, X_train: np.ndarray, y_train: np.ndarray, X_target: np.ndarray,
-               schedule: SelfTraining, fitted=None):
+               schedule: SelfTraining, fitted=None, max_cells: int | None = None):
     """Refit ``model`` on the training cells plus pseudo-labelled target cells, round by round.
 
     Parameters
@@ -146,6 +153,8 @@ def self_train(model, X_train: np.ndarray, y_train: np.ndarray, X_target: np.nda
     schedule : SelfTraining
     fitted : classifier, optional
         ``model`` already fitted on the training cells (saves the first fit).
+    max_cells : int, optional
+        Training cells plus pseudo-labelled cells stay within this (the training-set cap).
 
     Returns
     -------
@@ -155,9 +164,10 @@ def self_train(model, X_train: np.ndarray, y_train: np.ndarray, X_target: np.nda
     current = fitted if fitted is not None else clone(model).fit(X_train, y_train)
     for r in range(1, schedule.rounds + 1):
         scores = class_scores(current, X_target)
+        limit = None if max_cells is None else max(0, max_cells - len(y_train))
         rows, labels = pseudo_labels(scores, current.classes_,
                                      schedule.final_fraction * r / schedule.rounds,
-                                     schedule.min_confidence)
+                                     schedule.min_confidence, limit)
         current = clone(model).fit(np.concatenate([X_train, X_target[rows]]),
                                    np.concatenate([y_train, labels]))
     return current

@@ -51,6 +51,8 @@ class Builtin:
     scale: bool
     #: Wrap in EncodedLabelClassifier; its ``class_weight`` parameter goes to the wrapper.
     encode_labels: bool = False
+    #: A kernel SVM: its training set is capped at ``classify.kernel_svm_max_train``.
+    kernel: bool = False
 
 
 BUILTINS: Mapping[str, Builtin] = {
@@ -61,10 +63,11 @@ BUILTINS: Mapping[str, Builtin] = {
                           {"C": 1.0, "class_weight": "balanced", "max_iter": 5000}, scale=True),
     "svm_poly": Builtin("SVM (poly)", SVC,
                         {"kernel": "poly", "degree": 3, "C": 1.0, "gamma": "scale",
-                         "class_weight": "balanced", "cache_size": 1000}, scale=True),
+                         "class_weight": "balanced", "cache_size": 1000}, scale=True,
+                        kernel=True),
     "svm_rbf": Builtin("SVM (RBF)", SVC,
                        {"kernel": "rbf", "C": 1.0, "gamma": "scale", "class_weight": "balanced",
-                        "cache_size": 1000}, scale=True),
+                        "cache_size": 1000}, scale=True, kernel=True),
     "logreg": Builtin("Logistic regression", LogisticRegression,
                       {"C": 1.0, "max_iter": 500, "class_weight": "balanced"}, scale=True),
     "mlp": Builtin("MLP", MLPClassifier,
@@ -171,6 +174,11 @@ def build_classifier(name: str, seed: int, params: Mapping[str, Any] | None = No
     if scale:
         model = Pipeline([("scale", StandardScaler()), ("model", model)])
     return clone(model)
+
+
+def is_kernel_svm(name: str) -> bool:
+    """Whether registry entry ``name`` is a built-in kernel SVM (quadratic in its training set)."""
+    return name in BUILTINS and BUILTINS[name].kernel
 
 
 def display_name(name: str) -> str:

@@ -286,8 +286,10 @@ def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput],
              "all of domain b). The cross-domain mean leaves the in-domain cells out.", "",
              f"Cells labelled unknown are never trained or scored on; classes with fewer than "
              f"{c.min_class_count} cells in a target are left out of that target's scores. "
-             f"Training sets are capped at {c.max_train_cells} cells (class-stratified "
-             f"subsample); test sets are complete.", ""]
+             f"Training sets are capped at {c.max_train_cells} cells, and at "
+             f"{c.kernel_svm_max_train} for the kernel SVMs (class-stratified subsamples; "
+             f"self-training's pseudo-labelled cells count towards the cap); test sets are "
+             f"complete.", ""]
     for inp in inputs:
         parts.append(f"* `{inp.name}`: {inp.path} [{inp.key}], {len(inp.labels)} labelled cells "
                      f"x {inp.X.shape[1]} features; unknown left out per domain: "

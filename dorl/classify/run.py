@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -44,7 +44,7 @@ from dorl.classify.adaptation import (
 )
 from dorl.classify.inputs import UNLABELLED, FeatureInput, load_input
 from dorl.classify.protocols import Split, cap_train, make_splits
-from dorl.classify.registry import build_classifier
+from dorl.classify.registry import build_classifier, is_kernel_svm
 from dorl.classify.reports import write_reports
 from dorl.classify.settings import ClassifySettings
 from dorl.featstore import FeatureFileError, read_features
@@ -109,11 +109,12 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, train_classes: Iterable[str],
 
 def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: bool,
                  adaptation: str, adapted: tuple[bool, ...], aligned: tuple, schedule: SelfTraining,
-                 seed: int):
+                 seed: int, max_cells: int | None = None):
     """Fit a clone of ``model`` on ``split.train``; predict each evaluation's test cells.
 
     ``adapted[i]`` says whether evaluation ``i`` is a target the adaptation changes (its domain
     is not a training domain); ``aligned[i]`` holds its CORAL-aligned test features (or None).
+    Self-training keeps training plus pseudo-labelled cells within ``max_cells``.
     Returns the fitted model (only when ``keep_model``: it can be large to send back), the
     predictions and the soft-neighbourhood density of each evaluation, the fit and predict
     seconds and the warnings raised.
@@ -130,7 +131,8 @@ def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: 
             final = fitted
             if adaptation == "self_training" and is_adapted and len(ev.test):
                 t0 = time.perf_counter()
-                final = self_train(model, X_train, y_train, X_test, schedule, fitted=fitted)
+                final = self_train(model, X_train, y_train, X_test, schedule, fitted=fitted,
+                                   max_cells=max_cells)
                 fit_s += time.perf_counter() - t0
             preds.append(np.asarray(final.predict(X_test)).astype(str) if len(ev.test)
                          else np.empty(0, dtype=str))
@@ -169,6 +171,7 @@ def _tasks(inputs: list[FeatureInput], c: ClassifySettings) -> list[_Task]:
                 splits.append(Split("all", 0, every, ()))
             for s in splits:
                 few_shot = any(e.protocol == "few_shot" for e in s.evaluations)
+                kernel_split = _kernel_split(s, inp.labels, c.kernel_svm_max_train, seed)
                 for adaptation in c.adaptations:
                     if not s.evaluations and adaptation != "none":
                         continue  # the saved model is fitted on the stored features only
@@ -178,8 +181,25 @@ def _tasks(inputs: list[FeatureInput], c: ClassifySettings) -> list[_Task]:
                     if not few_shot and adaptation != "none" \
                             and c.adaptation_classifiers is not None:
                         names = [n for n in names if n in c.adaptation_classifiers]
-                    tasks += [_Task(inp, adaptation, name, seed, s) for name in names]
+                    tasks += [_Task(inp, adaptation, name, seed,
+                                    kernel_split if is_kernel_svm(name) else s) for name in names]
     return tasks
+
+
+def _kernel_split(split: Split, labels: np.ndarray, cap: int | None, seed: int) -> Split:
+    """``split`` with its training cells cut to ``cap`` for the kernel SVMs (class-stratified,
+    seeded); the split itself when it is small enough."""
+    if cap is None or len(split.train) <= cap:
+        return split
+    return replace(split, train=cap_train(split.train, labels, cap,
+                                          np.random.default_rng([seed, len(split.train)])))
+
+
+def _max_cells(classifier: str, c: ClassifySettings) -> int | None:
+    """The training-set cap of ``classifier``: the kernel SVMs' own, else the run's."""
+    caps = [c.max_train_cells] + ([c.kernel_svm_max_train] if is_kernel_svm(classifier) else [])
+    caps = [cap for cap in caps if cap is not None]
+    return min(caps) if caps else None
 
 
 def _save_model(path: Path, fitted, task: _Task) -> None:
@@ -273,7 +293,8 @@ def run_classification(inputs: list[FeatureInput], settings: ClassifySettings, o
     jobs = (delayed(_fit_predict)(models[(t.input.name, t.classifier, t.seed)],
                                   adapter.features(t), t.input.labels, t.split,
                                   not t.split.evaluations, t.adaptation, adapter.adapted(t),
-                                  adapter.aligned(t), c.self_training, t.seed)
+                                  adapter.aligned(t), c.self_training, t.seed,
+                                  _max_cells(t.classifier, c))
             for t in tasks)
     outputs = Parallel(n_jobs=c.n_jobs, return_as="generator")(jobs)
     rows, confusions, timings, warned, votes = [], {}, [], {}, {}

@@ -27,6 +27,7 @@ class ClassifySettings:
     n_jobs: int
     save_models: bool
     sources: tuple[str, ...] = ()
+    kernel_svm_max_train: int | None = None
     adaptations: tuple[str, ...] = ("none",)
     adaptation_classifiers: tuple[str, ...] | None = None
     self_training: SelfTraining = SelfTraining()
@@ -60,6 +61,8 @@ class ClassifySettings:
             max_train_cells=None if c.max_train_cells is None else int(c.max_train_cells),
             min_class_count=int(c.min_class_count), n_jobs=int(c.n_jobs),
             save_models=bool(c.save_models), sources=tuple(str(s) for s in c.sources),
+            kernel_svm_max_train=None if c.kernel_svm_max_train is None
+            else int(c.kernel_svm_max_train),
             adaptations=tuple(str(a) for a in c.adaptations),
             adaptation_classifiers=None if c.adaptation_classifiers is None
             else tuple(str(x) for x in c.adaptation_classifiers),

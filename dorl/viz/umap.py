@@ -1,4 +1,5 @@
-"""UMAP of the embeddings, coloured by domain and by class side by side (PNG + offline HTML).
+"""UMAP of the embeddings, coloured by domain and by class side by side (PNG, and the offline
+HTML explorer of :mod:`dorl.viz.explorer`).
 
 Well-aligned embeddings mix the domains (left panel) while keeping classes apart (right panel).
 The map is fitted on all cells, or on the source domains only and then applied to the rest (so
@@ -15,14 +16,13 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
 from dorl.atomic import atomic_path
-from dorl.data.taxonomy import UNKNOWN
 from dorl.featstore import FeatureFileError, add_obsm, read_features
+from dorl.viz.explorer import colour_map, write_explorer
 
 logger = logging.getLogger(__name__)
-
-_UNKNOWN_COLOUR = "#b0b0b0"
 
 
 def fit_umap(X: np.ndarray, domains: np.ndarray, seed: int, n_neighbors: int = 15,
@@ -63,19 +63,6 @@ def fit_umap(X: np.ndarray, domains: np.ndarray, seed: int, n_neighbors: int = 1
     return coords
 
 
-def colour_map(values: Sequence[str]) -> dict[str, str]:
-    """Fixed colours for the sorted distinct values; ``unknown`` is always grey."""
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
-
-    names = sorted(set(map(str, values)) - {UNKNOWN})
-    palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
-    colours = {n: to_hex(palette(i % palette.N)) for i, n in enumerate(names)}
-    if UNKNOWN in set(map(str, values)):
-        colours[UNKNOWN] = _UNKNOWN_COLOUR
-    return colours
-
-
 def plot_png(coords: np.ndarray, domains: np.ndarray, labels: np.ndarray, path: Path,
              title: str) -> Path:
     """Two scatter panels (by domain, by class) of ``coords`` (n_cells, 2), legends outside."""
@@ -87,7 +74,7 @@ def plot_png(coords: np.ndarray, domains: np.ndarray, labels: np.ndarray, path: 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
     size = max(1.0, 100 / np.sqrt(len(coords)))
     for ax, values, name in ((axes[0], domains, "domain"), (axes[1], labels, "class")):
-        colours = colour_map(values)
+        colours = colour_map(values, name)
         order = np.random.default_rng(0).permutation(len(coords))  # no domain drawn on top
         ax.scatter(coords[order, 0], coords[order, 1], s=size, linewidths=0,
                    c=[colours[str(v)] for v in values[order]])
@@ -102,30 +89,6 @@ def plot_png(coords: np.ndarray, domains: np.ndarray, labels: np.ndarray, path: 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    return path
-
-
-def plot_html(coords: np.ndarray, obs: pd.DataFrame, path: Path, title: str) -> Path:
-    """Self-contained interactive HTML (plotly.js embedded): hover shows path, domain, label."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    domains = obs["domain"].astype(str).to_numpy()
-    labels = obs["label"].astype(str).to_numpy()
-    paths = obs["path"].astype(str).to_numpy() if "path" in obs else obs.index.astype(str)
-    hover = [f"{p}<br>domain: {d}<br>label: {lab}" for p, d, lab in zip(paths, domains, labels)]
-    hover = np.array(hover, dtype=object)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("by domain", "by class"))
-    for col, values in ((1, domains), (2, labels)):
-        for name, colour in colour_map(values).items():
-            mask = values == name
-            fig.add_trace(go.Scattergl(
-                x=coords[mask, 0], y=coords[mask, 1], mode="markers", name=name,
-                legendgroup=f"col{col}", marker={"size": 4, "color": colour},
-                text=hover[mask], hovertemplate="%{text}<extra></extra>"), row=1, col=col)
-    fig.update_layout(title=title, template="plotly_white", width=1300, height=600)
-    with atomic_path(path) as tmp:
-        fig.write_html(tmp, include_plotlyjs=True, full_html=True)
     return path
 
 
@@ -150,7 +113,15 @@ def umap_from_config(cfg) -> Path:
     title = f"UMAP of {path.name} [{u.obsm}] ({fitted}; n_neighbors={u.n_neighbors}, " \
             f"min_dist={u.min_dist}, seed={cfg.seed})"
     plot_png(coords, fs.domains, fs.labels, out_dir / "umap.png", title)
-    plot_html(coords, fs.obs, out_dir / "umap.html", title)
+    manifest = OmegaConf.select(OmegaConf.create(str(fs.uns.get("config", "{}"))),
+                                "data.manifest")
+    predictions = None
+    if u.predictions:
+        table = pd.read_csv(u.predictions, dtype=str, keep_default_na=False)
+        predictions = table.set_index("cell_id")["predicted"]
+    write_explorer(coords, fs.obs, Path(manifest).parent if manifest else None,
+                   out_dir / "umap.html", title, max_cells=int(u.html_max_cells),
+                   thumb_px=int(u.thumbnail_px), predictions=predictions, seed=int(cfg.seed))
     if u.store_coords:
         add_obsm(path, "X_umap", coords)
         logger.info("UMAP coordinates stored in %s as obsm['X_umap']", path)

@@ -1,0 +1,144 @@
+"""Scale figures: peak memory of `dorl embed` against the number of cells, a killed embed that
+resumes, and the classify and UMAP stages on a large feature file. Prints markdown tables.
+
+Every stage runs as its own `python -m dorl` child process, so each peak RSS is that command's
+alone (``os.wait4``). The embed runs use the random-init ``tiny`` SAM backbone at 64 px and no
+fine-tuning, so that the model is not what dominates the memory curve.
+
+    python bench/bench_scale.py embed --cells 1200 12000       # memory curve
+    python bench/bench_scale.py resume --cells 1200            # SIGKILL mid-segmentation, rerun
+    python bench/bench_scale.py stage2 --cells 100000          # classify + umap at 100,000 x 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from bench_classify import synthetic_file  # noqa: E402
+
+#: The embed runs' settings (tiny random-init SAM, 64 px, no fine-tuning, 3 labs).
+TINY = {"sam": {"backbone": "tiny", "image_size": 64, "finetune": {"enabled": False},
+                "infer": {"crop_size": 32}},
+        "features": {"crop_size": 64, "adabn_cells": 200},
+        "data": {"synth": {"image_size": 64}}, "num_threads": 2}
+
+
+def run_child(argv: list[str], kill_when=None) -> tuple[int, float, float]:
+    """Run ``python -m dorl argv``; return its exit status, seconds and peak RSS (MiB).
+
+    ``kill_when`` is polled every 0.2 s; when it returns True the child gets SIGKILL.
+    """
+    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "dorl", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while kill_when is not None and proc.poll() is None:
+        if kill_when():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return code, time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def write_config(folder: Path, cells: int, seed: int = 0) -> Path:
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["run_dir"] = str(folder / "run")
+    cfg["seed"] = seed
+    cfg["data"].update(root=str(folder / "data"))
+    cfg["data"]["synth"]["n_per_domain"] = cells // 3
+    path = folder / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def embed_curve(sizes: list[int], work: Path) -> None:
+    print("| cells | `dorl embed` seconds | cells/s | peak RSS (MiB) |\n|---|---|---|---|")
+    for n in sizes:
+        folder = work / f"embed_{n}"
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = write_config(folder, n)
+        run_child(["data", "synth", "-c", str(cfg)])
+        code, seconds, rss = run_child(["embed", "-c", str(cfg)])
+        print(f"| {n} | {seconds:.1f} | {n / seconds:.1f} | {rss:.0f} |"
+              + ("" if code == 0 else f" (exit {code})"), flush=True)
+
+
+def _rows_done(store: Path) -> int:
+    try:
+        with h5py.File(store, "r") as f:
+            return int(f.attrs.get("done", 0))
+    except (OSError, KeyError):
+        return 0
+
+
+def resume(n: int, work: Path) -> None:
+    from dorl.featstore import read_features
+
+    whole, killed = work / "whole", work / "killed"
+    for folder in (whole, killed):
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = write_config(folder, n)
+        run_child(["data", "synth", "-c", str(cfg)])
+    code, seconds, _ = run_child(["embed", "-c", str(whole / "cfg.yaml")])
+    store = killed / "run" / "segmentation.h5"
+    half = n // 2
+    kill_code, kill_s, _ = run_child(["embed", "-c", str(killed / "cfg.yaml")],
+                                     kill_when=lambda: _rows_done(store) >= half)
+    done = _rows_done(store)
+    again_code, again_s, _ = run_child(["embed", "-c", str(killed / "cfg.yaml")])
+    a = read_features(whole / "run" / "features.h5ad")
+    b = read_features(killed / "run" / "features.h5ad")
+    same = a.X.shape == b.X.shape and np.array_equal(a.X, b.X)
+    print(f"uninterrupted embed: exit {code}, {seconds:.1f} s. Killed (SIGKILL, exit "
+          f"{kill_code}) after {kill_s:.1f} s with {done} of {n} cells segmented; rerun: exit "
+          f"{again_code}, {again_s:.1f} s. Features bit-identical to the uninterrupted run: "
+          f"{same}")
+
+
+def stage2(n: int, work: Path) -> None:
+    path = synthetic_file(work / f"features_{n}.h5ad", n, 50, 3, 3.0, 0)
+    run_dir = work / "stage2"
+    print(f"| stage ({n} cells x 50) | seconds | peak RSS (MiB) |\n|---|---|---|")
+    for argv in (["classify", "run"], ["umap"]):
+        code, seconds, rss = run_child([*argv, f"run_dir={run_dir}",
+                                        f"classify.features={{dorl: {path}}}",
+                                        f"umap.features={path}"])
+        print(f"| `dorl {' '.join(argv)}` | {seconds:.1f} | {rss:.0f} |"
+              + ("" if code == 0 else f" (exit {code})"), flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("what", choices=["embed", "resume", "stage2"])
+    ap.add_argument("--cells", type=int, nargs="+", required=True)
+    ap.add_argument("--work", help="working folder (default: a temporary one)")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        print(f"{args.what}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        if args.what == "embed":
+            embed_curve(args.cells, work)
+        elif args.what == "resume":
+            resume(args.cells[0], work)
+        else:
+            stage2(args.cells[0], work)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
