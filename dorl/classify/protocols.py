@@ -225,10 +225,13 @@ def _few_shot(source: str, source_train: np.ndarray, target: str, labels: np.nda
         order = {}
         for c in classes:
             members = rows[labels[rows] == c]
-            member_groups = cell_groups[labels[rows] == c]
-            picked = rng.permutation(np.unique(member_groups))
-            order[c] = (picked, np.array([rng.choice(members[member_groups == g])
-                                          for g in picked]))
+            shuffled = rng.permutation(len(members))
+            # One random cell per group (its first in the shuffle), then the groups in random
+            # order: O(n log n) in the class's cells.
+            groups_of, first = np.unique(cell_groups[labels[rows] == c][shuffled],
+                                         return_index=True)
+            order_of_groups = rng.permutation(len(groups_of))
+            order[c] = (groups_of[order_of_groups], members[shuffled[first[order_of_groups]]])
         for k in sorted(shots):
             chosen_groups, chosen = [], []
             for picked, first in order.values():
