@@ -12,9 +12,11 @@ RUN_OUTPUTS = (
     ("features.h5ad", "embeddings + metadata + provenance (AnnData .h5ad)"),
     ("classify/results.md", "classifier comparison table"),
     ("classify/results.csv", "every score, tidy"),
-    ("classify/summary.json", "headline figures"),
+    ("classify/summary.json", "headline figures, classifier choices, few-shot curve"),
+    ("classify/few_shot.png", "few-shot learning curve"),
+    ("segmentation.h5", "per-cell masks, crops and SAM features (resumable store)"),
     ("umap/umap.png", "UMAP by domain and by class"),
-    ("umap/umap.html", "interactive UMAP (offline HTML)"),
+    ("umap/umap.html", "UMAP explorer: thumbnails on hover, lasso selection (offline HTML)"),
     ("sam_eval/report.md", "segmentation Dice/IoU per domain"),
     ("dorl.log", "log of every command"),
 )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from dorl.cae.models import FeatureScaler, build_autoencoder
 from dorl.cae.settings import CAESettings
@@ -58,7 +58,7 @@ class SourceRun:
     """
 
     run_dir: Path
-    cfg: object
+    cfg: DictConfig
     uns: dict
     features_sha256: str
     adapter_dir: Path | None
@@ -112,7 +112,7 @@ class SourceRun:
         shape = None if data.features is None else data.features.shape[1:]
         scaler = None if shape is None else FeatureScaler(torch.zeros(shape), torch.ones(shape))
         model = build_autoencoder(settings, data.crops.shape[1], scaler, len(self.uns["domains"]))
-        state = torch.load(self.cae_checkpoint, map_location="cpu", weights_only=False)
+        state = torch.load(self.cae_checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])  # the scaler's statistics are in the state
         return model.to(device).eval()
 
