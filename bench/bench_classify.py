@@ -84,12 +84,14 @@ def main() -> None:
           f"{list(c.classifiers)}; protocols {list(c.protocols)}; folds {c.n_folds}; "
           f"n_jobs {c.n_jobs}; max_train_cells {c.max_train_cells}; load average at start "
           f"{load_start:.1f}")
-    print(f"{'classifier':<12} {'fit s':>8} {'predict s':>10} {'cross-domain macro-F1':>22}")
+    print(f"{'adaptation':<14} {'classifier':<12} {'fit s':>8} {'predict s':>10} "
+          f"{'cross-domain macro-F1':>22}")
     for row in summary["seconds"]:
-        head = summary["headline"].get(f"dorl/{row['classifier']}", {})
-        cross = head.get("cross_domain_macro_f1_shared", {}).get("mean", float("nan"))
-        print(f"{row['classifier']:<12} {row['fit_s']:>8.1f} {row['predict_s']:>10.1f} "
-              f"{cross:>22.3f}")
+        key = f"dorl/{row['adaptation']}/{row['classifier']}"
+        cross = summary["headline"].get(key, {}).get("cross_domain_macro_f1_shared", {}) \
+            .get("mean", float("nan"))
+        print(f"{row['adaptation']:<14} {row['classifier']:<12} {row['fit_s']:>8.1f} "
+              f"{row['predict_s']:>10.1f} {cross:>22.3f}")
     print("(fit and predict seconds are summed over all fits, which run n_jobs at a time)")
     print(f"total wall time: {wall:.1f} s (load average now {os.getloadavg()[0]:.1f})")
 
