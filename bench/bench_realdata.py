@@ -159,9 +159,8 @@ def cnn_rows(crops: np.ndarray, masks: np.ndarray, table: pd.DataFrame, cfg, see
     """Rows of the supervised CNN comparator (bench/cnn_comparator.py) for one seed, scored by
     the classify stage's own metric code on the classes :func:`score_methods` keeps."""
     domains, labels = table["domain"].to_numpy(), table["label"].to_numpy()
-    predictions, seconds = cnn_predictions(crops, masks, labels, domains, SOURCE, seed,
-                                           CNNSettings())
-    n_train = int(round(0.8 * (domains == SOURCE).sum()))
+    predictions, seconds, n_train = cnn_predictions(crops, masks, labels, domains, SOURCE, seed,
+                                                    CNNSettings())
     watch.record(f"supervised CNN training (seed {seed}, {CNNSettings().epochs} epochs)",
                  n_train * CNNSettings().epochs, seconds)
     rows = []

@@ -121,11 +121,11 @@ def predict_cnn(model: CellCNN, classes: np.ndarray, crops: np.ndarray,
 
 def cnn_predictions(crops: np.ndarray, masks: np.ndarray, labels: np.ndarray,
                     domains: np.ndarray, source: str, seed: int, settings: CNNSettings
-                    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float]:
+                    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float, int]:
     """Train on the source's folds 1-4 (of the classifiers' 5-fold split) and predict.
 
-    Returns ``{target: (rows, predictions)}`` (the source's key holds its held-out fold) and the
-    training seconds.
+    Returns ``{target: (rows, predictions)}`` (the source's key holds its held-out fold), the
+    training seconds and the number of training cells.
     """
     src = np.flatnonzero(domains == source)
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
@@ -139,4 +139,4 @@ def cnn_predictions(crops: np.ndarray, masks: np.ndarray, labels: np.ndarray,
     for target in sorted(set(domains) - {source}):
         rows = np.flatnonzero(domains == target)
         out[target] = (rows, predict_cnn(model, classes, crops[rows]))
-    return out, seconds
+    return out, seconds, len(train)

@@ -62,10 +62,11 @@ def _manifest_case(tmp: Path, sources) -> tuple[list[str], list[Path]]:
     return ["data", "manifest", "-c", str(_config(tmp, sources))], [tmp / "data" / "manifest.csv"]
 
 
-def _csv(tmp: Path, text: str, name="cells.csv") -> Path:
+def _csv_case(tmp: Path, text: str) -> tuple[list[str], list[Path]]:
+    """`dorl data manifest` of a csv source ``tmp/c/cells.csv`` holding ``text``."""
     (tmp / "c").mkdir(parents=True, exist_ok=True)
-    (tmp / "c" / name).write_text(text)
-    return tmp / "c" / name
+    (tmp / "c" / "cells.csv").write_text(text)
+    return _manifest_case(tmp, [{"format": "csv", "path": str(tmp / "c" / "cells.csv")}])
 
 
 def _features(path: Path, n=40, dim=3, labels=("monocyte", "basophil")) -> Path:
@@ -106,35 +107,31 @@ def case_csv_file_missing(tmp):
 
 
 def case_csv_without_path_column(tmp):
-    csv = _csv(tmp, "file,label,domain\na.png,monocyte,s\n")
-    return (_manifest_case(tmp, [{"format": "csv", "path": str(csv)}]),
+    return (_csv_case(tmp, "file,label,domain\na.png,monocyte,s\n"),
             r"cells.csv: missing column\(s\) \['path'\]")
 
 
 def case_csv_without_label_column(tmp):
-    csv = _csv(tmp, "path,domain\na.png,s\n")
-    return (_manifest_case(tmp, [{"format": "csv", "path": str(csv)}]),
+    return (_csv_case(tmp, "path,domain\na.png,s\n"),
             r"cells.csv: missing column\(s\) \['label'\]")
 
 
 def case_csv_without_domain(tmp):
     _png(tmp / "c" / "a.png")
-    csv = _csv(tmp, "path,label\na.png,monocyte\n")
-    return (_manifest_case(tmp, [{"format": "csv", "path": str(csv)}]),
+    return (_csv_case(tmp, "path,label\na.png,monocyte\n"),
             r"cells.csv: no 'domain' column and no domain given")
 
 
 def case_csv_absolute_path_missing(tmp):
     _png(tmp / "c" / "ok.png")
-    csv = _csv(tmp, "path,label,domain\nok.png,monocyte,s\n/nonexistent/x.png,basophil,s\n")
-    return (_manifest_case(tmp, [{"format": "csv", "path": str(csv)}]),
+    return (_csv_case(tmp, "path,label,domain\nok.png,monocyte,s\n"
+                           "/nonexistent/x.png,basophil,s\n"),
             r"cells.csv, line 3: path '/nonexistent/x.png' not found")
 
 
 def case_csv_mask_missing(tmp):
     _png(tmp / "c" / "ok.png")
-    csv = _csv(tmp, "path,label,domain,mask_path\nok.png,monocyte,s,ok_mask.png\n")
-    return (_manifest_case(tmp, [{"format": "csv", "path": str(csv)}]),
+    return (_csv_case(tmp, "path,label,domain,mask_path\nok.png,monocyte,s,ok_mask.png\n"),
             r"cells.csv, line 2: mask_path 'ok_mask.png' not found")
 
 
@@ -142,9 +139,8 @@ def case_all_background_masks(tmp):
     for name in ("p", "q"):
         _png(tmp / "c" / f"{name}.png")
         Image.fromarray(np.zeros((24, 24), np.uint8)).save(tmp / "c" / f"{name}_mask.png")
-    csv = _csv(tmp, "path,label,domain,mask_path\np.png,monocyte,s,p_mask.png\n"
-                    "q.png,basophil,s,q_mask.png\n")
-    return (_manifest_case(tmp, [{"format": "csv", "path": str(csv)}]),
+    return (_csv_case(tmp, "path,label,domain,mask_path\np.png,monocyte,s,p_mask.png\n"
+                           "q.png,basophil,s,q_mask.png\n"),
             r"2 mask file\(s\) are all background.*p_mask.png")
 
 

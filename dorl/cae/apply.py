@@ -140,9 +140,9 @@ def applied_config(source: SourceRun, user_cfg):
         raise ConfigError(f"data.label_space {user_cfg.data.label_space!r} differs from the "
                           f"label space {source.cfg.data.label_space!r} of {source.run_dir}")
     cfg = OmegaConf.create(OmegaConf.to_container(source.cfg, resolve=True))
+    user = OmegaConf.to_container(user_cfg, resolve=True)
     for key in USER_KEYS:
-        OmegaConf.update(cfg, key, OmegaConf.to_container(user_cfg, resolve=True)[key],
-                         merge=False)
+        OmegaConf.update(cfg, key, user[key], merge=False)
     return cfg
 
 
@@ -178,9 +178,7 @@ def apply_run(run_dir: str | Path, user_cfg) -> Path:
         ``user_cfg.run_dir/features.h5ad``; its ``uns/applied_from`` names the run, its
         signature and hashes.
     """
-    from dorl.artifacts import FEATURE_FILE, reusable
-    from dorl.cae.embed import FEATURES_FILE, embed_segmentation, feature_signature, load_data
-    from dorl.featstore import stored_signature
+    from dorl.cae.embed import FEATURES_FILE, embed_segmentation, finished, load_data
     from dorl.sam.inference import segment_from_config
 
     source = SourceRun.open(run_dir)
@@ -189,9 +187,7 @@ def apply_run(run_dir: str | Path, user_cfg) -> Path:
     out = Path(cfg.run_dir) / FEATURES_FILE
     manifest = load_data(cfg)
     check_domain_sizes(manifest.table["domain"].to_numpy(), str(cfg.data.manifest))
-    signature = feature_signature(cfg, manifest)
-    if reusable(FEATURE_FILE, out, stored_signature(out), signature, refuse=True,
-                error=FeatureFileError):
+    if finished(cfg, manifest):
         return out
     logger.info("applying %s (adapter %s, autoencoder %s) to %d cells of %s; nothing is trained",
                 source.run_dir, source.adapter_dir, source.cae_checkpoint, len(manifest),

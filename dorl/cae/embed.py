@@ -71,6 +71,19 @@ def load_data(cfg) -> Manifest:
                            Path(cfg.run_dir) / "skipped_images.csv")
 
 
+def finished(cfg, manifest: Manifest) -> bool:
+    """Whether ``run_dir`` already holds this config's and data's feature file.
+
+    Raises
+    ------
+    FeatureFileError
+        When it holds one made by another config or dataset (it is never overwritten).
+    """
+    out = Path(cfg.run_dir) / FEATURES_FILE
+    return reusable(FEATURE_FILE, out, stored_signature(out), feature_signature(cfg, manifest),
+                    refuse=True, error=FeatureFileError)
+
+
 def run_embed(cfg) -> Path:
     """Run stage 1 and return the path of ``run_dir/features.h5ad``.
 
@@ -81,9 +94,7 @@ def run_embed(cfg) -> Path:
     """
     out = Path(cfg.run_dir) / FEATURES_FILE
     manifest = load_data(cfg)
-    signature = feature_signature(cfg, manifest)
-    if reusable(FEATURE_FILE, out, stored_signature(out), signature, refuse=True,
-                error=FeatureFileError):
+    if finished(cfg, manifest):
         return out
     from dorl.sam.finetune import finetune_from_config
     from dorl.sam.inference import segment_from_config
@@ -211,28 +222,29 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     t0 = time.perf_counter()
     cell_feats, cell_meta = cell_feats or features_from_config(cfg, manifest, seg)
     timings["cell_features"] = time.perf_counter() - t0
-    if cfg.cae.enabled and autoencoder_from is not None:
+    result, train_idx, val_idx = None, np.array([], int), np.array([], int)
+    if cfg.cae.enabled:
+        if autoencoder_from is None:
+            train_idx, val_idx = split_cells(cfg, manifest)
         data = _cae_data(cfg, manifest, seg, cell_feats)
         device = get_device(cfg.device)
+        if autoencoder_from is None:
+            logger.info("CAE (%s, input %s, %s protocol): %d training and %d validation cells "
+                        "of %d, %d px crops, device %s", cfg.cae.arch, cfg.cae.input,
+                        cfg.cae.protocol, len(train_idx), len(val_idx), len(data),
+                        data.crops.shape[1], device)
+            t0 = time.perf_counter()
+            train_sig = CAE_CHECKPOINT.signature(cfg, signature["data"],
+                                                 seg.meta.get("signature", ""))
+            result = train_cae(data, train_idx, val_idx, CAESettings.from_config(cfg.cae),
+                               int(cfg.seed), run_dir / "cae", device, train_sig)
+            model = result.model
+            timings["cae_train"] = time.perf_counter() - t0
+        else:
+            model = autoencoder_from(data, device)
         t0 = time.perf_counter()
-        X = encode_cells(autoencoder_from(data, device), data, device)
+        X = encode_cells(model, data, device)
         timings["cae_encode"] = time.perf_counter() - t0
-        result, train_idx, val_idx = None, np.array([], int), np.array([], int)
-    elif cfg.cae.enabled:
-        train_idx, val_idx = split_cells(cfg, manifest)
-        data = _cae_data(cfg, manifest, seg, cell_feats)
-        device = get_device(cfg.device)
-        logger.info("CAE (%s, input %s, %s protocol): %d training and %d validation cells of "
-                    "%d, %d px crops, device %s", cfg.cae.arch, cfg.cae.input, cfg.cae.protocol,
-                    len(train_idx), len(val_idx), len(data), data.crops.shape[1], device)
-        t0 = time.perf_counter()
-        train_sig = CAE_CHECKPOINT.signature(cfg, signature["data"],
-                                             seg.meta.get("signature", ""))
-        result = train_cae(data, train_idx, val_idx, CAESettings.from_config(cfg.cae),
-                           int(cfg.seed), run_dir / "cae", device, train_sig)
-        t1 = time.perf_counter()
-        X = encode_cells(result.model, data, device)
-        timings.update(cae_train=t1 - t0, cae_encode=time.perf_counter() - t1)
     else:
         feats = _standardised_features(cfg, seg, cell_feats, _domain_ids(manifest))
         if feats is None:
@@ -240,7 +252,6 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
                               "cae.input to features or both")
         logger.info("autoencoder off (cae.enabled=false): the embedding is the %s-standardised "
                     "features", cfg.cae.feature_norm)
-        result, train_idx, val_idx = None, np.array([], int), np.array([], int)
         X = feats.reshape(len(feats), -1).astype(np.float32)
 
     table = manifest.table

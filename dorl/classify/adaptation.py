@@ -27,6 +27,8 @@ from sklearn.base import clone
 ADAPTATIONS = ("none", "domain_std", "coral", "self_training")
 #: Adaptations whose features are the per-domain standardised ones.
 STANDARDISED = ("domain_std", "coral", "self_training")
+#: Adaptations that read the target's cells (only targets outside the training domains).
+TARGET_SIDE = ("coral", "self_training")
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,20 @@ def self_train(model, X_train: np.ndarray, y_train: np.ndarray, X_target: np.nda
     return current
 
 
+def _density_cells(n: int, max_cells: int, seed: int) -> np.ndarray | slice:
+    """The cells soft neighbourhood density reads: a seeded subset of ``max_cells`` of ``n``."""
+    if n > max_cells:
+        return np.random.default_rng(seed).choice(n, max_cells, replace=False)
+    return slice(None)
+
+
+def model_density(model, X: np.ndarray, seed: int = 0, max_cells: int = 2000) -> float:
+    """:func:`soft_neighbourhood_density` of ``model``'s class scores on ``X`` (n_cells,
+    n_features), scoring only the cells it reads (a large target costs no more than 2,000)."""
+    scores = class_scores(model, X[_density_cells(len(X), max_cells, seed)])
+    return soft_neighbourhood_density(scores, max_cells=max_cells, seed=seed)
+
+
 def soft_neighbourhood_density(scores: np.ndarray, temperature: float = 0.05,
                                max_cells: int = 2000, seed: int = 0) -> float:
     """Soft neighbourhood density (Saito et al. 2021) of a model's class scores on a target.
@@ -194,8 +210,7 @@ def soft_neighbourhood_density(scores: np.ndarray, temperature: float = 0.05,
     -------
     float
     """
-    if len(scores) > max_cells:
-        scores = scores[np.random.default_rng(seed).choice(len(scores), max_cells, replace=False)]
+    scores = scores[_density_cells(len(scores), max_cells, seed)]
     if len(scores) < 2:
         return float("nan")
     unit = scores / np.maximum(np.linalg.norm(scores, axis=1, keepdims=True), 1e-12)

@@ -60,7 +60,8 @@ class FeatureInput:
         return scaler.transform(self.X, domains=self.domains).astype(np.float32)
 
 
-def load_input(name: str, path: str | Path, key: str = "X") -> FeatureInput:
+def load_input(name: str, path: str | Path, key: str = "X",
+               domain_stats: bool = True) -> FeatureInput:
     """Read one feature file and keep its labelled cells.
 
     Parameters
@@ -69,6 +70,9 @@ def load_input(name: str, path: str | Path, key: str = "X") -> FeatureInput:
     path : str or Path
     key : str, default="X"
         ``X`` or an ``obsm`` key.
+    domain_stats : bool, default=True
+        Fit the per-domain statistics over all the file's cells (the standardised adaptations
+        need them; without they are not computed).
     """
     fs = read_features(path, obsm=key != "X")
     X = fs.features(key)
@@ -81,4 +85,5 @@ def load_input(name: str, path: str | Path, key: str = "X") -> FeatureInput:
                         groups if has_groups(groups) else None,
                         {str(d): int(n) for d, n in dropped.items()},
                         dict(fs.uns.get("signature", {})),
-                        DomainStandardScaler().fit(X, domains=fs.domains))
+                        DomainStandardScaler().fit(X, domains=fs.domains) if domain_stats
+                        else None)

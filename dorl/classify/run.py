@@ -35,11 +35,12 @@ from tqdm import tqdm
 from dorl import __version__
 from dorl.atomic import atomic_path
 from dorl.classify.adaptation import (
+    STANDARDISED,
+    TARGET_SIDE,
     SelfTraining,
-    class_scores,
     coral_align,
+    model_density,
     self_train,
-    soft_neighbourhood_density,
     vote_agreement,
 )
 from dorl.classify.inputs import UNLABELLED, FeatureInput, load_input
@@ -138,8 +139,7 @@ def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: 
                          else np.empty(0, dtype=str))
             scoreable = len(ev.test) > 1 and (hasattr(final, "predict_proba")
                                               or hasattr(final, "decision_function"))
-            densities.append(soft_neighbourhood_density(class_scores(final, X_test), seed=seed)
-                             if scoreable else float("nan"))
+            densities.append(model_density(final, X_test, seed) if scoreable else float("nan"))
     messages = sorted({f"{w.category.__name__}: {str(w.message)[:160]}" for w in caught})
     return (fitted if keep_model else None), preds, densities, fit_s, \
         time.perf_counter() - start - fit_s, messages
@@ -175,7 +175,7 @@ def _tasks(inputs: list[FeatureInput], c: ClassifySettings) -> list[_Task]:
                 for adaptation in c.adaptations:
                     if not s.evaluations and adaptation != "none":
                         continue  # the saved model is fitted on the stored features only
-                    if few_shot and adaptation not in ("none", "domain_std"):
+                    if few_shot and adaptation in TARGET_SIDE:
                         continue
                     names = c.few_shot_classifiers if few_shot else c.classifiers
                     if not few_shot and adaptation != "none" \
@@ -225,7 +225,7 @@ class _Adapter:
         self._aligned: dict[tuple, tuple] = {}
 
     def features(self, task: _Task) -> np.ndarray:
-        if task.adaptation == "none":
+        if task.adaptation not in STANDARDISED:
             return task.input.X
         name = task.input.name
         if name not in self._standardised:
@@ -235,8 +235,8 @@ class _Adapter:
     @staticmethod
     def adapted(task: _Task) -> tuple[bool, ...]:
         train_domains = set(task.input.domains[task.split.train])
-        return tuple(task.adaptation in ("coral", "self_training") and ev.target not in
-                     train_domains for ev in task.split.evaluations)
+        return tuple(task.adaptation in TARGET_SIDE and ev.target not in train_domains
+                     for ev in task.split.evaluations)
 
     def aligned(self, task: _Task) -> tuple:
         if task.adaptation != "coral":
@@ -312,6 +312,8 @@ def run_classification(inputs: list[FeatureInput], settings: ClassifySettings, o
             continue
         train_classes = set(inp.labels[split.train])
         labels_all = sorted(set(inp.labels))
+        # Every fit's target predictions wait for the vote: kept as the smallest integer codes.
+        code_type = np.min_scalar_type(len(labels_all))
         for ev, pred, density in zip(split.evaluations, preds, densities):
             truth = inp.labels[ev.test]
             target = kept_classes(inp.labels[inp.domains == ev.target], c.min_class_count)
@@ -325,7 +327,7 @@ def run_classification(inputs: list[FeatureInput], settings: ClassifySettings, o
                              "value": density, "n_test": len(truth)})
             vote_key = tuple((k, v) for k, v in base.items() if k != "classifier")
             votes.setdefault((vote_key, len(truth)), {})[task.classifier] = \
-                np.searchsorted(labels_all, pred)
+                np.searchsorted(labels_all, pred).astype(code_type)
             if ev.protocol == "few_shot":
                 continue
             cm_key = (inp.name, task.adaptation, task.classifier, ev.protocol, split.source,
@@ -354,7 +356,9 @@ def inputs_from_config(cfg) -> list[FeatureInput]:
     if unknown:
         raise FeatureFileError(f"classify.obsm names {unknown}, which are not in "
                                f"classify.features ({sorted(features)})")
-    return [load_input(name, path, obsm.get(name, "X")) for name, path in features.items()]
+    standardised = any(a in STANDARDISED for a in c.adaptations)
+    return [load_input(name, path, obsm.get(name, "X"), standardised)
+            for name, path in features.items()]
 
 
 def classify_from_config(cfg) -> Path:
