@@ -73,6 +73,7 @@ from dorl.data.images import read_cell_mask, read_rgb
 from dorl.data.manifest import Manifest, load_manifest, save_manifest, subsample
 from dorl.data.readers import build_manifest
 from dorl.data.taxonomy import UNKNOWN
+from dorl.device import resolve_bf16
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import read_features
 from dorl.resize import resize_mask
@@ -210,8 +211,9 @@ def encoder_throughput(cfg, images: list[np.ndarray], watch: Stopwatch) -> float
     from dorl.sam.inference import load_model
 
     model, _ = load_model(cfg, None)
-    batch, bf16 = int(cfg.sam.infer.batch_size), bool(cfg.sam.infer.bf16)
+    batch = int(cfg.sam.infer.batch_size)
     device = model.pixel_mean.device
+    bf16 = resolve_bf16(cfg.sam.infer.bf16, device)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         model.encode(model.preprocess(images[:batch]))  # warm-up
         with watch.time("bare SAM encoder forward", len(images)):
@@ -528,13 +530,13 @@ def main(argv=None) -> int:
             chosen, cell = feature_rows(cfg, manifest, seg_ft, args, per_seed, watch, out)
             meta["selection"] = cell["selection"]
             meta["chosen_option"] = chosen
-            enc, stain, adabn = OPTIONS[chosen]
-            chosen_cfg = [f"features.encoders=[{','.join(enc)}]", f"features.stain={stain}",
-                          f"features.adabn={adabn}", "cae.enabled=true"]
+            chosen_cfg = OPTIONS[chosen].overrides() + ["cae.enabled=true"]
             cell_variants = {f"CAE on {chosen}": (chosen_cfg, False),
                              f"CAE on {chosen}, features only": (
-                                 chosen_cfg + ["cae.input=features"], False)}
-            feats = ({e: cell["raw"][e] for e in enc}, {})
+                                 chosen_cfg + ["cae.input=features"], False),
+                             f"CAE on {chosen}, two-view consistency": (
+                                 chosen_cfg + ["cae.loss.consistency=1.0"], False)}
+            feats = ({e: cell["raw"][e] for e in OPTIONS[chosen].encoders}, {})
             for seed in args.seeds:
                 per_seed[seed].update(cae_features(cfg, manifest, seg_ft, out, seed, watch,
                                                    cell_variants, feats))

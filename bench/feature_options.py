@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -31,24 +31,57 @@ from dorl.classify.registry import build_classifier
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.features.encode import FeatureSettings, encode_normalised
 from dorl.features.stain import normalise_crops
+from dorl.features.view_invariance import ViewInvariantProjection, two_views, view_rows
 from dorl.sam.augment import simulate_lab
 
 logger = logging.getLogger("bench_realdata")
 
 L0, L1, L2, SAM = "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "litemedsam"
-#: name -> (encoders, stain, adabn). The "cheaper" order for ties is this order.
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the bench: the ``features.*`` settings it stands for."""
+
+    encoders: tuple[str, ...]
+    stain: str
+    adabn: bool
+    #: ``features.tta``: dihedral views averaged per cell.
+    tta: int = 1
+    #: Project out the axes two random views of a cell differ along (ViewInvariantProjection).
+    view_invariance: bool = False
+
+    def overrides(self) -> list[str]:
+        """The config overrides that give this option's features in ``dorl embed``."""
+        return [f"features.encoders=[{','.join(self.encoders)}]", f"features.stain={self.stain}",
+                f"features.adabn={self.adabn}", f"features.tta={self.tta}"]
+
+
+#: The "cheaper" order for ties is this order.
 OPTIONS = {
-    "L0 cell": ((L0,), "none", False),
-    "L0 cell AdaBN": ((L0,), "none", True),
-    "L0 cell Reinhard": ((L0,), "reinhard", False),
-    "L0 cell Reinhard AdaBN": ((L0,), "reinhard", True),
-    "L0 cell Macenko AdaBN": ((L0,), "macenko", True),
-    "L0 cell grey AdaBN": ((L0,), "grey", True),
-    "L1 cell Reinhard AdaBN": ((L1,), "reinhard", True),
-    "L2 cell Reinhard AdaBN": ((L2,), "reinhard", True),
-    "SAM cell Reinhard AdaBN": ((SAM,), "reinhard", True),
-    "L0 + SAM cell Reinhard AdaBN": ((L0, SAM), "reinhard", True),
+    "L0 cell": Option((L0,), "none", False),
+    "L0 cell AdaBN": Option((L0,), "none", True),
+    "L0 cell Reinhard": Option((L0,), "reinhard", False),
+    "L0 cell Reinhard AdaBN": Option((L0,), "reinhard", True),
+    "L0 cell Macenko AdaBN": Option((L0,), "macenko", True),
+    "L0 cell grey AdaBN": Option((L0,), "grey", True),
+    "L0 cell AdaBN view-invariant": Option((L0,), "none", True, view_invariance=True),
+    "L0 cell AdaBN TTA4": Option((L0,), "none", True, tta=4),
+    "L0 cell AdaBN TTA4 view-invariant": Option((L0,), "none", True, tta=4,
+                                                view_invariance=True),
+    "L0 cell AdaBN TTA8": Option((L0,), "none", True, tta=8),
+    "L1 cell Reinhard AdaBN": Option((L1,), "reinhard", True),
+    "L2 cell Reinhard AdaBN": Option((L2,), "reinhard", True),
+    "SAM cell Reinhard AdaBN": Option((SAM,), "reinhard", True),
+    "L0 + SAM cell Reinhard AdaBN": Option((L0, SAM), "reinhard", True),
 }
+#: The random changes of the two views (those of ``cae.view_augment``), the cells per domain
+#: they are drawn for and the share of their difference variance that is projected out; fixed
+#: before any view-invariant option was measured.
+VIEW_AUGMENT = dict(hue=0.08, saturation=0.25, brightness=0.15, blur_prob=0.3, scale=(0.8, 1.25),
+                    flip=True)
+VIEW_CELLS_PER_DOMAIN = 250
+VIEW_VARIANCE = 0.5
 #: Simulated labs for the shifted-source score: hue (turns), saturation, brightness, blur
 #: sigma (px at the crop side), zoom.
 SIMULATED_LABS = {
@@ -69,32 +102,66 @@ def shifted_crops(crops: np.ndarray, masks: np.ndarray) -> dict[str, tuple[np.nd
     return out
 
 
-def option_features(name: str, crops: np.ndarray, masks: np.ndarray, domains: np.ndarray,
-                    base: FeatureSettings, seed: int, cache: dict) -> tuple[np.ndarray, float]:
-    """Features (n, d) of one option, standardised per domain, and the seconds of its stain
-    normalisation and encoders.
-
-    ``cache`` holds each stain normalisation (stain, n) and each (encoder, stain, adabn, n)
-    result, so options share their normalised crops and a concatenation reuses its parts.
-    """
-    encoders, stain, adabn = OPTIONS[name]
-    if (stain, len(crops)) not in cache:
+def _normalised(crops: np.ndarray, masks: np.ndarray, domains: np.ndarray, stain: str,
+                base: FeatureSettings, seed: int, cache: dict, key) -> tuple[np.ndarray, float]:
+    """``crops`` stain-normalised (cached under ``key``) and the seconds it took."""
+    if key not in cache:
         t0 = time.perf_counter()
         normalised = normalise_crops(crops, masks, domains, stain,
                                      list(base.stain_reference_domains), seed)[0]
-        cache[(stain, len(crops))] = (normalised, time.perf_counter() - t0)
-    normalised, seconds = cache[(stain, len(crops))]
-    parts = []
-    for encoder in encoders:
-        key = (encoder, stain, adabn, len(crops))
-        if key not in cache:
-            settings = replace(base, encoders=(encoder,), stain=stain, adabn=adabn)
+        cache[key] = (normalised, time.perf_counter() - t0)
+    return cache[key]
+
+
+def _encoded(normalised: np.ndarray, domains: np.ndarray, option: Option, base: FeatureSettings,
+             cache: dict, key) -> tuple[np.ndarray, float]:
+    """Every encoder of ``option`` on ``normalised`` crops side by side (each cached under
+    ``key`` + the encoder's settings) and the seconds they took."""
+    parts, seconds = [], 0.0
+    for encoder in option.encoders:
+        part = (*key, encoder, option.adabn, option.tta)
+        if part not in cache:
+            settings = replace(base, encoders=(encoder,), stain=option.stain,
+                               adabn=option.adabn, tta=option.tta)
             features, timings = encode_normalised(normalised, domains, settings)
-            cache[key] = (features[encoder], timings[encoder])
-        parts.append(cache[key][0])
-        seconds += cache[key][1]
-    X = np.concatenate(parts, axis=1)
-    return DomainStandardScaler().fit_transform(X, domains=domains).astype(np.float32), seconds
+            cache[part] = (features[encoder], timings[encoder])
+        parts.append(cache[part][0])
+        seconds += cache[part][1]
+    return np.concatenate(parts, axis=1), seconds
+
+
+def option_features(name: str, crops: np.ndarray, masks: np.ndarray, domains: np.ndarray,
+                    base: FeatureSettings, seed: int, cache: dict) -> tuple[np.ndarray, float]:
+    """Features (n, d) of one option, standardised per domain, and the seconds of its stain
+    normalisation, encoders and view-invariant projection.
+
+    ``cache`` holds each stain normalisation and each encoder's result, keyed by the crop set's
+    size, so options share their normalised crops and a concatenation reuses its parts.
+    """
+    option = OPTIONS[name]
+    n = len(crops)
+    normalised, seconds = _normalised(crops, masks, domains, option.stain, base, seed, cache,
+                                      ("stain", option.stain, n))
+    X, encode_s = _encoded(normalised, domains, option, base, cache, ("cells", option.stain, n))
+    scaler = DomainStandardScaler().fit(X, domains=domains)
+    Z = scaler.transform(X, domains=domains)
+    seconds += encode_s
+    if option.view_invariance:
+        t0 = time.perf_counter()
+        rows = view_rows(domains, VIEW_CELLS_PER_DOMAIN)
+        diffs = []
+        for v, view in enumerate(two_views(crops[rows], masks[rows], VIEW_AUGMENT, seed)):
+            view_norm = normalise_crops(view, masks[rows], domains[rows], option.stain,
+                                        list(base.stain_reference_domains), seed)[0]
+            V = _encoded(view_norm, domains[rows], option, base, {}, ("view", v))[0]
+            diffs.append(scaler.transform(V, domains=domains[rows]))
+        projection = ViewInvariantProjection(variance=VIEW_VARIANCE).fit(diffs[0] - diffs[1])
+        Z = projection.transform(Z)
+        seconds += time.perf_counter() - t0
+        logger.info("%s: %d view-difference axes removed (%.2f of their variance) from %d-d",
+                    name, len(projection.components_),
+                    projection.explained_variance_ratio_.sum(), Z.shape[1])
+    return Z.astype(np.float32), seconds
 
 
 def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarray,
@@ -132,8 +199,8 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
 def encoder_features(name: str, n: int, cache: dict) -> dict[str, np.ndarray]:
     """The raw (not standardised) features of each encoder of option ``name`` over the ``n``
     cells :func:`option_features` encoded, from its cache."""
-    encoders, stain, adabn = OPTIONS[name]
-    return {e: cache[(e, stain, adabn, n)][0] for e in encoders}
+    o = OPTIONS[name]
+    return {e: cache[("cells", o.stain, n, e, o.adabn, o.tta)][0] for e in o.encoders}
 
 
 def choose_default(selection: pd.DataFrame) -> tuple[str, pd.DataFrame]:

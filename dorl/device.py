@@ -39,3 +39,34 @@ def configure_threads(num_threads: int | None) -> None:
     if num_threads:
         torch.set_num_threads(int(num_threads))
         logger.debug("torch threads: %d", num_threads)
+
+
+def _cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX on x86; Linux only, where
+    the flags can be read)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def resolve_bf16(setting, device: torch.device) -> bool:
+    """Whether bfloat16 autocast is used on ``device`` for a ``bf16`` config value.
+
+    ``auto`` turns it on where bfloat16 is native: a CUDA device that supports it, or a CPU with
+    AVX512-BF16/AMX. Elsewhere it is emulated, and an encoder runs several times slower than in
+    float32 (6x for LiteMedSAM on an AVX2 CPU, docs/benchmarks.md), so ``true`` there logs a
+    warning.
+    """
+    if isinstance(setting, str):
+        if setting.lower() != "auto":
+            raise ValueError(f"bf16 must be true, false or auto, got {setting!r}")
+        if device.type == "cuda":
+            return bool(torch.cuda.is_bf16_supported())
+        return device.type == "cpu" and _cpu_has_native_bf16()
+    if setting and device.type == "cpu" and not _cpu_has_native_bf16():
+        logger.warning("bf16 autocast on a CPU without native bfloat16: expect it to be several "
+                       "times slower than float32 (set bf16: auto)")
+    return bool(setting)

@@ -10,12 +10,14 @@ from xgboost import XGBClassifier
 
 from dorl.classify.estimators import EncodedLabelClassifier
 from dorl.domain_scaler import DomainStandardScaler
+from dorl.features.view_invariance import ViewInvariantProjection
 
 
 @parametrize_with_checks([
     EncodedLabelClassifier(LogisticRegression(max_iter=200)),
     EncodedLabelClassifier(LogisticRegression(max_iter=200), class_weight="balanced"),
     DomainStandardScaler(),
+    ViewInvariantProjection(),
 ])
 def test_sklearn_contract(estimator, check):
     check(estimator)

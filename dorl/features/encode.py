@@ -28,7 +28,7 @@ from dorl.atomic import atomic_path
 from dorl.config import ConfigError
 from dorl.data.images import read_rgb
 from dorl.data.manifest import Manifest
-from dorl.device import get_device
+from dorl.device import get_device, resolve_bf16
 from dorl.features.adabn import recalibrate_batchnorm
 from dorl.features.stain import METHODS as STAIN_METHODS
 from dorl.features.stain import normalise_crops
@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 FEATURES_FILE = "cell_features.npz"
 ENCODERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "litemedsam")
+#: ``features.tta``: how many of the dihedral views of a crop are averaged (1: the crop itself).
+TTA_VIEWS = (1, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class FeatureSettings:
     bf16: bool
     sam_image_size: int
     device: str = "cpu"
+    tta: int = 1
 
     @classmethod
     def from_config(cls, cfg) -> "FeatureSettings":
@@ -66,10 +69,13 @@ class FeatureSettings:
         if f.stain not in STAIN_METHODS:
             raise ConfigError(f"features.stain must be one of {list(STAIN_METHODS)}, got "
                               f"{f.stain!r}")
+        if int(f.tta) not in TTA_VIEWS:
+            raise ConfigError(f"features.tta must be one of {list(TTA_VIEWS)}, got {f.tta!r}")
         return cls(tuple(str(e) for e in f.encoders), int(f.crop_size), str(f.stain),
                    tuple(str(d) for d in f.stain_reference_domains), bool(f.adabn),
-                   int(f.adabn_cells), int(f.batch_size), bool(f.bf16), int(cfg.sam.image_size),
-                   str(get_device(cfg.device)))
+                   int(f.adabn_cells), int(f.batch_size),
+                   resolve_bf16(f.bf16, get_device(cfg.device)), int(cfg.sam.image_size),
+                   str(get_device(cfg.device)), int(f.tta))
 
 
 def cell_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray, seg_size: int,
@@ -162,13 +168,26 @@ def _batches(crops: np.ndarray, side: int, batch_size: int, device: torch.device
         yield x
 
 
+def dihedral_views(x: torch.Tensor, n_views: int) -> list[torch.Tensor]:
+    """The first ``n_views`` of (B, C, H, W): rotations by 0/90/180/270 degrees, then the same
+    of the mirror image. A cell has no orientation, so its features should not have one."""
+    views = []
+    for k in range(n_views):
+        v = torch.flip(x, dims=(-1,)) if k >= 4 else x
+        views.append(torch.rot90(v, k % 4, dims=(-2, -1)))
+    return views
+
+
 def encode_crops(model: nn.Module, side: int, crops: np.ndarray, domains: np.ndarray,
-                 adabn_cells: int, batch_size: int, bf16: bool) -> np.ndarray:
+                 adabn_cells: int, batch_size: int, bf16: bool, tta: int = 1) -> np.ndarray:
     """Pooled features (n, d) float32 of ``crops`` (n, s, s, 3) uint8, domain by domain.
 
     With ``adabn_cells > 0`` the BatchNorm statistics are first re-estimated on up to that many of
     the domain's crops, spread evenly over its rows (AdaBN); 0 keeps the ImageNet statistics.
+    ``tta`` > 1 averages the features of that many :func:`dihedral_views` of each crop.
     """
+    if tta not in TTA_VIEWS:
+        raise ValueError(f"tta must be one of {TTA_VIEWS}, got {tta!r}")
     device = next(model.parameters()).device
     out: np.ndarray | None = None
     for domain in np.unique(domains):
@@ -179,7 +198,8 @@ def encode_crops(model: nn.Module, side: int, crops: np.ndarray, domains: np.nda
                 recalibrate_batchnorm(model, _batches(crops[rows[picks]], side, batch_size,
                                                       device))
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            feats = torch.cat([model(x).float().cpu()
+            feats = torch.cat([torch.stack([model(v).float() for v in dihedral_views(x, tta)])
+                               .mean(0).cpu()
                                for x in _batches(crops[rows], side, batch_size, device)])
         if out is None:
             out = np.empty((len(crops), feats.shape[1]), np.float32)
@@ -225,10 +245,11 @@ def encode_normalised(normalised: np.ndarray, domains: np.ndarray, settings: Fea
         model = model.to(settings.device)
         features[name] = encode_crops(model, side, normalised, domains,
                                       settings.adabn_cells if settings.adabn else 0,
-                                      settings.batch_size, settings.bf16)
+                                      settings.batch_size, settings.bf16, settings.tta)
         timings[name] = time.perf_counter() - t0
-        logger.info("%s features of %d cells (%s, AdaBN %s): %.1f s, %.1f img/s", name,
-                    len(normalised), settings.stain, settings.adabn, timings[name],
+        logger.info("%s features of %d cells (%s, AdaBN %s, %d views): %.1f s, %.1f img/s",
+                    name, len(normalised), settings.stain, settings.adabn, settings.tta,
+                    timings[name],
                     len(normalised) / timings[name])
     return features, timings
 

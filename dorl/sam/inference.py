@@ -20,6 +20,7 @@ from tqdm import tqdm
 from dorl.artifacts import SEGMENTATION
 from dorl.data.images import read_rgb
 from dorl.data.manifest import Manifest
+from dorl.device import get_device, resolve_bf16
 from dorl.provenance import sha256_file, signature_of
 from dorl.resize import resize_image
 from dorl.sam.masks import centre_box, clean_mask, is_usable, mask_box, masked_crop
@@ -100,7 +101,8 @@ class SegmentSettings:
     def from_config(cls, cfg) -> "SegmentSettings":
         infer = cfg.sam.infer
         return cls(str(cfg.sam.prompt), float(cfg.sam.box_fraction), int(infer.batch_size),
-                   bool(infer.bf16), str(infer.features), int(infer.crop_size),
+                   resolve_bf16(infer.bf16, get_device(cfg.device)), str(infer.features),
+                   int(infer.crop_size),
                    float(infer.min_area_frac), float(infer.max_border_frac))
 
 
@@ -178,7 +180,6 @@ def load_model(cfg, adapter_dir: Path | None):
     provenance : dict
         From :func:`dorl.sam.models.sam_from_config`.
     """
-    from dorl.device import get_device
     from dorl.sam.models import sam_from_config
 
     model, provenance = sam_from_config(cfg)
