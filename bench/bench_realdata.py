@@ -238,15 +238,16 @@ def timed_unless_cached(watch: Stopwatch, stage: str, n_images: int, product: Pa
         watch.rows[-1]["stage"] += " [cache reload, not a timing]"
 
 
-def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch):
-    """Zero-shot SAM segmentation of every cell, LoRA fine-tuning on source cells only, and
-    LoRA-SAM segmentation of every cell; each is cached in ``out`` and reused by later runs
-    with the same data, settings and adapter.
+def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch, zero_shot: bool = True):
+    """Zero-shot SAM segmentation of every cell (unless ``zero_shot`` is False), LoRA
+    fine-tuning on source cells only, and LoRA-SAM segmentation of every cell; each is cached in
+    ``out`` and reused by later runs with the same data, settings and adapter.
 
     Returns
     -------
     seg_zs, seg_ft : Segmentation
-        Zero-shot and LoRA-SAM segmentations, rows aligned with ``manifest``.
+        Zero-shot (None when skipped) and LoRA-SAM segmentations, rows aligned with
+        ``manifest``.
     adapter : Path or None
     quality : dict
         Dice/IoU against the ground-truth masks (Zheng) of each segmentation.
@@ -256,10 +257,12 @@ def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch):
 
     table = manifest.table
     zs_dir, ft_dir = out / "sam_zeroshot", out / "sam_lora"
-    with timed_unless_cached(watch, "segmentation + features, zero-shot SAM", len(manifest),
-                             zs_dir / SEGMENTATION_FILE):
-        seg_zs = segment_from_config(OmegaConf.merge(cfg, {"run_dir": str(zs_dir)}), manifest,
-                                     None)
+    seg_zs = None
+    if zero_shot:
+        with timed_unless_cached(watch, "segmentation + features, zero-shot SAM", len(manifest),
+                                 zs_dir / SEGMENTATION_FILE):
+            seg_zs = segment_from_config(OmegaConf.merge(cfg, {"run_dir": str(zs_dir)}),
+                                         manifest, None)
     ft_cfg = OmegaConf.merge(cfg, {"run_dir": str(ft_dir)})
     source = rows_of(manifest, (table["domain"] == SOURCE).to_numpy())
     seen = min(len(source), int(cfg.sam.finetune.max_images)) * int(cfg.sam.finetune.epochs)
@@ -273,9 +276,18 @@ def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch):
     with timed_unless_cached(watch, "segmentation + features, LoRA-SAM", len(manifest),
                              ft_dir / SEGMENTATION_FILE):
         seg_ft = segment_from_config(ft_cfg, manifest, adapter)
-    quality = {"zero-shot": segmentation_quality(seg_zs, manifest),
-               "LoRA fine-tuned": segmentation_quality(seg_ft, manifest)}
+    quality = {"LoRA fine-tuned": segmentation_quality(seg_ft, manifest)}
+    if seg_zs is not None:
+        quality = {"zero-shot": segmentation_quality(seg_zs, manifest), **quality}
     return seg_zs, seg_ft, adapter, quality
+
+
+#: The autoencoders trained on the chosen cell-feature option: name -> (row suffix, overrides).
+CAE_ON_CHOSEN = {
+    "plain": ("", []),
+    "features_only": (", features only", ["cae.input=features"]),
+    "consistency": (", two-view consistency", ["cae.loss.consistency=1.0"]),
+}
 
 
 def variant_slug(name: str) -> str:
@@ -466,6 +478,13 @@ def main(argv=None) -> int:
     ap.add_argument("--feature-options", nargs="*", choices=list(OPTIONS), default=[],
                     metavar="OPTION", help=f"cell-feature options to add as rows, chosen between "
                     f"by the label-free rule of bench/feature_options.py: {list(OPTIONS)}")
+    ap.add_argument("--skip-zero-shot", action="store_true",
+                    help="skip zero-shot SAM segmentation and its 'SAM frozen' row (one SAM "
+                         "pass over every cell less)")
+    ap.add_argument("--cae-on-chosen", nargs="*", choices=list(CAE_ON_CHOSEN),
+                    default=list(CAE_ON_CHOSEN),
+                    help="CAE variants trained on the chosen feature option (one training per "
+                         "seed each)")
     ap.add_argument("--cnn", action="store_true",
                     help="add the supervised CNN comparator (bench/cnn_comparator.py), one "
                          "training per seed on the LoRA-SAM cell crops")
@@ -511,7 +530,8 @@ def main(argv=None) -> int:
     seg_quality = {}
     variants = {v: CAE_VARIANTS[v] for v in CAE_VARIANTS if variant_slug(v) in args.cae_variants}
     if not args.baselines_only:
-        seg_zs, seg_ft, adapter, seg_quality = sam_stages(cfg, manifest, out, watch)
+        seg_zs, seg_ft, adapter, seg_quality = sam_stages(cfg, manifest, out, watch,
+                                                          not args.skip_zero_shot)
         timing_images = images[:: max(1, n // ENCODER_TIMING_CELLS)][:ENCODER_TIMING_CELLS]
         meta["encoder_img_s"] = encoder_throughput(cfg, timing_images, watch)
         meta["adapter"] = str(adapter)
@@ -520,7 +540,8 @@ def main(argv=None) -> int:
         if "cache reload" not in seg_row["stage"]:
             meta["encoder_ratio"] = seg_row["images_per_s"] / meta["encoder_img_s"]
         for seed in args.seeds:
-            per_seed[seed]["SAM frozen"] = seg_zs.features["sam_pooled"]
+            if seg_zs is not None:
+                per_seed[seed]["SAM frozen"] = seg_zs.features["sam_pooled"]
             per_seed[seed]["LoRA-SAM"] = seg_ft.features["sam_pooled"]
             per_seed[seed]["LoRA-SAM domain-std"] = DomainStandardScaler().fit_transform(
                 seg_ft.features["sam_pooled"], domains=table["domain"].to_numpy())
@@ -531,11 +552,11 @@ def main(argv=None) -> int:
             meta["selection"] = cell["selection"]
             meta["chosen_option"] = chosen
             chosen_cfg = OPTIONS[chosen].overrides() + ["cae.enabled=true"]
-            cell_variants = {f"CAE on {chosen}": (chosen_cfg, False),
-                             f"CAE on {chosen}, features only": (
-                                 chosen_cfg + ["cae.input=features"], False),
-                             f"CAE on {chosen}, two-view consistency": (
-                                 chosen_cfg + ["cae.loss.consistency=1.0"], False)}
+            # The autoencoder reads the option's features before any view-invariant projection.
+            base_name = chosen.replace(" view-invariant", "")
+            cell_variants = {f"CAE on {base_name}{suffix}": (chosen_cfg + extra, False)
+                             for key, (suffix, extra) in CAE_ON_CHOSEN.items()
+                             if key in args.cae_on_chosen}
             feats = ({e: cell["raw"][e] for e in OPTIONS[chosen].encoders}, {})
             for seed in args.seeds:
                 per_seed[seed].update(cae_features(cfg, manifest, seg_ft, out, seed, watch,
