@@ -84,14 +84,18 @@ def _prepare(args: argparse.Namespace, stage: str):
     """Load config, seed, set up logging into run_dir and write provenance for this command."""
     from dorl.config import load_config, save_resolved
     from dorl.device import configure_threads
+    from dorl.distributed import current
     from dorl.provenance import package_versions, setup_run_logging, utc_now
     from dorl.seeding import seed_everything
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.run_dir)
-    setup_run_logging(run_dir, args.verbose)
+    rank = current().rank
+    setup_run_logging(run_dir, args.verbose, rank)
     seed_everything(cfg.seed)
     configure_threads(cfg.num_threads)
+    if rank > 0:  # one copy of the run's config and versions, written by rank 0
+        return cfg
     save_resolved(cfg, run_dir, f"config.{stage}.yaml")
     (run_dir / f"versions.{stage}.json").write_text(json.dumps(
         {"created_utc": utc_now(), "command": sys.argv, "versions": package_versions()},
@@ -134,8 +138,12 @@ def _run(args: argparse.Namespace) -> int:
         evaluate_from_config(cfg, manifest_from_config(cfg))
     elif command == "embed":
         from dorl.cae.embed import run_embed
+        from dorl.distributed import shutdown
 
-        path = run_embed(cfg)
+        try:
+            path = run_embed(cfg)
+        finally:
+            shutdown()
         logger.info("features: %s", path)
     elif command == "apply":
         from dorl.cae.apply import apply_run

@@ -55,11 +55,12 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def setup_run_logging(run_dir: str | Path, verbose: bool = False) -> Path:
-    """Send dorl's log records to ``run_dir/dorl.log`` and to the console; return the log path."""
+def setup_run_logging(run_dir: str | Path, verbose: bool = False, rank: int = 0) -> Path:
+    """Send dorl's log records to ``run_dir/dorl.log`` and to the console; return the log path.
+    Rank ``rank`` > 0 of a torchrun group logs to ``dorl.rank<rank>.log`` instead."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / "dorl.log"
+    log_path = run_dir / ("dorl.log" if rank == 0 else f"dorl.rank{rank}.log")
     root = logging.getLogger("dorl")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")

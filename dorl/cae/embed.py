@@ -27,6 +27,7 @@ from dorl.config import ConfigError, resolved_yaml
 from dorl.data.manifest import Manifest
 from dorl.data.taxonomy import label_space
 from dorl.device import get_device
+from dorl.distributed import init_from_env
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import (
     OBS_COLUMNS,
@@ -87,25 +88,36 @@ def finished(cfg, manifest: Manifest) -> bool:
 def run_embed(cfg) -> Path:
     """Run stage 1 and return the path of ``run_dir/features.h5ad``.
 
+    Under ``torchrun`` the ranks share fine-tuning and segmentation (:mod:`dorl.distributed`);
+    rank 0 writes the feature file.
+
     Raises
     ------
     FeatureFileError
         When ``run_dir`` holds a feature file made by another config or dataset.
     """
     out = Path(cfg.run_dir) / FEATURES_FILE
-    manifest = load_data(cfg)
+    group = init_from_env(get_device(cfg.device))
+    # Rank 0 reads (or generates) the data first, so that the other ranks find it on disk.
+    manifest = load_data(cfg) if group.is_main else None
+    group.barrier()
+    if manifest is None:
+        manifest = load_data(cfg)
     if finished(cfg, manifest):
         return out
     from dorl.sam.finetune import finetune_from_config
     from dorl.sam.inference import segment_from_config
 
     t0 = time.perf_counter()
-    adapter_dir = finetune_from_config(cfg, manifest)
+    adapter_dir = finetune_from_config(cfg, manifest, group)
     t1 = time.perf_counter()
-    seg = segment_from_config(cfg, manifest, adapter_dir)
+    seg = segment_from_config(cfg, manifest, adapter_dir, group)
     t2 = time.perf_counter()
-    return embed_segmentation(cfg, manifest, seg,
-                              timings={"sam_finetune": t1 - t0, "segment": t2 - t1})
+    if group.is_main:  # cell features, the autoencoder and the feature file
+        embed_segmentation(cfg, manifest, seg,
+                           timings={"sam_finetune": t1 - t0, "segment": t2 - t1})
+    group.barrier()
+    return out
 
 
 def split_cells(cfg, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:

@@ -29,6 +29,7 @@ from dorl.artifacts import ADAPTER, reusable
 from dorl.atomic import write_text_atomic
 from dorl.data.images import read_cell_mask, read_rgb
 from dorl.data.manifest import Manifest
+from dorl.distributed import ProcessGroup
 from dorl.lr_schedule import warmup_cosine, warmup_steps
 from dorl.sam.augment import augment_batch
 
@@ -125,7 +126,7 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
              warmup_epochs: float, prompt: str, box_fraction: float, out_dir: str | Path,
              ce_weight: float = 0.2,
              dice_weight: float = 0.8, augment=None, val_zooms: tuple[float, ...] = (1.0,),
-             seed: int = 0) -> dict:
+             seed: int = 0, group: ProcessGroup = ProcessGroup()) -> dict:
     """Train the trainable parameters of a LoRA-wrapped SAM and keep the best epoch's adapter.
 
     Parameters
@@ -148,6 +149,10 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
         Zooms the validation images are scored at (:func:`validate`).
     seed : int
         Seeds the augmentation draws.
+    group : ProcessGroup
+        Under torchrun every rank draws the same batches and augmentation, trains on its slice
+        of each batch, and DistributedDataParallel averages the gradients; rank 0 saves the
+        adapter. Every rank validates on the whole validation set, so all keep the same epoch.
 
     Returns
     -------
@@ -160,6 +165,14 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
     if not params:
         raise ValueError("the model has no trainable parameters; call dorl.sam.lora.add_lora first")
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    trained = model
+    if group.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Some trainable parts (the prompt modes not in use, the IoU head) get no gradient.
+        trained = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
     generator = torch.Generator().manual_seed(int(seed))
     steps_per_epoch = max(len(train_loader), 1)
     warmup = warmup_steps(warmup_epochs, steps_per_epoch)
@@ -168,22 +181,28 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
         model.train()
         start, losses = time.perf_counter(), []
         bar = tqdm(train_loader, desc=f"finetune epoch {epoch + 1}/{epochs}", unit="batch",
-                   leave=False)
+                   leave=False, disable=not group.is_main)
         for step, (images, masks) in enumerate(bar):
             if augment is not None:
                 images, masks = augment_batch(images, masks, augment, generator)
             factor = warmup_cosine(epoch * steps_per_epoch + step, epochs * steps_per_epoch,
                                    warmup)
-            for group in optimiser.param_groups:
-                group["lr"] = lr * factor
-            logits = model(images.to(device), prompt, box_fraction)
-            loss = segmentation_loss(logits, masks.to(device), ce_weight, dice_weight)
+            for param_group in optimiser.param_groups:
+                param_group["lr"] = lr * factor
+            images, masks, weight = _rank_slice(images, masks, group)
+            logits = trained(images.to(device), prompt, box_fraction)
+            loss = weight * segmentation_loss(logits, masks.to(device), ce_weight, dice_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+        train_loss = float(np.mean(losses))
+        if group.distributed:  # the mean over every rank's slice, as one process reports it
+            total = torch.tensor([train_loss / group.world_size], dtype=torch.float64)
+            torch.distributed.all_reduce(total)
+            train_loss = float(total)
+        record = {"epoch": epoch + 1, "train_loss": train_loss,
                   "lr": lr * factor}
         if val_loader is not None:
             record.update(validate(model, val_loader, prompt, box_fraction, ce_weight,
@@ -195,10 +214,24 @@ def finetune(model, train_loader, val_loader, *, epochs: int, lr: float, weight_
         score = record.get("val_dice", float(epoch))
         if score > best["best_val_dice"]:
             best = {"best_epoch": epoch + 1, "best_val_dice": score}
-            _save_atomically(model, out_dir)
+            if group.is_main:
+                _save_atomically(model, out_dir)
     if val_loader is None:
         best["best_val_dice"] = None
     return {"history": history, **best}
+
+
+def _rank_slice(images: torch.Tensor, masks: torch.Tensor, group: ProcessGroup
+                ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """This rank's block of a batch and the weight of its loss. A rank whose block is empty (a
+    last batch smaller than the group) trains on the batch's last image with weight 0, so that
+    every rank still joins the gradient exchange."""
+    if not group.distributed:
+        return images, masks, 1.0
+    start, stop = group.block(len(images))
+    if start == stop:
+        return images[-1:], masks[-1:], 0.0
+    return images[start:stop], masks[start:stop], 1.0
 
 
 def _balanced_sample(domains: np.ndarray, rows: np.ndarray, n: int,
@@ -328,8 +361,12 @@ def finetune_signature(cfg, manifest: Manifest, provenance: dict) -> str:
     return ADAPTER.signature(cfg, manifest.signature(), provenance.get("checkpoint_sha256"))
 
 
-def finetune_from_config(cfg, manifest: Manifest) -> Path | None:
+def finetune_from_config(cfg, manifest: Manifest,
+                         group: ProcessGroup = ProcessGroup()) -> Path | None:
     """Fine-tune SAM with LoRA as ``cfg.sam`` says and return the adapter folder.
+
+    Under torchrun (``group``) the ranks train together (:func:`finetune`) and rank 0 writes the
+    adapter; every rank returns once it is on disk.
 
     Returns
     -------
@@ -379,11 +416,13 @@ def finetune_from_config(cfg, manifest: Manifest) -> Path | None:
                       box_fraction=float(cfg.sam.box_fraction), out_dir=out_dir,
                       ce_weight=float(ft.ce_weight), dice_weight=float(ft.dice_weight),
                       augment=augment, val_zooms=tuple(float(z) for z in ft.val_zooms),
-                      seed=int(cfg.seed))
+                      seed=int(cfg.seed), group=group)
     result.update({"n_train": n_train, "n_val": n_val, "sources": data["sources"],
                    "provenance": provenance})
-    write_text_atomic(out_dir / LOG_FILE, json.dumps(result, indent=2, default=str))
-    write_text_atomic(sig_file, json.dumps({"signature": signature}))
+    if group.is_main:
+        write_text_atomic(out_dir / LOG_FILE, json.dumps(result, indent=2, default=str))
+        write_text_atomic(sig_file, json.dumps({"signature": signature}))
+    group.barrier()
     logger.info("adapter from epoch %s (val Dice %s) in %s", result["best_epoch"],
                 result["best_val_dice"], out_dir)
     return out_dir

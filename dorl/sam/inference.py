@@ -21,10 +21,17 @@ from dorl.artifacts import SEGMENTATION
 from dorl.data.images import read_rgb
 from dorl.data.manifest import Manifest
 from dorl.device import get_device, resolve_bf16
+from dorl.distributed import ProcessGroup
 from dorl.provenance import sha256_file, signature_of
 from dorl.resize import resize_image
 from dorl.sam.masks import centre_box, clean_mask, is_usable, mask_box, masked_crop
-from dorl.sam.segmentation import Segmentation, SegmentationWriter
+from dorl.sam.segmentation import (
+    Segmentation,
+    SegmentationWriter,
+    join_parts,
+    part_path,
+    store_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +197,21 @@ def load_model(cfg, adapter_dir: Path | None):
     return model.to(get_device(cfg.device)).eval(), provenance
 
 
-def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None) -> Segmentation:
+def _segment_rows(model, manifest: Manifest, offset: int, writer: SegmentationWriter,
+                  settings: SegmentSettings, progress: bool) -> None:
+    """Segment manifest rows ``offset + writer.done`` to ``offset + writer.n_rows`` into
+    ``writer``, :data:`READ_CHUNK` images at a time."""
+    with tqdm(total=writer.n_rows, initial=writer.done, desc="segment", unit="img",
+              disable=not progress) as bar:
+        for start in range(writer.done, writer.n_rows, READ_CHUNK):
+            stop = min(start + READ_CHUNK, writer.n_rows)
+            images = [read_rgb(manifest.image_path(offset + i)) for i in range(start, stop)]
+            writer.write(start, segment_images(model, images, settings, progress=False))
+            bar.update(stop - start)
+
+
+def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None,
+                        group: ProcessGroup = ProcessGroup()) -> Segmentation:
     """Segment every manifest row into ``run_dir/segmentation.h5``, chunk by chunk; a store of
     the same signature is reused when complete and resumed when interrupted.
 
@@ -200,6 +221,9 @@ def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None) -> Se
     manifest : Manifest
     adapter_dir : Path or None
         A LoRA adapter from :func:`dorl.sam.finetune.finetune_from_config`; None = zero-shot.
+    group : ProcessGroup
+        Under torchrun, each rank segments its own block of rows into its own part of the store
+        (resumed like the store itself), and rank 0 joins the parts.
 
     Returns
     -------
@@ -209,28 +233,40 @@ def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None) -> Se
     out = Path(cfg.run_dir) / SEGMENTATION_FILE
     model, provenance = load_model(cfg, adapter_dir)
     signature = segmentation_signature(cfg, manifest, provenance, adapter_dir)
-    writer = SegmentationWriter(out, len(manifest), signature)
-    if writer.complete:
+    writer = SegmentationWriter(out, len(manifest), signature) if group.is_main else None
+    group.barrier()
+    done, complete = store_state(out, signature)
+    if complete:
         return Segmentation.load(out)
     settings = SegmentSettings.from_config(cfg)
-    with tqdm(total=len(manifest), initial=writer.done, desc="segment", unit="img") as bar:
-        for start in range(writer.done, len(manifest), READ_CHUNK):
-            stop = min(start + READ_CHUNK, len(manifest))
-            images = [read_rgb(manifest.image_path(i)) for i in range(start, stop)]
-            writer.write(start, segment_images(model, images, settings, progress=False))
-            bar.update(stop - start)
-    with h5py.File(out, "r") as f:  # only the small per-cell flags, not the crops
-        fallback = f["fallback"][()]
-    domains = manifest.table["domain"].to_numpy()
-    per_domain = {d: int(fallback[domains == d].sum()) for d in manifest.domains}
-    for domain, count in per_domain.items():
-        level = logging.WARNING if count > 0.2 * (domains == domain).sum() else logging.INFO
-        logger.log(level, "domain %s: %d of %d cells fell back to a centre crop", domain, count,
-                   int((domains == domain).sum()))
-    writer.finish({**provenance, "adapter": None if adapter_dir is None else str(adapter_dir),
-                   "adapter_hash": adapter_hash(adapter_dir), "prompt": settings.prompt,
-                   "box_fraction": settings.box_fraction, "crop_size": settings.crop_size,
-                   "bf16": settings.bf16, "fallback_per_domain": per_domain,
-                   "signature": signature})
-    logger.info("segmentation of %d cells written to %s", len(manifest), out)
+    meta = {**provenance, "adapter": None if adapter_dir is None else str(adapter_dir),
+            "adapter_hash": adapter_hash(adapter_dir), "prompt": settings.prompt,
+            "box_fraction": settings.box_fraction, "crop_size": settings.crop_size,
+            "bf16": settings.bf16, "signature": signature}
+    if group.distributed and done < len(manifest):
+        # Blocks fall on batch edges (READ_CHUNK is a multiple of the batch size): every batch
+        # holds the rows it holds in one process.
+        start, stop = group.block(len(manifest), align=settings.batch_size)
+        part = SegmentationWriter(part_path(out, group.rank, group.world_size), stop - start,
+                                  f"{signature}/rows {start}:{stop}")
+        _segment_rows(model, manifest, start, part, settings, progress=group.is_main)
+        part.finish(meta)
+        group.barrier()
+        if group.is_main:
+            join_parts(writer, [part_path(out, r, group.world_size)
+                                for r in range(group.world_size)])
+    elif not group.distributed:
+        _segment_rows(model, manifest, 0, writer, settings, progress=True)
+    if group.is_main:
+        with h5py.File(out, "r") as f:  # only the small per-cell flags, not the crops
+            fallback = f["fallback"][()]
+        domains = manifest.table["domain"].to_numpy()
+        per_domain = {d: int(fallback[domains == d].sum()) for d in manifest.domains}
+        for domain, count in per_domain.items():
+            level = logging.WARNING if count > 0.2 * (domains == domain).sum() else logging.INFO
+            logger.log(level, "domain %s: %d of %d cells fell back to a centre crop", domain,
+                       count, int((domains == domain).sum()))
+        writer.finish({**meta, "fallback_per_domain": per_domain})
+        logger.info("segmentation of %d cells written to %s", len(manifest), out)
+    group.barrier()
     return Segmentation.load(out)

@@ -167,3 +167,44 @@ class SegmentationWriter:
             f.attrs["meta_json"] = json.dumps(meta, default=str)
             f.attrs["complete"] = True
         self.complete = True
+
+
+def store_state(path: str | Path, signature: str) -> tuple[int, bool]:
+    """``(done, complete)`` of the store at ``path`` if it was made with ``signature``, else
+    ``(0, False)``. Read-only: any rank may ask."""
+    try:
+        with h5py.File(path, "r") as f:
+            if str(f.attrs.get("signature", "")) != str(signature):
+                return 0, False
+            return int(f.attrs.get("done", 0)), bool(f.attrs.get("complete", False))
+    except (OSError, KeyError, ValueError):
+        return 0, False
+
+
+def part_path(path: str | Path, rank: int, world_size: int) -> Path:
+    """Where rank ``rank`` of ``world_size`` writes its block of the store at ``path``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.part{rank}of{world_size}{path.suffix}")
+
+
+def join_parts(writer: SegmentationWriter, parts: list[Path], chunk: int = 256) -> None:
+    """Copy the finished part stores ``parts`` (in row order) into ``writer``, ``chunk`` rows at
+    a time, then delete them. Parts already copied (``writer.done`` covers them) are skipped, so
+    an interrupted join resumes."""
+    offset = 0
+    for path in parts:
+        with h5py.File(path, "r") as f:
+            if not f.attrs.get("complete", False):
+                raise ValueError(f"{path}: part of the segmentation store is incomplete")
+            n = int(f.attrs["n_rows"])
+            names = list(f["features"]) if "features" in f else []
+            for start in range(max(writer.done - offset, 0), n, chunk):
+                stop = min(start + chunk, n)
+                rows = Segmentation(*(f[k][start:stop] for k in _ARRAYS),
+                                    {k: f["features"][k][start:stop] for k in names})
+                writer.write(offset + start, rows)
+        offset += n
+    if writer.done != writer.n_rows:
+        raise ValueError(f"{writer.path}: the parts hold {writer.done} of {writer.n_rows} rows")
+    for path in parts:
+        path.unlink()

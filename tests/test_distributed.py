@@ -1,0 +1,96 @@
+"""torchrun runs: row blocks per rank, the segmentation store's parts, and a 2-process embed
+(gloo on this CPU) against the single-process one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pytest
+
+from dorl.distributed import ProcessGroup
+from dorl.sam.segmentation import Segmentation, SegmentationWriter, join_parts, part_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("n,world,align", [(72, 2, 16), (100, 3, 16), (5, 4, 1), (10, 2, 128)])
+def test_blocks_cover_every_row_once_on_aligned_edges(n, world, align):
+    blocks = [ProcessGroup(r, world).block(n, align) for r in range(world)]
+    assert blocks[0][0] == 0 and blocks[-1][1] == n
+    for (_, stop), (start, _) in zip(blocks, blocks[1:]):
+        assert stop == start and start % align == 0
+
+
+def _rows(n, offset=0):
+    rng = np.random.default_rng(offset)
+    return Segmentation(rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8),
+                        rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8),
+                        rng.random((n, 16, 16)) > 0.5, rng.random((n, 4)).astype(np.float32),
+                        rng.random(n) > 0.8, {"sam_pooled": rng.random((n, 5)).astype(np.float32)})
+
+
+def test_parts_join_into_the_store_in_row_order_and_are_removed(tmp_path):
+    out = tmp_path / "segmentation.h5"
+    blocks = [_rows(7, 1), _rows(5, 2)]
+    for rank, rows in enumerate(blocks):
+        part = SegmentationWriter(part_path(out, rank, 2), len(rows), f"sig/{rank}")
+        part.write(0, rows)
+        part.finish({})
+    writer = SegmentationWriter(out, 12, "sig")
+    join_parts(writer, [part_path(out, r, 2) for r in range(2)], chunk=3)
+    writer.finish({"signature": "sig"})
+    joined = Segmentation.load(out)
+    np.testing.assert_array_equal(joined.masks, np.concatenate([b.masks for b in blocks]))
+    np.testing.assert_array_equal(joined.features["sam_pooled"],
+                                  np.concatenate([b.features["sam_pooled"] for b in blocks]))
+    assert not any(part_path(out, r, 2).exists() for r in range(2))
+
+
+def test_an_incomplete_part_is_never_joined(tmp_path):
+    out = tmp_path / "segmentation.h5"
+    part = SegmentationWriter(part_path(out, 0, 1), 4, "sig/0")
+    part.write(0, _rows(2))
+    with pytest.raises(ValueError, match="incomplete"):
+        join_parts(SegmentationWriter(out, 4, "sig"), [part_path(out, 0, 1)])
+
+
+def _embed(tmp_path, run, nproc):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"""\
+data: {{root: {tmp_path / 'data'}, synth: {{n_per_domain: 16, image_size: 64}}}}
+sam:
+  backbone: tiny
+  image_size: 64
+  finetune: {{epochs: 1, batch_size: 8, max_images: 16}}
+  infer: {{batch_size: 8, crop_size: 32}}
+features: {{crop_size: 32, adabn_cells: 16}}
+""")
+    dorl = [sys.executable, "-m", "dorl", "embed", "-c", str(REPO / "configs" / "default.yaml"),
+            "-c", str(cfg), f"run_dir={tmp_path / run}"]
+    if nproc > 1:
+        dorl = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_port", "29517", *dorl[1:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(dorl, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp_path / run
+
+
+def test_two_processes_segment_like_one(tmp_path):
+    one, two = _embed(tmp_path, "one", 1), _embed(tmp_path, "two", 2)
+    with h5py.File(one / "segmentation.h5") as a, h5py.File(two / "segmentation.h5") as b:
+        for name in ("masks", "boxes", "fallback", "crops"):
+            np.testing.assert_array_equal(a[name][()], b[name][()])
+        np.testing.assert_allclose(a["features/sam_pooled"][()], b["features/sam_pooled"][()],
+                                   rtol=1e-4, atol=1e-4)
+    assert not list(two.glob("segmentation.part*"))
+    assert (two / "dorl.rank1.log").is_file()
+    x1, x2 = ad.read_h5ad(one / "features.h5ad"), ad.read_h5ad(two / "features.h5ad")
+    np.testing.assert_allclose(x1.X, x2.X, atol=1e-3)
