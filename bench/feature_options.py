@@ -29,9 +29,9 @@ from sklearn.model_selection import StratifiedKFold
 
 from dorl.classify.registry import build_classifier
 from dorl.domain_scaler import DomainStandardScaler
-from dorl.features.encode import FeatureSettings, encode_normalised
+from dorl.features.encode import FeatureSettings, domain_sample, encode_normalised
 from dorl.features.stain import normalise_crops
-from dorl.features.view_invariance import ViewInvariantProjection, two_views, view_rows
+from dorl.features.view_invariance import ViewInvariantProjection, two_views
 from dorl.sam.augment import simulate_lab
 
 logger = logging.getLogger("bench_realdata")
@@ -148,7 +148,7 @@ def option_features(name: str, crops: np.ndarray, masks: np.ndarray, domains: np
     seconds += encode_s
     if option.view_invariance:
         t0 = time.perf_counter()
-        rows = view_rows(domains, VIEW_CELLS_PER_DOMAIN)
+        rows = domain_sample(domains, VIEW_CELLS_PER_DOMAIN)
         diffs = []
         for v, view in enumerate(two_views(crops[rows], masks[rows], VIEW_AUGMENT, seed)):
             view_norm = normalise_crops(view, masks[rows], domains[rows], option.stain,

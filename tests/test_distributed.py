@@ -94,3 +94,18 @@ def test_two_processes_segment_like_one(tmp_path):
     assert (two / "dorl.rank1.log").is_file()
     x1, x2 = ad.read_h5ad(one / "features.h5ad"), ad.read_h5ad(two / "features.h5ad")
     np.testing.assert_allclose(x1.X, x2.X, atol=1e-3)
+
+
+def test_lazy_store_reads_the_rows_asked_for_in_their_order(tmp_path):
+    rows = _rows(6, 3)
+    rows.meta = {"signature": "sig"}
+    path = rows.save(tmp_path / "segmentation.h5")
+    lazy = Segmentation.load(path, lazy=True)
+    assert len(lazy) == 6 and lazy.masks.shape == rows.masks.shape
+    np.testing.assert_array_equal(lazy.masks[4], rows.masks[4])
+    np.testing.assert_array_equal(lazy.crops[1:3], rows.crops[1:3])
+    np.testing.assert_array_equal(lazy.masks[[5, 0, 5]], rows.masks[[5, 0, 5]])
+    pick = np.array([True, False, True, False, False, True])
+    np.testing.assert_array_equal(lazy.raw_crops[pick], rows.raw_crops[pick])
+    np.testing.assert_array_equal(np.asarray(lazy.crops, dtype=np.uint8), rows.crops)
+    np.testing.assert_array_equal(lazy.boxes, rows.boxes)

@@ -204,3 +204,24 @@ def test_litemedsam_crop_encoder_keeps_batchnorm_for_adabn():
     crops, _ = disc_crops(n=4, size=48)
     feats = encode_crops(encoder, 48, crops, np.repeat(["a", "b"], 2), 500, 2, False)
     assert feats.shape == (4, 320) and np.isfinite(feats).all()
+
+
+def test_chunked_features_equal_one_chunk(tmp_path, monkeypatch):
+    from dorl.features import encode
+
+    (tmp_path / "discs").mkdir()
+    manifest = write_disc_manifest(tmp_path / "discs", n=10)
+    rng = np.random.default_rng(0)
+    n = len(manifest)
+    masks = np.zeros((n, 32, 32), bool)
+    masks[:, 8:24, 8:24] = True
+    seg = Segmentation(np.zeros((n, 8, 8, 3), np.uint8), np.zeros((n, 8, 8, 3), np.uint8), masks,
+                       np.tile(np.array([8, 8, 24, 24], np.float32), (n, 1)),
+                       rng.random(n) > 0.8, {})
+    settings = FeatureSettings(("efficientnet_lite0",), 32, "reinhard", (), True, 6, 4, False, 64)
+    whole, _ = encode.stream_cell_features(manifest, seg, settings, 0)
+    monkeypatch.setattr(encode, "FEATURE_CHUNK", 3)
+    chunked, meta = encode.stream_cell_features(manifest, seg, settings, 0)
+    np.testing.assert_allclose(chunked["efficientnet_lite0"], whole["efficientnet_lite0"],
+                               rtol=1e-5, atol=1e-6)
+    assert set(meta["timings_s"]) == {"crops", "stain", "efficientnet_lite0"}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dorl.features.efficientnet import build_efficientnet_lite
-from dorl.features.encode import dihedral_views, encode_crops
-from dorl.features.view_invariance import ViewInvariantProjection, two_views, view_rows
+from dorl.features.encode import dihedral_views, domain_sample, encode_crops
+from dorl.features.view_invariance import ViewInvariantProjection, two_views
 from tests.test_features import disc_crops
 
 AUGMENT = dict(hue=0.08, saturation=0.25, brightness=0.15, blur_prob=0.3, scale=(0.8, 1.25),
@@ -55,9 +55,9 @@ def test_two_views_differ_from_each_other_and_repeat_with_the_seed():
     np.testing.assert_array_equal(b, b2)
 
 
-def test_view_rows_spread_over_each_domain():
+def test_domain_sample_spreads_over_each_domain():
     domains = np.array(["a"] * 10 + ["b"] * 3)
-    rows = view_rows(domains, 4)
+    rows = domain_sample(domains, 4)
     assert list(rows[:4]) == [0, 3, 6, 9] and list(rows[4:]) == [10, 11, 12]
 
 

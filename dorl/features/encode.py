@@ -31,7 +31,7 @@ from dorl.data.manifest import Manifest
 from dorl.device import get_device, resolve_bf16
 from dorl.features.adabn import recalibrate_batchnorm
 from dorl.features.stain import METHODS as STAIN_METHODS
-from dorl.features.stain import normalise_crops
+from dorl.features.stain import apply_stain, stain_reference
 from dorl.resize import resize_image, resize_mask
 from dorl.sam.masks import masked_crop
 from dorl.sam.segmentation import Segmentation
@@ -40,13 +40,15 @@ logger = logging.getLogger(__name__)
 
 FEATURES_FILE = "cell_features.npz"
 ENCODERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "litemedsam")
+#: Cells cut, normalised and encoded at a time (bounds memory on large datasets).
+FEATURE_CHUNK = 256
 #: ``features.tta``: how many of the dihedral views of a crop are averaged (1: the crop itself).
 TTA_VIEWS = (1, 4, 8)
 
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    """What :func:`cell_features` needs, unpacked once from ``cfg.features``."""
+    """What :func:`stream_cell_features` needs, unpacked once from ``cfg.features``."""
 
     encoders: tuple[str, ...]
     crop_size: int
@@ -112,14 +114,19 @@ def cell_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray, seg_s
     return crop, crop_mask
 
 
-def cell_crops(manifest: Manifest, seg: Segmentation, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`cell_crop` of every manifest row: crops (n, size, size, 3), masks (n, size, size)."""
-    n, seg_size = len(manifest), seg.masks.shape[1]
-    crops = np.empty((n, size, size, 3), np.uint8)
-    masks = np.empty((n, size, size), bool)
-    for i in tqdm(range(n), desc="cell crops", unit="img"):
-        mask = None if seg.fallback[i] else np.asarray(seg.masks[i], bool)
-        crops[i], masks[i] = cell_crop(read_rgb(manifest.image_path(i)), mask, seg.boxes[i],
+def cell_crops(manifest: Manifest, seg: Segmentation, size: int,
+               rows: np.ndarray | None = None, progress: bool = True
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cell_crop` of the manifest ``rows`` (default: all): crops (n, size, size, 3),
+    masks (n, size, size)."""
+    rows = np.arange(len(manifest)) if rows is None else np.asarray(rows, int)
+    seg_size = seg.masks.shape[1]
+    crops = np.empty((len(rows), size, size, 3), np.uint8)
+    masks = np.empty((len(rows), size, size), bool)
+    seg_masks = np.asarray(seg.masks[rows], bool)  # one read of the rows' masks
+    for k, i in enumerate(tqdm(rows, desc="cell crops", unit="img", disable=not progress)):
+        mask = None if seg.fallback[i] else seg_masks[k]
+        crops[k], masks[k] = cell_crop(read_rgb(manifest.image_path(i)), mask, seg.boxes[i],
                                        seg_size, size)
     return crops, masks
 
@@ -207,33 +214,6 @@ def encode_crops(model: nn.Module, side: int, crops: np.ndarray, domains: np.nda
     return out
 
 
-def cell_features(crops: np.ndarray, masks: np.ndarray, domains: np.ndarray,
-                  settings: FeatureSettings, seed: int) -> tuple[dict[str, np.ndarray], dict]:
-    """Normalise the cell crops' colours and encode them with every configured encoder.
-
-    Parameters
-    ----------
-    crops : uint8 ndarray of shape (n, s, s, 3)
-    masks : bool ndarray of shape (n, s, s)
-    domains : ndarray of shape (n,)
-    settings : FeatureSettings
-    seed : int
-
-    Returns
-    -------
-    features : dict of str -> float32 ndarray of shape (n, d_encoder)
-    meta : dict
-        The stain reference, seconds and images/s of each step.
-    """
-    t0 = time.perf_counter()
-    normalised, reference = normalise_crops(crops, masks, domains, settings.stain,
-                                            list(settings.stain_reference_domains), seed)
-    features, timings = encode_normalised(normalised, domains, settings)
-    meta = {"stain": settings.stain, "stain_reference": reference,
-            "timings_s": {"stain": time.perf_counter() - t0 - sum(timings.values()), **timings}}
-    return features, meta
-
-
 def encode_normalised(normalised: np.ndarray, domains: np.ndarray, settings: FeatureSettings
                       ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every configured encoder's features of colour-normalised crops (n, s, s, 3) uint8, and
@@ -254,9 +234,92 @@ def encode_normalised(normalised: np.ndarray, domains: np.ndarray, settings: Fea
     return features, timings
 
 
+def domain_sample(domains: np.ndarray, per_domain: int) -> np.ndarray:
+    """Up to ``per_domain`` rows of each domain, spread evenly over its rows (sorted): the cells
+    the stain reference and the AdaBN statistics are estimated on."""
+    picks = []
+    for domain in np.unique(domains):
+        rows = np.flatnonzero(domains == domain)
+        picks.append(rows[np.linspace(0, len(rows) - 1, min(len(rows), per_domain)).astype(int)])
+    return np.sort(np.concatenate(picks)) if picks else np.array([], int)
+
+
+def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: FeatureSettings,
+                         seed: int) -> tuple[dict[str, np.ndarray], dict]:
+    """Every configured encoder's features of every manifest row, :data:`FEATURE_CHUNK` cells at
+    a time, so that memory holds a chunk of crops, not all of them.
+
+    The stain reference and each domain's BatchNorm statistics (AdaBN) are estimated first on
+    :func:`domain_sample` (``features.adabn_cells`` cells per domain); then each domain's cells
+    are cut, normalised and encoded chunk by chunk.
+
+    Returns
+    -------
+    features : dict of str -> float32 ndarray of shape (n, d_encoder)
+    meta : dict
+        The stain reference, seconds and images/s of each step.
+    """
+    domains = manifest.table["domain"].astype(str).to_numpy()
+    timings = {"crops": 0.0, "stain": 0.0, **{name: 0.0 for name in settings.encoders}}
+    t0 = time.perf_counter()
+    sample = domain_sample(domains, settings.adabn_cells)
+    sample_crops, sample_masks = cell_crops(manifest, seg, settings.crop_size, sample,
+                                            progress=False)
+    timings["crops"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reference = stain_reference(sample_crops, sample_masks, domains[sample], settings.stain,
+                                list(settings.stain_reference_domains), seed)
+    sample_crops = apply_stain(sample_crops, sample_masks, domains[sample], reference)
+    timings["stain"] += time.perf_counter() - t0
+    models = {}
+    for name in settings.encoders:
+        model, side = build_encoder(name, settings.sam_image_size)
+        models[name] = (model.to(settings.device), side)
+    device = torch.device(settings.device)
+    features: dict[str, np.ndarray] = {}
+    bar = tqdm(total=len(manifest), desc="cell features", unit="img")
+    for domain in np.unique(domains):
+        if settings.adabn:
+            picks = sample[domains[sample] == domain]
+            own = sample_crops[np.searchsorted(sample, picks)]
+            for name, (model, side) in models.items():
+                t0 = time.perf_counter()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+                    recalibrate_batchnorm(model, _batches(own, side, settings.batch_size,
+                                                          device))
+                timings[name] += time.perf_counter() - t0
+        rows = np.flatnonzero(domains == domain)
+        for start in range(0, len(rows), FEATURE_CHUNK):
+            chunk = rows[start:start + FEATURE_CHUNK]
+            t0 = time.perf_counter()
+            crops, masks = cell_crops(manifest, seg, settings.crop_size, chunk, progress=False)
+            t1 = time.perf_counter()
+            crops = apply_stain(crops, masks, domains[chunk], reference)
+            t2 = time.perf_counter()
+            timings["crops"] += t1 - t0
+            timings["stain"] += t2 - t1
+            for name, (model, side) in models.items():
+                t0 = time.perf_counter()
+                feats = encode_crops(model, side, crops, domains[chunk], 0, settings.batch_size,
+                                     settings.bf16, settings.tta)
+                if name not in features:
+                    features[name] = np.empty((len(manifest), feats.shape[1]), np.float32)
+                features[name][chunk] = feats
+                timings[name] += time.perf_counter() - t0
+            bar.update(len(chunk))
+    bar.close()
+    for name in settings.encoders:
+        logger.info("%s features of %d cells (%s, AdaBN %s, %d views): %.1f s, %.1f img/s",
+                    name, len(manifest), settings.stain, settings.adabn, settings.tta,
+                    timings[name], len(manifest) / max(timings[name], 1e-9))
+    return features, {"stain": settings.stain, "stain_reference": reference.provenance(),
+                      "timings_s": timings}
+
+
 def features_from_config(cfg, manifest: Manifest, seg: Segmentation
                          ) -> tuple[dict[str, np.ndarray], dict]:
-    """Cell features of every manifest row and their provenance (see :func:`cell_features`),
+    """Cell features of every manifest row and their provenance (see
+    :func:`stream_cell_features`),
     reusing ``run_dir/cell_features.npz`` when it was made from the same segmentation and
     settings. Empty when ``features.encoders`` is empty."""
     settings = FeatureSettings.from_config(cfg)
@@ -269,9 +332,7 @@ def features_from_config(cfg, manifest: Manifest, seg: Segmentation
             if reusable(CELL_FEATURES, out, str(cached["signature"]), signature):
                 return ({k: cached[k] for k in settings.encoders},
                         json.loads(str(cached["meta"])))
-    crops, masks = cell_crops(manifest, seg, settings.crop_size)
-    domains = manifest.table["domain"].astype(str).to_numpy()
-    features, meta = cell_features(crops, masks, domains, settings, int(cfg.seed))
+    features, meta = stream_cell_features(manifest, seg, settings, int(cfg.seed))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, signature=np.array(signature), meta=np.array(json.dumps(meta)), **features)

@@ -108,21 +108,79 @@ def macenko(crop: np.ndarray, mask: np.ndarray, own: StainBasis,
     return np.where(mask[..., None], out, crop)
 
 
+@dataclass(frozen=True)
+class StainReference:
+    """What :func:`apply_stain` needs besides the crops: the method, the reference colours and,
+    for ``macenko``, each domain's own stain basis."""
+
+    method: str
+    lab: np.ndarray | None = None
+    basis: StainBasis | None = None
+    domain_bases: dict | None = None
+
+    def provenance(self) -> dict:
+        """The reference statistics, for the feature file."""
+        if self.method == "reinhard":
+            return {"lab_mean": self.lab[0].tolist(), "lab_std": self.lab[1].tolist()}
+        if self.method == "macenko":
+            return {"stain_vectors": self.basis.vectors.tolist(),
+                    "max_concentrations": self.basis.max_conc.tolist()}
+        return {}
+
+
+def stain_reference(crops: np.ndarray, masks: np.ndarray, domains: np.ndarray, method: str,
+                    reference_domains: list[str], seed: int) -> StainReference:
+    """Estimate the reference colours of ``method`` (and each domain's stains) from a sample of
+    crops (n, H, W, 3) with their masks (n, H, W) and domains (n,).
+
+    ``reference_domains``: the domains whose cells define the target colours; empty means every
+    domain, each weighing the same. No label is used. ``seed`` seeds the pixel sample of the
+    stain estimate.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown stain normalisation {method!r}; known: {list(METHODS)}")
+    if method in ("none", "grey"):
+        return StainReference(method)
+    names = np.unique(domains)
+    ref_names = [d for d in names if not reference_domains or d in reference_domains]
+    if not ref_names:
+        raise ValueError(f"features.stain_reference_domains {reference_domains} names none of "
+                         f"the domains {list(names)}")
+    if method == "reinhard":
+        stats = np.stack([lab_stats(c, m) for c, m in zip(crops, masks)])
+        return StainReference(method, lab=np.mean([stats[domains == d].mean(axis=0)
+                                                   for d in ref_names], axis=0))
+    rng = np.random.default_rng(seed)
+    bases = {d: estimate_stains(masked_od(crops[domains == d], masks[domains == d], rng))
+             for d in names}
+    basis = StainBasis(np.mean([bases[d].vectors for d in ref_names], axis=0),
+                       np.mean([bases[d].max_conc for d in ref_names], axis=0))
+    return StainReference(method, basis=basis, domain_bases=bases)
+
+
+def apply_stain(crops: np.ndarray, masks: np.ndarray, domains: np.ndarray,
+                reference: StainReference) -> np.ndarray:
+    """Normalise each crop (n, H, W, 3) to ``reference``, cell by cell; same shape and dtype."""
+    if reference.method == "none":
+        return crops
+    if reference.method == "grey":
+        return np.stack([grey(c) for c in crops]) if len(crops) else crops.copy()
+    out = np.empty_like(crops)
+    for i in range(len(crops)):
+        if reference.method == "reinhard":
+            out[i] = reinhard(crops[i], masks[i], reference.lab)
+        else:
+            own = reference.domain_bases.get(domains[i])
+            if own is None:
+                raise ValueError(f"domain {domains[i]!r} has no stain estimate")
+            out[i] = macenko(crops[i], masks[i], own, reference.basis)
+    return out
+
+
 def normalise_crops(crops: np.ndarray, masks: np.ndarray, domains: np.ndarray, method: str,
                     reference_domains: list[str], seed: int) -> tuple[np.ndarray, dict]:
-    """Normalise every crop with ``method``; the reference comes from ``reference_domains``.
-
-    Parameters
-    ----------
-    crops : uint8 ndarray of shape (n, H, W, 3)
-    masks : bool ndarray of shape (n, H, W)
-    domains : ndarray of shape (n,)
-    method : one of :data:`METHODS`
-    reference_domains : list of str
-        Domains whose cells define the target colours; empty means every domain, each weighing
-        the same. No label is used.
-    seed : int
-        Seeds the pixel sample of the stain estimate.
+    """Normalise every crop with ``method``, the reference estimated from these crops
+    (:func:`stain_reference`, then :func:`apply_stain`).
 
     Returns
     -------
@@ -130,30 +188,5 @@ def normalise_crops(crops: np.ndarray, masks: np.ndarray, domains: np.ndarray, m
     reference : dict
         The reference statistics, for provenance.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown stain normalisation {method!r}; known: {list(METHODS)}")
-    if method == "none":
-        return crops, {}
-    if method == "grey":
-        return np.stack([grey(c) for c in crops]), {}
-    names = np.unique(domains)
-    ref_names = [d for d in names if not reference_domains or d in reference_domains]
-    if not ref_names:
-        raise ValueError(f"features.stain_reference_domains {reference_domains} names none of "
-                         f"the domains {list(names)}")
-    out = np.empty_like(crops)
-    if method == "reinhard":
-        stats = np.stack([lab_stats(c, m) for c, m in zip(crops, masks)])
-        reference = np.mean([stats[domains == d].mean(axis=0) for d in ref_names], axis=0)
-        for i in range(len(crops)):
-            out[i] = reinhard(crops[i], masks[i], reference)
-        return out, {"lab_mean": reference[0].tolist(), "lab_std": reference[1].tolist()}
-    rng = np.random.default_rng(seed)
-    bases = {d: estimate_stains(masked_od(crops[domains == d], masks[domains == d], rng))
-             for d in names}
-    reference = StainBasis(np.mean([bases[d].vectors for d in ref_names], axis=0),
-                           np.mean([bases[d].max_conc for d in ref_names], axis=0))
-    for i in range(len(crops)):
-        out[i] = macenko(crops[i], masks[i], bases[domains[i]], reference)
-    return out, {"stain_vectors": reference.vectors.tolist(),
-                 "max_concentrations": reference.max_conc.tolist()}
+    reference = stain_reference(crops, masks, domains, method, reference_domains, seed)
+    return apply_stain(crops, masks, domains, reference), reference.provenance()

@@ -93,13 +93,3 @@ def two_views(crops: np.ndarray, masks: np.ndarray, augment: dict, seed: int,
             parts.append(augment_batch(image, mask, augment, generator)[0].numpy())
         views.append(np.concatenate(parts) if parts else crops[:0].copy())
     return views[0], views[1]
-
-
-def view_rows(domains: np.ndarray, per_domain: int) -> np.ndarray:
-    """Up to ``per_domain`` rows of each domain, spread evenly over its rows (sorted)."""
-    picks = []
-    for domain in np.unique(domains):
-        rows = np.flatnonzero(domains == domain)
-        take = np.linspace(0, len(rows) - 1, min(len(rows), per_domain)).astype(int)
-        picks.append(rows[np.unique(take)])
-    return np.sort(np.concatenate(picks)) if picks else np.array([], int)

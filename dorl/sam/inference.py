@@ -237,7 +237,7 @@ def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None,
     group.barrier()
     done, complete = store_state(out, signature)
     if complete:
-        return Segmentation.load(out)
+        return Segmentation.load(out, lazy=True)
     settings = SegmentSettings.from_config(cfg)
     meta = {**provenance, "adapter": None if adapter_dir is None else str(adapter_dir),
             "adapter_hash": adapter_hash(adapter_dir), "prompt": settings.prompt,
@@ -269,4 +269,4 @@ def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None,
         writer.finish({**meta, "fallback_per_domain": per_domain})
         logger.info("segmentation of %d cells written to %s", len(manifest), out)
     group.barrier()
-    return Segmentation.load(out)
+    return Segmentation.load(out, lazy=True)
