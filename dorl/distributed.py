@@ -91,13 +91,6 @@ def init_from_env(device: torch.device) -> ProcessGroup:
     return group
 
 
-def rank_device(device: torch.device, group: ProcessGroup) -> torch.device:
-    """The device this rank uses: its own GPU of ``device``'s type, else ``device``."""
-    if device.type == "cuda" and group.distributed:
-        return torch.device("cuda", group.local_rank)
-    return device
-
-
 def shutdown() -> None:
     """Leave the process group, if one was joined."""
     if dist.is_available() and dist.is_initialized():

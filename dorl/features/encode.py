@@ -175,6 +175,14 @@ def _batches(crops: np.ndarray, side: int, batch_size: int, device: torch.device
         yield x
 
 
+def recalibrate_on_crops(model: nn.Module, side: int, crops: np.ndarray, batch_size: int,
+                         bf16: bool) -> None:
+    """AdaBN: re-estimate ``model``'s BatchNorm statistics on ``crops`` (n, s, s, 3) uint8."""
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        recalibrate_batchnorm(model, _batches(crops, side, batch_size, device))
+
+
 def dihedral_views(x: torch.Tensor, n_views: int) -> list[torch.Tensor]:
     """The first ``n_views`` of (B, C, H, W): rotations by 0/90/180/270 degrees, then the same
     of the mirror image. A cell has no orientation, so its features should not have one."""
@@ -201,9 +209,7 @@ def encode_crops(model: nn.Module, side: int, crops: np.ndarray, domains: np.nda
         rows = np.flatnonzero(domains == domain)
         if adabn_cells > 0:
             picks = np.linspace(0, len(rows) - 1, min(len(rows), adabn_cells)).astype(int)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                recalibrate_batchnorm(model, _batches(crops[rows[picks]], side, batch_size,
-                                                      device))
+            recalibrate_on_crops(model, side, crops[rows[picks]], batch_size, bf16)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             feats = torch.cat([torch.stack([model(v).float() for v in dihedral_views(x, tta)])
                                .mean(0).cpu()
@@ -275,18 +281,14 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
     for name in settings.encoders:
         model, side = build_encoder(name, settings.sam_image_size)
         models[name] = (model.to(settings.device), side)
-    device = torch.device(settings.device)
     features: dict[str, np.ndarray] = {}
     bar = tqdm(total=len(manifest), desc="cell features", unit="img")
     for domain in np.unique(domains):
         if settings.adabn:
-            picks = sample[domains[sample] == domain]
-            own = sample_crops[np.searchsorted(sample, picks)]
+            own = sample_crops[domains[sample] == domain]
             for name, (model, side) in models.items():
                 t0 = time.perf_counter()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
-                    recalibrate_batchnorm(model, _batches(own, side, settings.batch_size,
-                                                          device))
+                recalibrate_on_crops(model, side, own, settings.batch_size, settings.bf16)
                 timings[name] += time.perf_counter() - t0
         rows = np.flatnonzero(domains == domain)
         for start in range(0, len(rows), FEATURE_CHUNK):
