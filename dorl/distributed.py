@@ -10,9 +10,12 @@ What runs where (``dorl embed``):
 * LoRA fine-tuning: every rank takes its slice of each batch, and DistributedDataParallel
   averages the gradients, so the steps are those of the single-process run on the whole batch;
   rank 0 saves the adapter.
-* Segmentation: each rank segments its own block of manifest rows into its own part of the
-  store; rank 0 joins the parts into ``segmentation.h5``.
-* Cell features, the autoencoder and ``features.h5ad``: rank 0; the other ranks wait.
+* Segmentation and cell features: each rank processes its own block of manifest rows into its
+  own part of the store; rank 0 joins the parts (``segmentation.h5``, ``cell_features.h5``).
+* The autoencoder (``cae.enabled``): every rank trains on its share of each domain-balanced
+  batch under DistributedDataParallel; rank 0's validation figures decide the best epoch for
+  all, and rank 0 saves the checkpoints.
+* ``features.h5ad``: rank 0; the other ranks wait.
 """
 
 from __future__ import annotations
@@ -49,6 +52,24 @@ class ProcessGroup:
         """Wait until every rank gets here (no-op in a group of one)."""
         if self.distributed:
             dist.barrier()
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank (``obj`` itself in a group of one), so that decisions
+        taken from it (the best epoch, early stopping) are the same everywhere."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the ranks (``values`` itself in a group of one)."""
+        if not self.distributed:
+            return values
+        keys = sorted(values)
+        total = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(total)
+        return {k: float(v) / self.world_size for k, v in zip(keys, total)}
 
     def block(self, n: int, align: int = 1) -> tuple[int, int]:
         """This rank's contiguous block ``[start, stop)`` of ``n`` rows.

@@ -28,7 +28,9 @@ class DomainStandardScaler(TransformerMixin, BaseEstimator):
     ----------
     domains_ : ndarray of shape (n_domains,)
         The domain names seen in ``fit``.
+    n_samples_seen_ : ndarray of shape (n_domains,)
     mean_ : ndarray of shape (n_domains, n_features)
+    var_ : ndarray of shape (n_domains, n_features)
     scale_ : ndarray of shape (n_domains, n_features)
         Per-domain standard deviation (1 where it is 0, or when ``with_std`` is False).
     n_features_in_ : int
@@ -39,12 +41,38 @@ class DomainStandardScaler(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None, domains=None):
         """Learn per-domain stats of ``X`` (n_samples, n_features), ``domains`` (n_samples,)."""
-        X = validate_data(self, X, dtype=np.float64)
+        for attr in ("domains_", "n_samples_seen_", "mean_", "var_", "scale_"):
+            self.__dict__.pop(attr, None)
+        return self.partial_fit(X, y, domains=domains)
+
+    def partial_fit(self, X, y=None, domains=None):
+        """Update the per-domain stats with one more block of rows, so that features larger
+        than memory are fitted block by block. The pairwise update of Chan, Golub and LeVeque
+        (1979) gives the statistics of all blocks together, in any order."""
+        first = not hasattr(self, "mean_")
+        X = validate_data(self, X, dtype=np.float64, reset=first)
         domains = self._domains(domains, len(X))
-        self.domains_ = np.unique(domains)
-        self.mean_ = np.stack([X[domains == d].mean(axis=0) for d in self.domains_])
+        names = np.unique(domains)
+        known = names if first else np.union1d(self.domains_, names)
+        count = np.zeros(len(known))
+        mean = np.zeros((len(known), X.shape[1]))
+        m2 = np.zeros_like(mean)
+        if not first:
+            at = np.searchsorted(known, self.domains_)
+            count[at], mean[at] = self.n_samples_seen_, self.mean_
+            m2[at] = self.var_ * self.n_samples_seen_[:, None]
+        for name in names:
+            rows = X[domains == name]
+            k = np.searchsorted(known, name)
+            n_new, mean_new = len(rows), rows.mean(axis=0)
+            delta, total = mean_new - mean[k], count[k] + len(rows)
+            m2[k] += ((rows - mean_new) ** 2).sum(axis=0) + delta ** 2 * count[k] * n_new / total
+            mean[k] += delta * n_new / total
+            count[k] = total
+        self.domains_, self.n_samples_seen_, self.mean_ = known, count, mean
+        self.var_ = m2 / count[:, None]
         if self.with_std:
-            scale = np.stack([X[domains == d].std(axis=0) for d in self.domains_])
+            scale = np.sqrt(self.var_)
             self.scale_ = np.where(scale > 0, scale, 1.0)
         else:
             self.scale_ = np.ones_like(self.mean_)

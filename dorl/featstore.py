@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from dorl.atomic import atomic_path
+from dorl.row_sources import BLOCK_ROWS, blocks
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,11 @@ class FeatureSet:
 
     Attributes
     ----------
-    X : ndarray of shape (n_cells, n_features), float32
+    X : ndarray of shape (n_cells, n_features), float32, or a row source
     obs : DataFrame with one row per cell (see ``OBS_COLUMNS``), index = cell ids
-    obsm : dict of name -> ndarray of shape (n_cells, ...)
+    obsm : dict of name -> ndarray of shape (n_cells, ...), or a row source
+        A row source (:mod:`dorl.row_sources`) is read a block of rows at a time when the file
+        is written, so that a feature file larger than memory can be written.
     uns : nested dict of provenance (str, numbers, lists, dicts)
     var_names : list of str, one per feature
     """
@@ -60,8 +63,9 @@ class FeatureSet:
     var_names: list[str] | None = None
 
     def __post_init__(self) -> None:
-        self.X = np.asarray(self.X, dtype=np.float32)
-        if self.X.ndim != 2:
+        if isinstance(self.X, (np.ndarray, list)):
+            self.X = np.asarray(self.X, dtype=np.float32)
+        if len(self.X.shape) != 2:
             raise FeatureFileError(f"X must be 2-D (cells, features), got shape {self.X.shape}")
         if len(self.obs) != self.X.shape[0]:
             raise FeatureFileError(f"obs has {len(self.obs)} rows but X has {self.X.shape[0]}")
@@ -85,10 +89,10 @@ class FeatureSet:
     def features(self, key: str | None = None) -> np.ndarray:
         """``X`` (key None or ``"X"``) or ``obsm[key]`` flattened to (n_cells, n_features)."""
         if key in (None, "X"):
-            return self.X
+            return np.asarray(self.X, dtype=np.float32)
         if key not in self.obsm:
             raise FeatureFileError(f"no obsm[{key!r}]; available: {sorted(self.obsm)}")
-        arr = self.obsm[key]
+        arr = np.asarray(self.obsm[key])
         return arr.reshape(len(arr), -1).astype(np.float32)
 
 
@@ -130,10 +134,19 @@ def _write_dataframe(group: h5py.Group, df: pd.DataFrame, index_name: str) -> No
             _write_strings(group, col, series)
 
 
-def _write_array(group: h5py.Group, name: str, arr: np.ndarray) -> None:
-    arr = np.asarray(arr)
-    chunks = (min(len(arr), 1024),) + arr.shape[1:] if arr.ndim >= 1 and len(arr) else None
-    ds = group.create_dataset(name, data=arr, chunks=chunks)
+def _write_array(group: h5py.Group, name: str, arr, dtype=None) -> None:
+    """Write an ndarray, or a row source block by block (:func:`dorl.row_sources.blocks`)."""
+    if isinstance(arr, np.ndarray) or not hasattr(arr, "__getitem__") or not hasattr(arr, "shape"):
+        arr = np.asarray(arr, dtype=dtype)
+        rows = len(arr) if arr.ndim else 0
+        chunks = (min(rows, BLOCK_ROWS),) + arr.shape[1:] if rows else None
+        ds = group.create_dataset(name, data=arr, chunks=chunks)
+    else:
+        shape = tuple(arr.shape)
+        ds = group.create_dataset(name, shape=shape, dtype=dtype or arr.dtype,
+                                  chunks=(max(1, min(shape[0], BLOCK_ROWS)),) + shape[1:])
+        for rows, values in blocks(arr, BLOCK_ROWS):
+            ds[rows] = values
     _enc(ds, "array", "0.2.0")
 
 
@@ -167,14 +180,14 @@ def write_features(path: str | Path, fs: FeatureSet) -> Path:
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             _enc(f, "anndata", "0.1.0")
-            _write_array(f, "X", fs.X)
+            _write_array(f, "X", fs.X, np.float32)
             _write_dataframe(f.create_group("obs"), obs, "cell_id")
             _write_dataframe(f.create_group("var"), pd.DataFrame(index=list(fs.var_names)),
                              "feature")
             obsm = f.create_group("obsm")
             _enc(obsm, "dict", "0.1.0")
             for key, arr in fs.obsm.items():
-                _write_array(obsm, key, np.asarray(arr))
+                _write_array(obsm, key, arr)
             for name in ("varm", "obsp", "varp", "layers"):
                 _enc(f.create_group(name), "dict", "0.1.0")
             _write_uns(f.create_group("uns"), fs.uns)

@@ -60,7 +60,7 @@ def test_an_incomplete_part_is_never_joined(tmp_path):
         join_parts(SegmentationWriter(out, 4, "sig"), [part_path(out, 0, 1)])
 
 
-def _embed(tmp_path, run, nproc):
+def _embed(tmp_path, run, nproc, *overrides):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(f"""\
 data: {{root: {tmp_path / 'data'}, synth: {{n_per_domain: 16, image_size: 64}}}}
@@ -68,11 +68,11 @@ sam:
   backbone: tiny
   image_size: 64
   finetune: {{epochs: 1, batch_size: 8, max_images: 16}}
-  infer: {{batch_size: 8, crop_size: 32}}
-features: {{crop_size: 32, adabn_cells: 16}}
-""")
+  infer: {{batch_size: 8, crop_size: 32, bf16: false}}
+features: {{crop_size: 32, adabn_cells: 16, bf16: false}}
+""")  # float32: bfloat16's rounding would turn the DDP adapter's last-bit differences into 1e-3
     dorl = [sys.executable, "-m", "dorl", "embed", "-c", str(REPO / "configs" / "default.yaml"),
-            "-c", str(cfg), f"run_dir={tmp_path / run}"]
+            "-c", str(cfg), f"run_dir={tmp_path / run}", *overrides]
     if nproc > 1:
         dorl = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                 "--master_port", "29517", *dorl[1:]]
@@ -90,10 +90,23 @@ def test_two_processes_segment_like_one(tmp_path):
             np.testing.assert_array_equal(a[name][()], b[name][()])
         np.testing.assert_allclose(a["features/sam_pooled"][()], b["features/sam_pooled"][()],
                                    rtol=1e-4, atol=1e-4)
-    assert not list(two.glob("segmentation.part*"))
+    assert not list(two.glob("segmentation.part*")) and not list(two.glob("cell_features.part*"))
     assert (two / "dorl.rank1.log").is_file()
     x1, x2 = ad.read_h5ad(one / "features.h5ad"), ad.read_h5ad(two / "features.h5ad")
     np.testing.assert_allclose(x1.X, x2.X, atol=1e-3)
+
+
+def test_two_processes_train_the_autoencoder_like_one(tmp_path):
+    cae = ["cae.enabled=true", "cae.epochs=3", "cae.image_size=32", "cae.patience=3",
+           "cae.loss.align_warmup_epochs=1"]
+    one, two = _embed(tmp_path, "one", 1, *cae), _embed(tmp_path, "two", 2, *cae)
+    x1, x2 = ad.read_h5ad(one / "features.h5ad"), ad.read_h5ad(two / "features.h5ad")
+    assert x1.X.shape == x2.X.shape == (x1.n_obs, 50)
+    t1, t2 = x1.uns["cae_training"], x2.uns["cae_training"]
+    assert t1["epochs_run"] == t2["epochs_run"] == 3
+    # Each rank trains on half of every batch: not the same numbers, the same training.
+    assert abs(t2["best_val_reconstruction"] / t1["best_val_reconstruction"] - 1) < 0.25
+    assert (two / "cae" / "best.pt").is_file() and not list(two.glob("cae/*.tmp*"))
 
 
 def test_lazy_store_reads_the_rows_asked_for_in_their_order(tmp_path):

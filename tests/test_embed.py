@@ -139,7 +139,9 @@ def test_per_domain_feature_norm_feeds_the_autoencoder(toy_cfg):
 def test_autoencoder_crops_are_downsized_never_upsized(toy_cfg, cae_size, expected):
     manifest, seg = toy_cells(size=32)
     toy_cfg.cae.image_size = cae_size
-    assert embed._cae_data(toy_cfg, manifest, seg, {}).crops.shape[1:] == (expected, expected, 3)
+    data = embed._cae_data(toy_cfg, manifest, seg, {})
+    assert data.side == expected
+    assert data.crop_rows(np.arange(3)).shape == (3, expected, expected, 3)
 
 
 def test_run_embed_reuses_a_matching_file_and_refuses_another(toy_cfg, monkeypatch):

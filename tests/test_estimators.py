@@ -59,3 +59,20 @@ def test_domain_scaler_refuses_unseen_domains():
     scaler = DomainStandardScaler().fit(X, domains=np.array(list("aabbaa")))
     with pytest.raises(ValueError, match=r"\['c'\] were not seen"):
         scaler.transform(X, domains=np.array(list("aaccaa")))
+
+
+def test_domain_scaler_partial_fit_over_blocks_equals_one_fit():
+    rng = np.random.default_rng(3)
+    X = rng.normal(2, 3, (500, 4))
+    domains = rng.choice(["a", "b", "c"], 500)
+    whole = DomainStandardScaler().fit(X, domains=domains)
+    blocks = DomainStandardScaler()
+    # Blocks of uneven size, a domain absent from some of them, domains arriving late.
+    order = np.argsort(domains == "c", kind="stable")
+    for start in range(0, 500, 77):
+        rows = order[start:start + 77]
+        blocks.partial_fit(X[rows], domains=domains[rows])
+    np.testing.assert_array_equal(blocks.domains_, whole.domains_)
+    np.testing.assert_allclose(blocks.mean_, whole.mean_, atol=1e-12)
+    np.testing.assert_allclose(blocks.scale_, whole.scale_, atol=1e-12)
+    np.testing.assert_array_equal(blocks.n_samples_seen_, [np.sum(domains == d) for d in "abc"])

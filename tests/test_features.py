@@ -177,9 +177,11 @@ def test_features_are_cached_by_segmentation_and_settings(tiny_cfg, tmp_path):
                        np.zeros(n, bool), {}, {"signature": "seg-1"})
     tiny_cfg.features.encoders = ["efficientnet_lite0"]
     tiny_cfg.features.crop_size = 32
-    feats, meta = features_from_config(tiny_cfg, manifest, seg)
-    assert feats["efficientnet_lite0"].shape == (n, 1280) and meta["stain"] == "none"
-    path = tmp_path / "run" / "cell_features.npz"
+    stored, meta = features_from_config(tiny_cfg, manifest, seg)
+    assert stored["efficientnet_lite0"].shape == (n, 1280) and meta["stain"] == "none"
+    # Row sources read the store when indexed: keep a copy before the store is replaced.
+    feats = {k: np.asarray(v) for k, v in stored.items()}
+    path = tmp_path / "run" / "cell_features.h5"
     stamp = path.stat().st_mtime_ns
     again, _ = features_from_config(tiny_cfg, manifest, seg)
     assert path.stat().st_mtime_ns == stamp
@@ -225,3 +227,9 @@ def test_chunked_features_equal_one_chunk(tmp_path, monkeypatch):
     np.testing.assert_allclose(chunked["efficientnet_lite0"], whole["efficientnet_lite0"],
                                rtol=1e-5, atol=1e-6)
     assert set(meta["timings_s"]) == {"crops", "stain", "efficientnet_lite0"}
+    # A block of rows (a rank's share) gets the features those rows get in the whole run: the
+    # stain reference and AdaBN statistics come from the whole manifest's sample either way.
+    rows = np.arange(3, 8)
+    block, _ = encode.stream_cell_features(manifest, seg, settings, 0, rows=rows)
+    np.testing.assert_allclose(block["efficientnet_lite0"], whole["efficientnet_lite0"][rows],
+                               rtol=1e-5, atol=1e-6)

@@ -111,7 +111,7 @@ class SourceRun:
         settings = CAESettings.from_config(self.cfg.cae)
         shape = None if data.features is None else data.features.shape[1:]
         scaler = None if shape is None else FeatureScaler(torch.zeros(shape), torch.ones(shape))
-        model = build_autoencoder(settings, data.crops.shape[1], scaler, len(self.uns["domains"]))
+        model = build_autoencoder(settings, data.side, scaler, len(self.uns["domains"]))
         state = torch.load(self.cae_checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])  # the scaler's statistics are in the state
         return model.to(device).eval()

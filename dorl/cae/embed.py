@@ -20,14 +20,14 @@ from torch import nn
 
 from dorl import __version__
 from dorl.artifacts import CAE_CHECKPOINT, FEATURE_FILE, reusable
-from dorl.cae.invariance import domain_invariance, plot_invariance
+from dorl.cae.invariance import CELLS_PER_DOMAIN, domain_invariance, plot_invariance
 from dorl.cae.settings import CAESettings
 from dorl.cae.train import CAEData, TrainResult, encode_cells, train_cae
 from dorl.config import ConfigError, resolved_yaml
 from dorl.data.manifest import Manifest
 from dorl.data.taxonomy import label_space
 from dorl.device import get_device
-from dorl.distributed import init_from_env
+from dorl.distributed import ProcessGroup, init_from_env
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import (
     OBS_COLUMNS,
@@ -36,9 +36,9 @@ from dorl.featstore import (
     stored_signature,
     write_features,
 )
-from dorl.features.encode import features_from_config
+from dorl.features.encode import domain_sample, features_from_config
 from dorl.provenance import package_versions, sha256_file, utc_now
-from dorl.resize import resize_batch
+from dorl.row_sources import ConcatenatedRows, MappedRows, RowSource, blocks, take
 from dorl.sam.segmentation import Segmentation
 
 logger = logging.getLogger(__name__)
@@ -113,9 +113,12 @@ def run_embed(cfg) -> Path:
     t1 = time.perf_counter()
     seg = segment_from_config(cfg, manifest, adapter_dir, group)
     t2 = time.perf_counter()
-    if group.is_main:  # cell features, the autoencoder and the feature file
-        embed_segmentation(cfg, manifest, seg,
-                           timings={"sam_finetune": t1 - t0, "segment": t2 - t1})
+    cell_feats = features_from_config(cfg, manifest, seg, group)
+    t3 = time.perf_counter()
+    if group.is_main or cfg.cae.enabled:  # every rank trains the autoencoder; 0 writes
+        embed_segmentation(cfg, manifest, seg, cell_feats=cell_feats, group=group,
+                           timings={"sam_finetune": t1 - t0, "segment": t2 - t1,
+                                    "cell_features": t3 - t2})
     group.barrier()
     return out
 
@@ -152,20 +155,21 @@ def split_cells(cfg, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(used & ~is_val), np.flatnonzero(used & is_val)
 
 
-def _encoder_input(cfg, seg: Segmentation, cell_feats: dict[str, np.ndarray]) -> np.ndarray:
+def _encoder_input(cfg, seg: Segmentation, cell_feats: dict[str, RowSource]) -> RowSource:
     """The features the CAE encoder reads: the configured cell encoders' features side by side,
     else the SAM features of the whole image that segmentation kept."""
     if cell_feats:
         if cfg.cae.arch == "transformer":
             raise ConfigError("cae.arch=transformer reads SAM's spatial tokens: set "
                               "features.encoders=[] or cae.arch=conv")
-        return np.concatenate([cell_feats[k] for k in cfg.features.encoders], axis=1)
+        parts = [cell_feats[k] for k in cfg.features.encoders]
+        return parts[0] if len(parts) == 1 else ConcatenatedRows(parts)
     key = "sam_spatial" if cfg.cae.arch == "transformer" else "sam_pooled"
     if key not in seg.features:
         raise ConfigError(f"cae.arch={cfg.cae.arch} with cae.input={cfg.cae.input} needs "
                           f"segmentation features {key!r}, found {sorted(seg.features)}; "
                           f"set sam.infer.features accordingly")
-    return np.asarray(seg.features[key], dtype=np.float32)
+    return seg.features[key]
 
 
 def _domain_ids(manifest: Manifest) -> np.ndarray:
@@ -174,36 +178,57 @@ def _domain_ids(manifest: Manifest) -> np.ndarray:
         {d: i for i, d in enumerate(manifest.domains)}).to_numpy()
 
 
-def _standardised_features(cfg, seg: Segmentation, cell_feats: dict[str, np.ndarray],
-                           ids: np.ndarray) -> np.ndarray | None:
-    """The encoder input features under ``cae.feature_norm`` (None when ``cae.input=crop``)."""
+def _standardised_features(cfg, seg: Segmentation, cell_feats: dict[str, RowSource],
+                           ids: np.ndarray) -> RowSource | None:
+    """The encoder input features under ``cae.feature_norm`` (None when ``cae.input=crop``), as
+    a row source of float32 rows: the per-domain statistics are fitted one block of rows at a
+    time, and applied to each block when it is read."""
     if cfg.cae.input not in ("features", "both"):
         return None
     feats = _encoder_input(cfg, seg, cell_feats)
-    if cfg.cae.feature_norm == "per_domain":
-        flat = DomainStandardScaler().fit_transform(feats.reshape(len(feats), -1), domains=ids)
-        return flat.reshape(feats.shape).astype(np.float32)
-    if cfg.cae.feature_norm != "global":
+    if cfg.cae.feature_norm == "global":
+        return MappedRows(feats, lambda block, rows: block.astype(np.float32), feats.shape,
+                          np.float32)
+    if cfg.cae.feature_norm != "per_domain":
         raise ConfigError(f"cae.feature_norm must be global or per_domain, got "
                           f"{cfg.cae.feature_norm!r}")
-    return feats
+    scaler = DomainStandardScaler()
+    for rows, block in blocks(feats):
+        scaler.partial_fit(block.reshape(len(block), -1), domains=ids[rows])
+
+    def standardise(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        flat = scaler.transform(block.reshape(len(block), -1), domains=ids[rows])
+        return flat.reshape(block.shape).astype(np.float32)
+
+    return MappedRows(feats, standardise, feats.shape, np.float32)
+
+
+def _flat(source: RowSource) -> RowSource:
+    """``source``'s rows flattened to (n, features)."""
+    if len(source.shape) == 2:
+        return source
+    width = int(np.prod(source.shape[1:]))
+    return MappedRows(source, lambda block, rows: block.reshape(len(block), width),
+                      (len(source), width), source.dtype)
 
 
 def _cae_data(cfg, manifest: Manifest, seg: Segmentation,
-              cell_feats: dict[str, np.ndarray]) -> CAEData:
+              cell_feats: dict[str, RowSource]) -> CAEData:
+    """The CAE's cells: crops read from the segmentation store batch by batch (downsized to
+    ``cae.image_size``), and the standardised features in memory (n x d)."""
     ids = _domain_ids(manifest)
     feats = _standardised_features(cfg, seg, cell_feats, ids)
-    crops, size = np.asarray(seg.crops, dtype=np.uint8), int(cfg.cae.image_size)
-    if crops.shape[1] > size:  # downsize only: the SSIM target is never upsampled
-        crops = resize_batch(crops, size)
-    return CAEData(crops, feats, ids.astype(np.int64), manifest.domains)
+    feats = None if feats is None else np.asarray(feats, dtype=np.float32)
+    return CAEData(seg.crops, feats, ids.astype(np.int64), manifest.domains,
+                   int(cfg.cae.image_size))
 
 
 def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
                        timings: dict[str, float] | None = None,
                        cell_feats: tuple[dict[str, np.ndarray], dict] | None = None,
                        autoencoder_from: Callable[[CAEData, torch.device], nn.Module] | None = None,
-                       applied_from: dict | None = None) -> Path:
+                       applied_from: dict | None = None,
+                       group: ProcessGroup = ProcessGroup()) -> Path | None:
     """Train the CAE on segmented cells, embed them all and write ``run_dir/features.h5ad``.
 
     Parameters
@@ -223,6 +248,10 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
         newly trained one (:func:`dorl.cae.apply.apply_run`).
     applied_from : dict, optional
         The provenance of the run whose trained parts are applied (``uns/applied_from``).
+    group : ProcessGroup
+        Under torchrun every rank calls this to train the autoencoder together
+        (:func:`dorl.cae.train.train_cae`); only rank 0 embeds the cells and writes the file, and
+        the others return None.
     """
     if len(seg) != len(manifest):
         raise ValueError(f"segmentation has {len(seg)} cells but the manifest has "
@@ -231,9 +260,11 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     out = run_dir / FEATURES_FILE
     signature = feature_signature(cfg, manifest)
     timings = dict(timings or {})
-    t0 = time.perf_counter()
-    cell_feats, cell_meta = cell_feats or features_from_config(cfg, manifest, seg)
-    timings["cell_features"] = time.perf_counter() - t0
+    if cell_feats is None:
+        t0 = time.perf_counter()
+        cell_feats = features_from_config(cfg, manifest, seg)
+        timings["cell_features"] = time.perf_counter() - t0
+    cell_feats, cell_meta = cell_feats
     result, train_idx, val_idx = None, np.array([], int), np.array([], int)
     if cfg.cae.enabled:
         if autoencoder_from is None:
@@ -244,16 +275,18 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
             logger.info("CAE (%s, input %s, %s protocol): %d training and %d validation cells "
                         "of %d, %d px crops, device %s", cfg.cae.arch, cfg.cae.input,
                         cfg.cae.protocol, len(train_idx), len(val_idx), len(data),
-                        data.crops.shape[1], device)
+                        data.side, device)
             t0 = time.perf_counter()
             train_sig = CAE_CHECKPOINT.signature(cfg, signature["data"],
                                                  seg.meta.get("signature", ""))
             result = train_cae(data, train_idx, val_idx, CAESettings.from_config(cfg.cae),
-                               int(cfg.seed), run_dir / "cae", device, train_sig)
+                               int(cfg.seed), run_dir / "cae", device, train_sig, group)
             model = result.model
             timings["cae_train"] = time.perf_counter() - t0
         else:
             model = autoencoder_from(data, device)
+        if not group.is_main:
+            return None
         t0 = time.perf_counter()
         X = encode_cells(model, data, device)
         timings["cae_encode"] = time.perf_counter() - t0
@@ -264,14 +297,13 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
                               "cae.input to features or both")
         logger.info("autoencoder off (cae.enabled=false): the embedding is the %s-standardised "
                     "features", cfg.cae.feature_norm)
-        X = feats.reshape(len(feats), -1).astype(np.float32)
+        X = _flat(feats)
 
     table = manifest.table
     obs = table[[c for c in OBS_COLUMNS if c in table.columns]].copy()
     obs["seg_fallback"] = np.asarray(seg.fallback, dtype=bool)
     obs.index = pd.Index(table["path"].astype(str), name="cell_id")
-    obsm = {f"X_{k}": np.asarray(v, dtype=np.float32)
-            for k, v in seg.features.items() if np.asarray(v).ndim == 2}
+    obsm = {f"X_{k}": v for k, v in seg.features.items() if len(v.shape) == 2}
     obsm.update({f"X_{k}": v for k, v in cell_feats.items()})
     invariance = _invariance(cfg, X, obsm, obs, run_dir)
     in_training = np.zeros(len(table), dtype=bool)
@@ -318,13 +350,17 @@ def _provenance(cfg, signature: dict[str, str], seg: Segmentation, result: Train
     }
 
 
-def _invariance(cfg, X: np.ndarray, obsm: dict[str, np.ndarray], obs: pd.DataFrame,
+def _invariance(cfg, X: RowSource, obsm: dict[str, RowSource], obs: pd.DataFrame,
                 run_dir: Path) -> dict:
-    """Domain-invariance figures of the embedding (X) and of each stored feature set (obsm)."""
+    """Domain-invariance figures of the embedding (X) and of each stored feature set (obsm), on
+    up to :data:`~dorl.cae.invariance.CELLS_PER_DOMAIN` cells of each domain."""
     domains, labels = obs["domain"].astype(str).to_numpy(), obs["label"].astype(str).to_numpy()
     if len(np.unique(domains)) < 2:
         return {}
-    sets = {"embedding": X, **{k[2:]: v for k, v in obsm.items()}}
+    sample = domain_sample(domains, CELLS_PER_DOMAIN)
+    domains, labels = domains[sample], labels[sample]
+    sets = {name: take(v, sample).reshape(len(sample), -1).astype(np.float32)
+            for name, v in {"embedding": X, **{k[2:]: v for k, v in obsm.items()}}.items()}
     results = {name: domain_invariance(v, domains, labels, int(cfg.seed))
                for name, v in sets.items()}
     for name, r in results.items():

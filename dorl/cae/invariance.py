@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 METRICS = ("mmd", "domain_clf_acc", "cross_domain_macro_f1")
 #: Cells per domain used for the MMD estimate (a random subset beyond this, for speed).
 MMD_MAX_PER_DOMAIN = 1000
+#: Cells per domain (spread evenly over its rows) a feature file's figures are computed on, so
+#: that their classifiers' time and memory stay bounded on large runs.
+CELLS_PER_DOMAIN = 2000
 
 
 def _mean_pairwise_mmd(X: np.ndarray, domains: np.ndarray, rng: np.random.Generator) -> float:

@@ -35,7 +35,10 @@ from dorl.cae.alignment import align_weight, coral, mmd2, pairwise_alignment
 from dorl.cae.batches import DomainBalancedBatches
 from dorl.cae.models import CAEOutput, FeatureScaler, build_autoencoder
 from dorl.cae.settings import CAESettings, LossWeights
+from dorl.distributed import ProcessGroup
 from dorl.lr_schedule import warmup_cosine, warmup_steps
+from dorl.resize import resize_batch
+from dorl.row_sources import RowSource
 from dorl.sam.augment import augment_batch
 
 logger = logging.getLogger(__name__)
@@ -56,28 +59,45 @@ class CAEData:
 
     Attributes
     ----------
-    crops : uint8 ndarray of shape (n, s, s, 3)
+    crops : uint8 ndarray or row source of shape (n, s, s, 3)
         Masked cell crops (the reconstruction target, and the input when ``cae.input`` uses it).
+        A row source (e.g. the segmentation store's) is read batch by batch.
     features : float32 ndarray of shape (n, C) or (n, C, h, w), or None
         SAM encoder features of the same cells.
     domain_ids : int ndarray of shape (n,)
         Index into ``domains`` for each cell.
     domains : list of str
+    image_size : int, optional
+        Crops larger than this are downsized to it when read (the SSIM target is never
+        upsampled); None keeps them as stored.
     """
 
-    crops: np.ndarray
+    crops: RowSource
     features: np.ndarray | None
     domain_ids: np.ndarray
     domains: list[str]
+    image_size: int | None = None
 
     def __len__(self) -> int:
         return len(self.crops)
+
+    @property
+    def side(self) -> int:
+        """The side of the crops the autoencoder sees."""
+        stored = int(self.crops.shape[1])
+        return stored if self.image_size is None else min(stored, int(self.image_size))
+
+    def crop_rows(self, idx: np.ndarray) -> np.ndarray:
+        """The crops of rows ``idx``, uint8 (b, side, side, 3)."""
+        crops = np.asarray(self.crops[idx])
+        return crops if crops.shape[1] == self.side else resize_batch(crops, self.side)
 
     def batch(self, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
         """Tensors for rows ``idx``: ``crop`` (b, 3, s, s) float in [0, 1] (channels_last),
         ``domain`` (b,) int64 (for a domain-conditional decoder) and ``features`` (b, ...)
         float32 when present."""
-        crop = torch.from_numpy(self.crops[idx]).to(device).permute(0, 3, 1, 2).float() / 255.0
+        crop = torch.from_numpy(self.crop_rows(idx)).to(device).permute(0, 3, 1, 2).float()
+        crop = crop / 255.0
         domain = torch.from_numpy(np.asarray(self.domain_ids[idx], dtype=np.int64))
         out = {"crop": crop.contiguous(memory_format=torch.channels_last),
                "domain": domain.to(device)}
@@ -255,10 +275,25 @@ def _fresh_state() -> dict:
             "best_state": None, "bad_epochs": 0, "done": False}
 
 
-def _train_epoch(model, data: CAEData, train_idx: np.ndarray, batches: DomainBalancedBatches,
-                 optimizer, scheduler, settings: CAESettings, epoch: int, seed: int,
-                 device) -> dict[str, float]:
-    """One epoch of optimiser steps; returns the mean of each loss term and of the total."""
+def _rank_rows(idx: np.ndarray, group: ProcessGroup) -> tuple[np.ndarray, float]:
+    """This rank's share of a domain-balanced batch and the weight of its loss.
+
+    Every ``world_size``-th row from the rank's offset: the batch is domain after domain, so
+    each share keeps every domain (when a domain has at least ``world_size`` cells in it) and
+    the alignment terms stay defined. A rank left without rows trains on the batch's last one
+    with weight 0, so that it still joins the gradient exchange.
+    """
+    if not group.distributed:
+        return idx, 1.0
+    share = idx[group.rank::group.world_size]
+    return (share, 1.0) if len(share) else (idx[-1:], 0.0)
+
+
+def _train_epoch(model, trained, data: CAEData, train_idx: np.ndarray,
+                 batches: DomainBalancedBatches, optimizer, scheduler, settings: CAESettings,
+                 epoch: int, seed: int, device, group: ProcessGroup) -> dict[str, float]:
+    """One epoch of optimiser steps; returns the mean of each loss term and of the total (over
+    the ranks too). ``trained`` is ``model``, or its DistributedDataParallel wrapper."""
     model.train()
     torch.manual_seed(seed * 100_003 + epoch)
     views = settings.loss.consistency > 0 and settings.uses_crop
@@ -266,11 +301,11 @@ def _train_epoch(model, data: CAEData, train_idx: np.ndarray, batches: DomainBal
     view_rng = torch.Generator().manual_seed(seed * 100_003 + epoch) if views else None
     sums = {k: 0.0 for k in LOSS_TERMS + ("total",) + (("consistency",) if views else ())}
     for step, local in enumerate(batches.epoch(epoch)):
-        idx = train_idx[local]
+        idx, weight = _rank_rows(train_idx[local], group)
         batch = data.batch(idx, device)
         dom = torch.from_numpy(data.domain_ids[idx]).to(device)
         ramp = align_weight(epoch + step / len(batches), settings.loss.align_warmup_epochs)
-        out = model(batch)
+        out = trained(batch)
         terms = compute_losses(model, out, batch, dom, settings.loss, ramp,
                                settings.mmd_bandwidths)
         if views:
@@ -278,19 +313,19 @@ def _train_epoch(model, data: CAEData, train_idx: np.ndarray, batches: DomainBal
                 out.z, model.encode(_second_view(data, idx, batch, settings, view_rng)))
             terms["total"] = terms["total"] + terms["consistency"]
         optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        (weight * terms["total"]).backward()
         optimizer.step()
         scheduler.step()
         for k in sums:
             sums[k] += float(terms[k].detach()) / len(batches)
-    return sums
+    return group.mean(sums)
 
 
 def _second_view(data: CAEData, idx: np.ndarray, batch: dict[str, torch.Tensor],
                  settings: CAESettings, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """``batch`` with its crops re-drawn under random stain, colour, blur and scale changes
     (``cae.view_augment``): the view whose latent the consistency term pulls to the first."""
-    crops = torch.from_numpy(data.crops[idx])
+    crops = torch.from_numpy(data.crop_rows(idx))
     view, _ = augment_batch(crops, torch.ones(crops.shape[:3], dtype=torch.bool),
                             settings.view_augment, generator)
     crop = view.to(batch["crop"].device).permute(0, 3, 1, 2).float() / 255.0
@@ -317,7 +352,7 @@ def _track_best(state: dict, val: dict[str, float], epoch: int, model,
 
 def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, settings: CAESettings,
               seed: int, out_dir: str | Path, device: torch.device,
-              signature: str) -> TrainResult:
+              signature: str, group: ProcessGroup = ProcessGroup()) -> TrainResult:
     """Train (or resume, or reload) the autoencoder on ``train_idx``, validating on ``val_idx``.
 
     Parameters
@@ -332,6 +367,11 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, setting
     device : torch.device
     signature : str
         What the checkpoints must have been made with to be resumed (config + data hash).
+    group : ProcessGroup
+        Under torchrun every rank draws the same batches, trains on its share of each
+        (:func:`_rank_rows`) and DistributedDataParallel averages the gradients. Rank 0's
+        validation figures choose the best epoch and stop training on every rank; rank 0 saves
+        the checkpoints.
 
     Raises
     ------
@@ -345,9 +385,19 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, setting
         raise ValueError(f"the autoencoder needs training and validation cells, got "
                          f"{len(train_idx)} and {len(val_idx)}")
     torch.manual_seed(seed)
-    model = build_autoencoder(settings, data.crops.shape[1],
+    model = build_autoencoder(settings, data.side,
                               feature_scaler(data.features, train_idx), len(data.domains))
     model = model.to(device, memory_format=torch.channels_last)
+    trained = model
+    if group.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # The parts a config leaves idle (e.g. the feature head without feature input) get no
+        # gradient.
+        where = next(model.parameters()).device  # cuda:<LOCAL_RANK> after init_from_env
+        trained = DistributedDataParallel(
+            model, device_ids=[where.index] if where.type == "cuda" else None,
+            find_unused_parameters=True)
     batches = DomainBalancedBatches(data.domain_ids[train_idx], settings.batch_per_domain, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
                                   weight_decay=settings.weight_decay)
@@ -365,14 +415,15 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, setting
                     state["epoch"] + 1, settings.epochs)
     if len(np.unique(data.domain_ids[train_idx])) < 2 and settings.loss.aligns:
         logger.warning("only one domain takes part in CAE training: no alignment is possible")
-    bar = tqdm(range(state["epoch"] + 1, settings.epochs), desc="CAE epochs", leave=False)
+    bar = tqdm(range(state["epoch"] + 1, settings.epochs), desc="CAE epochs", leave=False,
+               disable=not group.is_main)
     for epoch in bar:
         if state["done"]:
             break
         t0 = time.perf_counter()
-        sums = _train_epoch(model, data, train_idx, batches, optimizer, scheduler, settings,
-                            epoch, seed, device)
-        val = _validate(model, data, val_idx, device, settings)
+        sums = _train_epoch(model, trained, data, train_idx, batches, optimizer, scheduler,
+                            settings, epoch, seed, device, group)
+        val = group.broadcast(_validate(model, data, val_idx, device, settings))
         record = {"epoch": epoch,
                   "align_weight": align_weight(epoch + 1, settings.loss.align_warmup_epochs),
                   "seconds": time.perf_counter() - t0,
@@ -385,16 +436,18 @@ def train_cae(data: CAEData, train_idx: np.ndarray, val_idx: np.ndarray, setting
         logger.info("CAE epoch %d/%d: train %.4f, val %.4f (reconstruction %.4f, align %.4f), "
                     "%.1f s", epoch + 1, settings.epochs, sums["total"], val["total"],
                     val["recon"], val["align"], record["seconds"])
-        _save(last_path, {"signature": signature, "model": model.state_dict(),
-                          "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "train_state": state})
+        if group.is_main:
+            _save(last_path, {"signature": signature, "model": model.state_dict(),
+                              "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "train_state": state})
     if state["best_state"] is None:
         raise CheckpointError(f"{last_path}: no finished epoch to take weights from "
                               f"(cae.epochs={settings.epochs})")
     model.load_state_dict(state["best_state"])
     model.eval()
-    _save(best_path, {"signature": signature, "model": state["best_state"],
-                      "best_epoch": state["best_epoch"]})
-    plot_loss_curves(state["history"], out_dir / "loss_curves.png", state["best_epoch"])
+    if group.is_main:
+        _save(best_path, {"signature": signature, "model": state["best_state"],
+                          "best_epoch": state["best_epoch"]})
+        plot_loss_curves(state["history"], out_dir / "loss_curves.png", state["best_epoch"])
     return TrainResult(model, state["history"], state["best_epoch"], bool(state["done"]),
                        best_path)

@@ -16,7 +16,9 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,16 +31,18 @@ from dorl.config import ConfigError
 from dorl.data.images import read_rgb
 from dorl.data.manifest import Manifest
 from dorl.device import get_device, resolve_bf16
+from dorl.distributed import ProcessGroup, current
 from dorl.features.adabn import recalibrate_batchnorm
 from dorl.features.stain import METHODS as STAIN_METHODS
 from dorl.features.stain import apply_stain, stain_reference
 from dorl.resize import resize_image, resize_mask
+from dorl.row_sources import StoredRows
 from dorl.sam.masks import masked_crop
-from dorl.sam.segmentation import Segmentation
+from dorl.sam.segmentation import Segmentation, part_path
 
 logger = logging.getLogger(__name__)
 
-FEATURES_FILE = "cell_features.npz"
+FEATURES_FILE = "cell_features.h5"
 ENCODERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "litemedsam")
 #: Cells cut, normalised and encoded at a time (bounds memory on large datasets).
 FEATURE_CHUNK = 256
@@ -251,21 +255,35 @@ def domain_sample(domains: np.ndarray, per_domain: int) -> np.ndarray:
 
 
 def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: FeatureSettings,
-                         seed: int) -> tuple[dict[str, np.ndarray], dict]:
-    """Every configured encoder's features of every manifest row, :data:`FEATURE_CHUNK` cells at
-    a time, so that memory holds a chunk of crops, not all of them.
+                         seed: int, rows: np.ndarray | None = None,
+                         allocate: Callable[[str, tuple[int, int]], Any] | None = None
+                         ) -> tuple[dict[str, Any], dict]:
+    """Every configured encoder's features of the manifest rows ``rows`` (default: all),
+    :data:`FEATURE_CHUNK` cells at a time, so that memory holds a chunk of crops, not all of them.
 
     The stain reference and each domain's BatchNorm statistics (AdaBN) are estimated first on
-    :func:`domain_sample` (``features.adabn_cells`` cells per domain); then each domain's cells
-    are cut, normalised and encoded chunk by chunk.
+    :func:`domain_sample` (``features.adabn_cells`` cells per domain of the whole manifest, so
+    that every rank of a distributed run estimates the same); then each domain's cells are cut,
+    normalised and encoded chunk by chunk.
+
+    Parameters
+    ----------
+    rows : int ndarray, optional
+        Sorted manifest rows to encode; the outputs hold them in this order.
+    allocate : callable, optional
+        ``(encoder name, (n, d)) -> writable array`` where an encoder's features go, e.g. an
+        HDF5 dataset; default: a float32 ndarray in memory.
 
     Returns
     -------
-    features : dict of str -> float32 ndarray of shape (n, d_encoder)
+    features : dict of str -> array of shape (len(rows), d_encoder)
+        What ``allocate`` returned, filled.
     meta : dict
         The stain reference, seconds and images/s of each step.
     """
+    allocate = allocate or (lambda name, shape: np.empty(shape, np.float32))
     domains = manifest.table["domain"].astype(str).to_numpy()
+    rows = np.arange(len(manifest)) if rows is None else np.asarray(rows, dtype=np.int64)
     timings = {"crops": 0.0, "stain": 0.0, **{name: 0.0 for name in settings.encoders}}
     t0 = time.perf_counter()
     sample = domain_sample(domains, settings.adabn_cells)
@@ -281,18 +299,19 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
     for name in settings.encoders:
         model, side = build_encoder(name, settings.sam_image_size)
         models[name] = (model.to(settings.device), side)
-    features: dict[str, np.ndarray] = {}
-    bar = tqdm(total=len(manifest), desc="cell features", unit="img")
-    for domain in np.unique(domains):
+    features: dict[str, Any] = {}
+    bar = tqdm(total=len(rows), desc="cell features", unit="img")
+    for domain in np.unique(domains[rows]):
         if settings.adabn:
             own = sample_crops[domains[sample] == domain]
             for name, (model, side) in models.items():
                 t0 = time.perf_counter()
                 recalibrate_on_crops(model, side, own, settings.batch_size, settings.bf16)
                 timings[name] += time.perf_counter() - t0
-        rows = np.flatnonzero(domains == domain)
-        for start in range(0, len(rows), FEATURE_CHUNK):
-            chunk = rows[start:start + FEATURE_CHUNK]
+        positions = np.flatnonzero(domains[rows] == domain)
+        for start in range(0, len(positions), FEATURE_CHUNK):
+            at = positions[start:start + FEATURE_CHUNK]
+            chunk = rows[at]
             t0 = time.perf_counter()
             crops, masks = cell_crops(manifest, seg, settings.crop_size, chunk, progress=False)
             t1 = time.perf_counter()
@@ -305,38 +324,115 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
                 feats = encode_crops(model, side, crops, domains[chunk], 0, settings.batch_size,
                                      settings.bf16, settings.tta)
                 if name not in features:
-                    features[name] = np.empty((len(manifest), feats.shape[1]), np.float32)
-                features[name][chunk] = feats
+                    features[name] = allocate(name, (len(rows), feats.shape[1]))
+                # A domain's rows are consecutive in most manifests: one slice write, not a
+                # scattered one (which HDF5 does row by row).
+                if at[-1] - at[0] + 1 == len(at):
+                    features[name][at[0]:at[-1] + 1] = feats
+                else:
+                    features[name][at] = feats
                 timings[name] += time.perf_counter() - t0
             bar.update(len(chunk))
     bar.close()
     for name in settings.encoders:
         logger.info("%s features of %d cells (%s, AdaBN %s, %d views): %.1f s, %.1f img/s",
-                    name, len(manifest), settings.stain, settings.adabn, settings.tta,
-                    timings[name], len(manifest) / max(timings[name], 1e-9))
+                    name, len(rows), settings.stain, settings.adabn, settings.tta,
+                    timings[name], len(rows) / max(timings[name], 1e-9))
     return features, {"stain": settings.stain, "stain_reference": reference.provenance(),
                       "timings_s": timings}
 
 
-def features_from_config(cfg, manifest: Manifest, seg: Segmentation
-                         ) -> tuple[dict[str, np.ndarray], dict]:
+def _write_store(path: Path, manifest: Manifest, seg: Segmentation, settings: FeatureSettings,
+                 seed: int, signature: str, rows: np.ndarray | None = None) -> None:
+    """Encode ``rows`` into a complete HDF5 store at ``path``, atomically (a run killed here
+    leaves no store and encodes again)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            def allocate(name, shape):
+                return f.create_dataset(name, shape=shape, dtype=np.float32,
+                                        chunks=(max(1, min(FEATURE_CHUNK, shape[0])), shape[1]))
+
+            _, meta = stream_cell_features(manifest, seg, settings, seed, rows, allocate)
+            f.attrs.update(signature=signature, meta_json=json.dumps(meta))
+
+
+def _join_stores(path: Path, parts: list[Path], names: tuple[str, ...]) -> None:
+    """Stack the part stores ``parts`` (in row order) into one at ``path``, then delete them.
+    The first part's provenance is kept: every rank estimated the same stain reference."""
+    with h5py.File(parts[0], "r") as f:
+        dims = {name: f[name].shape[1] for name in names}
+        attrs = {key: f.attrs[key] for key in ("signature", "meta_json")}
+    sizes = []
+    for part in parts:
+        with h5py.File(part, "r") as f:
+            sizes.append(f[names[0]].shape[0])
+    total = sum(sizes)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as out:
+            for name in names:
+                out.create_dataset(name, shape=(total, dims[name]), dtype=np.float32,
+                                   chunks=(max(1, min(FEATURE_CHUNK, total)), dims[name]))
+            offset = 0
+            for part, n in zip(parts, sizes):
+                with h5py.File(part, "r") as f:
+                    for name in names:
+                        for start in range(0, n, FEATURE_CHUNK):
+                            stop = min(start + FEATURE_CHUNK, n)
+                            out[name][offset + start:offset + stop] = f[name][start:stop]
+                offset += n
+            out.attrs.update(attrs)
+    for part in parts:
+        part.unlink()
+
+
+def _stored(path: Path, signature: str, names: tuple[str, ...]
+            ) -> tuple[dict[str, StoredRows], dict] | None:
+    """The store at ``path`` as row sources, when it holds ``names`` made with ``signature``."""
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            found, meta = str(f.attrs.get("signature", "")), str(f.attrs.get("meta_json", "{}"))
+            present = all(name in f for name in names)
+    except OSError:
+        return None
+    if not present or not reusable(CELL_FEATURES, path, found, signature):
+        return None
+    return {name: StoredRows(path, name) for name in names}, json.loads(meta)
+
+
+def features_from_config(cfg, manifest: Manifest, seg: Segmentation,
+                         group: ProcessGroup | None = None
+                         ) -> tuple[dict[str, StoredRows], dict]:
     """Cell features of every manifest row and their provenance (see
-    :func:`stream_cell_features`),
-    reusing ``run_dir/cell_features.npz`` when it was made from the same segmentation and
-    settings. Empty when ``features.encoders`` is empty."""
+    :func:`stream_cell_features`), in ``run_dir/cell_features.h5``.
+
+    The store is reused when it was made from the same segmentation and settings. The features
+    are returned as row sources (read from the store when indexed), so that memory never holds
+    all of them. Under ``torchrun`` every rank encodes its own block of rows into its own part,
+    and rank 0 joins them. Empty when ``features.encoders`` is empty.
+    """
     settings = FeatureSettings.from_config(cfg)
     if not settings.encoders:
         return {}, {}
+    group = group or current()
     out = Path(cfg.run_dir) / FEATURES_FILE
     signature = CELL_FEATURES.signature(cfg, seg.meta.get("signature"))
-    if out.is_file():
-        with np.load(out, allow_pickle=False) as cached:
-            if reusable(CELL_FEATURES, out, str(cached["signature"]), signature):
-                return ({k: cached[k] for k in settings.encoders},
-                        json.loads(str(cached["meta"])))
-    features, meta = stream_cell_features(manifest, seg, settings, int(cfg.seed))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, signature=np.array(signature), meta=np.array(json.dumps(meta)), **features)
-    logger.info("cell features %s written to %s", sorted(features), out)
-    return features, meta
+    names = tuple(settings.encoders)
+    stored = _stored(out, signature, names)
+    if stored is not None:
+        return stored
+    if group.distributed:
+        start, stop = group.block(len(manifest))
+        parts = [part_path(out, r, group.world_size) for r in range(group.world_size)]
+        _write_store(parts[group.rank], manifest, seg, settings, int(cfg.seed), signature,
+                     np.arange(start, stop))
+        group.barrier()
+        if group.is_main:
+            _join_stores(out, parts, names)
+        group.barrier()
+    else:
+        _write_store(out, manifest, seg, settings, int(cfg.seed), signature)
+    logger.info("cell features %s written to %s", list(names), out)
+    return _stored(out, signature, names)

@@ -21,43 +21,14 @@ import numpy as np
 
 from dorl.artifacts import SEGMENTATION, reusable
 from dorl.atomic import atomic_path
+from dorl.row_sources import StoredRows
 
 logger = logging.getLogger(__name__)
 
 _ARRAYS = ("crops", "raw_crops", "masks", "boxes", "fallback")
-#: The per-cell images, left on disk by ``Segmentation.load(lazy=True)`` (~46 KB a cell).
+#: The per-cell images, left on disk by ``Segmentation.load(lazy=True)`` (~46 KB a cell), with
+#: the features.
 _LAZY = ("crops", "raw_crops", "masks")
-
-
-class StoredRows:
-    """Rows of one array of a segmentation store, read from disk when indexed.
-
-    ``rows[i]``, ``rows[a:b]`` and ``rows[index_array]`` read only those rows; ``np.asarray(rows)``
-    reads them all. The file is opened for each read, so no handle outlives a call.
-    """
-
-    def __init__(self, path: str | Path, name: str):
-        self.path, self.name = Path(path), name
-        with h5py.File(self.path, "r") as f:
-            self.shape, self.dtype = tuple(f[name].shape), f[name].dtype
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index):
-        with h5py.File(self.path, "r") as f:
-            data = f[self.name]
-            if isinstance(index, (int, np.integer, slice)):
-                return data[index]
-            index = np.asarray(index)
-            if index.dtype == bool:
-                index = np.flatnonzero(index)
-            unique, inverse = np.unique(index, return_inverse=True)  # h5py reads sorted rows
-            return data[unique][inverse] if len(unique) else data[0:0]
-
-    def __array__(self, dtype=None, copy=None):
-        values = self[:]
-        return values if dtype is None else values.astype(dtype)
 
 
 @dataclass
@@ -108,8 +79,9 @@ class Segmentation:
     def load(cls, path: str | Path, lazy: bool = False) -> "Segmentation":
         """Read a complete store written by :meth:`save` or :class:`SegmentationWriter`.
 
-        With ``lazy``, the crops, raw crops and masks stay on disk (:class:`StoredRows`, read
-        when indexed); boxes, flags and features are read into memory either way.
+        With ``lazy``, the crops, raw crops, masks and features stay on disk
+        (:class:`~dorl.row_sources.StoredRows`, read when indexed); boxes and flags are read
+        into memory either way.
 
         Raises
         ------
@@ -121,7 +93,9 @@ class Segmentation:
                 raise ValueError(f"{path}: segmentation store is incomplete ({f.attrs['done']} "
                                  f"of {f.attrs['n_rows']} rows); segment again to resume")
             arrays = [StoredRows(path, k) if lazy and k in _LAZY else f[k][()] for k in _ARRAYS]
-            feats = {k: f["features"][k][()] for k in f["features"]} if "features" in f else {}
+            names = list(f["features"]) if "features" in f else []
+            feats = {k: StoredRows(path, f"features/{k}") if lazy else f["features"][k][()]
+                     for k in names}
             return cls(*arrays, feats, json.loads(str(f.attrs["meta_json"])))
 
 
