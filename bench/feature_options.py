@@ -50,11 +50,14 @@ class Option:
     tta: int = 1
     #: Project out the axes two random views of a cell differ along (ViewInvariantProjection).
     view_invariance: bool = False
+    #: ``features.multilevel``: the last stages' pooled outputs beside the head.
+    multilevel: bool = False
 
     def overrides(self) -> list[str]:
         """The config overrides that give this option's features in ``dorl embed``."""
         return [f"features.encoders=[{','.join(self.encoders)}]", f"features.stain={self.stain}",
-                f"features.adabn={self.adabn}", f"features.tta={self.tta}"]
+                f"features.adabn={self.adabn}", f"features.tta={self.tta}",
+                f"features.multilevel={self.multilevel}"]
 
 
 #: The "cheaper" order for ties is this order.
@@ -70,6 +73,8 @@ OPTIONS = {
     "L0 cell AdaBN TTA4 view-invariant": Option((L0,), "none", True, tta=4,
                                                 view_invariance=True),
     "L0 cell AdaBN TTA8": Option((L0,), "none", True, tta=8),
+    "L0 cell AdaBN TTA4 multi-level": Option((L0,), "none", True, tta=4, multilevel=True),
+    "L1 cell AdaBN TTA4": Option((L1,), "none", True, tta=4),
     "L1 cell Reinhard AdaBN": Option((L1,), "reinhard", True),
     "L2 cell Reinhard AdaBN": Option((L2,), "reinhard", True),
     "SAM cell Reinhard AdaBN": Option((SAM,), "reinhard", True),
@@ -119,10 +124,10 @@ def _encoded(normalised: np.ndarray, domains: np.ndarray, option: Option, base: 
     ``key`` + the encoder's settings) and the seconds they took."""
     parts, seconds = [], 0.0
     for encoder in option.encoders:
-        part = (*key, encoder, option.adabn, option.tta)
+        part = (*key, encoder, option.adabn, option.tta, option.multilevel)
         if part not in cache:
             settings = replace(base, encoders=(encoder,), stain=option.stain,
-                               adabn=option.adabn, tta=option.tta)
+                               adabn=option.adabn, tta=option.tta, multilevel=option.multilevel)
             features, timings = encode_normalised(normalised, domains, settings)
             cache[part] = (features[encoder], timings[encoder])
         parts.append(cache[part][0])
@@ -200,7 +205,8 @@ def encoder_features(name: str, n: int, cache: dict) -> dict[str, np.ndarray]:
     """The raw (not standardised) features of each encoder of option ``name`` over the ``n``
     cells :func:`option_features` encoded, from its cache."""
     o = OPTIONS[name]
-    return {e: cache[("cells", o.stain, n, e, o.adabn, o.tta)][0] for e in o.encoders}
+    return {e: cache[("cells", o.stain, n, e, o.adabn, o.tta, o.multilevel)][0]
+            for e in o.encoders}
 
 
 def choose_default(selection: pd.DataFrame) -> tuple[str, pd.DataFrame]:

@@ -15,6 +15,7 @@ RUN_OUTPUTS = (
     ("classify/summary.json", "headline figures, classifier choices, few-shot curve"),
     ("classify/few_shot.png", "few-shot learning curve"),
     ("segmentation.h5", "per-cell masks, crops and SAM features (resumable store)"),
+    ("cell_features.h5", "per-cell features of each cell encoder, before standardisation"),
     ("umap/umap.png", "UMAP by domain and by class"),
     ("umap/umap.html", "UMAP explorer: thumbnails on hover, lasso selection (offline HTML)"),
     ("sam_eval/report.md", "segmentation Dice/IoU per domain"),

@@ -101,3 +101,27 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
         write_features(path, _fs(n=6))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["f.h5ad"]
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    from dorl.atomic import write_text_atomic
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f".out.txt.{dead}.tmp"  # what SIGKILL leaves behind
+        busy = tmp_path / f".out.txt.{running.pid}.tmp"  # a writer still at work
+        other = tmp_path / f".other.txt.{dead}.tmp"
+        for path in (stale, busy, other):
+            path.write_text("half")
+        write_text_atomic(tmp_path / "out.txt", "whole")
+        assert (tmp_path / "out.txt").read_text() == "whole"
+        assert not stale.exists() and busy.exists()
+        assert other.exists()  # another target's file is not this write's business
+    finally:
+        running.kill()
+        running.wait()

@@ -48,6 +48,16 @@ def test_wheel_weights_load_strictly_and_give_pooled_features(name):
     assert float(out.min()) >= 0 and float(out.max()) <= 6
 
 
+def test_multilevel_features_prepend_the_last_stages_to_the_same_head():
+    plain = build_efficientnet_lite("efficientnet_lite0")
+    multi = build_efficientnet_lite("efficientnet_lite0", multilevel=True)
+    x = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        head, both = plain(x), multi(x)
+    assert multi.out_dim == both.shape[1] == 1280 + 112 + 192 + 320
+    torch.testing.assert_close(both[:, -1280:], head)  # the same weights, the same head
+
+
 def test_random_weights_need_no_file_and_differ_from_imagenet():
     random, pretrained = build_efficientnet_lite("efficientnet_lite0", None), \
         build_efficientnet_lite("efficientnet_lite0")

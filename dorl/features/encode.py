@@ -65,6 +65,7 @@ class FeatureSettings:
     sam_image_size: int
     device: str = "cpu"
     tta: int = 1
+    multilevel: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "FeatureSettings":
@@ -81,7 +82,7 @@ class FeatureSettings:
                    tuple(str(d) for d in f.stain_reference_domains), bool(f.adabn),
                    int(f.adabn_cells), int(f.batch_size),
                    resolve_bf16(f.bf16, get_device(cfg.device)), int(cfg.sam.image_size),
-                   str(get_device(cfg.device)), int(f.tta))
+                   str(get_device(cfg.device)), int(f.tta), bool(f.multilevel))
 
 
 def cell_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray, seg_size: int,
@@ -158,13 +159,16 @@ class SamCropEncoder(nn.Module):
         return self.encoder.forward_features((x - self.pixel_mean) / self.pixel_std).mean((2, 3))
 
 
-def build_encoder(name: str, sam_image_size: int) -> tuple[nn.Module, int]:
-    """The encoder ``name`` in eval mode, with its input side."""
+def build_encoder(name: str, sam_image_size: int, multilevel: bool = False
+                  ) -> tuple[nn.Module, int]:
+    """The encoder ``name`` in eval mode, with its input side. ``multilevel`` adds the pooled
+    outputs of EfficientNet-Lite's last stages (``features.multilevel``; LiteMedSAM ignores
+    it)."""
     if name == "litemedsam":
         return SamCropEncoder(sam_image_size).eval(), sam_image_size
     from dorl.features.efficientnet import VARIANTS, build_efficientnet_lite
 
-    return build_efficientnet_lite(name), VARIANTS[name].image_size
+    return build_efficientnet_lite(name, multilevel=multilevel), VARIANTS[name].image_size
 
 
 def _batches(crops: np.ndarray, side: int, batch_size: int, device: torch.device):
@@ -231,7 +235,7 @@ def encode_normalised(normalised: np.ndarray, domains: np.ndarray, settings: Fea
     features, timings = {}, {}
     for name in settings.encoders:
         t0 = time.perf_counter()
-        model, side = build_encoder(name, settings.sam_image_size)
+        model, side = build_encoder(name, settings.sam_image_size, settings.multilevel)
         model = model.to(settings.device)
         features[name] = encode_crops(model, side, normalised, domains,
                                       settings.adabn_cells if settings.adabn else 0,
@@ -297,7 +301,7 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
     timings["stain"] += time.perf_counter() - t0
     models = {}
     for name in settings.encoders:
-        model, side = build_encoder(name, settings.sam_image_size)
+        model, side = build_encoder(name, settings.sam_image_size, settings.multilevel)
         models[name] = (model.to(settings.device), side)
     features: dict[str, Any] = {}
     bar = tqdm(total=len(rows), desc="cell features", unit="img")
