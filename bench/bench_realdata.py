@@ -322,7 +322,7 @@ def cae_features(cfg, manifest: Manifest, seg, out: Path, seed: int, watch: Stop
                          timings["cae_train"])
             watch.record(f"CAE embedding: {name} (seed {seed})", len(fs.X),
                          timings["cae_encode"])
-        else:
+        elif "cell_features" in timings:  # absent when the caller handed them in
             watch.record(f"cell features: {name} (seed {seed}, no autoencoder)", len(fs.X),
                          timings["cell_features"])
         feats[name] = fs.X

@@ -7,7 +7,7 @@ fine-tuning, so that the model is not what dominates the memory curve.
 
     python bench/bench_scale.py embed --cells 1200 12000       # memory curve
     python bench/bench_scale.py resume --cells 1200            # SIGKILL mid-segmentation, rerun
-    python bench/bench_scale.py ranks --cells 1200             # 1 process vs torchrun x 2
+    python bench/bench_scale.py ranks --cells 1200             # 1 process vs torchrun x 2, 3 seeds
     python bench/bench_scale.py stage2 --cells 100000          # classify + umap at 100,000 x 50
 """
 
@@ -149,11 +149,12 @@ def _cae_figures(run: Path) -> dict[str, float]:
 
 
 def ranks(n: int, work: Path, seeds: list[int]) -> None:
-    """One process against ``torchrun --nproc_per_node 2`` on the same cells: wall time, the
-    segmentation's agreement, and the CAE's figures against the single-process seed spread."""
+    """One process against ``torchrun --nproc_per_node 2`` on the same cells, each for every
+    seed: wall time, the segmentation's agreement (first seed), and the CAE's figures of the two
+    over the seeds."""
     rows = []
     for nproc in (1, 2):
-        for seed in (seeds if nproc == 1 else seeds[:1]):
+        for seed in seeds:
             folder = work / f"ranks_{nproc}_{seed}"
             folder.mkdir(parents=True, exist_ok=True)
             cfg = _ranks_config(folder, n, seed, nproc)
@@ -185,10 +186,12 @@ def ranks(n: int, work: Path, seeds: list[int]) -> None:
     print(f"\nseed {seeds[0]}, 1 vs 2 processes: identical {same}; SAM pooled features max "
           f"|difference| {diff:.2e}")
     for key in ("val reconstruction", "cross-domain macro-F1", "domain classifier"):
-        single = [figures[(1, s)][key] for s in seeds if figures.get((1, s))]
-        if single and figures.get((2, seeds[0])):
-            print(f"{key}: 1 process {min(single):.4f} to {max(single):.4f} over seeds "
-                  f"{seeds}; 2 processes {figures[(2, seeds[0])][key]:.4f}")
+        spread = {}
+        for nproc in (1, 2):
+            values = [figures[(nproc, s)][key] for s in seeds if figures.get((nproc, s))]
+            spread[nproc] = (f"{np.mean(values):.4f} ± {np.std(values):.4f} "
+                             f"({min(values):.4f} to {max(values):.4f})" if values else "-")
+        print(f"{key} over seeds {seeds}: 1 process {spread[1]}; 2 processes {spread[2]}")
 
 
 def stage2(n: int, work: Path) -> None:
@@ -208,7 +211,7 @@ def main(argv=None) -> int:
     ap.add_argument("what", choices=["embed", "resume", "ranks", "stage2"])
     ap.add_argument("--cells", type=int, nargs="+", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                    help="ranks: the single-process seeds (the 2-process run uses the first)")
+                    help="ranks: the seeds each of the 1- and 2-process runs is made with")
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
