@@ -22,6 +22,10 @@ import numpy as np
 
 #: Rows read per block by :func:`blocks` (and by the feature file's writer).
 BLOCK_ROWS = 1024
+#: Largest HDF5 chunk :func:`chunk_rows` plans for. HDF5 reads whole chunks, so a random row
+#: costs a chunk: with 128 crops of 49 KB per chunk, a batch of 48 random crops read 0.23 s
+#: against 0.2 ms from memory.
+CHUNK_BYTES = 64 * 1024
 
 
 class RowSource(Protocol):
@@ -76,8 +80,15 @@ class StoredRows:
             data = f[self.name]
             if inverse is None:
                 return data[index]
-            # h5py reads sorted, unique rows; the inverse restores the order asked for.
-            return data[index][inverse] if len(index) else data[0:0]
+            out = np.empty((len(index), *self.shape[1:]), self.dtype)
+            # One read per run of consecutive rows: h5py's point selection of scattered rows
+            # took 0.2 s for 48 crops, these reads 5 ms.
+            breaks = np.flatnonzero(np.diff(index) != 1) + 1
+            for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(index)]):
+                if b > a:
+                    data.read_direct(out, np.s_[index[a]:index[b - 1] + 1], np.s_[a:b])
+            # The rows were read sorted and unique; the inverse restores the order asked for.
+            return out[inverse]
 
     def __array__(self, dtype=None, copy=None):
         values = self[:]
@@ -144,6 +155,14 @@ class MappedRows:
     def __array__(self, dtype=None, copy=None):
         values = self[:]
         return values if dtype is None else values.astype(dtype)
+
+
+def chunk_rows(row_shape: tuple[int, ...], dtype, n_rows: int) -> int:
+    """Rows per HDF5 chunk for rows of ``row_shape`` and ``dtype``: as many as fit in
+    :data:`CHUNK_BYTES` (at least 1, at most ``n_rows``), so that reading scattered rows (a
+    training batch) reads little more than those rows."""
+    row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+    return int(max(1, min(n_rows, CHUNK_BYTES // row_bytes)))
 
 
 def blocks(source, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[slice, np.ndarray]]:

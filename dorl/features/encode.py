@@ -36,7 +36,7 @@ from dorl.features.adabn import recalibrate_batchnorm
 from dorl.features.stain import METHODS as STAIN_METHODS
 from dorl.features.stain import apply_stain, stain_reference
 from dorl.resize import resize_image, resize_mask
-from dorl.row_sources import StoredRows
+from dorl.row_sources import StoredRows, chunk_rows
 from dorl.sam.masks import masked_crop
 from dorl.sam.segmentation import Segmentation, part_path
 
@@ -355,7 +355,8 @@ def _write_store(path: Path, manifest: Manifest, seg: Segmentation, settings: Fe
         with h5py.File(tmp, "w") as f:
             def allocate(name, shape):
                 return f.create_dataset(name, shape=shape, dtype=np.float32,
-                                        chunks=(max(1, min(FEATURE_CHUNK, shape[0])), shape[1]))
+                                        chunks=(chunk_rows(shape[1:], np.float32, shape[0]),
+                                                shape[1]))
 
             _, meta = stream_cell_features(manifest, seg, settings, seed, rows, allocate)
             f.attrs.update(signature=signature, meta_json=json.dumps(meta))
@@ -376,7 +377,8 @@ def _join_stores(path: Path, parts: list[Path], names: tuple[str, ...]) -> None:
         with h5py.File(tmp, "w") as out:
             for name in names:
                 out.create_dataset(name, shape=(total, dims[name]), dtype=np.float32,
-                                   chunks=(max(1, min(FEATURE_CHUNK, total)), dims[name]))
+                                   chunks=(chunk_rows((dims[name],), np.float32, total),
+                                           dims[name]))
             offset = 0
             for part, n in zip(parts, sizes):
                 with h5py.File(part, "r") as f:
