@@ -41,8 +41,8 @@ class DomainStandardScaler(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None, domains=None):
         """Learn per-domain stats of ``X`` (n_samples, n_features), ``domains`` (n_samples,)."""
-        for attr in ("domains_", "n_samples_seen_", "mean_", "var_", "scale_"):
-            self.__dict__.pop(attr, None)
+        if hasattr(self, "mean_"):  # a fit starts afresh; partial_fit adds to what it has
+            del self.mean_
         return self.partial_fit(X, y, domains=domains)
 
     def partial_fit(self, X, y=None, domains=None):
@@ -65,7 +65,7 @@ class DomainStandardScaler(TransformerMixin, BaseEstimator):
             rows = X[domains == name]
             k = np.searchsorted(known, name)
             n_new, mean_new = len(rows), rows.mean(axis=0)
-            delta, total = mean_new - mean[k], count[k] + len(rows)
+            delta, total = mean_new - mean[k], count[k] + n_new
             m2[k] += ((rows - mean_new) ** 2).sum(axis=0) + delta ** 2 * count[k] * n_new / total
             mean[k] += delta * n_new / total
             count[k] = total
