@@ -53,7 +53,20 @@ def _rows(index, n: int):
     return unique, inverse
 
 
-class StoredRows:
+class _Rows:
+    """What every row source here shares: its length and ``np.asarray`` (reads every row)."""
+
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        values = self[:]
+        return values if dtype is None else values.astype(dtype)
+
+
+class StoredRows(_Rows):
     """Rows of one array of an HDF5 file, read from disk when indexed.
 
     ``rows[i]``, ``rows[a:b]`` and ``rows[index_array]`` read only those rows; ``np.asarray(rows)``
@@ -71,8 +84,6 @@ class StoredRows:
         with h5py.File(self.path, "r") as f:
             self.shape, self.dtype = tuple(f[name].shape), f[name].dtype
 
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __getitem__(self, index) -> np.ndarray:
         index, inverse = _rows(index, len(self))
@@ -90,12 +101,8 @@ class StoredRows:
             # The rows were read sorted and unique; the inverse restores the order asked for.
             return out[inverse]
 
-    def __array__(self, dtype=None, copy=None):
-        values = self[:]
-        return values if dtype is None else values.astype(dtype)
 
-
-class ConcatenatedRows:
+class ConcatenatedRows(_Rows):
     """Row sources of the same length side by side: rows of shape (sum of their columns,).
 
     Parameters
@@ -112,18 +119,12 @@ class ConcatenatedRows:
         self.shape = (len(parts[0]), sum(int(p.shape[1]) for p in parts))
         self.dtype = np.result_type(*[p.dtype for p in parts])
 
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __getitem__(self, index) -> np.ndarray:
         return np.concatenate([np.asarray(p[index]) for p in self.parts], axis=-1)
 
-    def __array__(self, dtype=None, copy=None):
-        values = self[:]
-        return values if dtype is None else values.astype(dtype)
 
-
-class MappedRows:
+class MappedRows(_Rows):
     """``function(block, rows)`` of each block read from ``source``.
 
     Parameters
@@ -142,8 +143,6 @@ class MappedRows:
         self.source, self.function = source, function
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
 
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __getitem__(self, index) -> np.ndarray:
         rows = np.arange(len(self))[index]
@@ -151,10 +150,6 @@ class MappedRows:
         if np.ndim(rows) == 0:
             return self.function(block[None], np.atleast_1d(rows))[0]
         return np.asarray(self.function(block, rows), dtype=self.dtype)
-
-    def __array__(self, dtype=None, copy=None):
-        values = self[:]
-        return values if dtype is None else values.astype(dtype)
 
 
 def chunk_rows(row_shape: tuple[int, ...], dtype, n_rows: int) -> int:
