@@ -92,11 +92,13 @@ class CAEData:
         crops = np.asarray(self.crops[idx])
         return crops if crops.shape[1] == self.side else resize_batch(crops, self.side)
 
-    def batch(self, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    def batch(self, idx: np.ndarray, device: torch.device,
+              crops: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Tensors for rows ``idx``: ``crop`` (b, 3, s, s) float in [0, 1] (channels_last),
         ``domain`` (b,) int64 (for a domain-conditional decoder) and ``features`` (b, ...)
-        float32 when present."""
-        crop = torch.from_numpy(self.crop_rows(idx)).to(device).permute(0, 3, 1, 2).float()
+        float32 when present. ``crops``: those rows' :meth:`crop_rows`, when already read."""
+        crops = self.crop_rows(idx) if crops is None else crops
+        crop = torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float()
         crop = crop / 255.0
         domain = torch.from_numpy(np.asarray(self.domain_ids[idx], dtype=np.int64))
         out = {"crop": crop.contiguous(memory_format=torch.channels_last),
@@ -302,7 +304,8 @@ def _train_epoch(model, trained, data: CAEData, train_idx: np.ndarray,
     sums = {k: 0.0 for k in LOSS_TERMS + ("total",) + (("consistency",) if views else ())}
     for step, local in enumerate(batches.epoch(epoch)):
         idx, weight = _rank_rows(train_idx[local], group)
-        batch = data.batch(idx, device)
+        crops = data.crop_rows(idx)  # read once: the second view redraws the same crops
+        batch = data.batch(idx, device, crops)
         dom = torch.from_numpy(data.domain_ids[idx]).to(device)
         ramp = align_weight(epoch + step / len(batches), settings.loss.align_warmup_epochs)
         out = trained(batch)
@@ -310,7 +313,7 @@ def _train_epoch(model, trained, data: CAEData, train_idx: np.ndarray,
                                settings.mmd_bandwidths)
         if views:
             terms["consistency"] = settings.loss.consistency * F.mse_loss(
-                out.z, model.encode(_second_view(data, idx, batch, settings, view_rng)))
+                out.z, model.encode(_second_view(crops, batch, settings, view_rng)))
             terms["total"] = terms["total"] + terms["consistency"]
         optimizer.zero_grad(set_to_none=True)
         (weight * terms["total"]).backward()
@@ -321,11 +324,11 @@ def _train_epoch(model, trained, data: CAEData, train_idx: np.ndarray,
     return group.mean(sums)
 
 
-def _second_view(data: CAEData, idx: np.ndarray, batch: dict[str, torch.Tensor],
+def _second_view(crops: np.ndarray, batch: dict[str, torch.Tensor],
                  settings: CAESettings, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """``batch`` with its crops re-drawn under random stain, colour, blur and scale changes
     (``cae.view_augment``): the view whose latent the consistency term pulls to the first."""
-    crops = torch.from_numpy(data.crop_rows(idx))
+    crops = torch.from_numpy(crops)
     view, _ = augment_batch(crops, torch.ones(crops.shape[:3], dtype=torch.bool),
                             settings.view_augment, generator)
     crop = view.to(batch["crop"].device).permute(0, 3, 1, 2).float() / 255.0
