@@ -52,6 +52,7 @@ import umap
 from cnn_comparator import CNNSettings, cnn_predictions
 from feature_options import (
     OPTIONS,
+    choose_adaptation,
     choose_default,
     encoder_features,
     option_features,
@@ -64,6 +65,7 @@ from tqdm.auto import tqdm
 from dorl.atomic import atomic_path, write_text_atomic
 from dorl.cae.embed import embed_segmentation
 from dorl.cae.invariance import domain_invariance
+from dorl.classify.adaptation import SELF_TRAINING
 from dorl.classify.baselines import colour_texture_features, pixel_pca_features
 from dorl.classify.inputs import FeatureInput
 from dorl.classify.run import kept_classes, run_classification, score
@@ -116,10 +118,11 @@ def subsample_manifest(cfg, out: Path, max_per_class: int) -> Manifest:
 
 
 def score_methods(features: dict[str, np.ndarray], table: pd.DataFrame, cfg, seed: int,
-                  out: Path) -> tuple[list[dict], pd.DataFrame]:
+                  out: Path, adaptation: str = "none") -> tuple[list[dict], pd.DataFrame]:
     """Score every method's features with the classify stage itself (``source_target`` and
-    ``in_domain`` protocols, the source lab's folds as the only training sets), so the bench
-    and ``dorl classify run`` give the same numbers for the same cells and classifier.
+    ``in_domain`` protocols, the source lab's folds as the only training sets, the classify
+    stage's ``adaptation`` for every classifier), so the bench and ``dorl classify run`` give
+    the same numbers for the same cells and classifier.
 
     Each cell of the table is the mean over the source's 5 fold models of the macro-F1 and
     accuracy on the classes shared by source and target (target classes with fewer than
@@ -132,7 +135,8 @@ def score_methods(features: dict[str, np.ndarray], table: pd.DataFrame, cfg, see
     settings = replace(ClassifySettings.from_config(cfg), protocols=("source_target",
                                                                       "in_domain"),
                        n_folds=5, seeds=(seed,), sources=(SOURCE,), save_models=False,
-                       max_train_cells=None, adaptations=("none",))
+                       max_train_cells=None, adaptations=(adaptation,),
+                       adaptation_classifiers=None)
     results, _, timings = run_classification(inputs, settings, out)
     shared = results[(results["scope"] == "shared") & (results["label"] == "")
                      & results["metric"].isin(["macro_f1", "accuracy"])]
@@ -347,6 +351,7 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
                               < SELECTION_PER_CLASS]
     cache: dict = {}
     selection = []
+    schedule = ClassifySettings.from_config(cfg).self_training
     for name in args.feature_options:
         X, seconds = option_features(name, crops, masks, domains, base, int(cfg.seed), cache)
         watch.record(f"cell features: {name} (stain + encoders)", len(manifest), seconds)
@@ -354,14 +359,18 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
             per_seed[seed][name] = X
             selection.append(shifted_source_scores(
                 name, crops[sel], masks[sel], table["label"].to_numpy()[sel], base,
-                list(cfg.classify.classifiers), seed, cache))
+                list(cfg.classify.classifiers), seed, cache, tuple(args.adaptations), schedule))
     selection = pd.concat(selection, ignore_index=True)
     with atomic_path(out / "selection.csv") as tmp:
         selection.to_csv(tmp, index=False)
     chosen, summary = choose_default(selection)
     logger.info("feature options by the selection rule (chosen: %s):\n%s", chosen,
                 summary.to_string())
+    adaptation, adaptations = choose_adaptation(selection, chosen, tuple(args.adaptations))
+    logger.info("adaptations of %s by the selection rule (chosen: %s):\n%s", chosen,
+                adaptation, adaptations.to_string())
     return chosen, {"selection": summary.to_dict("records"),
+                    "adaptation": adaptation, "adaptations": adaptations.to_dict("records"),
                     "raw": encoder_features(chosen, len(crops), cache)}
 
 
@@ -409,6 +418,14 @@ def markdown(summary: pd.DataFrame, seg_quality: dict, speed: pd.DataFrame, meta
                      f" | {pm(r, 'best_acc')} | {pm(r, 'mean_acc')} | "
                      + ("– | – |" if np.isnan(r["mmd"]) else
                         f"{r['mmd']:.4f} | {r['domain_clf_acc']:.3f} |"))
+    if meta.get("adaptations"):
+        lines += ["", f"Target adaptations of the chosen option by the label-free rule "
+                      f"(docs/benchmarks.md, Run G); chosen: **{meta['chosen_adaptation']}**.",
+                  "", "| adaptation | classifier (best in-domain) | in-domain macro-F1 | "
+                  "shifted-source macro-F1 |", "|---|---|---|---|"]
+        for r in meta["adaptations"]:
+            lines.append(f"| {r['adaptation']} | {r['classifier']} | {r['in_domain_f1']:.3f} | "
+                         f"{r['shifted_f1']:.3f} |")
     if meta.get("selection"):
         lines += ["", f"Cell-feature options by the label-free selection rule "
                       f"(bench/feature_options.py); chosen: **{meta['chosen_option']}**.", "",
@@ -485,6 +502,11 @@ def main(argv=None) -> int:
                     default=list(CAE_ON_CHOSEN),
                     help="CAE variants trained on the chosen feature option (one training per "
                          "seed each)")
+    ap.add_argument("--adaptations", nargs="+", choices=["none", *SELF_TRAINING],
+                    default=["none"], metavar="ADAPTATION",
+                    help="target adaptations scored by the selection rule on the simulated labs, "
+                         "cheapest first (needs --feature-options); each one after `none` adds "
+                         "a row of the chosen option with that adaptation")
     ap.add_argument("--cnn", action="store_true",
                     help="add the supervised CNN comparator (bench/cnn_comparator.py), one "
                          "training per seed on the LoRA-SAM cell crops")
@@ -529,6 +551,8 @@ def main(argv=None) -> int:
             "sam_image_size": int(cfg.sam.image_size), "load_average_start": os.getloadavg()}
     seg_quality = {}
     variants = {v: CAE_VARIANTS[v] for v in CAE_VARIANTS if variant_slug(v) in args.cae_variants}
+    # Rows of the chosen feature option with a target adaptation: name -> (option, adaptation).
+    adapted_rows = {}
     if not args.baselines_only:
         seg_zs, seg_ft, adapter, seg_quality = sam_stages(cfg, manifest, out, watch,
                                                           not args.skip_zero_shot)
@@ -551,6 +575,9 @@ def main(argv=None) -> int:
             chosen, cell = feature_rows(cfg, manifest, seg_ft, args, per_seed, watch, out)
             meta["selection"] = cell["selection"]
             meta["chosen_option"] = chosen
+            meta["adaptations"] = cell["adaptations"]
+            meta["chosen_adaptation"] = cell["adaptation"]
+            adapted_rows = {f"{chosen}, {a}": (chosen, a) for a in args.adaptations[1:]}
             chosen_cfg = OPTIONS[chosen].overrides() + ["cae.enabled=true"]
             # The autoencoder reads the option's features before any view-invariant projection.
             base_name = chosen.replace(" view-invariant", "")
@@ -561,25 +588,35 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 per_seed[seed].update(cae_features(cfg, manifest, seg_ft, out, seed, watch,
                                                    cell_variants, feats))
-    meta["methods"] = list(per_seed[args.seeds[0]])
+    meta["methods"] = list(per_seed[args.seeds[0]]) + list(adapted_rows)
 
     scores, invariance = [], []
     for seed in args.seeds:
         logger.info("scoring %d methods (seed %d)", len(per_seed[seed]), seed)
         rows, timings = score_methods(per_seed[seed], table, cfg, seed, out / "classify")
         scores += rows
+        plain_last = list(per_seed[seed])[-1]
         if seed == args.seeds[0]:
-            last = timings[timings["feature_set"] == meta["methods"][-1]]
+            last = timings[timings["feature_set"] == plain_last]
             for clf, fits in last.groupby("classifier"):
-                watch.record(f"classifier {clf} (5 source folds, {meta['methods'][-1]})",
+                watch.record(f"classifier {clf} (5 source folds, {plain_last})",
                              int(fits["n_train"].sum()), float(fits["fit_s"].sum()))
+        for name, (option, adaptation) in adapted_rows.items():
+            adapted, timings = score_methods({option: per_seed[seed][option]}, table, cfg, seed,
+                                             out / "classify", adaptation)
+            scores += [{**r, "method": name} for r in adapted]
+            if seed == args.seeds[0]:
+                watch.record(f"fits with {adaptation}, every classifier (5 source folds, "
+                             f"{option})", int(timings["n_train"].sum()),
+                             float(timings["fit_s"].sum()))
         for method, X in per_seed[seed].items():
             inv = domain_invariance(X, table["domain"], table["label"], seed)
-            invariance.append({"method": method, "seed": seed, "mmd": inv["mmd"],
-                               "domain_clf_acc": inv["domain_clf_acc"]})
-    X_last = per_seed[args.seeds[0]][meta["methods"][-1]]
+            for name in [method] + [a for a, (o, _) in adapted_rows.items() if o == method]:
+                invariance.append({"method": name, "seed": seed, "mmd": inv["mmd"],
+                                   "domain_clf_acc": inv["domain_clf_acc"]})
+    X_last = per_seed[args.seeds[0]][plain_last]
     umap.UMAP(n_neighbors=5, random_state=0).fit_transform(X_last[:60])  # numba JIT warm-up
-    with watch.time(f"UMAP ({meta['methods'][-1]})", n):
+    with watch.time(f"UMAP ({plain_last})", n):
         umap.UMAP(n_neighbors=int(cfg.umap.n_neighbors), random_state=int(cfg.seed)
                   ).fit_transform(X_last)
 

@@ -11,6 +11,7 @@ from sklearn.svm import LinearSVC
 
 from dorl.classify.adaptation import (
     SelfTraining,
+    centroid_scores,
     class_scores,
     coral_align,
     pseudo_labels,
@@ -34,6 +35,36 @@ def test_self_training_improves_a_shifted_toy_domain(seed):
     plain = LogisticRegression().fit(Xs, ys).score(Xt, yt)
     adapted = self_train(LogisticRegression(), Xs, ys, Xt, SelfTraining()).score(Xt, yt)
     assert adapted > plain + 0.03
+
+
+def _rotated_target(rng, degrees, n=200, sd=0.7):
+    """Two classes at (-2, 0) and (2, 0) turned by ``degrees``: a shift that per-domain centring
+    cannot undo, with the source's boundary (x = 0) cutting through both classes."""
+    X, y = _blobs(rng, [(-2, 0), (2, 0)], n, sd)
+    t = np.deg2rad(degrees)
+    return X @ np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]), y
+
+
+def test_centroid_scores_follow_the_clusters_not_the_model():
+    rng = np.random.default_rng(0)
+    X, y = _rotated_target(rng, 75)
+    # Class scores of a model whose boundary is x = 0: about 77% right on this target.
+    scores = LogisticRegression().fit(*_blobs(rng, [(-2, 0), (2, 0)], 100, 0.7)).predict_proba(X)
+    assert 0.7 < (scores.argmax(axis=1) == y.astype(int)).mean() < 0.85
+    similarity = centroid_scores(scores, X)
+    assert similarity.shape == scores.shape and np.all(np.abs(similarity) <= 1 + 1e-9)
+    assert (similarity.argmax(axis=1) == y.astype(int)).mean() > 0.97
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_centroid_self_training_recovers_a_rotated_target(seed):
+    rng = np.random.default_rng(seed)
+    Xs, ys = _blobs(rng, [(-2, 0), (2, 0)], 100, 0.7)
+    Xt, yt = _rotated_target(rng, 75)
+    plain = LogisticRegression().fit(Xs, ys).score(Xt, yt)
+    adapted = self_train(LogisticRegression(), Xs, ys, Xt, SelfTraining(),
+                         centroids=True).score(Xt, yt)
+    assert adapted > plain + 0.1 and adapted > 0.95
 
 
 def test_self_training_never_reads_target_labels():

@@ -44,3 +44,35 @@ def test_bench_and_classify_run_give_the_same_numbers(tiny_cfg, tmp_path):
             assert len(expected) == 5  # one per source fold
             np.testing.assert_allclose(row[metric], expected["value"].mean(), atol=1e-5)
     assert {r["target"] for r in rows} == {f"{SOURCE} (5-fold)", "lab_b"}
+
+
+def _selection_rows(shifted: dict[str, float]) -> pd.DataFrame:
+    """Selection rows of one option over two seeds: logreg best in-domain, with the given
+    shifted-source score per adaptation; knn worse in-domain but better shifted."""
+    rows = []
+    for seed in (0, 1):
+        for clf, in_domain, bonus in (("logreg", 0.95, 0.0), ("knn", 0.90, 0.2)):
+            for adaptation, f1 in shifted.items():
+                rows.append({"option": "L0", "classifier": clf, "seed": seed,
+                             "adaptation": adaptation, "in_domain_f1": in_domain,
+                             "shifted_f1": f1 + bonus})
+    return pd.DataFrame(rows)
+
+
+def test_the_adaptation_rule_reads_the_in_domain_classifier_and_breaks_ties_cheaply():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from feature_options import choose_adaptation
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    order = ("none", "self_training", "centroid_self_training")
+    chosen, table = choose_adaptation(_selection_rows(dict(zip(order, (0.80, 0.85, 0.86)))),
+                                      "L0", order)
+    # self_training is within 0.01 of the top, and cheaper.
+    assert chosen == "self_training" and set(table["classifier"]) == {"logreg"}
+    chosen, _ = choose_adaptation(_selection_rows(dict(zip(order, (0.80, 0.805, 0.809)))),
+                                  "L0", order)
+    assert chosen == "none"
+    chosen, _ = choose_adaptation(_selection_rows(dict(zip(order, (0.80, 0.70, 0.83)))),
+                                  "L0", order)
+    assert chosen == "centroid_self_training"

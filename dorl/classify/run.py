@@ -35,6 +35,7 @@ from tqdm import tqdm
 from dorl import __version__
 from dorl.atomic import atomic_path
 from dorl.classify.adaptation import (
+    SELF_TRAINING,
     STANDARDISED,
     TARGET_SIDE,
     SelfTraining,
@@ -130,10 +131,10 @@ def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: 
         for ev, is_adapted, X_aligned in zip(split.evaluations, adapted, aligned):
             X_test = X[ev.test] if X_aligned is None else X_aligned
             final = fitted
-            if adaptation == "self_training" and is_adapted and len(ev.test):
+            if adaptation in SELF_TRAINING and is_adapted and len(ev.test):
                 t0 = time.perf_counter()
                 final = self_train(model, X_train, y_train, X_test, schedule, fitted=fitted,
-                                   max_cells=max_cells)
+                                   max_cells=max_cells, centroids=SELF_TRAINING[adaptation])
                 fit_s += time.perf_counter() - t0
             preds.append(np.asarray(final.predict(X_test)).astype(str) if len(ev.test)
                          else np.empty(0, dtype=str))
@@ -157,8 +158,8 @@ class _Task:
 def _tasks(inputs: list[FeatureInput], c: ClassifySettings) -> list[_Task]:
     """Every fit: feature set x seed x split x adaptation x classifier. Adapted rows run the
     ``adaptation_classifiers`` among the classifiers; few-shot splits run the
-    ``few_shot.classifiers`` without the target-side adaptations (coral, self_training), whose
-    target then holds labelled training cells."""
+    ``few_shot.classifiers`` without the target-side adaptations (coral and self-training),
+    whose target then holds labelled training cells."""
     tasks = []
     for inp in inputs:
         for seed in c.seeds:
