@@ -518,6 +518,8 @@ def main(argv=None) -> int:
         return render(Path(args.out))
     if args.quick:
         args.max_per_class = min(args.max_per_class, 10)
+    # `none` comes first: its rows hold every classifier, which the rules choose among.
+    args.adaptations = ["none", *dict.fromkeys(a for a in args.adaptations if a != "none")]
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
