@@ -71,13 +71,9 @@ bench: $(STAMP) ## print speed, memory and domain-shift figures (synthetic data;
 	$(BIN)/python bench/bench_embed.py --data synth
 	$(BIN)/python bench/bench_classify.py
 
-bench-realdata: $(STAMP) ## the real-data benchmark of docs/benchmarks.md (needs ../shared/datasets)
+bench-realdata: $(STAMP) ## the real-data benchmark of docs/benchmarks.md, Run G (needs ../shared/datasets)
 	$(BIN)/python bench/bench_realdata.py --max-per-class 200 --seeds 0 1 2 \
-	    --out runs/realdata_bench --cae-variants dorl_full --feature-options "L0 cell" \
-	    "L0 cell AdaBN" "L0 cell Reinhard" "L0 cell Reinhard AdaBN" "L0 cell Macenko AdaBN" \
-	    "L0 cell grey AdaBN" "L2 cell Reinhard AdaBN" -- \
+	    --out runs/realdata_bench --skip-zero-shot --cae-variants dorl_full --cae-on-chosen \
+	    --feature-options "L0 cell AdaBN TTA4" \
+	    --adaptations none self_training centroid_self_training -- \
 	    num_threads=2 "classify.classifiers=[logreg,svm_rbf,knn,mlp,rf]"
-
-clean: ## remove runs and generated data (keeps the environment)
-	rm -rf runs data/synth .pytest_cache
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
