@@ -131,7 +131,7 @@ def test_adapted_rows_keep_the_in_domain_score_and_few_shot_its_classifiers(cfg,
     assert free["value"].between(0, np.inf).all()
 
 
-def test_self_training_row_lifts_a_shifted_target(tmp_path, cfg):
+def test_self_training_rows_lift_a_shifted_target(tmp_path, cfg):
     # Class-conditional shift: the target's class x moves towards y, which per-domain
     # standardisation cannot undo.
     rng = np.random.default_rng(0)
