@@ -172,7 +172,8 @@ def centroid_scores(scores: np.ndarray, X: np.ndarray,
     ndarray of shape (n_cells, n_classes)
         Similarities in [-1, 1]; their argmax is the pseudo-label, their max its confidence.
     """
-    unit = np.asarray(X, dtype=np.float64)
+    # float32 keeps the normalised copy of a large target at the size of the target itself.
+    unit = np.asarray(X, dtype=np.float32)
     unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
     weights = np.asarray(scores, dtype=np.float64)
     centroids = weights.T @ unit / np.maximum(weights.sum(axis=0), 1e-12)[:, None]
