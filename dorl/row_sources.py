@@ -84,7 +84,6 @@ class StoredRows(_Rows):
         with h5py.File(self.path, "r") as f:
             self.shape, self.dtype = tuple(f[name].shape), f[name].dtype
 
-
     def __getitem__(self, index) -> np.ndarray:
         index, inverse = _rows(index, len(self))
         with h5py.File(self.path, "r") as f:
@@ -119,7 +118,6 @@ class ConcatenatedRows(_Rows):
         self.shape = (len(parts[0]), sum(int(p.shape[1]) for p in parts))
         self.dtype = np.result_type(*[p.dtype for p in parts])
 
-
     def __getitem__(self, index) -> np.ndarray:
         return np.concatenate([np.asarray(p[index]) for p in self.parts], axis=-1)
 
@@ -143,7 +141,6 @@ class MappedRows(_Rows):
         self.source, self.function = source, function
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
 
-
     def __getitem__(self, index) -> np.ndarray:
         rows = np.arange(len(self))[index]
         block = np.asarray(self.source[index])
@@ -158,6 +155,14 @@ def chunk_rows(row_shape: tuple[int, ...], dtype, n_rows: int) -> int:
     training batch) reads little more than those rows."""
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
     return int(max(1, min(n_rows, CHUNK_BYTES // row_bytes)))
+
+
+def create_rows(group, name: str, shape: tuple[int, ...], dtype):
+    """An HDF5 dataset ``name`` of ``shape`` (rows first) and ``dtype`` in ``group`` (an h5py
+    file or group), chunked by :func:`chunk_rows`: every per-cell store is planned this way."""
+    shape = tuple(int(s) for s in shape)
+    return group.create_dataset(name, shape=shape, dtype=dtype,
+                                chunks=(chunk_rows(shape[1:], dtype, shape[0]), *shape[1:]))
 
 
 def blocks(source, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[slice, np.ndarray]]:

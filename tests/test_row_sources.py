@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 
 from dorl.featstore import FeatureSet, read_features, write_features
-from dorl.row_sources import ConcatenatedRows, MappedRows, StoredRows, blocks, take
+from dorl.row_sources import (
+    CHUNK_BYTES,
+    ConcatenatedRows,
+    MappedRows,
+    StoredRows,
+    blocks,
+    create_rows,
+    take,
+)
 
 
 @pytest.fixture
@@ -62,3 +70,15 @@ def test_feature_file_written_from_row_sources_equals_one_from_arrays(stored, tm
     lazy, eager = read_features(tmp_path / "lazy.h5ad"), read_features(tmp_path / "eager.h5ad")
     np.testing.assert_array_equal(lazy.X, eager.X)
     np.testing.assert_array_equal(lazy.obsm["X_raw"], eager.obsm["X_raw"])
+
+
+def test_create_rows_plans_chunks_of_at_most_chunk_bytes(tmp_path):
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        chunks = {name: create_rows(f, name, shape, dtype).chunks for name, shape, dtype in (
+            ("crops", (1000, 128, 128, 3), np.uint8),  # 49 KB per row
+            ("x", (1000, 1280), np.float32),  # 5 KB per row
+            ("few", (3, 4), np.float32),
+            ("big", (10, 512, 512, 3), np.uint8))}  # one row is more than CHUNK_BYTES
+    assert chunks["crops"] == (1, 128, 128, 3)
+    assert chunks["x"] == (CHUNK_BYTES // (1280 * 4), 1280)
+    assert chunks["few"] == (3, 4) and chunks["big"] == (1, 512, 512, 3)

@@ -36,7 +36,7 @@ from dorl.features.adabn import recalibrate_batchnorm
 from dorl.features.stain import METHODS as STAIN_METHODS
 from dorl.features.stain import apply_stain, stain_reference
 from dorl.resize import resize_image, resize_mask
-from dorl.row_sources import StoredRows, chunk_rows
+from dorl.row_sources import StoredRows, create_rows
 from dorl.sam.masks import masked_crop
 from dorl.sam.segmentation import Segmentation, part_path
 
@@ -354,9 +354,7 @@ def _write_store(path: Path, manifest: Manifest, seg: Segmentation, settings: Fe
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             def allocate(name, shape):
-                return f.create_dataset(name, shape=shape, dtype=np.float32,
-                                        chunks=(chunk_rows(shape[1:], np.float32, shape[0]),
-                                                shape[1]))
+                return create_rows(f, name, shape, np.float32)
 
             _, meta = stream_cell_features(manifest, seg, settings, seed, rows, allocate)
             f.attrs.update(signature=signature, meta_json=json.dumps(meta))
@@ -376,9 +374,7 @@ def _join_stores(path: Path, parts: list[Path], names: tuple[str, ...]) -> None:
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as out:
             for name in names:
-                out.create_dataset(name, shape=(total, dims[name]), dtype=np.float32,
-                                   chunks=(chunk_rows((dims[name],), np.float32, total),
-                                           dims[name]))
+                create_rows(out, name, (total, dims[name]), np.float32)
             offset = 0
             for part, n in zip(parts, sizes):
                 with h5py.File(part, "r") as f:

@@ -21,7 +21,7 @@ import numpy as np
 
 from dorl.artifacts import SEGMENTATION, reusable
 from dorl.atomic import atomic_path
-from dorl.row_sources import StoredRows, chunk_rows
+from dorl.row_sources import StoredRows, create_rows
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +160,7 @@ class SegmentationWriter:
             for name, values in columns.items():
                 values = np.asarray(values)
                 if name not in f:
-                    rows = chunk_rows(values.shape[1:], values.dtype, self.n_rows)
-                    f.create_dataset(name, shape=(self.n_rows, *values.shape[1:]),
-                                     dtype=values.dtype, chunks=(rows, *values.shape[1:]))
+                    create_rows(f, name, (self.n_rows, *values.shape[1:]), values.dtype)
                 f[name][start:stop] = values
             f.flush()  # the rows are on disk before they are counted
             f.attrs["done"] = stop
