@@ -31,7 +31,7 @@ import torch
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
-from dorl.classify.adaptation import SELF_TRAINING, SelfTraining, self_train
+from dorl.classify.adaptation import SelfTraining, adapted_model
 from dorl.classify.registry import build_classifier
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.features.encode import FeatureSettings, domain_sample, encode_normalised
@@ -178,18 +178,6 @@ def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
     return float(f1_score(labels, predicted.astype(str), average="macro"))
 
 
-def _adapted_predictions(adaptation: str, model, classifier: str, seed: int,
-                         X_train: np.ndarray, y_train: np.ndarray, X_target: np.ndarray,
-                         schedule: SelfTraining) -> np.ndarray:
-    """``model``'s predictions on one unlabelled target after ``adaptation`` (``none`` or one of
-    the classify stage's self-training adaptations)."""
-    if adaptation == "none":
-        return model.predict(X_target)
-    adapted = self_train(build_classifier(classifier, seed), X_train, y_train, X_target,
-                         schedule, fitted=model, centroids=SELF_TRAINING[adaptation])
-    return adapted.predict(X_target)
-
-
 def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarray,
                           labels: np.ndarray, base: FeatureSettings, classifiers: list[str],
                           seed: int, cache: dict, adaptations: tuple[str, ...] = ("none",),
@@ -229,9 +217,10 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
             shift = {j: np.empty(n, dtype=object) for j in labs}
             for model, (train, test) in zip(models[clf], splits):
                 for j in labs:
-                    shift[j][test] = _adapted_predictions(
-                        a, model, clf, seed, X[:n][train], labels[train],
-                        X[j * n:(j + 1) * n][test], schedule)
+                    X_target = X[j * n:(j + 1) * n][test]
+                    shift[j][test] = adapted_model(
+                        a, build_classifier(clf, seed), model, X[:n][train], labels[train],
+                        X_target, schedule).predict(X_target)
             shifted_f1 = np.mean([_macro_f1(labels, p) for p in shift.values()])
             out.append({"option": name, "classifier": clf, "seed": seed, "adaptation": a,
                         "in_domain_f1": in_domain_f1[clf], "shifted_f1": float(shifted_f1)})

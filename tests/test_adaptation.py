@@ -11,6 +11,7 @@ from sklearn.svm import LinearSVC
 
 from dorl.classify.adaptation import (
     SelfTraining,
+    adapted_model,
     centroid_scores,
     class_scores,
     coral_align,
@@ -65,6 +66,23 @@ def test_centroid_self_training_recovers_a_rotated_target(seed):
     adapted = self_train(LogisticRegression(), Xs, ys, Xt, SelfTraining(),
                          centroids=True).score(Xt, yt)
     assert adapted > plain + 0.1 and adapted > 0.95
+
+
+def test_adapted_model_refits_only_for_the_self_training_adaptations():
+    rng = np.random.default_rng(0)
+    Xs, ys = _blobs(rng, [(-2, 0), (2, 0)], 100, 0.7)
+    Xt, _ = _rotated_target(rng, 75)
+    fitted = LogisticRegression().fit(Xs, ys)
+    for feature_side in ("none", "domain_std", "coral"):
+        assert adapted_model(feature_side, LogisticRegression(), fitted, Xs, ys, Xt,
+                             SelfTraining()) is fitted
+    assert adapted_model("self_training", LogisticRegression(), fitted, Xs, ys, Xt[:0],
+                         SelfTraining()) is fitted
+    for name, centroids in (("self_training", False), ("centroid_self_training", True)):
+        model = adapted_model(name, LogisticRegression(), fitted, Xs, ys, Xt, SelfTraining())
+        direct = self_train(LogisticRegression(), Xs, ys, Xt, SelfTraining(), fitted=fitted,
+                            centroids=centroids)
+        np.testing.assert_allclose(model.coef_, direct.coef_)
 
 
 def test_self_training_never_reads_target_labels():

@@ -229,6 +229,20 @@ def self_train(model, X_train: np.ndarray, y_train: np.ndarray, X_target: np.nda
     return current
 
 
+def adapted_model(adaptation: str, model, fitted, X_train: np.ndarray, y_train: np.ndarray,
+                  X_target: np.ndarray, schedule: SelfTraining, max_cells: int | None = None):
+    """The model that predicts ``X_target`` (n_target, n_features) under ``adaptation``.
+
+    The self-training adaptations refit ``model`` with pseudo-labelled target cells
+    (:func:`self_train`, from ``fitted``); every other adaptation acts on the features only, so
+    ``fitted`` itself serves. An empty target leaves ``fitted`` as it is.
+    """
+    if adaptation not in SELF_TRAINING or not len(X_target):
+        return fitted
+    return self_train(model, X_train, y_train, X_target, schedule, fitted=fitted,
+                      max_cells=max_cells, centroids=SELF_TRAINING[adaptation])
+
+
 def _density_cells(n: int, max_cells: int, seed: int) -> np.ndarray | slice:
     """The cells soft neighbourhood density reads: a seeded subset of ``max_cells`` of ``n``."""
     if n > max_cells:

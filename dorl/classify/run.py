@@ -35,13 +35,12 @@ from tqdm import tqdm
 from dorl import __version__
 from dorl.atomic import atomic_path
 from dorl.classify.adaptation import (
-    SELF_TRAINING,
     STANDARDISED,
     TARGET_SIDE,
     SelfTraining,
+    adapted_model,
     coral_align,
     model_density,
-    self_train,
     vote_agreement,
 )
 from dorl.classify.inputs import UNLABELLED, FeatureInput, load_input
@@ -131,10 +130,10 @@ def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: 
         for ev, is_adapted, X_aligned in zip(split.evaluations, adapted, aligned):
             X_test = X[ev.test] if X_aligned is None else X_aligned
             final = fitted
-            if adaptation in SELF_TRAINING and is_adapted and len(ev.test):
+            if is_adapted:
                 t0 = time.perf_counter()
-                final = self_train(model, X_train, y_train, X_test, schedule, fitted=fitted,
-                                   max_cells=max_cells, centroids=SELF_TRAINING[adaptation])
+                final = adapted_model(adaptation, model, fitted, X_train, y_train, X_test,
+                                      schedule, max_cells)
                 fit_s += time.perf_counter() - t0
             preds.append(np.asarray(final.predict(X_test)).astype(str) if len(ev.test)
                          else np.empty(0, dtype=str))
