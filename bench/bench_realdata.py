@@ -57,6 +57,7 @@ from feature_options import (
     encoder_features,
     option_features,
     shifted_source_scores,
+    training_lab_features,
 )
 from measure import Stopwatch
 from omegaconf import OmegaConf
@@ -118,7 +119,8 @@ def subsample_manifest(cfg, out: Path, max_per_class: int) -> Manifest:
 
 
 def score_methods(features: dict[str, np.ndarray], table: pd.DataFrame, cfg, seed: int,
-                  out: Path, adaptation: str = "none") -> tuple[list[dict], pd.DataFrame]:
+                  out: Path, adaptation: str = "none", views: dict[str, np.ndarray] | None = None
+                  ) -> tuple[list[dict], pd.DataFrame]:
     """Score every method's features with the classify stage itself (``source_target`` and
     ``in_domain`` protocols, the source lab's folds as the only training sets, the classify
     stage's ``adaptation`` for every classifier), so the bench and ``dorl classify run`` give
@@ -127,10 +129,13 @@ def score_methods(features: dict[str, np.ndarray], table: pd.DataFrame, cfg, see
     Each cell of the table is the mean over the source's 5 fold models of the macro-F1 and
     accuracy on the classes shared by source and target (target classes with fewer than
     ``classify.min_class_count`` cells left out); ``<source> (5-fold)`` is the held-out fold.
-    Returns the rows and the fit timings.
+    ``views`` holds the simulated training labs' features of the methods that have them
+    (``FeatureInput.training_views``). Returns the rows and the fit timings.
     """
     domains, labels = table["domain"].to_numpy(), table["label"].to_numpy()
-    inputs = [FeatureInput(name, out, "X", X, labels, domains, None)
+    views = views or {}
+    inputs = [FeatureInput(name, out, "X", X, labels, domains, None,
+                           training_views=views.get(name))
               for name, X in features.items()]
     settings = replace(ClassifySettings.from_config(cfg), protocols=("source_target",
                                                                       "in_domain"),
@@ -337,7 +342,9 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
                  out: Path) -> tuple[str, dict]:
     """Add one row per ``--feature-options`` option to ``per_seed`` and choose among them by the
     label-free rule of bench/feature_options.py. Returns the chosen option and a dict with the
-    ``selection`` table (records) and the chosen encoders' ``raw`` features (for the CAE)."""
+    ``selection`` table (records), the chosen encoders' ``raw`` features (for the CAE) and the
+    ``views`` of the options with simulated training labs (the source cells' features in those
+    labs, NaN for the other cells)."""
     from dorl.features.encode import FeatureSettings, cell_crops
 
     table = manifest.table
@@ -350,16 +357,24 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
     sel = np.flatnonzero(src)[table[src].groupby("label").cumcount().to_numpy()
                               < SELECTION_PER_CLASS]
     cache: dict = {}
-    selection = []
+    selection, views = [], {}
     schedule = ClassifySettings.from_config(cfg).self_training
     for name in args.feature_options:
         X, seconds = option_features(name, crops, masks, domains, base, int(cfg.seed), cache)
         watch.record(f"cell features: {name} (stain + encoders)", len(manifest), seconds)
+        lab_views, seconds = training_lab_features(name, crops[src], masks[src], domains[src],
+                                                   base, int(cfg.seed), cache, "training labs")
+        if lab_views is not None:
+            watch.record(f"cell features: {name}, the source in its training labs",
+                         int(src.sum()) * len(lab_views), seconds)
+            views[name] = np.full((len(lab_views), len(X), X.shape[1]), np.nan, np.float32)
+            views[name][:, src] = lab_views
         for seed in args.seeds:
             per_seed[seed][name] = X
             selection.append(shifted_source_scores(
                 name, crops[sel], masks[sel], table["label"].to_numpy()[sel], base,
-                list(cfg.classify.classifiers), seed, cache, tuple(args.adaptations), schedule))
+                list(cfg.classify.classifiers), seed, cache, tuple(args.adaptations), schedule,
+                int(cfg.seed)))
     selection = pd.concat(selection, ignore_index=True)
     with atomic_path(out / "selection.csv") as tmp:
         selection.to_csv(tmp, index=False)
@@ -371,7 +386,7 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
                 adaptation, adaptations.to_string())
     return chosen, {"selection": summary.to_dict("records"),
                     "adaptation": adaptation, "adaptations": adaptations.to_dict("records"),
-                    "raw": encoder_features(chosen, len(crops), cache)}
+                    "raw": encoder_features(chosen, len(crops), cache), "views": views}
 
 
 def summarise(scores: pd.DataFrame, invariance: pd.DataFrame) -> pd.DataFrame:
@@ -488,7 +503,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="10 cells per class, 4 classifiers, short SAM and CAE training")
     ap.add_argument("--baselines-only", action="store_true", help="skip SAM and the CAE")
-    ap.add_argument("--cae-variants", nargs="+", choices=[variant_slug(v) for v in CAE_VARIANTS],
+    ap.add_argument("--cae-variants", nargs="*", choices=[variant_slug(v) for v in CAE_VARIANTS],
                     default=[variant_slug(v) for v in CAE_VARIANTS],
                     help="CAE variants to train (default: all; each costs one CAE training "
                          "per seed)")
@@ -555,6 +570,7 @@ def main(argv=None) -> int:
     variants = {v: CAE_VARIANTS[v] for v in CAE_VARIANTS if variant_slug(v) in args.cae_variants}
     # Rows of the chosen feature option with a target adaptation: name -> (option, adaptation).
     adapted_rows = {}
+    views: dict[str, np.ndarray] = {}  # simulated training labs' features, per method
     if not args.baselines_only:
         seg_zs, seg_ft, adapter, seg_quality = sam_stages(cfg, manifest, out, watch,
                                                           not args.skip_zero_shot)
@@ -579,6 +595,7 @@ def main(argv=None) -> int:
             meta["chosen_option"] = chosen
             meta["adaptations"] = cell["adaptations"]
             meta["chosen_adaptation"] = cell["adaptation"]
+            views = cell["views"]
             adapted_rows = {f"{chosen}, {a}": (chosen, a) for a in args.adaptations[1:]}
             chosen_cfg = OPTIONS[chosen].overrides() + ["cae.enabled=true"]
             # The autoencoder reads the option's features before any view-invariant projection.
@@ -595,7 +612,8 @@ def main(argv=None) -> int:
     scores, invariance = [], []
     for seed in args.seeds:
         logger.info("scoring %d methods (seed %d)", len(per_seed[seed]), seed)
-        rows, timings = score_methods(per_seed[seed], table, cfg, seed, out / "classify")
+        rows, timings = score_methods(per_seed[seed], table, cfg, seed, out / "classify",
+                                      views=views)
         scores += rows
         plain_last = list(per_seed[seed])[-1]
         if seed == args.seeds[0]:
@@ -605,7 +623,7 @@ def main(argv=None) -> int:
                              int(fits["n_train"].sum()), float(fits["fit_s"].sum()))
         for name, (option, adaptation) in adapted_rows.items():
             adapted, timings = score_methods({option: per_seed[seed][option]}, table, cfg, seed,
-                                             out / "classify", adaptation)
+                                             out / "classify", adaptation, views)
             scores += [{**r, "method": name} for r in adapted]
             if seed == args.seeds[0]:
                 watch.record(f"fits with {adaptation}, every classifier (5 source folds, "

@@ -33,9 +33,11 @@ from sklearn.model_selection import StratifiedKFold
 
 from dorl.classify.adaptation import SelfTraining, adapted_model
 from dorl.classify.registry import build_classifier
+from dorl.classify.run import training_set
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.features.encode import FeatureSettings, domain_sample, encode_normalised
 from dorl.features.stain import normalise_crops
+from dorl.features.training_labs import draw_training_labs, lab_domains
 from dorl.features.view_invariance import ViewInvariantProjection, two_views
 from dorl.sam.augment import simulate_lab
 
@@ -57,6 +59,8 @@ class Option:
     view_invariance: bool = False
     #: ``features.multilevel``: the last stages' pooled outputs beside the head.
     multilevel: bool = False
+    #: Simulated training labs (:mod:`dorl.features.training_labs`) the classifiers also train on.
+    training_labs: int = 0
 
     def overrides(self) -> list[str]:
         """The config overrides that give this option's features in ``dorl embed``."""
@@ -79,6 +83,7 @@ OPTIONS = {
                                                 view_invariance=True),
     "L0 cell AdaBN TTA8": Option((L0,), "none", True, tta=8),
     "L0 cell AdaBN TTA4 multi-level": Option((L0,), "none", True, tta=4, multilevel=True),
+    "L0 cell AdaBN TTA4 training labs": Option((L0,), "none", True, tta=4, training_labs=3),
     "L1 cell AdaBN TTA4": Option((L1,), "none", True, tta=4),
     "L1 cell Reinhard AdaBN": Option((L1,), "reinhard", True),
     "L2 cell Reinhard AdaBN": Option((L2,), "reinhard", True),
@@ -141,18 +146,20 @@ def _encoded(normalised: np.ndarray, domains: np.ndarray, option: Option, base: 
 
 
 def option_features(name: str, crops: np.ndarray, masks: np.ndarray, domains: np.ndarray,
-                    base: FeatureSettings, seed: int, cache: dict) -> tuple[np.ndarray, float]:
+                    base: FeatureSettings, seed: int, cache: dict, tag: str = "cells"
+                    ) -> tuple[np.ndarray, float]:
     """Features (n, d) of one option, standardised per domain, and the seconds of its stain
     normalisation, encoders and view-invariant projection.
 
-    ``cache`` holds each stain normalisation and each encoder's result, keyed by the crop set's
-    size, so options share their normalised crops and a concatenation reuses its parts.
+    ``cache`` holds each stain normalisation and each encoder's result, keyed by ``tag`` (which
+    crop set this is) and the set's size, so options share their normalised crops and a
+    concatenation reuses its parts.
     """
     option = OPTIONS[name]
     n = len(crops)
     normalised, seconds = _normalised(crops, masks, domains, option.stain, base, seed, cache,
-                                      ("stain", option.stain, n))
-    X, encode_s = _encoded(normalised, domains, option, base, cache, ("cells", option.stain, n))
+                                      ("stain", tag, option.stain, n))
+    X, encode_s = _encoded(normalised, domains, option, base, cache, (tag, option.stain, n))
     scaler = DomainStandardScaler().fit(X, domains=domains)
     Z = scaler.transform(X, domains=domains)
     seconds += encode_s
@@ -174,6 +181,23 @@ def option_features(name: str, crops: np.ndarray, masks: np.ndarray, domains: np
     return Z.astype(np.float32), seconds
 
 
+def training_lab_features(name: str, crops: np.ndarray, masks: np.ndarray,
+                          domains: np.ndarray, base: FeatureSettings, seed: int, cache: dict,
+                          tag: str) -> tuple[np.ndarray | None, float]:
+    """The features (n_labs, n, d) of ``crops`` in option ``name``'s simulated training labs
+    (drawn with ``seed``), each lab's copy of each domain standardised and AdaBN-recalibrated
+    as a domain of its own, and the seconds they took; None for an option without them."""
+    n_labs = OPTIONS[name].training_labs
+    if not n_labs:
+        return None, 0.0
+    labs = draw_training_labs(n_labs, seed)
+    restained = np.concatenate([lab.apply(crops, masks) for lab in labs])
+    X, seconds = option_features(name, restained, np.concatenate([masks] * n_labs),
+                                 np.concatenate([lab_domains(domains, k) for k in range(n_labs)]),
+                                 base, seed, cache, tag)
+    return X.reshape(n_labs, len(crops), -1), seconds
+
+
 def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
     return float(f1_score(labels, predicted.astype(str), average="macro"))
 
@@ -181,7 +205,8 @@ def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
 def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarray,
                           labels: np.ndarray, base: FeatureSettings, classifiers: list[str],
                           seed: int, cache: dict, adaptations: tuple[str, ...] = ("none",),
-                          schedule: SelfTraining = SelfTraining()) -> pd.DataFrame:
+                          schedule: SelfTraining = SelfTraining(), lab_seed: int = 0
+                          ) -> pd.DataFrame:
     """In-domain and shifted-source macro-F1 of every classifier and adaptation on one option's
     source cells.
 
@@ -190,20 +215,24 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
     source cells of the other folds and scored on the held-out cells, original and shifted; each
     simulated lab's held-out cells are the unlabelled target of every adaptation in
     ``adaptations``. The in-domain score is the same for every adaptation (they change targets
-    only).
+    only). An option with simulated training labs also trains each model on its training cells'
+    views in those labs (drawn with ``lab_seed``), as the classify stage does.
     """
     shifted = shifted_crops(src_crops, src_masks)
     crops = np.concatenate([src_crops] + [c for c, _ in shifted.values()])
     masks = np.concatenate([src_masks] + [m for _, m in shifted.values()])
     domains = np.repeat(np.array(["source", *shifted]), len(src_crops))
-    X, _ = option_features(name, crops, masks, domains, base, seed, cache)
+    X, _ = option_features(name, crops, masks, domains, base, seed, cache, "selection")
     n = len(src_crops)
+    views, _ = training_lab_features(name, src_crops, src_masks, domains[:n], base, lab_seed,
+                                     cache, "selection training labs")
     splits = list(StratifiedKFold(n_splits=5, shuffle=True, random_state=seed).split(X[:n],
                                                                                        labels))
     labs = range(1, len(shifted) + 1)  # block j of X holds simulated lab j's cells
     models, in_domain_f1 = {}, {}
     for clf in classifiers:
-        models[clf] = [build_classifier(clf, seed).fit(X[:n][train], labels[train])
+        models[clf] = [build_classifier(clf, seed).fit(*training_set(X[:n], labels, train,
+                                                                      views))
                        for train, _ in splits]
         in_domain = np.empty(n, dtype=object)
         for model, (_, test) in zip(models[clf], splits):
@@ -219,8 +248,9 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
                 for j in labs:
                     X_target = X[j * n:(j + 1) * n][test]
                     shift[j][test] = adapted_model(
-                        a, build_classifier(clf, seed), model, X[:n][train], labels[train],
-                        X_target, schedule).predict(X_target)
+                        a, build_classifier(clf, seed), model,
+                        *training_set(X[:n], labels, train, views), X_target,
+                        schedule).predict(X_target)
             shifted_f1 = np.mean([_macro_f1(labels, p) for p in shift.values()])
             out.append({"option": name, "classifier": clf, "seed": seed, "adaptation": a,
                         "in_domain_f1": in_domain_f1[clf], "shifted_f1": float(shifted_f1)})

@@ -41,6 +41,10 @@ class FeatureInput:
     domain_scaler : DomainStandardScaler or None
         Per-domain statistics over all the file's cells, labelled or not (the ``domain_std``
         adaptation); None: fitted on the labelled cells when needed.
+    training_views : ndarray of shape (n_labs, n_labelled, n_features), float32, or None
+        Each cell's features in simulated training labs (:mod:`dorl.features.training_labs`),
+        already standardised per lab; NaN rows for cells without them. A model trained on a cell
+        also trains on its views, with its label.
     """
 
     name: str
@@ -53,6 +57,7 @@ class FeatureInput:
     n_unknown: dict[str, int] = field(default_factory=dict)
     signature: dict[str, Any] = field(default_factory=dict)
     domain_scaler: DomainStandardScaler | None = None
+    training_views: np.ndarray | None = None
 
     def standardised(self) -> np.ndarray:
         """``X`` with each domain standardised by its own statistics, float32, same shape."""
