@@ -76,3 +76,28 @@ def test_the_adaptation_rule_reads_the_in_domain_classifier_and_breaks_ties_chea
     chosen, _ = choose_adaptation(_selection_rows(dict(zip(order, (0.80, 0.70, 0.83)))),
                                   "L0", order)
     assert chosen == "centroid_self_training"
+
+
+def test_training_lab_features_encode_each_lab_as_its_own_domain():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from feature_options import OPTIONS, training_lab_features
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    from dorl.features.encode import FeatureSettings
+
+    rng = np.random.default_rng(0)
+    crops = rng.integers(40, 230, (6, 32, 32, 3), dtype=np.uint8)
+    masks = np.zeros((6, 32, 32), bool)
+    masks[:, 8:24, 8:24] = True
+    domains = np.array(["a"] * 6)
+    base = FeatureSettings(("efficientnet_lite0",), 32, "none", (), True, 6, 6, False, 64)
+    name = "L0 cell AdaBN TTA4 training labs"
+    views, _ = training_lab_features(name, crops, masks, domains, base, 0, {}, "t")
+    assert views.shape == (OPTIONS[name].training_labs, 6, 1280)
+    # Each lab is standardised on its own: zero mean per lab and feature.
+    np.testing.assert_allclose(views.mean(axis=1), 0, atol=1e-3)
+    assert not np.allclose(views[0], views[1], atol=1e-2)
+    none, seconds = training_lab_features("L0 cell AdaBN TTA4", crops, masks, domains, base, 0,
+                                          {}, "t")
+    assert none is None and seconds == 0.0
