@@ -54,6 +54,7 @@ from feature_options import (
     OPTIONS,
     choose_adaptation,
     choose_default,
+    crop_set,
     encoder_features,
     option_features,
     shifted_source_scores,
@@ -346,6 +347,7 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
     ``views`` of the options with simulated training labs (the source cells' features in those
     labs, NaN for the other cells)."""
     from dorl.features.encode import FeatureSettings, cell_crops
+    from dorl.features.resolution import coarsest_side, native_crop_sides
 
     table = manifest.table
     domains = table["domain"].astype(str).to_numpy()
@@ -353,6 +355,20 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
     base = FeatureSettings.from_config(cfg)
     with watch.time("cell crops at native resolution (LoRA-SAM masks)", len(manifest)):
         crops, masks = cell_crops(manifest, seg, base.crop_size)
+    sides = native_crop_sides(manifest, seg)
+    logger.info("median native crop side per domain (px): %s", {
+        d: round(float(np.median(sides[domains == d])), 1) for d in np.unique(domains)})
+    crop_sets = {"native": crops}
+
+    def crops_at(resolution: str) -> np.ndarray:
+        """The cell crops as ``features.resolution`` = ``resolution`` cuts them (cut once)."""
+        if resolution not in crop_sets:
+            side = coarsest_side(sides, domains)
+            with watch.time(f"cell crops through at most {side} px ({resolution} resolution)",
+                            len(manifest)):
+                crop_sets[resolution] = cell_crops(manifest, seg, base.crop_size,
+                                                   max_side=side)[0]
+        return crop_sets[resolution]
     # The selection rule's source cells: the first SELECTION_PER_CLASS of each class.
     sel = np.flatnonzero(src)[table[src].groupby("label").cumcount().to_numpy()
                               < SELECTION_PER_CLASS]
@@ -360,10 +376,13 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
     selection, views = [], {}
     schedule = ClassifySettings.from_config(cfg).self_training
     for name in args.feature_options:
-        X, seconds = option_features(name, crops, masks, domains, base, int(cfg.seed), cache)
+        option_crops = crops_at(OPTIONS[name].resolution)
+        X, seconds = option_features(name, option_crops, masks, domains, base, int(cfg.seed),
+                                     cache, crop_set("cells", OPTIONS[name]))
         watch.record(f"cell features: {name} (stain + encoders)", len(manifest), seconds)
-        lab_views, seconds = training_lab_features(name, crops[src], masks[src], domains[src],
-                                                   base, int(cfg.seed), cache, "training labs")
+        lab_views, seconds = training_lab_features(name, option_crops[src], masks[src],
+                                                   domains[src], base, int(cfg.seed), cache,
+                                                   crop_set("training labs", OPTIONS[name]))
         if lab_views is not None:
             watch.record(f"cell features: {name}, the source in its training labs",
                          int(src.sum()) * len(lab_views), seconds)
@@ -372,9 +391,9 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
         for seed in args.seeds:
             per_seed[seed][name] = X
             selection.append(shifted_source_scores(
-                name, crops[sel], masks[sel], table["label"].to_numpy()[sel], base,
-                list(cfg.classify.classifiers), seed, cache, tuple(args.adaptations), schedule,
-                int(cfg.seed)))
+                name, crops[sel], masks[sel], sides[sel], table["label"].to_numpy()[sel],
+                base, list(cfg.classify.classifiers), seed, cache, tuple(args.adaptations),
+                schedule, int(cfg.seed)))
     selection = pd.concat(selection, ignore_index=True)
     with atomic_path(out / "selection.csv") as tmp:
         selection.to_csv(tmp, index=False)
@@ -445,9 +464,12 @@ def markdown(summary: pd.DataFrame, seg_quality: dict, speed: pd.DataFrame, meta
         lines += ["", f"Cell-feature options by the label-free selection rule "
                       f"(bench/feature_options.py); chosen: **{meta['chosen_option']}**.", "",
                   "| option | classifier (best in-domain) | in-domain macro-F1 | "
-                  "shifted-source macro-F1 | selection score |", "|---|---|---|---|---|"]
+                  "shifted-source: colour, blur, zoom labs | low-resolution lab | "
+                  "shifted-source, all labs | selection score |",
+                  "|---|---|---|---|---|---|---|"]
         for r in meta["selection"]:
             lines.append(f"| {r['option']} | {r['classifier']} | {r['in_domain_f1']:.3f} | "
+                         f"{r['shifted_f1_colour_blur_zoom']:.3f} | {r['low_res_f1']:.3f} | "
                          f"{r['shifted_f1']:.3f} | {r['score']:.3f} |")
     if seg_quality:
         lines += ["", "| SAM | cells with GT mask | Dice | IoU | precision | recall |",

@@ -8,9 +8,10 @@ The rule (fixed before any option was measured, docs/benchmarks.md): each option
 *selection score*, the mean of
   * the in-domain macro-F1 on the source (5-fold, over up to 100 cells per class), and
   * the shifted-source macro-F1: the same folds' models scored on their held-out source cells
-    re-imaged as three simulated labs (:data:`SIMULATED_LABS`: fixed hue, saturation,
-    brightness, blur and scale changes, each lab standardised, stain-normalised and
-    AdaBN-recalibrated as its own domain),
+    re-imaged as simulated labs (:data:`SIMULATED_LABS`: fixed hue, saturation, brightness,
+    blur and scale changes; from Run I on, also :data:`LOW_RES_LAB`, half the pixels across
+    each cell), each lab standardised, stain-normalised and AdaBN-recalibrated as its own
+    domain,
 for the classifier that scores best in-domain; the default is the option with the highest score
 (ties within 0.01 go to the cheaper option). Only source labels are used.
 
@@ -36,6 +37,7 @@ from dorl.classify.registry import build_classifier
 from dorl.classify.run import training_set
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.features.encode import FeatureSettings, domain_sample, encode_normalised
+from dorl.features.resolution import coarsest_side, resample_through
 from dorl.features.stain import normalise_crops
 from dorl.features.training_labs import draw_training_labs, lab_domains
 from dorl.features.view_invariance import ViewInvariantProjection, two_views
@@ -61,12 +63,15 @@ class Option:
     multilevel: bool = False
     #: Simulated training labs (:mod:`dorl.features.training_labs`) the classifiers also train on.
     training_labs: int = 0
+    #: ``features.resolution`` (:mod:`dorl.features.resolution`): "native" or "coarsest".
+    resolution: str = "native"
 
     def overrides(self) -> list[str]:
         """The config overrides that give this option's features in ``dorl embed``."""
         return [f"features.encoders=[{','.join(self.encoders)}]", f"features.stain={self.stain}",
                 f"features.adabn={self.adabn}", f"features.tta={self.tta}",
-                f"features.multilevel={self.multilevel}"]
+                f"features.multilevel={self.multilevel}",
+                f"features.resolution={self.resolution}"]
 
 
 #: The "cheaper" order for ties is this order.
@@ -84,6 +89,8 @@ OPTIONS = {
     "L0 cell AdaBN TTA8": Option((L0,), "none", True, tta=8),
     "L0 cell AdaBN TTA4 multi-level": Option((L0,), "none", True, tta=4, multilevel=True),
     "L0 cell AdaBN TTA4 training labs": Option((L0,), "none", True, tta=4, training_labs=3),
+    "L0 cell AdaBN TTA4 coarsest resolution": Option((L0,), "none", True, tta=4,
+                                                     resolution="coarsest"),
     "L1 cell AdaBN TTA4": Option((L1,), "none", True, tta=4),
     "L1 cell Reinhard AdaBN": Option((L1,), "reinhard", True),
     "L2 cell Reinhard AdaBN": Option((L2,), "reinhard", True),
@@ -104,17 +111,43 @@ SIMULATED_LABS = {
     "sim_cold_blur": dict(hue=-0.05, saturation=1.25, brightness=0.9, blur_sigma=1.0, scale=1.2),
     "sim_pale_small": dict(hue=0.0, saturation=0.7, brightness=1.0, blur_sigma=0.7, scale=0.85),
 }
+#: The fourth simulated lab (added by the rule of Run I, docs/benchmarks.md): the source imaged
+#: with this fraction of its pixels across each cell (e.g. a 50x objective where the source used
+#: 100x), its colours unchanged.
+LOW_RES_LAB = "sim_low_res"
+LOW_RES_FACTOR = 0.5
 
 
-def shifted_crops(crops: np.ndarray, masks: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The crops re-imaged by every simulated lab: name -> (crops, masks)."""
+def shifted_crops(crops: np.ndarray, masks: np.ndarray, sides: np.ndarray
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The crops re-imaged by every simulated lab: name -> (crops, masks, native crop sides).
+    ``sides`` are the crops' native sides in pixels (:func:`native_crop_sides`)."""
     out = {}
     for name, shift in SIMULATED_LABS.items():
         parts = [simulate_lab(torch.from_numpy(crops[i:i + 64]), torch.from_numpy(masks[i:i + 64]),
                               **shift) for i in range(0, len(crops), 64)]
         out[name] = (torch.cat([p[0] for p in parts]).numpy(),
-                     torch.cat([p[1] for p in parts]).numpy())
+                     torch.cat([p[1] for p in parts]).numpy(), sides)
+    low = sides * LOW_RES_FACTOR
+    out[LOW_RES_LAB] = (resample_through(crops, low), masks, low)
     return out
+
+
+def at_resolution(crops: np.ndarray, sides: np.ndarray, domains: np.ndarray,
+                  resolution: str) -> np.ndarray:
+    """``crops`` as ``features.resolution`` = ``resolution`` gives them: unchanged for
+    "native"; for "coarsest", every crop whose native side exceeds the coarsest domain's median
+    side resampled through that side."""
+    if resolution == "native":
+        return crops
+    side = coarsest_side(sides, domains)
+    return resample_through(crops, np.where(sides > side, side, crops.shape[1]))
+
+
+def crop_set(tag: str, option: Option) -> str:
+    """The cache tag of the crops ``tag`` as ``option`` reads them: options at another
+    resolution read other crops."""
+    return tag if option.resolution == "native" else f"{tag} {option.resolution}"
 
 
 def _normalised(crops: np.ndarray, masks: np.ndarray, domains: np.ndarray, stain: str,
@@ -203,26 +236,32 @@ def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarray,
-                          labels: np.ndarray, base: FeatureSettings, classifiers: list[str],
-                          seed: int, cache: dict, adaptations: tuple[str, ...] = ("none",),
+                          src_sides: np.ndarray, labels: np.ndarray, base: FeatureSettings,
+                          classifiers: list[str], seed: int, cache: dict, adaptations: tuple[str, ...] = ("none",),
                           schedule: SelfTraining = SelfTraining(), lab_seed: int = 0
                           ) -> pd.DataFrame:
     """In-domain and shifted-source macro-F1 of every classifier and adaptation on one option's
     source cells.
 
     The source and its simulated labs are encoded as separate domains (each standardised, stain-
-    normalised and AdaBN-recalibrated on its own). Each fold's model is trained on the original
+    normalised and AdaBN-recalibrated on its own). ``src_sides`` are the source crops' native
+    sides (for the low-resolution lab and ``features.resolution``); an option at the "coarsest"
+    resolution sees every domain at the low-resolution lab's. Each fold's model is trained on the original
     source cells of the other folds and scored on the held-out cells, original and shifted; each
     simulated lab's held-out cells are the unlabelled target of every adaptation in
     ``adaptations``. The in-domain score is the same for every adaptation (they change targets
     only). An option with simulated training labs also trains each model on its training cells'
     views in those labs (drawn with ``lab_seed``), as the classify stage does.
     """
-    shifted = shifted_crops(src_crops, src_masks)
-    crops = np.concatenate([src_crops] + [c for c, _ in shifted.values()])
-    masks = np.concatenate([src_masks] + [m for _, m in shifted.values()])
+    option = OPTIONS[name]
+    shifted = shifted_crops(src_crops, src_masks, src_sides)
+    crops = np.concatenate([src_crops] + [c for c, _, _ in shifted.values()])
+    masks = np.concatenate([src_masks] + [m for _, m, _ in shifted.values()])
+    sides = np.concatenate([src_sides] + [s for _, _, s in shifted.values()])
     domains = np.repeat(np.array(["source", *shifted]), len(src_crops))
-    X, _ = option_features(name, crops, masks, domains, base, seed, cache, "selection")
+    crops = at_resolution(crops, sides, domains, option.resolution)
+    X, _ = option_features(name, crops, masks, domains, base, seed, cache,
+                           crop_set("selection", option))
     n = len(src_crops)
     views, _ = training_lab_features(name, src_crops, src_masks, domains[:n], base, lab_seed,
                                      cache, "selection training labs")
@@ -251,9 +290,14 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
                         a, build_classifier(clf, seed), model,
                         *training_set(X[:n], labels, train, views), X_target,
                         schedule).predict(X_target)
-            shifted_f1 = np.mean([_macro_f1(labels, p) for p in shift.values()])
+            lab_f1 = {lab: _macro_f1(labels, shift[j]) for j, lab in zip(labs, shifted)}
             out.append({"option": name, "classifier": clf, "seed": seed, "adaptation": a,
-                        "in_domain_f1": in_domain_f1[clf], "shifted_f1": float(shifted_f1)})
+                        "in_domain_f1": in_domain_f1[clf],
+                        "shifted_f1": float(np.mean(list(lab_f1.values()))),
+                        # Runs C-H's score, over the labs before the low-resolution one.
+                        "shifted_f1_colour_blur_zoom": float(np.mean(
+                            [lab_f1[lab] for lab in SIMULATED_LABS])),
+                        "low_res_f1": lab_f1[LOW_RES_LAB]})
     return pd.DataFrame(out)
 
 
@@ -261,7 +305,7 @@ def encoder_features(name: str, n: int, cache: dict) -> dict[str, np.ndarray]:
     """The raw (not standardised) features of each encoder of option ``name`` over the ``n``
     cells :func:`option_features` encoded, from its cache."""
     o = OPTIONS[name]
-    return {e: cache[("cells", o.stain, n, e, o.adabn, o.tta, o.multilevel)][0]
+    return {e: cache[(crop_set("cells", o), o.stain, n, e, o.adabn, o.tta, o.multilevel)][0]
             for e in o.encoders}
 
 
@@ -271,7 +315,8 @@ def choose_default(selection: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     selection = selection[selection["adaptation"] == "none"]
     best = selection.loc[selection.groupby(["option", "seed"])["in_domain_f1"].idxmax()]
     best = best.assign(score=(best["in_domain_f1"] + best["shifted_f1"]) / 2)
-    table = best.groupby("option", sort=False)[["in_domain_f1", "shifted_f1", "score"]].mean()
+    table = best.groupby("option", sort=False)[
+        ["in_domain_f1", "shifted_f1", "score", "shifted_f1_colour_blur_zoom", "low_res_f1"]].mean()
     table["classifier"] = best.groupby("option", sort=False)["classifier"].agg(
         lambda c: "/".join(sorted(set(c))))
     order = [o for o in OPTIONS if o in table.index]

@@ -143,6 +143,11 @@ def applied_config(source: SourceRun, user_cfg):
     user = OmegaConf.to_container(user_cfg, resolve=True)
     for key in USER_KEYS:
         OmegaConf.update(cfg, key, user[key], merge=False)
+    side = source.uns.get("cell_features", {}).get("resolution_side")
+    if side is not None:
+        # The new lab's cells are seen at the resolution the run's cells were, not at the
+        # coarsest of the new lab's own domains.
+        OmegaConf.update(cfg, "features.resolution", int(side), merge=False)
     return cfg
 
 

@@ -34,10 +34,11 @@ from dorl.device import get_device, resolve_bf16
 from dorl.distributed import ProcessGroup, current
 from dorl.features.adabn import recalibrate_batchnorm
 from dorl.features.stain import METHODS as STAIN_METHODS
+from dorl.features.resolution import parse_resolution, resolution_side
 from dorl.features.stain import apply_stain, stain_reference
 from dorl.resize import resize_image, resize_mask
 from dorl.row_sources import StoredRows, create_rows
-from dorl.sam.masks import masked_crop
+from dorl.sam.masks import CROP_MARGIN, masked_crop
 from dorl.sam.segmentation import Segmentation, part_path
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class FeatureSettings:
     device: str = "cpu"
     tta: int = 1
     multilevel: bool = False
+    #: ``features.resolution``: "native", "coarsest" or a side in pixels.
+    resolution: str | int = "native"
 
     @classmethod
     def from_config(cls, cfg) -> "FeatureSettings":
@@ -82,11 +85,12 @@ class FeatureSettings:
                    tuple(str(d) for d in f.stain_reference_domains), bool(f.adabn),
                    int(f.adabn_cells), int(f.batch_size),
                    resolve_bf16(f.bf16, get_device(cfg.device)), int(cfg.sam.image_size),
-                   str(get_device(cfg.device)), int(f.tta), bool(f.multilevel))
+                   str(get_device(cfg.device)), int(f.tta), bool(f.multilevel),
+                   parse_resolution(f.resolution))
 
 
 def cell_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray, seg_size: int,
-              size: int) -> tuple[np.ndarray, np.ndarray]:
+              size: int, max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The masked cell at the original image's resolution, scaled to ``size``.
 
     Parameters
@@ -98,6 +102,9 @@ def cell_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray, seg_s
     box : ndarray of shape (4,)
         Its box (x0, y0, x1, y1) in the same ``seg_size`` frame.
     seg_size, size : int
+    max_side : int, optional
+        Resample the cell through at most this many pixels across its crop before scaling it
+        to ``size`` (``features.resolution``, :mod:`dorl.features.resolution`).
 
     Returns
     -------
@@ -106,22 +113,27 @@ def cell_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray, seg_s
         The cell's pixels in the crop.
     """
     side = max(image.shape[:2])  # segmentation saw the image stretched to a square
-    scale = side / seg_size
+    box = box * (side / seg_size)
+    through = size
+    if max_side is not None and max_side < size:
+        native = max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * CROP_MARGIN)
+        through = max_side if native > max_side else size
     big = resize_image(image, side)
+    big_mask = None if mask is None else resize_mask(mask, side)
+    crop = masked_crop(big, big_mask, box, through)
+    if through != size:
+        crop = resize_image(crop, size)
     if mask is None:
-        crop = masked_crop(big, None, box * scale, size)
         return crop, np.ones((size, size), bool)
-    big_mask = resize_mask(mask, side)
-    crop = masked_crop(big, big_mask, box * scale, size)
     # The mask cut the same way: 255 inside, 0 outside, the crop's grey (128) beyond the image.
     mask_rgb = np.repeat((big_mask * np.uint8(255))[..., None], 3, axis=-1)
-    crop_mask = masked_crop(mask_rgb, None, box * scale, size)[..., 0] > 191
+    crop_mask = masked_crop(mask_rgb, None, box, size)[..., 0] > 191
     return crop, crop_mask
 
 
 def cell_crops(manifest: Manifest, seg: Segmentation, size: int,
-               rows: np.ndarray | None = None, progress: bool = True
-               ) -> tuple[np.ndarray, np.ndarray]:
+               rows: np.ndarray | None = None, progress: bool = True,
+               max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`cell_crop` of the manifest ``rows`` (default: all): crops (n, size, size, 3),
     masks (n, size, size)."""
     rows = np.arange(len(manifest)) if rows is None else np.asarray(rows, int)
@@ -132,7 +144,7 @@ def cell_crops(manifest: Manifest, seg: Segmentation, size: int,
     for k, i in enumerate(tqdm(rows, desc="cell crops", unit="img", disable=not progress)):
         mask = None if seg.fallback[i] else seg_masks[k]
         crops[k], masks[k] = cell_crop(read_rgb(manifest.image_path(i)), mask, seg.boxes[i],
-                                       seg_size, size)
+                                       seg_size, size, max_side)
     return crops, masks
 
 
@@ -290,9 +302,14 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
     rows = np.arange(len(manifest)) if rows is None else np.asarray(rows, dtype=np.int64)
     timings = {"crops": 0.0, "stain": 0.0, **{name: 0.0 for name in settings.encoders}}
     t0 = time.perf_counter()
+    # From the whole manifest, so that every rank of a distributed run resamples the same.
+    max_side = resolution_side(settings.resolution, manifest, seg)
+    if max_side is not None:
+        logger.info("cells resampled through at most %d px across their crop "
+                    "(features.resolution=%s)", max_side, settings.resolution)
     sample = domain_sample(domains, settings.adabn_cells)
     sample_crops, sample_masks = cell_crops(manifest, seg, settings.crop_size, sample,
-                                            progress=False)
+                                            progress=False, max_side=max_side)
     timings["crops"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     reference = stain_reference(sample_crops, sample_masks, domains[sample], settings.stain,
@@ -317,7 +334,8 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
             at = positions[start:start + FEATURE_CHUNK]
             chunk = rows[at]
             t0 = time.perf_counter()
-            crops, masks = cell_crops(manifest, seg, settings.crop_size, chunk, progress=False)
+            crops, masks = cell_crops(manifest, seg, settings.crop_size, chunk, progress=False,
+                                      max_side=max_side)
             t1 = time.perf_counter()
             crops = apply_stain(crops, masks, domains[chunk], reference)
             t2 = time.perf_counter()
@@ -343,7 +361,7 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
                     name, len(rows), settings.stain, settings.adabn, settings.tta,
                     timings[name], len(rows) / max(timings[name], 1e-9))
     return features, {"stain": settings.stain, "stain_reference": reference.provenance(),
-                      "timings_s": timings}
+                      "resolution_side": max_side, "timings_s": timings}
 
 
 def _write_store(path: Path, manifest: Manifest, seg: Segmentation, settings: FeatureSettings,
