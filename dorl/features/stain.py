@@ -27,9 +27,10 @@ OD_BACKGROUND = 0.15
 STAIN_SAMPLE = 200_000
 
 
-def _od(rgb: np.ndarray) -> np.ndarray:
-    """Optical density of uint8 RGB values, any leading shape + (3,)."""
-    return -np.log((rgb.astype(np.float64) + 1.0) / 256.0)
+def optical_density(rgb: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """Optical density -log((I + 1) / 256) of uint8 RGB values, any leading shape + (3,), in
+    ``dtype``."""
+    return -np.log((rgb.astype(dtype) + dtype(1.0)) / dtype(256.0))
 
 
 def _masked_stats(lab: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -90,7 +91,7 @@ def estimate_stains(od: np.ndarray, alpha: float = 1.0) -> StainBasis:
 
 def masked_od(crops: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A sample (<= STAIN_SAMPLE) of the foreground OD pixels inside the masks of ``crops``."""
-    od = _od(crops[masks])
+    od = optical_density(crops[masks])
     od = od[(od > OD_BACKGROUND).any(axis=1)]
     if len(od) > STAIN_SAMPLE:
         od = od[rng.choice(len(od), STAIN_SAMPLE, replace=False)]
@@ -100,7 +101,7 @@ def masked_od(crops: np.ndarray, masks: np.ndarray, rng: np.random.Generator) ->
 def macenko(crop: np.ndarray, mask: np.ndarray, own: StainBasis,
             reference: StainBasis) -> np.ndarray:
     """Re-synthesise the masked pixels of ``crop`` with ``reference``'s stains; uint8 out."""
-    od = _od(crop).reshape(-1, 3)
+    od = optical_density(crop).reshape(-1, 3)
     conc = np.linalg.lstsq(own.vectors.T, od.T, rcond=None)[0]
     conc *= (reference.max_conc / own.max_conc)[:, None]
     rgb = 256.0 * np.exp(-(reference.vectors.T @ conc)).T - 1.0

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dorl.features.stain import optical_density
+
 #: Per-channel OD scale and shift ranges of the drawn labs, fixed before any measurement.
 OD_SCALE = (0.75, 1.25)
 OD_SHIFT = (-0.05, 0.05)
@@ -36,7 +38,7 @@ class TrainingLab:
     def apply(self, crops: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """Re-stain the cell pixels of ``crops`` (n, s, s, 3) uint8 inside ``masks`` (n, s, s);
         returns a new uint8 array of the same shape (the background is left as it is)."""
-        od = -np.log((crops.astype(np.float32) + 1.0) / 256.0)
+        od = optical_density(crops, np.float32)  # float32: the re-staining holds n crops
         od = od * np.asarray(self.od_scale, np.float32) + np.asarray(self.od_shift, np.float32)
         restained = np.clip(256.0 * np.exp(-np.maximum(od, 0.0)) - 1.0, 0, 255)
         return np.where(masks[..., None], np.round(restained).astype(np.uint8), crops)
