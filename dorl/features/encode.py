@@ -33,12 +33,12 @@ from dorl.data.manifest import Manifest
 from dorl.device import get_device, resolve_bf16
 from dorl.distributed import ProcessGroup, current
 from dorl.features.adabn import recalibrate_batchnorm
+from dorl.features.resolution import crop_side, parse_resolution, resolution_side
 from dorl.features.stain import METHODS as STAIN_METHODS
-from dorl.features.resolution import parse_resolution, resolution_side
 from dorl.features.stain import apply_stain, stain_reference
 from dorl.resize import resize_image, resize_mask
 from dorl.row_sources import StoredRows, create_rows
-from dorl.sam.masks import CROP_MARGIN, masked_crop
+from dorl.sam.masks import masked_crop
 from dorl.sam.segmentation import Segmentation, part_path
 
 logger = logging.getLogger(__name__)
@@ -115,9 +115,8 @@ def cell_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray, seg_s
     side = max(image.shape[:2])  # segmentation saw the image stretched to a square
     box = box * (side / seg_size)
     through = size
-    if max_side is not None and max_side < size:
-        native = max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * CROP_MARGIN)
-        through = max_side if native > max_side else size
+    if max_side is not None and max_side < size and crop_side(box) > max_side:
+        through = max_side
     big = resize_image(image, side)
     big_mask = None if mask is None else resize_mask(mask, side)
     crop = masked_crop(big, big_mask, box, through)

@@ -46,6 +46,14 @@ def parse_resolution(value) -> str | int:
                       f"(an integer >= 8), got {value!r}")
 
 
+def crop_side(boxes: np.ndarray) -> np.ndarray:
+    """The side of the square crop :func:`dorl.sam.masks.masked_crop` cuts around ``boxes``
+    (..., 4) (x0, y0, x1, y1): the longer box side plus the crop margin on both ends."""
+    boxes = np.asarray(boxes, np.float64)
+    return (np.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
+            * (1 + 2 * CROP_MARGIN))
+
+
 def native_crop_sides(manifest: Manifest, seg: Segmentation) -> np.ndarray:
     """The side, in pixels of its original image, of each cell's crop (its box with the crop
     margin), float64 of shape (len(manifest),).
@@ -53,14 +61,11 @@ def native_crop_sides(manifest: Manifest, seg: Segmentation) -> np.ndarray:
     Only the image headers are read. Segmentation saw each image stretched to a square of its
     longer side, as :func:`dorl.features.encode.cell_crop` does.
     """
-    seg_size = seg.masks.shape[1]
-    boxes = np.asarray(seg.boxes, np.float64)
-    box_sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     image_sides = np.empty(len(manifest))
     for i in range(len(manifest)):
         with Image.open(manifest.image_path(i)) as image:
             image_sides[i] = max(image.size)
-    return box_sides * image_sides / seg_size * (1 + 2 * CROP_MARGIN)
+    return crop_side(seg.boxes) * image_sides / seg.masks.shape[1]
 
 
 def coarsest_side(sides: np.ndarray, domains: np.ndarray) -> int:
