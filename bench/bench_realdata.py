@@ -52,9 +52,11 @@ import umap
 from cnn_comparator import CNNSettings, cnn_predictions
 from feature_options import (
     OPTIONS,
+    DifferentialLab,
     choose_adaptation,
     choose_default,
     crop_set,
+    differential_rows,
     encoder_features,
     option_features,
     shifted_source_scores,
@@ -67,7 +69,7 @@ from tqdm.auto import tqdm
 from dorl.atomic import atomic_path, write_text_atomic
 from dorl.cae.embed import embed_segmentation
 from dorl.cae.invariance import domain_invariance
-from dorl.classify.adaptation import SELF_TRAINING
+from dorl.classify.adaptation import ADAPTATIONS
 from dorl.classify.baselines import colour_texture_features, pixel_pca_features
 from dorl.classify.inputs import FeatureInput
 from dorl.classify.run import kept_classes, run_classification, score
@@ -369,9 +371,17 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
                 crop_sets[resolution] = cell_crops(manifest, seg, base.crop_size,
                                                    max_side=side)[0]
         return crop_sets[resolution]
-    # The selection rule's source cells: the first SELECTION_PER_CLASS of each class.
-    sel = np.flatnonzero(src)[table[src].groupby("label").cumcount().to_numpy()
-                              < SELECTION_PER_CLASS]
+    # The selection rule's source cells: the first SELECTION_PER_CLASS of each class; its
+    # differential lab takes the others, in a blood smear's class mix.
+    rank = table[src].groupby("label").cumcount().to_numpy()
+    sel = np.flatnonzero(src)[rank < SELECTION_PER_CLASS]
+    rest = np.flatnonzero(src)[rank >= SELECTION_PER_CLASS]
+    smear = differential_rows(rest, table["label"].to_numpy()[rest],
+                              int(cfg.classify.min_class_count))
+    differential = DifferentialLab(crops[smear], masks[smear], sides[smear],
+                                   table["label"].to_numpy()[smear]) if len(smear) else None
+    logger.info("the rule's differential lab: %s",
+                table["label"].iloc[smear].value_counts().to_dict())
     cache: dict = {}
     selection, views = [], {}
     schedule = ClassifySettings.from_config(cfg).self_training
@@ -393,7 +403,7 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
             selection.append(shifted_source_scores(
                 name, crops[sel], masks[sel], sides[sel], table["label"].to_numpy()[sel],
                 base, list(cfg.classify.classifiers), seed, cache, tuple(args.adaptations),
-                schedule, int(cfg.seed)))
+                schedule, int(cfg.seed), differential))
     selection = pd.concat(selection, ignore_index=True)
     with atomic_path(out / "selection.csv") as tmp:
         selection.to_csv(tmp, index=False)
@@ -456,21 +466,24 @@ def markdown(summary: pd.DataFrame, seg_quality: dict, speed: pd.DataFrame, meta
         lines += ["", f"Target adaptations of the chosen option by the label-free rule "
                       f"(docs/benchmarks.md, Run G); chosen: **{meta['chosen_adaptation']}**.",
                   "", "| adaptation | classifier (best in-domain) | in-domain macro-F1 | "
-                  "shifted-source macro-F1 |", "|---|---|---|---|"]
+                  "colour, blur, zoom labs | low-resolution lab | differential lab | "
+                  "shifted-source, all labs |", "|---|---|---|---|---|---|---|"]
         for r in meta["adaptations"]:
             lines.append(f"| {r['adaptation']} | {r['classifier']} | {r['in_domain_f1']:.3f} | "
-                         f"{r['shifted_f1']:.3f} |")
+                         f"{r['shifted_f1_colour_blur_zoom']:.3f} | {r['low_res_f1']:.3f} | "
+                         f"{r['differential_f1']:.3f} | {r['shifted_f1']:.3f} |")
     if meta.get("selection"):
         lines += ["", f"Cell-feature options by the label-free selection rule "
                       f"(bench/feature_options.py); chosen: **{meta['chosen_option']}**.", "",
                   "| option | classifier (best in-domain) | in-domain macro-F1 | "
-                  "shifted-source: colour, blur, zoom labs | low-resolution lab | "
+                  "colour, blur, zoom labs | low-resolution lab | differential lab | "
                   "shifted-source, all labs | selection score |",
-                  "|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|"]
         for r in meta["selection"]:
             lines.append(f"| {r['option']} | {r['classifier']} | {r['in_domain_f1']:.3f} | "
                          f"{r['shifted_f1_colour_blur_zoom']:.3f} | {r['low_res_f1']:.3f} | "
-                         f"{r['shifted_f1']:.3f} | {r['score']:.3f} |")
+                         f"{r['differential_f1']:.3f} | {r['shifted_f1']:.3f} | "
+                         f"{r['score']:.3f} |")
     if seg_quality:
         lines += ["", "| SAM | cells with GT mask | Dice | IoU | precision | recall |",
                   "|---|---|---|---|---|---|"]
@@ -539,7 +552,8 @@ def main(argv=None) -> int:
                     default=list(CAE_ON_CHOSEN),
                     help="CAE variants trained on the chosen feature option (one training per "
                          "seed each)")
-    ap.add_argument("--adaptations", nargs="+", choices=["none", *SELF_TRAINING],
+    ap.add_argument("--adaptations", nargs="+",
+                    choices=[a for a in ADAPTATIONS if a not in ("domain_std", "coral")],
                     default=["none"], metavar="ADAPTATION",
                     help="target adaptations scored by the selection rule on the simulated labs, "
                          "cheapest first (needs --feature-options); each one after `none` adds "

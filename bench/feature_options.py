@@ -116,6 +116,18 @@ SIMULATED_LABS = {
 #: 100x), its colours unchanged.
 LOW_RES_LAB = "sim_low_res"
 LOW_RES_FACTOR = 0.5
+#: The fifth simulated lab (added by the rule of Run J, docs/benchmarks.md): source cells that
+#: no fold trains on, in the class mix of a normal adult blood differential (percent, within the
+#: textbook ranges: neutrophils 40-70, lymphocytes 20-40, monocytes 2-8, eosinophils 1-4,
+#: basophils 0.5-1), re-imaged with nothing else changed. Every lab before it was class-balanced
+#: like the source; a lab's smears are not.
+DIFFERENTIAL_LAB = "sim_differential"
+DIFFERENTIAL = {"neutrophil": 60.0, "lymphocyte": 30.0, "monocyte": 7.0, "eosinophil": 3.0,
+                "basophil": 1.0}
+
+
+#: The per-lab columns of :func:`shifted_source_scores` the rules' tables report.
+LAB_COLUMNS = ("shifted_f1_colour_blur_zoom", "low_res_f1", "differential_f1")
 
 
 def shifted_crops(crops: np.ndarray, masks: np.ndarray, sides: np.ndarray
@@ -235,39 +247,71 @@ def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
     return float(f1_score(labels, predicted.astype(str), average="macro"))
 
 
+def differential_rows(rows: np.ndarray, labels: np.ndarray, min_count: int = 5) -> np.ndarray:
+    """The rows of a simulated lab with :data:`DIFFERENTIAL`'s class mix: the most common class
+    keeps all its cells among ``rows`` and every other class its share of that, at least
+    ``min_count`` cells (the classify stage scores no class with fewer); classes outside the
+    differential are left out. ``labels`` are the labels of ``rows``."""
+    top = max(DIFFERENTIAL, key=DIFFERENTIAL.get)
+    n_top = int((labels == top).sum())
+    picked = []
+    for label, share in DIFFERENTIAL.items():
+        own = rows[labels == label]
+        count = max(min_count, int(round(n_top * share / DIFFERENTIAL[top])))
+        picked.append(own[:count])
+    return np.concatenate(picked)
+
+
+@dataclass(frozen=True)
+class DifferentialLab:
+    """The source cells of the rule's :data:`DIFFERENTIAL_LAB` (none of them a training cell of
+    any fold): crops (n, s, s, 3), masks (n, s, s), native sides (n,) and labels (n,)."""
+
+    crops: np.ndarray
+    masks: np.ndarray
+    sides: np.ndarray
+    labels: np.ndarray
+
+
 def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarray,
                           src_sides: np.ndarray, labels: np.ndarray, base: FeatureSettings,
-                          classifiers: list[str], seed: int, cache: dict, adaptations: tuple[str, ...] = ("none",),
-                          schedule: SelfTraining = SelfTraining(), lab_seed: int = 0
-                          ) -> pd.DataFrame:
+                          classifiers: list[str], seed: int, cache: dict,
+                          adaptations: tuple[str, ...] = ("none",),
+                          schedule: SelfTraining = SelfTraining(), lab_seed: int = 0,
+                          differential: DifferentialLab | None = None) -> pd.DataFrame:
     """In-domain and shifted-source macro-F1 of every classifier and adaptation on one option's
     source cells.
 
     The source and its simulated labs are encoded as separate domains (each standardised, stain-
     normalised and AdaBN-recalibrated on its own). ``src_sides`` are the source crops' native
     sides (for the low-resolution lab and ``features.resolution``); an option at the "coarsest"
-    resolution sees every domain at the low-resolution lab's. Each fold's model is trained on the original
-    source cells of the other folds and scored on the held-out cells, original and shifted; each
-    simulated lab's held-out cells are the unlabelled target of every adaptation in
-    ``adaptations``. The in-domain score is the same for every adaptation (they change targets
-    only). An option with simulated training labs also trains each model on its training cells'
-    views in those labs (drawn with ``lab_seed``), as the classify stage does.
+    resolution sees every domain at the low-resolution lab's. Each fold's model is trained on
+    the original source cells of the other folds and scored on the held-out cells, original and
+    shifted; each simulated lab's held-out cells are the unlabelled target of every adaptation
+    in ``adaptations``. ``differential`` adds :data:`DIFFERENTIAL_LAB`, other source cells in a
+    blood smear's class mix, whose cells are all the target of every fold's model. The
+    in-domain score is the same for every adaptation (they change targets only). An option with
+    simulated training labs also trains each model on its training cells' views in those labs
+    (drawn with ``lab_seed``), as the classify stage does.
     """
     option = OPTIONS[name]
-    shifted = shifted_crops(src_crops, src_masks, src_sides)
-    crops = np.concatenate([src_crops] + [c for c, _, _ in shifted.values()])
-    masks = np.concatenate([src_masks] + [m for _, m, _ in shifted.values()])
-    sides = np.concatenate([src_sides] + [s for _, _, s in shifted.values()])
-    domains = np.repeat(np.array(["source", *shifted]), len(src_crops))
+    labs = shifted_crops(src_crops, src_masks, src_sides)
+    if differential is not None:
+        labs[DIFFERENTIAL_LAB] = (differential.crops, differential.masks, differential.sides)
+    crops = np.concatenate([src_crops] + [c for c, _, _ in labs.values()])
+    masks = np.concatenate([src_masks] + [m for _, m, _ in labs.values()])
+    sides = np.concatenate([src_sides] + [s for _, _, s in labs.values()])
+    sizes = [len(src_crops)] + [len(c) for c, _, _ in labs.values()]
+    domains = np.repeat(np.array(["source", *labs]), sizes)
     crops = at_resolution(crops, sides, domains, option.resolution)
     X, _ = option_features(name, crops, masks, domains, base, seed, cache,
                            crop_set("selection", option))
     n = len(src_crops)
+    lab_X = {lab: X[domains == lab] for lab in labs}
     views, _ = training_lab_features(name, src_crops, src_masks, domains[:n], base, lab_seed,
                                      cache, "selection training labs")
     splits = list(StratifiedKFold(n_splits=5, shuffle=True, random_state=seed).split(X[:n],
                                                                                        labels))
-    labs = range(1, len(shifted) + 1)  # block j of X holds simulated lab j's cells
     models, in_domain_f1 = {}, {}
     for clf in classifiers:
         models[clf] = [build_classifier(clf, seed).fit(*training_set(X[:n], labels, train,
@@ -282,22 +326,29 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
     out = []
     for clf in classifiers:
         for a in adaptations if clf == best else ("none",):
-            shift = {j: np.empty(n, dtype=object) for j in labs}
+            held_out = {lab: np.empty(n, dtype=object) for lab in labs if lab != DIFFERENTIAL_LAB}
+            whole = []  # the differential lab's macro-F1 under each fold's model
             for model, (train, test) in zip(models[clf], splits):
-                for j in labs:
-                    X_target = X[j * n:(j + 1) * n][test]
-                    shift[j][test] = adapted_model(
-                        a, build_classifier(clf, seed), model,
-                        *training_set(X[:n], labels, train, views), X_target,
-                        schedule).predict(X_target)
-            lab_f1 = {lab: _macro_f1(labels, shift[j]) for j, lab in zip(labs, shifted)}
+                train_X, train_y = training_set(X[:n], labels, train, views)
+                for lab in labs:
+                    target = lab_X[lab] if lab == DIFFERENTIAL_LAB else lab_X[lab][test]
+                    predicted = adapted_model(a, build_classifier(clf, seed), model, train_X,
+                                              train_y, target, schedule).predict(target)
+                    if lab == DIFFERENTIAL_LAB:
+                        whole.append(_macro_f1(differential.labels, predicted))
+                    else:
+                        held_out[lab][test] = predicted
+            lab_f1 = {lab: _macro_f1(labels, p) for lab, p in held_out.items()}
+            if whole:
+                lab_f1[DIFFERENTIAL_LAB] = float(np.mean(whole))
             out.append({"option": name, "classifier": clf, "seed": seed, "adaptation": a,
                         "in_domain_f1": in_domain_f1[clf],
                         "shifted_f1": float(np.mean(list(lab_f1.values()))),
                         # Runs C-H's score, over the labs before the low-resolution one.
                         "shifted_f1_colour_blur_zoom": float(np.mean(
                             [lab_f1[lab] for lab in SIMULATED_LABS])),
-                        "low_res_f1": lab_f1[LOW_RES_LAB]})
+                        "low_res_f1": lab_f1[LOW_RES_LAB],
+                        "differential_f1": lab_f1.get(DIFFERENTIAL_LAB, float("nan"))})
     return pd.DataFrame(out)
 
 
@@ -316,7 +367,7 @@ def choose_default(selection: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     best = selection.loc[selection.groupby(["option", "seed"])["in_domain_f1"].idxmax()]
     best = best.assign(score=(best["in_domain_f1"] + best["shifted_f1"]) / 2)
     table = best.groupby("option", sort=False)[
-        ["in_domain_f1", "shifted_f1", "score", "shifted_f1_colour_blur_zoom", "low_res_f1"]].mean()
+        ["in_domain_f1", "shifted_f1", "score", *LAB_COLUMNS]].mean()
     table["classifier"] = best.groupby("option", sort=False)["classifier"].agg(
         lambda c: "/".join(sorted(set(c))))
     order = [o for o in OPTIONS if o in table.index]
@@ -340,7 +391,8 @@ def choose_adaptation(selection: pd.DataFrame, option: str,
     plain = rows[rows["adaptation"] == "none"]
     chosen_clf = plain.loc[plain.groupby("seed")["in_domain_f1"].idxmax(), ["seed", "classifier"]]
     picked = rows.merge(chosen_clf, on=["seed", "classifier"])
-    table = picked.groupby("adaptation", sort=False)[["in_domain_f1", "shifted_f1"]].mean()
+    table = picked.groupby("adaptation", sort=False)[
+        ["in_domain_f1", "shifted_f1", *LAB_COLUMNS]].mean()
     table["classifier"] = picked.groupby("adaptation", sort=False)["classifier"].agg(
         lambda c: "/".join(sorted(set(c))))
     table = table.loc[[a for a in adaptations if a in table.index]]

@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from dorl.classify.adaptation import (
+    ClassBalancedModel,
     SelfTraining,
     adapted_model,
+    class_balanced_standardise,
     centroid_scores,
     class_scores,
     coral_align,
@@ -73,7 +76,7 @@ def test_adapted_model_refits_only_for_the_self_training_adaptations():
     Xs, ys = _blobs(rng, [(-2, 0), (2, 0)], 100, 0.7)
     Xt, _ = _rotated_target(rng, 75)
     fitted = LogisticRegression().fit(Xs, ys)
-    for feature_side in ("none", "domain_std", "coral"):
+    for feature_side in ("none", "domain_std", "coral"):  # balanced_std: test below
         assert adapted_model(feature_side, LogisticRegression(), fitted, Xs, ys, Xt,
                              SelfTraining()) is fitted
     assert adapted_model("self_training", LogisticRegression(), fitted, Xs, ys, Xt[:0],
@@ -153,3 +156,45 @@ def test_pseudo_labels_respect_a_limit_in_proportion():
     scores = np.array([[0.9, 0.1]] * 6 + [[0.2, 0.8]] * 2)
     rows, labels = pseudo_labels(scores, np.array(["a", "b"]), 1.0, 0.0, limit=4)
     assert len(rows) == 4 and labels.tolist().count("a") == 3 and labels.tolist().count("b") == 1
+
+
+def _standardised(X):
+    return (X - X.mean(axis=0)) / X.std(axis=0)
+
+
+def test_class_balanced_statistics_weigh_every_class_the_same():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal((-2, 5), 0.5, (90, 2)), rng.normal((2, 5), 0.5, (10, 2))])
+    onehot = np.repeat(np.eye(2), [90, 10], axis=0)
+    Z = class_balanced_standardise(X, onehot)
+    assert Z.dtype == np.float32
+    # The two class means sit symmetrically about zero, whatever their counts.
+    np.testing.assert_allclose(Z[:90].mean(axis=0)[0], -Z[90:].mean(axis=0)[0], rtol=0.05)
+    # A class without weight is left out of the mixture instead of dividing by zero.
+    empty = np.concatenate([onehot, np.zeros((100, 1))], axis=1)
+    np.testing.assert_allclose(class_balanced_standardise(X, empty), Z, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_balanced_std_undoes_a_lab_s_class_mix(seed):
+    """A target lab with the source's classes but 9 cells of one class to 1 of the other,
+    standardised with its own statistics, moves every cell towards the rare class."""
+    rng = np.random.default_rng(seed)
+    Xs, ys = _blobs(rng, [(-2, 0), (2, 0)], 200, 1.0)
+    Xs = _standardised(Xs)
+    Xt = np.concatenate([rng.normal((-2, 0), 1.0, (360, 2)), rng.normal((2, 0), 1.0, (40, 2))])
+    yt = np.repeat(["0", "1"], [360, 40])
+    Xt = _standardised(Xt)
+    fitted = LogisticRegression().fit(Xs, ys)
+    plain = f1_score(yt, fitted.predict(Xt), average="macro")
+    model = adapted_model("balanced_std", LogisticRegression(), fitted, Xs, ys, Xt,
+                          SelfTraining())
+    assert isinstance(model, ClassBalancedModel)
+    adapted = f1_score(yt, model.predict(Xt), average="macro")
+    assert adapted > plain + 0.1
+    # A lab with the source's own class mix is left about as it was.
+    Xb, yb = _blobs(rng, [(-2, 0), (2, 0)], 200, 1.0)
+    Xb = _standardised(Xb)
+    assert abs(f1_score(yb, model.predict(Xb), average="macro")
+               - f1_score(yb, fitted.predict(Xb), average="macro")) < 0.02
+    np.testing.assert_allclose(model.predict_proba(Xt).sum(axis=1), 1.0)

@@ -101,3 +101,20 @@ def test_training_lab_features_encode_each_lab_as_its_own_domain():
     none, seconds = training_lab_features("L0 cell AdaBN TTA4", crops, masks, domains, base, 0,
                                           {}, "t")
     assert none is None and seconds == 0.0
+
+
+def test_the_differential_lab_takes_a_blood_smear_s_class_mix():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from feature_options import DIFFERENTIAL, differential_rows
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    labels = np.repeat(["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil", "ig"],
+                       100)
+    rows = np.arange(len(labels)) + 1000
+    picked = differential_rows(rows, labels, min_count=5)
+    counts = pd.Series(labels[picked - 1000]).value_counts().to_dict()
+    assert counts == {"neutrophil": 100, "lymphocyte": 50, "monocyte": 12, "eosinophil": 5,
+                      "basophil": 5}  # basophils: 1.7 by the mix, raised to the scorable 5
+    assert set(counts) == set(DIFFERENTIAL)  # classes outside the differential are left out
+    assert len(set(picked)) == len(picked) and set(picked) <= set(rows)

@@ -15,10 +15,17 @@ Each adaptation is its own set of rows in the reports, never mixed into the plai
 * ``centroid_self_training``: the same rounds, with each round's pseudo-labels taken from the
   target's own class centroids (SHOT, Liang et al. 2020) instead of the model's argmax: a
   model whose decision boundary sits in the wrong place for the target still places the
-  target's clusters' centres roughly, and nearest-centroid labels follow the clusters.
+  target's clusters' centres roughly, and nearest-centroid labels follow the clusters;
+* ``balanced_std``: ``domain_std``, then every domain re-standardised with the statistics of a
+  mixture in which each class weighs the same (:class:`ClassBalancedModel`). A lab's own mean
+  and standard deviation depend on its class mix: a blood smear holds mostly neutrophils and
+  lymphocytes, so standardising it moves every cell away from them, while the training lab's
+  cells may have been balanced. The training cells are weighted by their labels; the target's
+  by the model's class scores, re-estimated until the class shares settle (the EM of Saerens
+  et al. 2002, applied to the standardisation).
 
-The target-side adaptations (``coral`` and the self-training ones) change only evaluations
-whose domain is not one the model trained on. Target labels are never read here; they only
+The target-side adaptations (``coral``, ``balanced_std`` and the self-training ones) change only
+evaluations whose domain is not one the model trained on. Target labels are never read here; they only
 score the result.
 """
 
@@ -29,16 +36,21 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.base import clone
 
-ADAPTATIONS = ("none", "domain_std", "coral", "self_training", "centroid_self_training")
+ADAPTATIONS = ("none", "domain_std", "coral", "balanced_std", "self_training",
+               "centroid_self_training")
 #: Adaptations whose features are the per-domain standardised ones.
-STANDARDISED = ("domain_std", "coral", "self_training", "centroid_self_training")
+STANDARDISED = ("domain_std", "coral", "balanced_std", "self_training", "centroid_self_training")
 #: Adaptations that refit the model on pseudo-labelled target cells, and whether their labels
 #: come from the target's class centroids.
 SELF_TRAINING = {"self_training": False, "centroid_self_training": True}
 #: Adaptations that read the target's cells (only targets outside the training domains).
-TARGET_SIDE = ("coral", *SELF_TRAINING)
+TARGET_SIDE = ("coral", "balanced_std", *SELF_TRAINING)
 #: Nearest-centroid reassignments after the score-weighted centroids (SHOT's value).
 CENTROID_ITERATIONS = 2
+#: ``balanced_std`` re-estimates a target's class shares at most this many times, and stops
+#: when no share moves by more than the tolerance (fixed before it was measured on any target).
+BALANCE_MAX_ROUNDS = 20
+BALANCE_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,89 @@ def coral_align(X_target: np.ndarray, X_source: np.ndarray, reg: float = 1.0) ->
     _, colour = _inverse_sqrt_and_sqrt(np.cov(X_source, rowvar=False) + eye)
     aligned = (X_target - X_target.mean(axis=0)) @ whiten @ colour + X_source.mean(axis=0)
     return aligned.astype(np.float32)
+
+
+def class_balanced_standardise(X: np.ndarray, class_weights: np.ndarray) -> np.ndarray:
+    """``X`` standardised with the mean and standard deviation of the mixture in which every
+    class weighs the same.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_cells, n_features)
+    class_weights : ndarray of shape (n_cells, n_classes)
+        How much each cell belongs to each class: one-hot labels, or class scores. A class with
+        no weight is left out of the mixture.
+
+    Returns
+    -------
+    ndarray of shape (n_cells, n_features), float32
+    """
+    X = np.asarray(X, dtype=np.float64)
+    totals = class_weights.sum(axis=0)
+    present = totals > 1e-9
+    weights = (class_weights[:, present] / totals[present]).sum(axis=1)
+    weights /= weights.sum()
+    mean = weights @ X
+    std = np.sqrt(weights @ (X - mean) ** 2)
+    return ((X - mean) / np.where(std > 1e-6, std, 1.0)).astype(np.float32)
+
+
+class ClassBalancedModel:
+    """A fitted classifier that predicts each batch of cells after standardising it with
+    class-balanced statistics (``balanced_std``).
+
+    The batch is one domain's cells. Its class weights are the model's class scores,
+    re-estimated on the re-standardised cells until no class share moves by more than
+    ``tolerance`` or ``max_rounds`` re-estimates were made.
+
+    Parameters
+    ----------
+    model : classifier
+        Fitted on training cells standardised by :func:`class_balanced_standardise` with their
+        labels (:func:`fit_class_balanced`).
+    max_rounds : int
+    tolerance : float
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        ``model.classes_``.
+    """
+
+    def __init__(self, model, max_rounds: int = BALANCE_MAX_ROUNDS,
+                 tolerance: float = BALANCE_TOLERANCE):
+        self.model = model
+        self.max_rounds = max_rounds
+        self.tolerance = tolerance
+        self.classes_ = model.classes_
+
+    def standardise(self, X: np.ndarray) -> np.ndarray:
+        """``X`` (n_cells, n_features), one domain's cells, at their class-balanced statistics."""
+        Z = np.asarray(X, dtype=np.float32)
+        shares = None
+        for _ in range(self.max_rounds):
+            scores = class_scores(self.model, Z)
+            new_shares = scores.mean(axis=0)
+            if shares is not None and np.abs(new_shares - shares).max() <= self.tolerance:
+                break
+            shares = new_shares
+            Z = class_balanced_standardise(X, scores)
+        return Z
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model.predict(self.standardise(X))
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return class_scores(self.model, self.standardise(X))
+
+
+def fit_class_balanced(model, X_train: np.ndarray, y_train: np.ndarray) -> ClassBalancedModel:
+    """A clone of ``model`` fitted on the training cells standardised with their labels'
+    class-balanced statistics, wrapped to predict targets the same way (``balanced_std``)."""
+    classes = np.unique(y_train)
+    onehot = (np.asarray(y_train)[:, None] == classes[None, :]).astype(np.float64)
+    return ClassBalancedModel(clone(model).fit(class_balanced_standardise(X_train, onehot),
+                                               y_train))
 
 
 def pseudo_labels(scores: np.ndarray, classes: np.ndarray, fraction: float,
@@ -234,10 +329,15 @@ def adapted_model(adaptation: str, model, fitted, X_train: np.ndarray, y_train: 
     """The model that predicts ``X_target`` (n_target, n_features) under ``adaptation``.
 
     The self-training adaptations refit ``model`` with pseudo-labelled target cells
-    (:func:`self_train`, from ``fitted``); every other adaptation acts on the features only, so
-    ``fitted`` itself serves. An empty target leaves ``fitted`` as it is.
+    (:func:`self_train`, from ``fitted``); ``balanced_std`` refits it on the class-balanced
+    training cells (:func:`fit_class_balanced`); every other adaptation acts on the features
+    only, so ``fitted`` itself serves. An empty target leaves ``fitted`` as it is.
     """
-    if adaptation not in SELF_TRAINING or not len(X_target):
+    if not len(X_target):
+        return fitted
+    if adaptation == "balanced_std":
+        return fit_class_balanced(model, X_train, y_train)
+    if adaptation not in SELF_TRAINING:
         return fitted
     return self_train(model, X_train, y_train, X_target, schedule, fitted=fitted,
                       max_cells=max_cells, centroids=SELF_TRAINING[adaptation])
