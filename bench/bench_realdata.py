@@ -462,16 +462,21 @@ def markdown(summary: pd.DataFrame, seg_quality: dict, speed: pd.DataFrame, meta
                      f" | {pm(r, 'best_acc')} | {pm(r, 'mean_acc')} | "
                      + ("– | – |" if np.isnan(r["mmd"]) else
                         f"{r['mmd']:.4f} | {r['domain_clf_acc']:.3f} |"))
+    def labs(r) -> str:
+        """The per-lab columns of a rule's row (runs before Run I recorded none)."""
+        return " | ".join(f"{r.get(c, np.nan):.3f}" for c in
+                          ("shifted_f1_colour_blur_zoom", "low_res_f1", "differential_f1"))
+
     if meta.get("adaptations"):
         lines += ["", f"Target adaptations of the chosen option by the label-free rule "
-                      f"(docs/benchmarks.md, Run G); chosen: **{meta['chosen_adaptation']}**.",
+                      f"(docs/benchmarks.md, Runs G and J); chosen: "
+                      f"**{meta['chosen_adaptation']}**.",
                   "", "| adaptation | classifier (best in-domain) | in-domain macro-F1 | "
                   "colour, blur, zoom labs | low-resolution lab | differential lab | "
                   "shifted-source, all labs |", "|---|---|---|---|---|---|---|"]
         for r in meta["adaptations"]:
             lines.append(f"| {r['adaptation']} | {r['classifier']} | {r['in_domain_f1']:.3f} | "
-                         f"{r['shifted_f1_colour_blur_zoom']:.3f} | {r['low_res_f1']:.3f} | "
-                         f"{r['differential_f1']:.3f} | {r['shifted_f1']:.3f} |")
+                         f"{labs(r)} | {r['shifted_f1']:.3f} |")
     if meta.get("selection"):
         lines += ["", f"Cell-feature options by the label-free selection rule "
                       f"(bench/feature_options.py); chosen: **{meta['chosen_option']}**.", "",
@@ -481,9 +486,7 @@ def markdown(summary: pd.DataFrame, seg_quality: dict, speed: pd.DataFrame, meta
                   "|---|---|---|---|---|---|---|---|"]
         for r in meta["selection"]:
             lines.append(f"| {r['option']} | {r['classifier']} | {r['in_domain_f1']:.3f} | "
-                         f"{r['shifted_f1_colour_blur_zoom']:.3f} | {r['low_res_f1']:.3f} | "
-                         f"{r['differential_f1']:.3f} | {r['shifted_f1']:.3f} | "
-                         f"{r['score']:.3f} |")
+                         f"{labs(r)} | {r['shifted_f1']:.3f} | {r['score']:.3f} |")
     if seg_quality:
         lines += ["", "| SAM | cells with GT mask | Dice | IoU | precision | recall |",
                   "|---|---|---|---|---|---|"]

@@ -130,6 +130,11 @@ DIFFERENTIAL = {"neutrophil": 60.0, "lymphocyte": 30.0, "monocyte": 7.0, "eosino
 LAB_COLUMNS = ("shifted_f1_colour_blur_zoom", "low_res_f1", "differential_f1")
 
 
+def lab_columns(selection: pd.DataFrame) -> list[str]:
+    """The :data:`LAB_COLUMNS` ``selection`` holds (runs before Run I recorded none)."""
+    return [c for c in LAB_COLUMNS if c in selection.columns]
+
+
 def shifted_crops(crops: np.ndarray, masks: np.ndarray, sides: np.ndarray
                   ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The crops re-imaged by every simulated lab: name -> (crops, masks, native crop sides).
@@ -367,7 +372,7 @@ def choose_default(selection: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     best = selection.loc[selection.groupby(["option", "seed"])["in_domain_f1"].idxmax()]
     best = best.assign(score=(best["in_domain_f1"] + best["shifted_f1"]) / 2)
     table = best.groupby("option", sort=False)[
-        ["in_domain_f1", "shifted_f1", "score", *LAB_COLUMNS]].mean()
+        ["in_domain_f1", "shifted_f1", "score", *lab_columns(selection)]].mean()
     table["classifier"] = best.groupby("option", sort=False)["classifier"].agg(
         lambda c: "/".join(sorted(set(c))))
     order = [o for o in OPTIONS if o in table.index]
@@ -392,7 +397,7 @@ def choose_adaptation(selection: pd.DataFrame, option: str,
     chosen_clf = plain.loc[plain.groupby("seed")["in_domain_f1"].idxmax(), ["seed", "classifier"]]
     picked = rows.merge(chosen_clf, on=["seed", "classifier"])
     table = picked.groupby("adaptation", sort=False)[
-        ["in_domain_f1", "shifted_f1", *LAB_COLUMNS]].mean()
+        ["in_domain_f1", "shifted_f1", *lab_columns(selection)]].mean()
     table["classifier"] = picked.groupby("adaptation", sort=False)["classifier"].agg(
         lambda c: "/".join(sorted(set(c))))
     table = table.loc[[a for a in adaptations if a in table.index]]

@@ -83,7 +83,7 @@ def test_classify_writes_every_report(classified):
             "metric", "label", "value"} <= set(results.columns)
     assert set(results["protocol"]) == {"source_target", "in_domain", "lodo", "few_shot"}
     assert set(results["classifier"]) == {"logreg", "knn"}
-    assert set(results["adaptation"]) == {"none", "coral", "self_training"}
+    assert set(results["adaptation"]) == {"none", "balanced_std", "coral", "self_training"}
     st = results[results["protocol"] == "source_target"]
     assert (st["source"] != st["target"]).all()
     assert len(st[["source", "target"]].drop_duplicates()) == 6
@@ -102,9 +102,10 @@ def test_classify_writes_every_report(classified):
                                                                   "oracle"}
     assert {c["shots"] for c in summary["few_shot"]} == {0, 1, 5, 10, 25}
     assert (out / "few_shot.png").stat().st_size > 0
-    assert len(list((out / "confusion").glob("*.png"))) == 3 * 2 * 3
-    assert sorted(p.name for p in (out / "models").iterdir()) == ["dorl__knn.joblib",
-                                                                  "dorl__logreg.joblib"]
+    assert len(list((out / "confusion").glob("*.png"))) == 4 * 2 * 3
+    assert sorted(p.name for p in (out / "models").iterdir()) == [
+        "dorl__knn.joblib", "dorl__knn__balanced_std.joblib", "dorl__logreg.joblib",
+        "dorl__logreg__balanced_std.joblib"]
 
 
 def test_adapted_rows_keep_the_in_domain_score_and_few_shot_its_classifiers(cfg, tmp_path):
@@ -311,3 +312,22 @@ def test_training_views_teach_a_classifier_to_ignore_what_the_labs_change(tmp_pa
         assert (timings["n_train"] < n).all()  # cells, not cells x views
     assert f1["plain"] < 0.3
     assert f1["views"] > 0.7
+
+
+def test_a_saved_balanced_std_model_predicts_each_lab_on_its_own(classified, tmp_path):
+    model = classified / "models" / "dorl__logreg__balanced_std.joblib"
+    bundle = joblib.load(model)
+    assert bundle["adaptation"] == "balanced_std"
+    both = synthetic_features(tmp_path / "abc.h5ad", n_per_domain=40, seed=0)
+    pred = pd.read_csv(predict_file(model, both, tmp_path / "abc.csv"))
+    assert (pred["label"] == pred["predicted"]).mean() > 0.6
+    np.testing.assert_allclose(pred.filter(like="p_").sum(axis=1), 1.0, atol=1e-5)
+    # A lab's statistics are its own: its predictions do not depend on the other labs in the
+    # file.
+    fs = read_features(both)
+    only_c = fs.domains == "lab_c"
+    alone = write_features(tmp_path / "c.h5ad", FeatureSet(fs.X[only_c], fs.obs[only_c], {},
+                                                           fs.uns))
+    pred_c = pd.read_csv(predict_file(model, alone, tmp_path / "c.csv"))
+    np.testing.assert_array_equal(pred_c["predicted"].to_numpy(),
+                                  pred[pred["domain"] == "lab_c"]["predicted"].to_numpy())

@@ -24,9 +24,9 @@ Each adaptation is its own set of rows in the reports, never mixed into the plai
   by the model's class scores, re-estimated until the class shares settle (the EM of Saerens
   et al. 2002, applied to the standardisation).
 
-The target-side adaptations (``coral``, ``balanced_std`` and the self-training ones) change only
-evaluations whose domain is not one the model trained on. Target labels are never read here; they only
-score the result.
+The target-side adaptations (``coral``, ``balanced_std`` and the self-training ones) change
+only evaluations whose domain is not one the model trained on. Target labels are never read
+here; they only score the result.
 """
 
 from __future__ import annotations

@@ -37,9 +37,11 @@ from dorl.atomic import atomic_path
 from dorl.classify.adaptation import (
     STANDARDISED,
     TARGET_SIDE,
+    ClassBalancedModel,
     SelfTraining,
     adapted_model,
     coral_align,
+    fit_class_balanced,
     model_density,
     vote_agreement,
 )
@@ -48,6 +50,7 @@ from dorl.classify.protocols import Split, cap_train, make_splits
 from dorl.classify.registry import build_classifier, is_kernel_svm
 from dorl.classify.reports import write_reports
 from dorl.classify.settings import ClassifySettings
+from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import FeatureFileError, read_features
 from dorl.provenance import sha256_file
 
@@ -140,7 +143,11 @@ def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: 
     preds, densities = [], []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fitted = clone(model).fit(X_train, y_train)
+        if adaptation in SAVED_ADAPTATIONS and not split.evaluations:
+            # The saved model of an adaptation that predicts new labs without refitting.
+            fitted = SAVED_ADAPTATIONS[adaptation](model, X_train, y_train)
+        else:
+            fitted = clone(model).fit(X_train, y_train)
         fit_s = time.perf_counter() - start
         for ev, is_adapted, X_aligned in zip(split.evaluations, adapted, aligned):
             X_test = X[ev.test] if X_aligned is None else X_aligned
@@ -180,7 +187,8 @@ def _tasks(inputs: list[FeatureInput], c: ClassifySettings) -> list[_Task]:
             max_train = c.max_train_cells
             splits = list(make_splits(inp.labels, inp.domains, list(c.protocols), c.n_folds,
                                       seed, inp.groups, max_train, c.sources, c.shots, c.draws))
-            if c.save_models and seed == c.seeds[0] and "none" in c.adaptations:
+            if c.save_models and seed == c.seeds[0] and set(c.adaptations) & set(
+                    SAVED_ADAPTATIONS):
                 every = cap_train(np.arange(len(inp.labels)), inp.labels, max_train,
                                   np.random.default_rng(seed))
                 splits.append(Split("all", 0, every, ()))
@@ -188,8 +196,8 @@ def _tasks(inputs: list[FeatureInput], c: ClassifySettings) -> list[_Task]:
                 few_shot = any(e.protocol == "few_shot" for e in s.evaluations)
                 kernel_split = _kernel_split(s, inp.labels, c.kernel_svm_max_train, seed)
                 for adaptation in c.adaptations:
-                    if not s.evaluations and adaptation != "none":
-                        continue  # the saved model is fitted on the stored features only
+                    if not s.evaluations and adaptation not in SAVED_ADAPTATIONS:
+                        continue  # the others refit on each target's cells: nothing to save
                     if few_shot and adaptation in TARGET_SIDE:
                         continue
                     names = c.few_shot_classifiers if few_shot else c.classifiers
@@ -217,6 +225,19 @@ def _max_cells(classifier: str, c: ClassifySettings) -> int | None:
     return min(caps) if caps else None
 
 
+#: Adaptations whose model is saved (``classify.save_models``), with how it is fitted on all
+#: labelled cells: ``balanced_std`` predicts a new lab domain by domain without refitting.
+SAVED_ADAPTATIONS = {"none": lambda model, X, y: clone(model).fit(X, y),
+                     "balanced_std": fit_class_balanced}
+
+
+def model_file_name(feature_set: str, classifier: str, adaptation: str) -> str:
+    """``<feature_set>__<classifier>.joblib``, with ``__<adaptation>`` before the suffix for an
+    adapted model."""
+    suffix = "" if adaptation == "none" else f"__{adaptation}"
+    return f"{feature_set}__{classifier}{suffix}.joblib"
+
+
 def _save_model(path: Path, fitted, task: _Task) -> None:
     inp = task.input
     bundle = {
@@ -225,6 +246,7 @@ def _save_model(path: Path, fitted, task: _Task) -> None:
         "feature_file": str(inp.path), "feature_sha256": sha256_file(inp.path),
         "feature_signature": inp.signature, "domains": sorted(set(inp.domains)),
         "n_train": int(len(task.split.train)), "seed": task.seed, "dorl_version": __version__,
+        "adaptation": task.adaptation,
     }
     with atomic_path(path) as tmp:
         joblib.dump(bundle, tmp)
@@ -323,7 +345,8 @@ def run_classification(inputs: list[FeatureInput], settings: ClassifySettings, o
         if messages:
             warned.setdefault((inp.name, task.classifier), set()).update(messages)
         if not split.evaluations:  # the final model on all labelled cells
-            _save_model(out_dir / "models" / f"{inp.name}__{task.classifier}.joblib", fitted, task)
+            _save_model(out_dir / "models" / model_file_name(inp.name, task.classifier,
+                                                             task.adaptation), fitted, task)
             continue
         train_classes = set(inp.labels[split.train])
         labels_all = sorted(set(inp.labels))
@@ -380,9 +403,9 @@ def classify_from_config(cfg) -> Path:
     """Run the whole classify stage from the config and write ``classify.out_dir``.
 
     Writes ``results.csv``, ``results.md``, ``summary.json``, confusion-matrix PNGs and (with
-    ``classify.save_models``) ``models/<feature_set>__<classifier>.joblib`` fitted on all
-    labelled cells (up to ``classify.max_train_cells``); logs the results table. Returns the
-    output folder.
+    ``classify.save_models``) the models of :data:`SAVED_ADAPTATIONS`,
+    ``models/<feature_set>__<classifier>[__<adaptation>].joblib``, fitted on all labelled cells
+    (up to ``classify.max_train_cells``); logs the results table. Returns the output folder.
     """
     out_dir = Path(cfg.classify.out_dir)
     start = time.perf_counter()
@@ -440,12 +463,23 @@ def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str
     if changed:
         logger.warning("%s[%s] differs from the model's training features in signature keys %s",
                        features_path, key, changed)
+    if isinstance(model, ClassBalancedModel):
+        # Its statistics are a domain's own: standardised per domain, then predicted lab by lab.
+        X = DomainStandardScaler().fit(X, domains=fs.domains).transform(X, domains=fs.domains)
+        predicted = np.empty(len(X), dtype=object)
+        proba = np.empty((len(X), len(classes)))
+        for domain in np.unique(fs.domains):
+            rows = fs.domains == domain
+            proba[rows] = model.predict_proba(X[rows])
+            predicted[rows] = model.classes_[proba[rows].argmax(axis=1)]
+    else:
+        predicted = model.predict(X)
+        proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
     out = pd.DataFrame({"cell_id": fs.obs.index.astype(str), "domain": fs.domains,
-                        "label": fs.labels, "predicted": np.asarray(model.predict(X)).astype(str)})
+                        "label": fs.labels, "predicted": np.asarray(predicted).astype(str)})
     if "path" in fs.obs:
         out.insert(1, "path", fs.obs["path"].astype(str).to_numpy())
-    if hasattr(model, "predict_proba"):
-        proba = model.predict_proba(X)
+    if proba is not None:
         for i, name in enumerate(classes):
             out[f"p_{name}"] = proba[:, i]
     with atomic_path(out_csv) as tmp:

@@ -1,4 +1,4 @@
-"""One imaging resolution for every lab: the detail a cell crop carries, capped at the coarsest lab's.
+"""One imaging resolution for every lab: a crop's detail capped at the coarsest lab's.
 
 Each cell is cut at its own image's resolution and scaled to ``features.crop_size``, so a lab
 whose cells span fewer pixels (a lower magnification, a coarser camera) gives crops that are
