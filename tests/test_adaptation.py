@@ -198,3 +198,17 @@ def test_balanced_std_undoes_a_lab_s_class_mix(seed):
     assert abs(f1_score(yb, model.predict(Xb), average="macro")
                - f1_score(yb, fitted.predict(Xb), average="macro")) < 0.02
     np.testing.assert_allclose(model.predict_proba(Xt).sum(axis=1), 1.0)
+
+
+def test_class_balanced_statistics_block_by_block_equal_one_block(monkeypatch):
+    from dorl.classify import adaptation
+
+    rng = np.random.default_rng(0)
+    X, weights = rng.normal(3, 2, (500, 6)).astype(np.float32), rng.random((500, 4))
+    whole = class_balanced_standardise(X, weights)
+    monkeypatch.setattr(adaptation, "BALANCE_BLOCK", 64)
+    np.testing.assert_allclose(class_balanced_standardise(X, weights), whole, atol=1e-5)
+    # Weighted by classes that weigh the same, the result has zero mean and unit variance.
+    w = (weights / weights.sum(axis=0)).sum(axis=1) / 4
+    np.testing.assert_allclose(w @ whole, 0, atol=1e-4)
+    np.testing.assert_allclose(w @ whole.astype(np.float64) ** 2, 1, atol=1e-4)

@@ -51,6 +51,8 @@ CENTROID_ITERATIONS = 2
 #: when no share moves by more than the tolerance (fixed before it was measured on any target).
 BALANCE_MAX_ROUNDS = 20
 BALANCE_TOLERANCE = 1e-3
+#: Cells per block of the class-balanced statistics (bounds their float64 temporaries).
+BALANCE_BLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -136,14 +138,21 @@ def class_balanced_standardise(X: np.ndarray, class_weights: np.ndarray) -> np.n
     -------
     ndarray of shape (n_cells, n_features), float32
     """
-    X = np.asarray(X, dtype=np.float64)
     totals = class_weights.sum(axis=0)
     present = totals > 1e-9
     weights = (class_weights[:, present] / totals[present]).sum(axis=1)
     weights /= weights.sum()
-    mean = weights @ X
-    std = np.sqrt(weights @ (X - mean) ** 2)
-    return ((X - mean) / np.where(std > 1e-6, std, 1.0)).astype(np.float32)
+    # Block by block in float64, so that a large domain costs one float32 copy, not several
+    # float64 ones.
+    blocks = [slice(i, i + BALANCE_BLOCK) for i in range(0, len(X), BALANCE_BLOCK)]
+    mean = sum(weights[b] @ np.asarray(X[b], np.float64) for b in blocks)
+    var = sum(weights[b] @ (np.asarray(X[b], np.float64) - mean) ** 2 for b in blocks)
+    std = np.sqrt(var)
+    scale = np.where(std > 1e-6, std, 1.0)
+    out = np.empty(np.shape(X), np.float32)
+    for b in blocks:
+        out[b] = (np.asarray(X[b], np.float64) - mean) / scale
+    return out
 
 
 class ClassBalancedModel:
@@ -193,6 +202,11 @@ class ClassBalancedModel:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return class_scores(self.model, self.standardise(X))
+
+    def predict_with_scores(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` and :meth:`predict_proba` of one domain's cells, standardised once."""
+        Z = self.standardise(X)
+        return self.model.predict(Z), class_scores(self.model, Z)
 
 
 def fit_class_balanced(model, X_train: np.ndarray, y_train: np.ndarray) -> ClassBalancedModel:

@@ -470,8 +470,7 @@ def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str
         proba = np.empty((len(X), len(classes)))
         for domain in np.unique(fs.domains):
             rows = fs.domains == domain
-            proba[rows] = model.predict_proba(X[rows])
-            predicted[rows] = model.classes_[proba[rows].argmax(axis=1)]
+            predicted[rows], proba[rows] = model.predict_with_scores(X[rows])
     else:
         predicted = model.predict(X)
         proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
