@@ -10,14 +10,16 @@ The rule (fixed before any option was measured, docs/benchmarks.md): each option
   * the shifted-source macro-F1: the same folds' models scored on their held-out source cells
     re-imaged as simulated labs (:data:`SIMULATED_LABS`: fixed hue, saturation, brightness,
     blur and scale changes; from Run I on, also :data:`LOW_RES_LAB`, half the pixels across
-    each cell), each lab standardised, stain-normalised and AdaBN-recalibrated as its own
-    domain,
+    each cell; from Run J on, also :data:`DIFFERENTIAL_LAB`, other source cells in a blood
+    smear's class mix), each lab standardised, stain-normalised and AdaBN-recalibrated as its
+    own domain,
 for the classifier that scores best in-domain; the default is the option with the highest score
 (ties within 0.01 go to the cheaper option). Only source labels are used.
 
-The headline's target adaptation is chosen the same way (docs/benchmarks.md, Run G): the
-simulated labs' held-out cells are each adaptation's unlabelled target, the classifier best
-in-domain is scored on them, and ties within 0.01 go to the cheaper adaptation.
+The headline's target adaptation is chosen the same way (docs/benchmarks.md, Runs G and J):
+the simulated labs' held-out cells (and all of the differential lab's) are each adaptation's
+unlabelled target, the classifier best in-domain is scored on them, and ties within 0.01 go to
+the cheaper adaptation.
 """
 
 from __future__ import annotations
@@ -119,8 +121,8 @@ LOW_RES_FACTOR = 0.5
 #: The fifth simulated lab (added by the rule of Run J, docs/benchmarks.md): source cells that
 #: no fold trains on, in the class mix of a normal adult blood differential (percent, within the
 #: textbook ranges: neutrophils 40-70, lymphocytes 20-40, monocytes 2-8, eosinophils 1-4,
-#: basophils 0.5-1), re-imaged with nothing else changed. Every lab before it was class-balanced
-#: like the source; a lab's smears are not.
+#: basophils 0.5-1), encoded as a lab of their own with nothing else changed. Every lab before
+#: it was class-balanced like the source; a lab's smears are not.
 DIFFERENTIAL_LAB = "sim_differential"
 DIFFERENTIAL = {"neutrophil": 60.0, "lymphocyte": 30.0, "monocyte": 7.0, "eosinophil": 3.0,
                 "basophil": 1.0}

@@ -299,7 +299,9 @@ def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput],
         parts.append(f"* `{fs}`: classes left out of a target's score: {per_domain}")
     parts += ["", f"Adaptations (rows of their own; none reads a target label): "
               f"{', '.join(c.adaptations)}. `none`: the stored features; `domain_std`: each "
-              "domain standardised with its own statistics; `coral`: `domain_std`, then each "
+              "domain standardised with its own statistics; `balanced_std`: each domain "
+              "standardised as if every class weighed the same (training cells by their labels, "
+              "the target by the model's class scores); `coral`: `domain_std`, then each "
               "target's covariance aligned to the training cells'; `self_training`: "
               f"`domain_std`, then {c.self_training.rounds} rounds of class-balanced pseudo-"
               f"labels on the target's cells (up to {c.self_training.final_fraction:.0%} of each "
