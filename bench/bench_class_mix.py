@@ -3,8 +3,8 @@ gives back.
 
 LISC is class-balanced and Zheng-2018 nearly so, while a lab's smears hold mostly neutrophils
 and lymphocytes. This bench redraws each target in the mix of a normal adult differential
-(``feature_options.DIFFERENTIAL``; which cells of each class, with each seed) and encodes the
-redrawn cells as a lab of their own: its own AdaBN statistics and its own standardisation, as
+(``feature_options.differential_rows``; which cells of each class is drawn with each seed)
+and encodes the redrawn cells as a lab of their own: its own AdaBN statistics and its own standardisation, as
 ``dorl embed`` treats a lab. The target's labels choose which cells form the redrawn lab, and
 they score it; no model or setting reads them. Classifiers train on all source cells (the
 default cell features: Lite0, AdaBN, four rotations); each target is scored with the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from feature_options import DIFFERENTIAL
+from feature_options import differential_rows
 from sklearn.metrics import f1_score
 
 from dorl.classify.adaptation import SelfTraining, adapted_model
@@ -40,20 +40,6 @@ from dorl.sam.segmentation import Segmentation
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_class_mix")
 SOURCE = "acevedo20"
-
-
-def smear_rows(rows: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-               min_count: int) -> np.ndarray:
-    """A random draw of ``rows`` in :data:`DIFFERENTIAL`'s mix: the most common class keeps all
-    its cells, every other class its share of that (at least ``min_count``, or all it has)."""
-    top = max(DIFFERENTIAL, key=DIFFERENTIAL.get)
-    n_top = int((labels == top).sum())
-    picked = []
-    for label, share in DIFFERENTIAL.items():
-        own = rows[labels == label]
-        count = min(len(own), max(min_count, int(round(n_top * share / DIFFERENTIAL[top]))))
-        picked.append(rng.choice(own, count, replace=False))
-    return np.concatenate(picked)
 
 
 def main(argv=None) -> int:
@@ -82,7 +68,7 @@ def main(argv=None) -> int:
         rows, lab = [src], [np.full(len(src), SOURCE, object)]
         for target in sorted(set(domains) - {SOURCE}):
             own = np.flatnonzero(domains == target)
-            picked = smear_rows(own, labels[own], rng, min_count)
+            picked = differential_rows(own, labels[own], min_count, rng)
             rows.append(picked)
             lab.append(np.full(len(picked), f"{target} in a smear's mix", object))
         rows, lab = np.concatenate(rows), np.concatenate(lab).astype(str)

@@ -254,18 +254,20 @@ def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
     return float(f1_score(labels, predicted.astype(str), average="macro"))
 
 
-def differential_rows(rows: np.ndarray, labels: np.ndarray, min_count: int = 5) -> np.ndarray:
-    """The rows of a simulated lab with :data:`DIFFERENTIAL`'s class mix: the most common class
-    keeps all its cells among ``rows`` and every other class its share of that, at least
-    ``min_count`` cells (the classify stage scores no class with fewer); classes outside the
-    differential are left out. ``labels`` are the labels of ``rows``."""
+def differential_rows(rows: np.ndarray, labels: np.ndarray, min_count: int = 5,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+    """The rows of a lab with :data:`DIFFERENTIAL`'s class mix: the most common class keeps all
+    its cells among ``rows`` and every other class its share of that, at least ``min_count``
+    cells (the classify stage scores no class with fewer) or all it has; classes outside the
+    differential are left out. ``labels`` are the labels of ``rows``. A class's cells are its
+    first ones, or a draw with ``rng``."""
     top = max(DIFFERENTIAL, key=DIFFERENTIAL.get)
     n_top = int((labels == top).sum())
     picked = []
     for label, share in DIFFERENTIAL.items():
         own = rows[labels == label]
-        count = max(min_count, int(round(n_top * share / DIFFERENTIAL[top])))
-        picked.append(own[:count])
+        count = min(len(own), max(min_count, int(round(n_top * share / DIFFERENTIAL[top]))))
+        picked.append(own[:count] if rng is None else rng.choice(own, count, replace=False))
     return np.concatenate(picked)
 
 
