@@ -64,6 +64,20 @@ def test_applied_cells_match_the_same_cells_embedded_in_the_run(tiny_cfg, labs, 
     np.testing.assert_array_equal(on_new["predicted"].to_numpy(), expected)
 
 
+def test_a_new_lab_is_seen_at_the_run_s_resolution(tiny_cfg, labs, tmp_path):
+    # Crops larger than the coarsest side, so that the cells are resampled.
+    run = _cfg(tiny_cfg, tmp_path / "run_all", labs / "manifest.csv",
+               "features.resolution=coarsest", "features.crop_size=96")
+    trained = read_features(run_embed(run))
+    side = trained.uns["cell_features"]["resolution_side"]
+    assert side < 96
+    new = _cfg(tiny_cfg, tmp_path / "lab_c", labs / "new_c.csv")
+    applied = read_features(apply_run(run.run_dir, new))
+    assert OmegaConf.create(applied.uns["config"]).features.resolution == side
+    same = trained.domains == "lab_c"
+    np.testing.assert_allclose(applied.X, trained.X[same], atol=1e-4)
+
+
 def test_new_lab_path_from_the_command_line(tiny_cfg, labs, tmp_path):
     train = _cfg(tiny_cfg, tmp_path / "run_ab", labs / "train_ab.csv")
     train.classify.protocols = ["source_target"]
