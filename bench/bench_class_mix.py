@@ -4,11 +4,11 @@ gives back.
 LISC is class-balanced and Zheng-2018 nearly so, while a lab's smears hold mostly neutrophils
 and lymphocytes. This bench redraws each target in the mix of a normal adult differential
 (``feature_options.differential_rows``; which cells of each class is drawn with each seed)
-and encodes the redrawn cells as a lab of their own: its own AdaBN statistics and its own standardisation, as
-``dorl embed`` treats a lab. The target's labels choose which cells form the redrawn lab, and
-they score it; no model or setting reads them. Classifiers train on all source cells (the
-default cell features: Lite0, AdaBN, four rotations); each target is scored with the
-adaptations ``none`` and ``balanced_std``.
+and encodes the redrawn cells as a lab of their own: its own AdaBN statistics and its own
+standardisation, as ``dorl embed`` treats a lab. The target's labels choose which cells form
+the redrawn lab, and they score it; no model or setting reads them. Classifiers train on all
+source cells (the default cell features: Lite0, AdaBN, four rotations); each target is scored
+with the adaptations ``none`` and ``balanced_std``.
 
 It reads the manifest and LoRA-SAM segmentation that ``bench/bench_realdata.py`` cached in its
 ``--out`` folder:
@@ -31,6 +31,7 @@ from sklearn.metrics import f1_score
 
 from dorl.classify.adaptation import SelfTraining, adapted_model
 from dorl.classify.registry import build_classifier
+from dorl.classify.run import kept_classes
 from dorl.config import load_config
 from dorl.data.manifest import load_manifest
 from dorl.domain_scaler import DomainStandardScaler
@@ -86,8 +87,7 @@ def main(argv=None) -> int:
             fitted = build_classifier(name, seed).fit(Z[train], y[train])
             for target in sorted(set(lab) - {SOURCE}):
                 test = lab == target
-                kept = [c for c, n in zip(*np.unique(y[test], return_counts=True))
-                        if n >= min_count and c in set(y[train])]
+                kept = [c for c in kept_classes(y[test], min_count) if c in set(y[train])]
                 scored = test & np.isin(y, kept)
                 for adaptation in ("none", "balanced_std"):
                     model = adapted_model(adaptation, build_classifier(name, seed), fitted,

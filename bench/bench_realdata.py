@@ -51,6 +51,7 @@ import torch
 import umap
 from cnn_comparator import CNNSettings, cnn_predictions
 from feature_options import (
+    LAB_COLUMNS,
     OPTIONS,
     DifferentialLab,
     choose_adaptation,
@@ -464,8 +465,7 @@ def markdown(summary: pd.DataFrame, seg_quality: dict, speed: pd.DataFrame, meta
                         f"{r['mmd']:.4f} | {r['domain_clf_acc']:.3f} |"))
     def labs(r) -> str:
         """The per-lab columns of a rule's row (runs before Run I recorded none)."""
-        return " | ".join(f"{r.get(c, np.nan):.3f}" for c in
-                          ("shifted_f1_colour_blur_zoom", "low_res_f1", "differential_f1"))
+        return " | ".join(f"{r.get(c, np.nan):.3f}" for c in LAB_COLUMNS)
 
     if meta.get("adaptations"):
         lines += ["", f"Target adaptations of the chosen option by the label-free rule "
