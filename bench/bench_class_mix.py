@@ -3,12 +3,12 @@ gives back.
 
 LISC is class-balanced and Zheng-2018 nearly so, while a lab's smears hold mostly neutrophils
 and lymphocytes. This bench redraws each target in the mix of a normal adult differential
-(``feature_options.differential_rows``; which cells of each class is drawn with each seed)
+(``feature_options.class_mix_rows``; which cells of each class is drawn with each seed)
 and encodes the redrawn cells as a lab of their own: its own AdaBN statistics and its own
 standardisation, as ``dorl embed`` treats a lab. The target's labels choose which cells form
 the redrawn lab, and they score it; no model or setting reads them. Classifiers train on all
 source cells (the default cell features: Lite0, AdaBN, four rotations); each target is scored
-with the adaptations ``none`` and ``balanced_std``.
+with each of ``--adaptations`` (default: ``none`` and the two balanced ones).
 
 It reads the manifest and LoRA-SAM segmentation that ``bench/bench_realdata.py`` cached in its
 ``--out`` folder:
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from feature_options import differential_rows
+from feature_options import DIFFERENTIAL, class_mix_rows
 from sklearn.metrics import f1_score
 
-from dorl.classify.adaptation import SelfTraining, adapted_model
+from dorl.classify.adaptation import ADAPTATIONS, SelfTraining, TargetAdapter
 from dorl.classify.registry import build_classifier
 from dorl.classify.run import kept_classes
 from dorl.config import load_config
@@ -49,7 +49,10 @@ def main(argv=None) -> int:
                     help="the --out folder of a bench_realdata.py run (manifest.csv, sam_lora/)")
     ap.add_argument("--config", default=str(REPO / "configs" / "realdata.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--classifiers", nargs="+", default=["logreg", "svm_rbf", "knn", "mlp", "rf"])
+    ap.add_argument("--classifiers", nargs="+",
+                    default=["logreg", "svm_linear", "svm_rbf", "knn", "mlp", "rf"])
+    ap.add_argument("--adaptations", nargs="+", choices=ADAPTATIONS,
+                    default=["none", "balanced_std", "balanced_std_hard"])
     ap.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -69,7 +72,7 @@ def main(argv=None) -> int:
         rows, lab = [src], [np.full(len(src), SOURCE, object)]
         for target in sorted(set(domains) - {SOURCE}):
             own = np.flatnonzero(domains == target)
-            picked = differential_rows(own, labels[own], min_count, rng)
+            picked = class_mix_rows(own, labels[own], DIFFERENTIAL, min_count, rng)
             rows.append(picked)
             lab.append(np.full(len(picked), f"{target} in a smear's mix", object))
         rows, lab = np.concatenate(rows), np.concatenate(lab).astype(str)
@@ -85,14 +88,14 @@ def main(argv=None) -> int:
         train = lab == SOURCE
         for name in args.classifiers:
             fitted = build_classifier(name, seed).fit(Z[train], y[train])
+            adapters = {a: TargetAdapter(a, build_classifier(name, seed), fitted, Z[train],
+                                         y[train], SelfTraining()) for a in args.adaptations}
             for target in sorted(set(lab) - {SOURCE}):
                 test = lab == target
                 kept = [c for c in kept_classes(y[test], min_count) if c in set(y[train])]
                 scored = test & np.isin(y, kept)
-                for adaptation in ("none", "balanced_std"):
-                    model = adapted_model(adaptation, build_classifier(name, seed), fitted,
-                                          Z[train], y[train], Z[test], SelfTraining())
-                    predicted = np.asarray(model.predict(Z[test])).astype(str)
+                for adaptation, adapter in adapters.items():
+                    predicted = np.asarray(adapter.model_for(Z[test]).predict(Z[test])).astype(str)
                     rows_out.append({
                         "seed": seed, "classifier": name, "target": target,
                         "adaptation": adaptation, "cells": int(test.sum()),

@@ -53,11 +53,10 @@ from cnn_comparator import CNNSettings, cnn_predictions
 from feature_options import (
     LAB_COLUMNS,
     OPTIONS,
-    DifferentialLab,
     choose_adaptation,
     choose_default,
     crop_set,
-    differential_rows,
+    held_out_labs,
     encoder_features,
     option_features,
     shifted_source_scores,
@@ -373,16 +372,15 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
                                                    max_side=side)[0]
         return crop_sets[resolution]
     # The selection rule's source cells: the first SELECTION_PER_CLASS of each class; its
-    # differential lab takes the others, in a blood smear's class mix.
+    # held-out labs take the others, each in a blood smear's class mix.
     rank = table[src].groupby("label").cumcount().to_numpy()
     sel = np.flatnonzero(src)[rank < SELECTION_PER_CLASS]
     rest = np.flatnonzero(src)[rank >= SELECTION_PER_CLASS]
-    smear = differential_rows(rest, table["label"].to_numpy()[rest],
-                              int(cfg.classify.min_class_count))
-    differential = DifferentialLab(crops[smear], masks[smear], sides[smear],
-                                   table["label"].to_numpy()[smear]) if len(smear) else None
-    logger.info("the rule's differential lab: %s",
-                table["label"].iloc[smear].value_counts().to_dict())
+    held_out = held_out_labs(crops[rest], masks[rest], sides[rest],
+                             table["label"].to_numpy()[rest], int(cfg.classify.min_class_count)
+                             ) if len(rest) else {}
+    for lab, cells in held_out.items():
+        logger.info("the rule's %s: %s", lab, pd.Series(cells.labels).value_counts().to_dict())
     cache: dict = {}
     selection, views = [], {}
     schedule = ClassifySettings.from_config(cfg).self_training
@@ -404,7 +402,7 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
             selection.append(shifted_source_scores(
                 name, crops[sel], masks[sel], sides[sel], table["label"].to_numpy()[sel],
                 base, list(cfg.classify.classifiers), seed, cache, tuple(args.adaptations),
-                schedule, int(cfg.seed), differential))
+                schedule, int(cfg.seed), held_out))
     selection = pd.concat(selection, ignore_index=True)
     with atomic_path(out / "selection.csv") as tmp:
         selection.to_csv(tmp, index=False)
@@ -469,11 +467,11 @@ def markdown(summary: pd.DataFrame, seg_quality: dict, speed: pd.DataFrame, meta
 
     if meta.get("adaptations"):
         lines += ["", f"Target adaptations of the chosen option by the label-free rule "
-                      f"(docs/benchmarks.md, Runs G and J); chosen: "
+                      f"(docs/benchmarks.md, Runs G, J and L); chosen: "
                       f"**{meta['chosen_adaptation']}**.",
                   "", "| adaptation | classifier (best in-domain) | in-domain macro-F1 | "
                   "colour, blur, zoom labs | low-resolution lab | differential lab | "
-                  "shifted-source, all labs |", "|---|---|---|---|---|---|---|"]
+                  "paediatric lab | shifted-source, all labs |", "|---|---|---|---|---|---|---|---|"]
         for r in meta["adaptations"]:
             lines.append(f"| {r['adaptation']} | {r['classifier']} | {r['in_domain_f1']:.3f} | "
                          f"{labs(r)} | {r['shifted_f1']:.3f} |")
@@ -482,8 +480,8 @@ def markdown(summary: pd.DataFrame, seg_quality: dict, speed: pd.DataFrame, meta
                       f"(bench/feature_options.py); chosen: **{meta['chosen_option']}**.", "",
                   "| option | classifier (best in-domain) | in-domain macro-F1 | "
                   "colour, blur, zoom labs | low-resolution lab | differential lab | "
-                  "shifted-source, all labs | selection score |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "paediatric lab | shifted-source, all labs | selection score |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in meta["selection"]:
             lines.append(f"| {r['option']} | {r['classifier']} | {r['in_domain_f1']:.3f} | "
                          f"{labs(r)} | {r['shifted_f1']:.3f} | {r['score']:.3f} |")

@@ -11,13 +11,14 @@ The rule (fixed before any option was measured, docs/benchmarks.md): each option
     re-imaged as simulated labs (:data:`SIMULATED_LABS`: fixed hue, saturation, brightness,
     blur and scale changes; from Run I on, also :data:`LOW_RES_LAB`, half the pixels across
     each cell; from Run J on, also :data:`DIFFERENTIAL_LAB`, other source cells in a blood
-    smear's class mix), each lab standardised, stain-normalised and AdaBN-recalibrated as its
-    own domain,
+    smear's class mix; from Run L on, also :data:`PAEDIATRIC_LAB`, those cells in a child's mix
+    and re-imaged), each lab standardised, stain-normalised and AdaBN-recalibrated as its own
+    domain,
 for the classifier that scores best in-domain; the default is the option with the highest score
 (ties within 0.01 go to the cheaper option). Only source labels are used.
 
 The headline's target adaptation is chosen the same way (docs/benchmarks.md, Runs G and J):
-the simulated labs' held-out cells (and all of the differential lab's) are each adaptation's
+the simulated labs' held-out cells (and all of the held-out labs' cells) are each adaptation's
 unlabelled target, the classifier best in-domain is scored on them, and ties within 0.01 go to
 the cheaper adaptation.
 """
@@ -34,7 +35,7 @@ import torch
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
-from dorl.classify.adaptation import SelfTraining, adapted_model
+from dorl.classify.adaptation import SelfTraining, TargetAdapter
 from dorl.classify.registry import build_classifier
 from dorl.classify.run import training_set
 from dorl.domain_scaler import DomainStandardScaler
@@ -126,10 +127,23 @@ LOW_RES_FACTOR = 0.5
 DIFFERENTIAL_LAB = "sim_differential"
 DIFFERENTIAL = {"neutrophil": 60.0, "lymphocyte": 30.0, "monocyte": 7.0, "eosinophil": 3.0,
                 "basophil": 1.0}
+#: The sixth simulated lab (added by the rule of Run L, docs/benchmarks.md): the same held-out
+#: source cells in a young child's differential, where lymphocytes outnumber neutrophils
+#: (textbook ranges at 1-4 years: lymphocytes 50-70, neutrophils 25-45), re-imaged through
+#: :data:`PAEDIATRIC_SHIFT`'s colour, blur and zoom: a paediatric lab differs in both.
+PAEDIATRIC_LAB = "sim_paediatric"
+PAEDIATRIC = {"lymphocyte": 60.0, "neutrophil": 30.0, "monocyte": 6.0, "eosinophil": 3.0,
+              "basophil": 1.0}
+PAEDIATRIC_SHIFT = "sim_cold_blur"
+#: The held-out labs: each one's class mix, and the simulated lab that re-images it (or None).
+HELD_OUT_LABS = {DIFFERENTIAL_LAB: (DIFFERENTIAL, None),
+                 PAEDIATRIC_LAB: (PAEDIATRIC, PAEDIATRIC_SHIFT)}
 
 
 #: The per-lab columns of :func:`shifted_source_scores` the rules' tables report.
-LAB_COLUMNS = ("shifted_f1_colour_blur_zoom", "low_res_f1", "differential_f1")
+LAB_COLUMNS = ("shifted_f1_colour_blur_zoom", "low_res_f1", "differential_f1", "paediatric_f1")
+#: Each held-out lab's column.
+HELD_OUT_COLUMNS = {DIFFERENTIAL_LAB: "differential_f1", PAEDIATRIC_LAB: "paediatric_f1"}
 
 
 def lab_columns(selection: pd.DataFrame) -> list[str]:
@@ -137,16 +151,18 @@ def lab_columns(selection: pd.DataFrame) -> list[str]:
     return [c for c in LAB_COLUMNS if c in selection.columns]
 
 
+def reimaged(crops: np.ndarray, masks: np.ndarray, lab: str) -> tuple[np.ndarray, np.ndarray]:
+    """``crops`` (n, s, s, 3) and ``masks`` (n, s, s) re-imaged by the simulated ``lab``."""
+    parts = [simulate_lab(torch.from_numpy(crops[i:i + 64]), torch.from_numpy(masks[i:i + 64]),
+                          **SIMULATED_LABS[lab]) for i in range(0, len(crops), 64)]
+    return torch.cat([p[0] for p in parts]).numpy(), torch.cat([p[1] for p in parts]).numpy()
+
+
 def shifted_crops(crops: np.ndarray, masks: np.ndarray, sides: np.ndarray
                   ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The crops re-imaged by every simulated lab: name -> (crops, masks, native crop sides).
     ``sides`` are the crops' native sides in pixels (:func:`native_crop_sides`)."""
-    out = {}
-    for name, shift in SIMULATED_LABS.items():
-        parts = [simulate_lab(torch.from_numpy(crops[i:i + 64]), torch.from_numpy(masks[i:i + 64]),
-                              **shift) for i in range(0, len(crops), 64)]
-        out[name] = (torch.cat([p[0] for p in parts]).numpy(),
-                     torch.cat([p[1] for p in parts]).numpy(), sides)
+    out = {name: (*reimaged(crops, masks, name), sides) for name in SIMULATED_LABS}
     low = sides * LOW_RES_FACTOR
     out[LOW_RES_LAB] = (resample_through(crops, low), masks, low)
     return out
@@ -254,27 +270,28 @@ def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
     return float(f1_score(labels, predicted.astype(str), average="macro"))
 
 
-def differential_rows(rows: np.ndarray, labels: np.ndarray, min_count: int = 5,
-                      rng: np.random.Generator | None = None) -> np.ndarray:
-    """The rows of a lab with :data:`DIFFERENTIAL`'s class mix: the most common class keeps all
-    its cells among ``rows`` and every other class its share of that, at least ``min_count``
-    cells (the classify stage scores no class with fewer) or all it has; classes outside the
-    differential are left out. ``labels`` are the labels of ``rows``. A class's cells are its
+def class_mix_rows(rows: np.ndarray, labels: np.ndarray, mix: dict[str, float],
+                   min_count: int = 5, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The rows of a lab with ``mix``'s class mix (percent per class): the most common class
+    keeps all its cells among ``rows`` and every other class its share of that, at least
+    ``min_count`` cells (the classify stage scores no class with fewer) or all it has; classes
+    outside ``mix`` are left out. ``labels`` are the labels of ``rows``. A class's cells are its
     first ones, or a draw with ``rng``."""
-    top = max(DIFFERENTIAL, key=DIFFERENTIAL.get)
+    top = max(mix, key=mix.get)
     n_top = int((labels == top).sum())
     picked = []
-    for label, share in DIFFERENTIAL.items():
+    for label, share in mix.items():
         own = rows[labels == label]
-        count = min(len(own), max(min_count, int(round(n_top * share / DIFFERENTIAL[top]))))
+        count = min(len(own), max(min_count, int(round(n_top * share / mix[top]))))
         picked.append(own[:count] if rng is None else rng.choice(own, count, replace=False))
     return np.concatenate(picked)
 
 
 @dataclass(frozen=True)
-class DifferentialLab:
-    """The source cells of the rule's :data:`DIFFERENTIAL_LAB` (none of them a training cell of
-    any fold): crops (n, s, s, 3), masks (n, s, s), native sides (n,) and labels (n,)."""
+class HeldOutLab:
+    """The source cells of one of the rule's :data:`HELD_OUT_LABS` (none of them a training
+    cell of any fold), as the lab images them: crops (n, s, s, 3), masks (n, s, s), native
+    sides (n,) and labels (n,)."""
 
     crops: np.ndarray
     masks: np.ndarray
@@ -282,12 +299,26 @@ class DifferentialLab:
     labels: np.ndarray
 
 
+def held_out_labs(crops: np.ndarray, masks: np.ndarray, sides: np.ndarray, labels: np.ndarray,
+                  min_count: int) -> dict[str, HeldOutLab]:
+    """Every lab of :data:`HELD_OUT_LABS` drawn from the held-out source cells ``crops``
+    (n, s, s, 3), ``masks`` (n, s, s), ``sides`` (n,) and ``labels`` (n,)."""
+    out = {}
+    for name, (mix, shift) in HELD_OUT_LABS.items():
+        rows = class_mix_rows(np.arange(len(labels)), labels, mix, min_count)
+        lab_crops, lab_masks = crops[rows], masks[rows]
+        if shift is not None:
+            lab_crops, lab_masks = reimaged(lab_crops, lab_masks, shift)
+        out[name] = HeldOutLab(lab_crops, lab_masks, sides[rows], labels[rows])
+    return out
+
+
 def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarray,
                           src_sides: np.ndarray, labels: np.ndarray, base: FeatureSettings,
                           classifiers: list[str], seed: int, cache: dict,
                           adaptations: tuple[str, ...] = ("none",),
                           schedule: SelfTraining = SelfTraining(), lab_seed: int = 0,
-                          differential: DifferentialLab | None = None) -> pd.DataFrame:
+                          held_out: dict[str, HeldOutLab] | None = None) -> pd.DataFrame:
     """In-domain and shifted-source macro-F1 of every classifier and adaptation on one option's
     source cells.
 
@@ -297,16 +328,17 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
     resolution sees every domain at the low-resolution lab's. Each fold's model is trained on
     the original source cells of the other folds and scored on the held-out cells, original and
     shifted; each simulated lab's held-out cells are the unlabelled target of every adaptation
-    in ``adaptations``. ``differential`` adds :data:`DIFFERENTIAL_LAB`, other source cells in a
-    blood smear's class mix, whose cells are all the target of every fold's model. The
+    in ``adaptations``. ``held_out`` adds :func:`held_out_labs`, other source cells in a blood
+    smear's class mix, whose cells are all the target of every fold's model. The
     in-domain score is the same for every adaptation (they change targets only). An option with
     simulated training labs also trains each model on its training cells' views in those labs
     (drawn with ``lab_seed``), as the classify stage does.
     """
     option = OPTIONS[name]
     labs = shifted_crops(src_crops, src_masks, src_sides)
-    if differential is not None:
-        labs[DIFFERENTIAL_LAB] = (differential.crops, differential.masks, differential.sides)
+    held_out = held_out or {}
+    for lab, cells in held_out.items():
+        labs[lab] = (cells.crops, cells.masks, cells.sides)
     crops = np.concatenate([src_crops] + [c for c, _, _ in labs.values()])
     masks = np.concatenate([src_masks] + [m for _, m, _ in labs.values()])
     sides = np.concatenate([src_sides] + [s for _, _, s in labs.values()])
@@ -335,21 +367,20 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
     out = []
     for clf in classifiers:
         for a in adaptations if clf == best else ("none",):
-            held_out = {lab: np.empty(n, dtype=object) for lab in labs if lab != DIFFERENTIAL_LAB}
-            whole = []  # the differential lab's macro-F1 under each fold's model
+            folds = {lab: np.empty(n, dtype=object) for lab in labs if lab not in held_out}
+            whole = {lab: [] for lab in held_out}  # macro-F1 under each fold's model
             for model, (train, test) in zip(models[clf], splits):
-                train_X, train_y = training_set(X[:n], labels, train, views)
+                adapter = TargetAdapter(a, build_classifier(clf, seed), model,
+                                        *training_set(X[:n], labels, train, views), schedule)
                 for lab in labs:
-                    target = lab_X[lab] if lab == DIFFERENTIAL_LAB else lab_X[lab][test]
-                    predicted = adapted_model(a, build_classifier(clf, seed), model, train_X,
-                                              train_y, target, schedule).predict(target)
-                    if lab == DIFFERENTIAL_LAB:
-                        whole.append(_macro_f1(differential.labels, predicted))
+                    target = lab_X[lab] if lab in held_out else lab_X[lab][test]
+                    predicted = adapter.model_for(target).predict(target)
+                    if lab in held_out:
+                        whole[lab].append(_macro_f1(held_out[lab].labels, predicted))
                     else:
-                        held_out[lab][test] = predicted
-            lab_f1 = {lab: _macro_f1(labels, p) for lab, p in held_out.items()}
-            if whole:
-                lab_f1[DIFFERENTIAL_LAB] = float(np.mean(whole))
+                        folds[lab][test] = predicted
+            lab_f1 = {lab: _macro_f1(labels, p) for lab, p in folds.items()}
+            lab_f1.update({lab: float(np.mean(f1)) for lab, f1 in whole.items()})
             out.append({"option": name, "classifier": clf, "seed": seed, "adaptation": a,
                         "in_domain_f1": in_domain_f1[clf],
                         "shifted_f1": float(np.mean(list(lab_f1.values()))),
@@ -357,7 +388,8 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
                         "shifted_f1_colour_blur_zoom": float(np.mean(
                             [lab_f1[lab] for lab in SIMULATED_LABS])),
                         "low_res_f1": lab_f1[LOW_RES_LAB],
-                        "differential_f1": lab_f1.get(DIFFERENTIAL_LAB, float("nan"))})
+                        **{column: lab_f1.get(lab, float("nan"))
+                           for lab, column in HELD_OUT_COLUMNS.items()}})
     return pd.DataFrame(out)
 
 

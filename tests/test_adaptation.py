@@ -11,9 +11,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from dorl.classify.adaptation import (
+    BALANCED,
     ClassBalancedModel,
     SelfTraining,
-    adapted_model,
+    TargetAdapter,
     class_balanced_standardise,
     centroid_scores,
     class_scores,
@@ -71,18 +72,20 @@ def test_centroid_self_training_recovers_a_rotated_target(seed):
     assert adapted > plain + 0.1 and adapted > 0.95
 
 
-def test_adapted_model_refits_only_for_the_self_training_adaptations():
+def _adapter(name, Xs, ys, fitted):
+    return TargetAdapter(name, LogisticRegression(), fitted, Xs, ys, SelfTraining())
+
+
+def test_target_adapter_refits_only_for_the_self_training_adaptations():
     rng = np.random.default_rng(0)
     Xs, ys = _blobs(rng, [(-2, 0), (2, 0)], 100, 0.7)
     Xt, _ = _rotated_target(rng, 75)
     fitted = LogisticRegression().fit(Xs, ys)
-    for feature_side in ("none", "domain_std", "coral"):  # balanced_std: test below
-        assert adapted_model(feature_side, LogisticRegression(), fitted, Xs, ys, Xt,
-                             SelfTraining()) is fitted
-    assert adapted_model("self_training", LogisticRegression(), fitted, Xs, ys, Xt[:0],
-                         SelfTraining()) is fitted
+    for feature_side in ("none", "domain_std", "coral"):  # the balanced ones: tests below
+        assert _adapter(feature_side, Xs, ys, fitted).model_for(Xt) is fitted
+    assert _adapter("self_training", Xs, ys, fitted).model_for(Xt[:0]) is fitted
     for name, centroids in (("self_training", False), ("centroid_self_training", True)):
-        model = adapted_model(name, LogisticRegression(), fitted, Xs, ys, Xt, SelfTraining())
+        model = _adapter(name, Xs, ys, fitted).model_for(Xt)
         direct = self_train(LogisticRegression(), Xs, ys, Xt, SelfTraining(), fitted=fitted,
                             centroids=centroids)
         np.testing.assert_allclose(model.coef_, direct.coef_)
@@ -175,8 +178,9 @@ def test_class_balanced_statistics_weigh_every_class_the_same():
     np.testing.assert_allclose(class_balanced_standardise(X, empty), Z, atol=1e-6)
 
 
+@pytest.mark.parametrize("adaptation", list(BALANCED))
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_balanced_std_undoes_a_lab_s_class_mix(seed):
+def test_balanced_std_undoes_a_lab_s_class_mix(seed, adaptation):
     """A target lab with the source's classes but 9 cells of one class to 1 of the other,
     standardised with its own statistics, moves every cell towards the rare class."""
     rng = np.random.default_rng(seed)
@@ -187,9 +191,8 @@ def test_balanced_std_undoes_a_lab_s_class_mix(seed):
     Xt = _standardised(Xt)
     fitted = LogisticRegression().fit(Xs, ys)
     plain = f1_score(yt, fitted.predict(Xt), average="macro")
-    model = adapted_model("balanced_std", LogisticRegression(), fitted, Xs, ys, Xt,
-                          SelfTraining())
-    assert isinstance(model, ClassBalancedModel)
+    model = _adapter(adaptation, Xs, ys, fitted).model_for(Xt)
+    assert isinstance(model, ClassBalancedModel) and model.weights == BALANCED[adaptation]
     adapted = f1_score(yt, model.predict(Xt), average="macro")
     assert adapted > plain + 0.1
     # A lab with the source's own class mix is left about as it was.
@@ -198,6 +201,33 @@ def test_balanced_std_undoes_a_lab_s_class_mix(seed):
     assert abs(f1_score(yb, model.predict(Xb), average="macro")
                - f1_score(yb, fitted.predict(Xb), average="macro")) < 0.02
     np.testing.assert_allclose(model.predict_proba(Xt).sum(axis=1), 1.0)
+
+
+def test_the_balanced_refit_is_made_once_per_training_set(monkeypatch):
+    from dorl.classify import adaptation
+
+    rng = np.random.default_rng(0)
+    Xs, ys = _blobs(rng, [(-2, 0), (2, 0)], 100, 0.7)
+    fitted = LogisticRegression().fit(Xs, ys)
+    calls = []
+    real = adaptation.fit_class_balanced
+    monkeypatch.setattr(adaptation, "fit_class_balanced",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    adapter = _adapter("balanced_std", Xs, ys, fitted)
+    first = adapter.model_for(_rotated_target(rng, 50)[0])
+    assert adapter.model_for(_rotated_target(rng, 60)[0]) is first and len(calls) == 1
+
+
+def test_hard_weights_give_each_cell_its_predicted_class_only():
+    rng = np.random.default_rng(0)
+    Xs, ys = _blobs(rng, [(-2, 0), (2, 0)], 100, 0.7)
+    hard = ClassBalancedModel(LogisticRegression().fit(Xs, ys), weights="labels", max_rounds=1)
+    X = np.concatenate([rng.normal((-2, 0), 0.7, (90, 2)), rng.normal((2, 0), 0.7, (10, 2))])
+    predicted = np.eye(2)[hard.model.predict(X).astype(int)]
+    np.testing.assert_allclose(hard.standardise(X), class_balanced_standardise(X, predicted),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="weights"):
+        ClassBalancedModel(hard.model, weights="soft")
 
 
 def test_class_balanced_statistics_block_by_block_equal_one_block(monkeypatch):

@@ -106,15 +106,43 @@ def test_training_lab_features_encode_each_lab_as_its_own_domain():
 def test_the_differential_lab_takes_a_blood_smear_s_class_mix():
     sys.path.insert(0, str(REPO / "bench"))
     try:
-        from feature_options import DIFFERENTIAL, differential_rows
+        from feature_options import DIFFERENTIAL, class_mix_rows
     finally:
         sys.path.remove(str(REPO / "bench"))
     labels = np.repeat(["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil", "ig"],
                        100)
     rows = np.arange(len(labels)) + 1000
-    picked = differential_rows(rows, labels, min_count=5)
+    picked = class_mix_rows(rows, labels, DIFFERENTIAL, min_count=5)
     counts = pd.Series(labels[picked - 1000]).value_counts().to_dict()
     assert counts == {"neutrophil": 100, "lymphocyte": 50, "monocyte": 12, "eosinophil": 5,
                       "basophil": 5}  # basophils: 1.7 by the mix, raised to the scorable 5
     assert set(counts) == set(DIFFERENTIAL)  # classes outside the differential are left out
     assert len(set(picked)) == len(picked) and set(picked) <= set(rows)
+
+
+def test_the_paediatric_lab_is_a_child_s_mix_re_imaged():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from feature_options import (DIFFERENTIAL_LAB, PAEDIATRIC, PAEDIATRIC_LAB,
+                                     held_out_labs)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"], 40)
+    crops = rng.integers(40, 230, (len(labels), 32, 32, 3), dtype=np.uint8)
+    masks = np.zeros((len(labels), 32, 32), bool)
+    masks[:, 8:24, 8:24] = True
+    sides = np.full(len(labels), 80.0)
+    labs = held_out_labs(crops, masks, sides, labels, min_count=5)
+    counts = pd.Series(labs[PAEDIATRIC_LAB].labels).value_counts().to_dict()
+    assert counts == {"lymphocyte": 40, "neutrophil": 20, "monocyte": 5, "eosinophil": 5,
+                      "basophil": 5} and set(counts) == set(PAEDIATRIC)
+    # The differential lab keeps its cells as they are; the paediatric lab re-images its own.
+    differential = labs[DIFFERENTIAL_LAB]
+    first = {label: np.flatnonzero(labels == label)[0] for label in PAEDIATRIC}
+    np.testing.assert_array_equal(differential.crops[differential.labels == "neutrophil"][0],
+                                  crops[first["neutrophil"]])
+    paediatric = labs[PAEDIATRIC_LAB]
+    lymphocyte = paediatric.crops[paediatric.labels == "lymphocyte"][0]
+    assert lymphocyte.shape == (32, 32, 3)
+    assert not np.array_equal(lymphocyte, crops[first["lymphocyte"]])

@@ -22,9 +22,12 @@ Each adaptation is its own set of rows in the reports, never mixed into the plai
   lymphocytes, so standardising it moves every cell away from them, while the training lab's
   cells may have been balanced. The training cells are weighted by their labels; the target's
   by the model's class scores, re-estimated until the class shares settle (the EM of Saerens
-  et al. 2002, applied to the standardisation).
+  et al. 2002, applied to the standardisation);
+* ``balanced_std_hard``: ``balanced_std`` with each target cell weighted by the model's
+  predicted class alone (hard EM). SVM class scores are softmaxed margins rather than
+  probabilities, so soft weights spread every cell over several classes.
 
-The target-side adaptations (``coral``, ``balanced_std`` and the self-training ones) change
+The target-side adaptations (``coral``, the balanced and the self-training ones) change
 only evaluations whose domain is not one the model trained on. Target labels are never read
 here; they only score the result.
 """
@@ -36,18 +39,21 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.base import clone
 
-ADAPTATIONS = ("none", "domain_std", "coral", "balanced_std", "self_training",
-               "centroid_self_training")
+ADAPTATIONS = ("none", "domain_std", "coral", "balanced_std", "balanced_std_hard",
+               "self_training", "centroid_self_training")
 #: Adaptations whose features are the per-domain standardised ones.
-STANDARDISED = ("domain_std", "coral", "balanced_std", "self_training", "centroid_self_training")
+STANDARDISED = ADAPTATIONS[1:]
 #: Adaptations that refit the model on pseudo-labelled target cells, and whether their labels
 #: come from the target's class centroids.
 SELF_TRAINING = {"self_training": False, "centroid_self_training": True}
+#: Adaptations that standardise every domain at class-balanced statistics, and how a target's
+#: cells are weighted (:class:`ClassBalancedModel`'s ``weights``).
+BALANCED = {"balanced_std": "scores", "balanced_std_hard": "labels"}
 #: Adaptations that read the target's cells (only targets outside the training domains).
-TARGET_SIDE = ("coral", "balanced_std", *SELF_TRAINING)
+TARGET_SIDE = ("coral", *BALANCED, *SELF_TRAINING)
 #: Nearest-centroid reassignments after the score-weighted centroids (SHOT's value).
 CENTROID_ITERATIONS = 2
-#: ``balanced_std`` re-estimates a target's class shares at most this many times, and stops
+#: The balanced adaptations re-estimate a target's class shares at most this many times, and stops
 #: when no share moves by more than the tolerance (fixed before it was measured on any target).
 BALANCE_MAX_ROUNDS = 20
 BALANCE_TOLERANCE = 1e-3
@@ -157,9 +163,9 @@ def class_balanced_standardise(X: np.ndarray, class_weights: np.ndarray) -> np.n
 
 class ClassBalancedModel:
     """A fitted classifier that predicts each batch of cells after standardising it with
-    class-balanced statistics (``balanced_std``).
+    class-balanced statistics (``balanced_std`` and ``balanced_std_hard``).
 
-    The batch is one domain's cells. Its class weights are the model's class scores,
+    The batch is one domain's cells. Its class weights come from the model's class scores,
     re-estimated on the re-standardised cells until no class share moves by more than
     ``tolerance`` or ``max_rounds`` re-estimates were made.
 
@@ -168,6 +174,9 @@ class ClassBalancedModel:
     model : classifier
         Fitted on training cells standardised by :func:`class_balanced_standardise` with their
         labels (:func:`fit_class_balanced`).
+    weights : {"scores", "labels"}, default="scores"
+        A cell's class weights: the model's class scores (soft EM), or one for its predicted
+        class and none for the others (hard EM).
     max_rounds : int
     tolerance : float
 
@@ -177,9 +186,12 @@ class ClassBalancedModel:
         ``model.classes_``.
     """
 
-    def __init__(self, model, max_rounds: int = BALANCE_MAX_ROUNDS,
+    def __init__(self, model, weights: str = "scores", max_rounds: int = BALANCE_MAX_ROUNDS,
                  tolerance: float = BALANCE_TOLERANCE):
+        if weights not in ("scores", "labels"):
+            raise ValueError(f"weights must be 'scores' or 'labels', not {weights!r}")
         self.model = model
+        self.weights = weights
         self.max_rounds = max_rounds
         self.tolerance = tolerance
         self.classes_ = model.classes_
@@ -190,6 +202,8 @@ class ClassBalancedModel:
         shares = None
         for _ in range(self.max_rounds):
             scores = class_scores(self.model, Z)
+            if self.weights == "labels":
+                scores = np.eye(scores.shape[1])[scores.argmax(axis=1)]
             new_shares = scores.mean(axis=0)
             if shares is not None and np.abs(new_shares - shares).max() <= self.tolerance:
                 break
@@ -209,13 +223,15 @@ class ClassBalancedModel:
         return self.model.predict(Z), class_scores(self.model, Z)
 
 
-def fit_class_balanced(model, X_train: np.ndarray, y_train: np.ndarray) -> ClassBalancedModel:
+def fit_class_balanced(model, X_train: np.ndarray, y_train: np.ndarray,
+                       weights: str = "scores") -> ClassBalancedModel:
     """A clone of ``model`` fitted on the training cells standardised with their labels'
-    class-balanced statistics, wrapped to predict targets the same way (``balanced_std``)."""
+    class-balanced statistics, wrapped to predict targets the same way, their cells weighted by
+    ``weights`` (:class:`ClassBalancedModel`)."""
     classes = np.unique(y_train)
     onehot = (np.asarray(y_train)[:, None] == classes[None, :]).astype(np.float64)
     return ClassBalancedModel(clone(model).fit(class_balanced_standardise(X_train, onehot),
-                                               y_train))
+                                               y_train), weights)
 
 
 def pseudo_labels(scores: np.ndarray, classes: np.ndarray, fraction: float,
@@ -338,23 +354,53 @@ def self_train(model, X_train: np.ndarray, y_train: np.ndarray, X_target: np.nda
     return current
 
 
-def adapted_model(adaptation: str, model, fitted, X_train: np.ndarray, y_train: np.ndarray,
-                  X_target: np.ndarray, schedule: SelfTraining, max_cells: int | None = None):
-    """The model that predicts ``X_target`` (n_target, n_features) under ``adaptation``.
+class TargetAdapter:
+    """The model that predicts each target of one training set under ``adaptation``.
 
-    The self-training adaptations refit ``model`` with pseudo-labelled target cells
-    (:func:`self_train`, from ``fitted``); ``balanced_std`` refits it on the class-balanced
-    training cells (:func:`fit_class_balanced`); every other adaptation acts on the features
-    only, so ``fitted`` itself serves. An empty target leaves ``fitted`` as it is.
+    The self-training adaptations refit ``model`` with each target's pseudo-labelled cells
+    (:func:`self_train`, from ``fitted``). The balanced ones refit it once on the class-balanced
+    training cells (:func:`fit_class_balanced`), since that refit reads no target cell. Every
+    other adaptation acts on the features only, so ``fitted`` itself serves.
+
+    Parameters
+    ----------
+    adaptation : str
+        One of :data:`ADAPTATIONS`.
+    model : classifier
+        Unfitted; cloned for each refit.
+    fitted : classifier
+        ``model`` fitted on the training cells.
+    X_train, y_train : ndarray of shape (n_train, n_features) and (n_train,)
+    schedule : SelfTraining
+    max_cells : int, optional
+        The self-training cap (:func:`self_train`).
     """
-    if not len(X_target):
-        return fitted
-    if adaptation == "balanced_std":
-        return fit_class_balanced(model, X_train, y_train)
-    if adaptation not in SELF_TRAINING:
-        return fitted
-    return self_train(model, X_train, y_train, X_target, schedule, fitted=fitted,
-                      max_cells=max_cells, centroids=SELF_TRAINING[adaptation])
+
+    def __init__(self, adaptation: str, model, fitted, X_train: np.ndarray,
+                 y_train: np.ndarray, schedule: SelfTraining, max_cells: int | None = None):
+        self.adaptation = adaptation
+        self.model = model
+        self.fitted = fitted
+        self.X_train, self.y_train = X_train, y_train
+        self.schedule = schedule
+        self.max_cells = max_cells
+        self._balanced = None
+
+    def model_for(self, X_target: np.ndarray):
+        """The model that predicts ``X_target`` (n_target, n_features), one target domain's
+        cells; an empty target leaves ``fitted`` as it is."""
+        if not len(X_target):
+            return self.fitted
+        if self.adaptation in BALANCED:
+            if self._balanced is None:
+                self._balanced = fit_class_balanced(self.model, self.X_train, self.y_train,
+                                                    BALANCED[self.adaptation])
+            return self._balanced
+        if self.adaptation not in SELF_TRAINING:
+            return self.fitted
+        return self_train(self.model, self.X_train, self.y_train, X_target, self.schedule,
+                          fitted=self.fitted, max_cells=self.max_cells,
+                          centroids=SELF_TRAINING[self.adaptation])
 
 
 def _density_cells(n: int, max_cells: int, seed: int) -> np.ndarray | slice:

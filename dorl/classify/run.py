@@ -20,6 +20,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -35,11 +36,12 @@ from tqdm import tqdm
 from dorl import __version__
 from dorl.atomic import atomic_path
 from dorl.classify.adaptation import (
+    BALANCED,
     STANDARDISED,
     TARGET_SIDE,
     ClassBalancedModel,
     SelfTraining,
-    adapted_model,
+    TargetAdapter,
     coral_align,
     fit_class_balanced,
     model_density,
@@ -141,6 +143,7 @@ def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: 
     start = time.perf_counter()
     X_train, y_train = training_set(X, y, split.train, views)
     preds, densities = [], []
+    adapter = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if adaptation in SAVED_ADAPTATIONS and not split.evaluations:
@@ -148,14 +151,15 @@ def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: 
             fitted = SAVED_ADAPTATIONS[adaptation](model, X_train, y_train)
         else:
             fitted = clone(model).fit(X_train, y_train)
+            adapter = TargetAdapter(adaptation, model, fitted, X_train, y_train, schedule,
+                                    max_cells)
         fit_s = time.perf_counter() - start
         for ev, is_adapted, X_aligned in zip(split.evaluations, adapted, aligned):
             X_test = X[ev.test] if X_aligned is None else X_aligned
             final = fitted
             if is_adapted:
                 t0 = time.perf_counter()
-                final = adapted_model(adaptation, model, fitted, X_train, y_train, X_test,
-                                      schedule, max_cells)
+                final = adapter.model_for(X_test)
                 fit_s += time.perf_counter() - t0
             preds.append(np.asarray(final.predict(X_test)).astype(str) if len(ev.test)
                          else np.empty(0, dtype=str))
@@ -226,9 +230,10 @@ def _max_cells(classifier: str, c: ClassifySettings) -> int | None:
 
 
 #: Adaptations whose model is saved (``classify.save_models``), with how it is fitted on all
-#: labelled cells: ``balanced_std`` predicts a new lab domain by domain without refitting.
-SAVED_ADAPTATIONS = {"none": lambda model, X, y: clone(model).fit(X, y),
-                     "balanced_std": fit_class_balanced}
+#: labelled cells: the balanced adaptations predict a new lab domain by domain without refitting.
+SAVED_ADAPTATIONS = {
+    "none": lambda model, X, y: clone(model).fit(X, y),
+    **{name: partial(fit_class_balanced, weights=weights) for name, weights in BALANCED.items()}}
 
 
 def model_file_name(feature_set: str, classifier: str, adaptation: str) -> str:
