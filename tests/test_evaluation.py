@@ -331,3 +331,20 @@ def test_a_saved_balanced_std_model_predicts_each_lab_on_its_own(classified, tmp
     pred_c = pd.read_csv(predict_file(model, alone, tmp_path / "c.csv"))
     np.testing.assert_array_equal(pred_c["predicted"].to_numpy(),
                                   pred[pred["domain"] == "lab_c"]["predicted"].to_numpy())
+
+
+def test_a_saved_balanced_std_hard_model_weighs_a_lab_by_its_predicted_classes(cfg, tmp_path):
+    cfg.classify.adaptations = ["none", "balanced_std_hard"]
+    cfg.classify.protocols = ["source_target"]
+    cfg.classify.classifiers = ["logreg"]
+    cfg.classify.save_models = True
+    cfg.classify.out_dir = str(tmp_path / "classify")
+    out = classify_from_config(cfg)
+    results = pd.read_csv(out / "results.csv", keep_default_na=False)
+    assert set(results["adaptation"]) == {"none", "balanced_std_hard"}
+    model = out / "models" / "dorl__logreg__balanced_std_hard.joblib"
+    bundle = joblib.load(model)
+    assert bundle["adaptation"] == "balanced_std_hard" and bundle["model"].weights == "labels"
+    both = synthetic_features(tmp_path / "abc.h5ad", n_per_domain=40, seed=0)
+    pred = pd.read_csv(predict_file(model, both, tmp_path / "abc.csv"))
+    assert (pred["label"] == pred["predicted"]).mean() > 0.6
