@@ -71,10 +71,10 @@ bench: $(STAMP) ## print speed, memory and domain-shift figures (synthetic data;
 	$(BIN)/python bench/bench_embed.py --data synth
 	$(BIN)/python bench/bench_classify.py
 
-bench-realdata: $(STAMP) ## the real-data benchmark of docs/benchmarks.md, Run J (needs ../shared/datasets)
+bench-realdata: $(STAMP) ## the real-data benchmark of docs/benchmarks.md, Run L (needs ../shared/datasets)
 	$(BIN)/python bench/bench_realdata.py --max-per-class 200 --seeds 0 1 2 \
 	    --out runs/realdata_bench --skip-zero-shot --cae-variants --cae-on-chosen \
-	    --feature-options "L0 cell AdaBN TTA4" --adaptations none balanced_std -- \
+	    --feature-options "L0 cell AdaBN TTA4" --adaptations none balanced_std balanced_std_hard -- \
 	    num_threads=2 "classify.classifiers=[logreg,svm_rbf,knn,mlp,rf]"
 	$(BIN)/python bench/bench_class_mix.py --bench-dir runs/realdata_bench --seeds 0 1 2 -- \
 	    num_threads=2

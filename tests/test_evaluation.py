@@ -83,7 +83,7 @@ def test_classify_writes_every_report(classified):
             "metric", "label", "value"} <= set(results.columns)
     assert set(results["protocol"]) == {"source_target", "in_domain", "lodo", "few_shot"}
     assert set(results["classifier"]) == {"logreg", "knn"}
-    assert set(results["adaptation"]) == {"none", "balanced_std", "coral", "self_training"}
+    assert set(results["adaptation"]) == {"none", "balanced_std_hard", "coral", "self_training"}
     st = results[results["protocol"] == "source_target"]
     assert (st["source"] != st["target"]).all()
     assert len(st[["source", "target"]].drop_duplicates()) == 6
@@ -104,8 +104,8 @@ def test_classify_writes_every_report(classified):
     assert (out / "few_shot.png").stat().st_size > 0
     assert len(list((out / "confusion").glob("*.png"))) == 4 * 2 * 3
     assert sorted(p.name for p in (out / "models").iterdir()) == [
-        "dorl__knn.joblib", "dorl__knn__balanced_std.joblib", "dorl__logreg.joblib",
-        "dorl__logreg__balanced_std.joblib"]
+        "dorl__knn.joblib", "dorl__knn__balanced_std_hard.joblib", "dorl__logreg.joblib",
+        "dorl__logreg__balanced_std_hard.joblib"]
 
 
 def test_adapted_rows_keep_the_in_domain_score_and_few_shot_its_classifiers(cfg, tmp_path):
@@ -314,10 +314,10 @@ def test_training_views_teach_a_classifier_to_ignore_what_the_labs_change(tmp_pa
     assert f1["views"] > 0.7
 
 
-def test_a_saved_balanced_std_model_predicts_each_lab_on_its_own(classified, tmp_path):
-    model = classified / "models" / "dorl__logreg__balanced_std.joblib"
+def test_a_saved_balanced_model_predicts_each_lab_on_its_own(classified, tmp_path):
+    model = classified / "models" / "dorl__logreg__balanced_std_hard.joblib"
     bundle = joblib.load(model)
-    assert bundle["adaptation"] == "balanced_std"
+    assert bundle["adaptation"] == "balanced_std_hard" and bundle["model"].weights == "labels"
     both = synthetic_features(tmp_path / "abc.h5ad", n_per_domain=40, seed=0)
     pred = pd.read_csv(predict_file(model, both, tmp_path / "abc.csv"))
     assert (pred["label"] == pred["predicted"]).mean() > 0.6
@@ -333,18 +333,18 @@ def test_a_saved_balanced_std_model_predicts_each_lab_on_its_own(classified, tmp
                                   pred[pred["domain"] == "lab_c"]["predicted"].to_numpy())
 
 
-def test_a_saved_balanced_std_hard_model_weighs_a_lab_by_its_predicted_classes(cfg, tmp_path):
-    cfg.classify.adaptations = ["none", "balanced_std_hard"]
+def test_a_saved_balanced_std_model_weighs_a_lab_by_its_class_scores(cfg, tmp_path):
+    cfg.classify.adaptations = ["none", "balanced_std"]
     cfg.classify.protocols = ["source_target"]
     cfg.classify.classifiers = ["logreg"]
     cfg.classify.save_models = True
     cfg.classify.out_dir = str(tmp_path / "classify")
     out = classify_from_config(cfg)
     results = pd.read_csv(out / "results.csv", keep_default_na=False)
-    assert set(results["adaptation"]) == {"none", "balanced_std_hard"}
-    model = out / "models" / "dorl__logreg__balanced_std_hard.joblib"
+    assert set(results["adaptation"]) == {"none", "balanced_std"}
+    model = out / "models" / "dorl__logreg__balanced_std.joblib"
     bundle = joblib.load(model)
-    assert bundle["adaptation"] == "balanced_std_hard" and bundle["model"].weights == "labels"
+    assert bundle["adaptation"] == "balanced_std" and bundle["model"].weights == "scores"
     both = synthetic_features(tmp_path / "abc.h5ad", n_per_domain=40, seed=0)
     pred = pd.read_csv(predict_file(model, both, tmp_path / "abc.csv"))
     assert (pred["label"] == pred["predicted"]).mean() > 0.6
