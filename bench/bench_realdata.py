@@ -471,7 +471,8 @@ def markdown(summary: pd.DataFrame, seg_quality: dict, speed: pd.DataFrame, meta
                       f"**{meta['chosen_adaptation']}**.",
                   "", "| adaptation | classifier (best in-domain) | in-domain macro-F1 | "
                   "colour, blur, zoom labs | low-resolution lab | differential lab | "
-                  "paediatric lab | shifted-source, all labs |", "|---|---|---|---|---|---|---|---|"]
+                  "paediatric lab | shifted-source, all labs |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in meta["adaptations"]:
             lines.append(f"| {r['adaptation']} | {r['classifier']} | {r['in_domain_f1']:.3f} | "
                          f"{labs(r)} | {r['shifted_f1']:.3f} |")

@@ -53,8 +53,9 @@ BALANCED = {"balanced_std": "scores", "balanced_std_hard": "labels"}
 TARGET_SIDE = ("coral", *BALANCED, *SELF_TRAINING)
 #: Nearest-centroid reassignments after the score-weighted centroids (SHOT's value).
 CENTROID_ITERATIONS = 2
-#: The balanced adaptations re-estimate a target's class shares at most this many times, and stops
-#: when no share moves by more than the tolerance (fixed before it was measured on any target).
+#: The balanced adaptations re-estimate a target's class shares at most this many times, and
+#: stop when no share moves by more than the tolerance (fixed before it was measured on any
+#: target).
 BALANCE_MAX_ROUNDS = 20
 BALANCE_TOLERANCE = 1e-3
 #: Cells per block of the class-balanced statistics (bounds their float64 temporaries).
