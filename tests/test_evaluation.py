@@ -314,17 +314,26 @@ def test_training_views_teach_a_classifier_to_ignore_what_the_labs_change(tmp_pa
     assert f1["views"] > 0.7
 
 
+def _saved_balanced_predictions(model: Path, weights: str, tmp_path: Path) -> pd.DataFrame:
+    """A saved balanced model's predictions for three synthetic labs, after checking what the
+    bundle says of itself."""
+    bundle = joblib.load(model)
+    assert bundle["adaptation"] == model.stem.split("__")[-1]
+    assert bundle["model"].weights == weights
+    pred = pd.read_csv(predict_file(model, synthetic_features(tmp_path / "abc.h5ad",
+                                                              n_per_domain=40, seed=0),
+                                    tmp_path / "abc.csv"))
+    assert (pred["label"] == pred["predicted"]).mean() > 0.6
+    return pred
+
+
 def test_a_saved_balanced_model_predicts_each_lab_on_its_own(classified, tmp_path):
     model = classified / "models" / "dorl__logreg__balanced_std_hard.joblib"
-    bundle = joblib.load(model)
-    assert bundle["adaptation"] == "balanced_std_hard" and bundle["model"].weights == "labels"
-    both = synthetic_features(tmp_path / "abc.h5ad", n_per_domain=40, seed=0)
-    pred = pd.read_csv(predict_file(model, both, tmp_path / "abc.csv"))
-    assert (pred["label"] == pred["predicted"]).mean() > 0.6
+    pred = _saved_balanced_predictions(model, "labels", tmp_path)
     np.testing.assert_allclose(pred.filter(like="p_").sum(axis=1), 1.0, atol=1e-5)
     # A lab's statistics are its own: its predictions do not depend on the other labs in the
     # file.
-    fs = read_features(both)
+    fs = read_features(tmp_path / "abc.h5ad")
     only_c = fs.domains == "lab_c"
     alone = write_features(tmp_path / "c.h5ad", FeatureSet(fs.X[only_c], fs.obs[only_c], {},
                                                            fs.uns))
@@ -342,9 +351,5 @@ def test_a_saved_balanced_std_model_weighs_a_lab_by_its_class_scores(cfg, tmp_pa
     out = classify_from_config(cfg)
     results = pd.read_csv(out / "results.csv", keep_default_na=False)
     assert set(results["adaptation"]) == {"none", "balanced_std"}
-    model = out / "models" / "dorl__logreg__balanced_std.joblib"
-    bundle = joblib.load(model)
-    assert bundle["adaptation"] == "balanced_std" and bundle["model"].weights == "scores"
-    both = synthetic_features(tmp_path / "abc.h5ad", n_per_domain=40, seed=0)
-    pred = pd.read_csv(predict_file(model, both, tmp_path / "abc.csv"))
-    assert (pred["label"] == pred["predicted"]).mean() > 0.6
+    _saved_balanced_predictions(out / "models" / "dorl__logreg__balanced_std.joblib", "scores",
+                                tmp_path)
