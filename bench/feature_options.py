@@ -17,7 +17,7 @@ The rule (fixed before any option was measured, docs/benchmarks.md): each option
 for the classifier that scores best in-domain; the default is the option with the highest score
 (ties within 0.01 go to the cheaper option). Only source labels are used.
 
-The headline's target adaptation is chosen the same way (docs/benchmarks.md, Runs G and J):
+The headline's target adaptation is chosen the same way (docs/benchmarks.md, Runs G, J, L):
 the simulated labs' held-out cells (and all of the held-out labs' cells) are each adaptation's
 unlabelled target, the classifier best in-domain is scored on them, and ties within 0.01 go to
 the cheaper adaptation.
