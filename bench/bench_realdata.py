@@ -402,7 +402,8 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
             selection.append(shifted_source_scores(
                 name, crops[sel], masks[sel], sides[sel], table["label"].to_numpy()[sel],
                 base, list(cfg.classify.classifiers), seed, cache, tuple(args.adaptations),
-                schedule, int(cfg.seed), held_out))
+                schedule, int(cfg.seed), held_out,
+                OmegaConf.to_container(cfg.classify.params, resolve=True)))
     selection = pd.concat(selection, ignore_index=True)
     with atomic_path(out / "selection.csv") as tmp:
         selection.to_csv(tmp, index=False)

@@ -318,7 +318,8 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
                           classifiers: list[str], seed: int, cache: dict,
                           adaptations: tuple[str, ...] = ("none",),
                           schedule: SelfTraining = SelfTraining(), lab_seed: int = 0,
-                          held_out: dict[str, HeldOutLab] | None = None) -> pd.DataFrame:
+                          held_out: dict[str, HeldOutLab] | None = None,
+                          params: dict[str, dict] | None = None) -> pd.DataFrame:
     """In-domain and shifted-source macro-F1 of every classifier and adaptation on one option's
     source cells.
 
@@ -332,8 +333,10 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
     smear's class mix, whose cells are all the target of every fold's model. The
     in-domain score is the same for every adaptation (they change targets only). An option with
     simulated training labs also trains each model on its training cells' views in those labs
-    (drawn with ``lab_seed``), as the classify stage does.
+    (drawn with ``lab_seed``), as the classify stage does. ``params`` overrides the classifiers'
+    parameters (``classify.params``).
     """
+    params = params or {}
     option = OPTIONS[name]
     labs = shifted_crops(src_crops, src_masks, src_sides)
     held_out = held_out or {}
@@ -355,9 +358,8 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
                                                                                        labels))
     models, in_domain_f1 = {}, {}
     for clf in classifiers:
-        models[clf] = [build_classifier(clf, seed).fit(*training_set(X[:n], labels, train,
-                                                                      views))
-                       for train, _ in splits]
+        models[clf] = [build_classifier(clf, seed, params.get(clf)).fit(
+            *training_set(X[:n], labels, train, views)) for train, _ in splits]
         in_domain = np.empty(n, dtype=object)
         for model, (_, test) in zip(models[clf], splits):
             in_domain[test] = model.predict(X[:n][test])
@@ -370,7 +372,7 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
             folds = {lab: np.empty(n, dtype=object) for lab in labs if lab not in held_out}
             whole = {lab: [] for lab in held_out}  # macro-F1 under each fold's model
             for model, (train, test) in zip(models[clf], splits):
-                adapter = TargetAdapter(a, build_classifier(clf, seed), model,
+                adapter = TargetAdapter(a, build_classifier(clf, seed, params.get(clf)), model,
                                         *training_set(X[:n], labels, train, views), schedule)
                 for lab in labs:
                     target = lab_X[lab] if lab in held_out else lab_X[lab][test]
