@@ -146,3 +146,38 @@ def test_the_paediatric_lab_is_a_child_s_mix_re_imaged():
     lymphocyte = paediatric.crops[paediatric.labels == "lymphocyte"][0]
     assert lymphocyte.shape == (32, 32, 3)
     assert not np.array_equal(lymphocyte, crops[first["lymphocyte"]])
+
+
+def test_shifted_source_scores_score_every_lab_with_the_configured_classifiers():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from feature_options import LAB_COLUMNS, held_out_labs, shifted_source_scores
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    from dorl.features.encode import FeatureSettings
+
+    rng = np.random.default_rng(0)
+    classes = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+
+    def cells(n):
+        labels = np.repeat(classes, n)
+        crops = rng.integers(40, 230, (len(labels), 32, 32, 3), dtype=np.uint8)
+        for i, label in enumerate(labels):  # each class its own colour, so that it is learnable
+            crops[i, 8:24, 8:24, classes.index(label) % 3] = 40 * classes.index(label)
+        masks = np.zeros((len(labels), 32, 32), bool)
+        masks[:, 6:26, 6:26] = True
+        return crops, masks, np.full(len(labels), 60.0), labels
+
+    crops, masks, sides, labels = cells(5)
+    held_out = held_out_labs(*cells(6), min_count=2)
+    base = FeatureSettings(("efficientnet_lite0",), 32, "none", (), True, 6, 6, False, 64)
+    name, cache = "L0 cell AdaBN", {}  # one view per cell; the second call reuses the features
+    plain = shifted_source_scores(name, crops, masks, sides, labels, base, ["logreg"], 0, cache,
+                                  ("none", "balanced_std_hard"), held_out=held_out)
+    assert plain["adaptation"].tolist() == ["none", "balanced_std_hard"]
+    assert plain[list(LAB_COLUMNS)].notna().all().all()
+    assert plain["in_domain_f1"].iloc[0] > 0.5
+    # classify.params reaches the rule's models: a vanishing C leaves logreg nothing to learn.
+    weak = shifted_source_scores(name, crops, masks, sides, labels, base, ["logreg"], 0, cache,
+                                 held_out=held_out, params={"logreg": {"C": 1e-8}})
+    assert weak["in_domain_f1"].iloc[0] < plain["in_domain_f1"].iloc[0]
