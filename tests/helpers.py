@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -10,6 +14,18 @@ from dorl.data.manifest import load_manifest
 from dorl.featstore import FeatureSet, write_features
 
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@contextmanager
+def bench_scripts_importable():
+    """``bench/`` on ``sys.path`` for the ``with`` block: its scripts import each other by bare
+    name, so a test imports them the same way."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(BENCH))
 
 
 def write_disc_manifest(root, domains=("lab_a", "lab_b"), n=12, size=64, masks=True):

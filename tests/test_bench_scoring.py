@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pandas as pd
 
 from dorl.classify.run import classify_from_config
 from dorl.featstore import read_features
-from tests.conftest import REPO
-from tests.helpers import synthetic_features
+from dorl.features.encode import FeatureSettings
+from tests.helpers import bench_scripts_importable, synthetic_features
+
+#: Lite0 on 32-px crops with AdaBN over 6 cells, small enough to encode in a test.
+TINY_CELL_FEATURES = FeatureSettings(("efficientnet_lite0",), 32, "none", (), True, 6, 6, False,
+                                     64)
 
 
 def test_bench_and_classify_run_give_the_same_numbers(tiny_cfg, tmp_path):
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
+    with bench_scripts_importable():
         from bench_realdata import SOURCE, score_methods
-    finally:
-        sys.path.remove(str(REPO / "bench"))
     path = synthetic_features(tmp_path / "f.h5ad", n_per_domain=80, domains=(SOURCE, "lab_b"))
     fs = read_features(path)
     table = pd.DataFrame({"domain": fs.domains, "label": fs.labels})
@@ -60,11 +59,8 @@ def _selection_rows(shifted: dict[str, float]) -> pd.DataFrame:
 
 
 def test_the_adaptation_rule_reads_the_in_domain_classifier_and_breaks_ties_cheaply():
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
+    with bench_scripts_importable():
         from feature_options import choose_adaptation
-    finally:
-        sys.path.remove(str(REPO / "bench"))
     order = ("none", "self_training", "centroid_self_training")
     chosen, table = choose_adaptation(_selection_rows(dict(zip(order, (0.80, 0.85, 0.86)))),
                                       "L0", order)
@@ -79,36 +75,28 @@ def test_the_adaptation_rule_reads_the_in_domain_classifier_and_breaks_ties_chea
 
 
 def test_training_lab_features_encode_each_lab_as_its_own_domain():
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
+    with bench_scripts_importable():
         from feature_options import OPTIONS, training_lab_features
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-    from dorl.features.encode import FeatureSettings
-
     rng = np.random.default_rng(0)
     crops = rng.integers(40, 230, (6, 32, 32, 3), dtype=np.uint8)
     masks = np.zeros((6, 32, 32), bool)
     masks[:, 8:24, 8:24] = True
     domains = np.array(["a"] * 6)
-    base = FeatureSettings(("efficientnet_lite0",), 32, "none", (), True, 6, 6, False, 64)
     name = "L0 cell AdaBN TTA4 training labs"
-    views, _ = training_lab_features(name, crops, masks, domains, base, 0, {}, "t")
+    views, _ = training_lab_features(name, crops, masks, domains, TINY_CELL_FEATURES, 0, {},
+                                     "t")
     assert views.shape == (OPTIONS[name].training_labs, 6, 1280)
     # Each lab is standardised on its own: zero mean per lab and feature.
     np.testing.assert_allclose(views.mean(axis=1), 0, atol=1e-3)
     assert not np.allclose(views[0], views[1], atol=1e-2)
-    none, seconds = training_lab_features("L0 cell AdaBN TTA4", crops, masks, domains, base, 0,
-                                          {}, "t")
+    none, seconds = training_lab_features("L0 cell AdaBN TTA4", crops, masks, domains,
+                                          TINY_CELL_FEATURES, 0, {}, "t")
     assert none is None and seconds == 0.0
 
 
 def test_the_differential_lab_takes_a_blood_smear_s_class_mix():
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
+    with bench_scripts_importable():
         from feature_options import DIFFERENTIAL, class_mix_rows
-    finally:
-        sys.path.remove(str(REPO / "bench"))
     labels = np.repeat(["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil", "ig"],
                        100)
     rows = np.arange(len(labels)) + 1000
@@ -121,12 +109,9 @@ def test_the_differential_lab_takes_a_blood_smear_s_class_mix():
 
 
 def test_the_paediatric_lab_is_a_child_s_mix_re_imaged():
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
+    with bench_scripts_importable():
         from feature_options import (DIFFERENTIAL_LAB, PAEDIATRIC, PAEDIATRIC_LAB,
                                      held_out_labs)
-    finally:
-        sys.path.remove(str(REPO / "bench"))
     rng = np.random.default_rng(0)
     labels = np.repeat(["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"], 40)
     crops = rng.integers(40, 230, (len(labels), 32, 32, 3), dtype=np.uint8)
@@ -149,13 +134,8 @@ def test_the_paediatric_lab_is_a_child_s_mix_re_imaged():
 
 
 def test_shifted_source_scores_score_every_lab_with_the_configured_classifiers():
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
+    with bench_scripts_importable():
         from feature_options import LAB_COLUMNS, held_out_labs, shifted_source_scores
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-    from dorl.features.encode import FeatureSettings
-
     rng = np.random.default_rng(0)
     classes = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 
@@ -170,14 +150,15 @@ def test_shifted_source_scores_score_every_lab_with_the_configured_classifiers()
 
     crops, masks, sides, labels = cells(5)
     held_out = held_out_labs(*cells(6), min_count=2)
-    base = FeatureSettings(("efficientnet_lite0",), 32, "none", (), True, 6, 6, False, 64)
     name, cache = "L0 cell AdaBN", {}  # one view per cell; the second call reuses the features
-    plain = shifted_source_scores(name, crops, masks, sides, labels, base, ["logreg"], 0, cache,
-                                  ("none", "balanced_std_hard"), held_out=held_out)
+    plain = shifted_source_scores(name, crops, masks, sides, labels, TINY_CELL_FEATURES,
+                                  ["logreg"], 0, cache, ("none", "balanced_std_hard"),
+                                  held_out=held_out)
     assert plain["adaptation"].tolist() == ["none", "balanced_std_hard"]
     assert plain[list(LAB_COLUMNS)].notna().all().all()
     assert plain["in_domain_f1"].iloc[0] > 0.5
     # classify.params reaches the rule's models: a vanishing C leaves logreg nothing to learn.
-    weak = shifted_source_scores(name, crops, masks, sides, labels, base, ["logreg"], 0, cache,
-                                 held_out=held_out, params={"logreg": {"C": 1e-8}})
+    weak = shifted_source_scores(name, crops, masks, sides, labels, TINY_CELL_FEATURES,
+                                 ["logreg"], 0, cache, held_out=held_out,
+                                 params={"logreg": {"C": 1e-8}})
     assert weak["in_domain_f1"].iloc[0] < plain["in_domain_f1"].iloc[0]

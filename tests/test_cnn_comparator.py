@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 from torch import nn
 
-from tests.conftest import REPO
+from tests.helpers import bench_scripts_importable
 
-sys.path.insert(0, str(REPO / "bench"))
-try:
+with bench_scripts_importable():
     from cnn_comparator import CellCNN, CNNSettings, predict_cnn, train_cnn
-finally:
-    sys.path.remove(str(REPO / "bench"))
 
 
 def test_cnn_has_no_batchnorm_and_maps_crops_to_logits():

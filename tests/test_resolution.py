@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,7 @@ from dorl.features.resolution import (
     resample_through,
 )
 from dorl.sam.segmentation import Segmentation
-from tests.conftest import REPO
-from tests.helpers import write_disc_manifest
+from tests.helpers import bench_scripts_importable, write_disc_manifest
 
 
 def checkerboard(n=3, size=32):
@@ -130,11 +128,8 @@ def test_apply_sees_a_new_lab_at_the_run_s_resolution(tiny_cfg, tmp_path):
 
 
 def test_the_rule_s_low_resolution_lab_and_the_coarsest_option():
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
+    with bench_scripts_importable():
         from feature_options import LOW_RES_LAB, at_resolution, shifted_crops
-    finally:
-        sys.path.remove(str(REPO / "bench"))
     crops = checkerboard(n=4)
     masks = np.ones((4, 32, 32), bool)
     sides = np.array([40.0, 40.0, 20.0, 20.0])
