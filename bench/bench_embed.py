@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from measure import peak_rss_mib
 
-from dorl.cae.embed import embed_segmentation, load_data, run_embed
-from dorl.cae.invariance import domain_invariance
+from dorl.pipeline.embed import embed_segmentation, load_data, run_embed
+from dorl.pipeline.invariance import domain_invariance
 from dorl.config import load_config
 from dorl.data.manifest import Manifest, load_manifest, subsample
 from dorl.domain_scaler import DomainStandardScaler

@@ -67,8 +67,8 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dorl.atomic import atomic_path, write_text_atomic
-from dorl.cae.embed import embed_segmentation
-from dorl.cae.invariance import domain_invariance
+from dorl.pipeline.embed import embed_segmentation
+from dorl.pipeline.invariance import domain_invariance
 from dorl.classify.adaptation import ADAPTATIONS
 from dorl.classify.baselines import colour_texture_features, pixel_pca_features
 from dorl.classify.inputs import FeatureInput

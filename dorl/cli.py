@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
 
         evaluate_from_config(cfg, manifest_from_config(cfg))
     elif command == "embed":
-        from dorl.cae.embed import run_embed
+        from dorl.pipeline.embed import run_embed
         from dorl.distributed import shutdown
 
         try:
@@ -146,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
             shutdown()
         logger.info("features: %s", path)
     elif command == "apply":
-        from dorl.cae.apply import apply_run
+        from dorl.pipeline.apply import apply_run
 
         path = apply_run(args.from_run, cfg)
         logger.info("features of the new cells: %s", path)

@@ -40,8 +40,6 @@ def tiny_cfg(tmp_path):
         "features.adabn_cells=16",
         "cae.epochs=2",
         "cae.batch_per_domain=8",
-        "cae.width=8",
-        "cae.latent_dim=8",
         "classify.n_folds=2",
         "classify.classifiers=[logreg,knn]",
         "umap.n_neighbors=5",

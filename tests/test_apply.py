@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from dorl.cae.apply import MIN_DOMAIN_CELLS, apply_run
-from dorl.cae.embed import run_embed
+from dorl.pipeline.apply import MIN_DOMAIN_CELLS, apply_run
+from dorl.pipeline.embed import run_embed
 from dorl.classify.run import classify_from_config, predict_file
 from dorl.cli import main
 from dorl.config import ConfigError

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import dorl.cae.embed as embed
-from dorl.cae.embed import embed_segmentation, feature_signature, run_embed, split_cells
+import dorl.pipeline.embed as embed
+from dorl.pipeline.embed import embed_segmentation, feature_signature, run_embed, split_cells
 from dorl.config import ConfigError
 from dorl.data.manifest import Manifest
 from dorl.featstore import FeatureFileError, read_features

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dorl.cae.invariance import domain_invariance, plot_invariance
+from dorl.pipeline.invariance import domain_invariance, plot_invariance
 
 CLASSES = np.array(["neutrophil", "lymphocyte", "monocyte"])
 

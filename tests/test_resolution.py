@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import ndimage as ndi
 
-from dorl.cae.apply import SourceRun, applied_config
+from dorl.pipeline.apply import SourceRun, applied_config
 from dorl.config import ConfigError
 from dorl.features.encode import FeatureSettings, cell_crop, stream_cell_features
 from dorl.features.resolution import (

@@ -1,2 +1,2 @@
-"""Stage 1b, the cross-domain autoencoder: models, alignment losses, domain-balanced batches,
-training, domain-invariance figures, and ``dorl embed`` end to end (:mod:`dorl.cae.embed`)."""
+"""Stage 1b, the cross-domain autoencoder: models, alignment losses, domain-balanced batches and
+training. ``dorl embed`` runs it from :mod:`dorl.pipeline.embed`."""

@@ -3,6 +3,8 @@
 * :func:`mmd2` is a real multi-kernel maximum mean discrepancy: the squared distance between the
   kernel mean embeddings of two samples under a sum of Gaussian kernels. It matches every moment
   of the distributions, unlike the first-moment matching that the DoRL / BC-SAM code calls "MMD".
+* :func:`class_balanced_mmd2` is the same per class, each cell weighted by its label or its
+  predicted class probabilities, so that labs with other class mixes are not pulled together.
 * :func:`coral` matches second moments (covariances), as in Deep CORAL.
 * :func:`pairwise_alignment` averages either loss over every unordered pair of domains present.
 * :func:`align_weight` is the linear warm-up of the alignment weight.
@@ -45,16 +47,62 @@ def mmd2(x: torch.Tensor, y: torch.Tensor,
     """
     if len(x) == 0 or len(y) == 0:
         raise ValueError(f"mmd2 needs two non-empty samples, got {len(x)} and {len(y)} rows")
-    pooled = torch.cat([x, y])
-    d_all = _sq_dists(pooled, pooled)
+    kernel = _pooled_kernel(x, y, bandwidths)
     n = len(x)
-    scale = d_all.detach().sum() / max(len(pooled) * (len(pooled) - 1), 1)
-    scale = scale.clamp_min(1e-8)
-    kernel = sum(torch.exp(-d_all / (2.0 * s * scale)) for s in bandwidths) / len(bandwidths)
     k_xx = kernel[:n, :n].mean()
     k_yy = kernel[n:, n:].mean()
     k_xy = kernel[:n, n:].mean()
     return (k_xx + k_yy - 2.0 * k_xy).clamp_min(0)
+
+
+def _pooled_kernel(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float]) -> torch.Tensor:
+    """The multi-kernel Gram matrix (n + m, n + m) of the pooled sample, bandwidths relative to
+    its mean squared distance (detached)."""
+    pooled = torch.cat([x, y])
+    d_all = _sq_dists(pooled, pooled)
+    scale = d_all.detach().sum() / max(len(pooled) * (len(pooled) - 1), 1)
+    scale = scale.clamp_min(1e-8)
+    return sum(torch.exp(-d_all / (2.0 * s * scale)) for s in bandwidths) / len(bandwidths)
+
+
+def class_balanced_mmd2(x: torch.Tensor, y: torch.Tensor, px: torch.Tensor, py: torch.Tensor,
+                        bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS,
+                        min_mass: float = 1.0) -> torch.Tensor:
+    """Mean over classes of the MMD^2 between the two samples' cells of that class.
+
+    Labs' class mixes differ (a differential holds few basophils), and plain MMD then pulls
+    unlike cells together. Here each class is compared with itself: every cell enters class
+    ``c``'s kernel mean embedding with weight ``p[:, c]`` (a one-hot label, or a classifier's
+    probabilities for unlabelled cells).
+
+    Parameters
+    ----------
+    x : Tensor of shape (n, d)
+    y : Tensor of shape (m, d)
+    px : Tensor of shape (n, C)
+    py : Tensor of shape (m, C)
+        Class weights of each row (rows sum to 1), treated as constants.
+    min_mass : float, default=1.0
+        A class enters the mean only where each sample holds at least this much of its weight.
+
+    Returns
+    -------
+    Tensor of shape ()
+        0 when no class has enough weight in both samples.
+    """
+    kernel = _pooled_kernel(x, y, bandwidths)
+    n = len(x)
+    px, py = px.detach().to(kernel), py.detach().to(kernel)
+    mass_x, mass_y = px.sum(0), py.sum(0)
+    present = (mass_x >= min_mass) & (mass_y >= min_mass)
+    if not bool(present.any()):
+        return kernel.new_zeros(())
+    wx = px[:, present] / mass_x[present]
+    wy = py[:, present] / mass_y[present]
+    k_xx = (wx * (kernel[:n, :n] @ wx)).sum(0)
+    k_yy = (wy * (kernel[n:, n:] @ wy)).sum(0)
+    k_xy = (wx * (kernel[:n, n:] @ wy)).sum(0)
+    return (k_xx + k_yy - 2.0 * k_xy).clamp_min(0).mean()
 
 
 def coral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

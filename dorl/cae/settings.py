@@ -1,98 +1,115 @@
-"""The autoencoder's settings, unpacked once from the ``cae`` config section by
-:meth:`CAESettings.from_config`; the model builder, the losses and the training loop take these
-frozen values, never the config."""
+"""The autoencoder's settings, unpacked once from the config by :meth:`CAESettings.from_config`;
+the model, the losses and the training loop take these frozen values, never the config."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from omegaconf import OmegaConf
+from dorl.cae.views import ViewAugment
+from dorl.config import ConfigError
 
-INPUTS = ("crop", "features", "both")
-ARCHS = ("conv", "transformer")
+PROTOCOLS = ("transductive", "inductive")
+SUPERVISION = ("none", "source_labels")
+TRAINABLE_ENCODERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms (``cae.loss``) and the alignment ramp's length in epochs."""
+    """Weights of the loss terms (``cae.loss``); 0 switches a term off."""
 
-    ssim: float
-    l1: float
-    mse: float
-    feature: float
+    contrastive: float
+    reconstruction: float
     mmd: float
-    coral: float
-    align_warmup_epochs: float
-    consistency: float = 0.0
+    supervised: float
 
-    @property
-    def aligns(self) -> bool:
-        """Whether any alignment term is on."""
-        return self.mmd > 0 or self.coral > 0
-
-
-@dataclass(frozen=True)
-class TransformerShape:
-    """The transformer autoencoder's width, depth, heads and token mask ratio."""
-
-    dim: int
-    depth: int
-    heads: int
-    mask_ratio: float
+    def __post_init__(self):
+        if min(self.contrastive, self.reconstruction, self.mmd, self.supervised) < 0:
+            raise ConfigError(f"cae.loss weights must be >= 0, got {self}")
+        if not any((self.contrastive, self.reconstruction, self.mmd, self.supervised)):
+            raise ConfigError("cae.loss: every weight is 0, nothing to train (set "
+                              "cae.enabled=false for the frozen encoder)")
 
 
 @dataclass(frozen=True)
 class CAESettings:
-    """Everything the autoencoder stage reads from ``cae``; see dorl/defaults.yaml."""
+    """Everything the autoencoder stage reads; see ``cae`` in dorl/defaults.yaml."""
 
-    arch: str
-    input: str
-    latent_dim: int
-    width: int
-    domain_code_dim: int
-    transformer: TransformerShape
+    encoder: str
+    crop_size: int
+    protocol: str
+    target_domains: tuple[str, ...]
+    supervision: str
+    label_domains: tuple[str, ...]
     epochs: int
     batch_per_domain: int
     lr: float
+    head_lr: float
     lr_warmup_epochs: float
     weight_decay: float
-    patience: int
+    projection_dim: int
+    temperature: float
     loss: LossWeights
+    class_balanced_mmd: bool
     mmd_bandwidths: tuple[float, ...]
-    view_augment: dict = field(default_factory=dict)
-
-    @property
-    def uses_crop(self) -> bool:
-        return self.input in ("crop", "both")
-
-    @property
-    def uses_features(self) -> bool:
-        return self.input in ("features", "both")
+    augment: ViewAugment
 
     @classmethod
-    def from_config(cls, cae) -> "CAESettings":
-        """Unpack the ``cae`` config section.
+    def from_config(cls, cfg) -> "CAESettings":
+        """Unpack and check ``cfg.cae`` (and the encoder and crop side of ``cfg.features``).
 
         Raises
         ------
-        ValueError
-            For an unknown ``cae.input`` or ``cae.arch``.
+        ConfigError
+            Naming the key, for any value the stage cannot run with.
         """
-        if cae.input not in INPUTS:
-            raise ValueError(f"cae.input must be crop, features or both, got {cae.input!r}")
-        if cae.arch not in ARCHS:
-            raise ValueError(f"cae.arch must be conv or transformer, got {cae.arch!r}")
-        loss, t = cae.loss, cae.transformer
+        cae, features = cfg.cae, cfg.features
+        encoders = [str(e) for e in features.encoders]
+        if len(encoders) != 1 or encoders[0] not in TRAINABLE_ENCODERS:
+            raise ConfigError(f"cae.enabled=true trains one EfficientNet-Lite: features.encoders "
+                              f"must be one of {list(TRAINABLE_ENCODERS)}, got {encoders}")
+        if bool(features.multilevel):
+            raise ConfigError("cae.enabled=true trains the encoder's pooled head: set "
+                              "features.multilevel=false")
+        if str(features.stain) != "none":
+            raise ConfigError("cae.enabled=true trains on the crops as imaged (its stain "
+                              "augmentation replaces normalisation): set features.stain=none")
+        if cae.protocol not in PROTOCOLS:
+            raise ConfigError(f"cae.protocol must be one of {list(PROTOCOLS)}, got "
+                              f"{cae.protocol!r}")
+        if cae.supervision not in SUPERVISION:
+            raise ConfigError(f"cae.supervision must be one of {list(SUPERVISION)}, got "
+                              f"{cae.supervision!r}")
+        loss = LossWeights(float(cae.loss.contrastive), float(cae.loss.reconstruction),
+                           float(cae.loss.mmd), float(cae.loss.supervised))
+        label_domains = tuple(str(d) for d in cae.label_domains)
+        if cae.supervision == "source_labels":
+            if not label_domains:
+                raise ConfigError("cae.supervision=source_labels needs cae.label_domains: the "
+                                  "domains whose labels the encoder may learn from")
+            if loss.supervised <= 0:
+                raise ConfigError("cae.supervision=source_labels needs cae.loss.supervised > 0")
+        elif loss.supervised > 0:
+            raise ConfigError("cae.loss.supervised > 0 needs cae.supervision=source_labels")
+        crop_size = int(features.crop_size)
+        if crop_size % 32:
+            raise ConfigError(f"features.crop_size must be a multiple of 32 when the encoder "
+                              f"trains (its feature map is 1/32 of the crop), got {crop_size}")
+        for key in ("epochs", "batch_per_domain", "projection_dim"):
+            if int(cae[key]) < 1:
+                raise ConfigError(f"cae.{key} must be >= 1, got {cae[key]}")
+        if float(cae.temperature) <= 0:
+            raise ConfigError(f"cae.temperature must be > 0, got {cae.temperature}")
+        a = cae.augment
         return cls(
-            arch=str(cae.arch), input=str(cae.input), latent_dim=int(cae.latent_dim),
-            width=int(cae.width), domain_code_dim=int(cae.domain_code_dim),
-            transformer=TransformerShape(int(t.dim), int(t.depth), int(t.heads),
-                                         float(t.mask_ratio)),
-            epochs=int(cae.epochs), batch_per_domain=int(cae.batch_per_domain), lr=float(cae.lr),
-            lr_warmup_epochs=float(cae.lr_warmup_epochs),
-            weight_decay=float(cae.weight_decay), patience=int(cae.patience),
-            loss=LossWeights(float(loss.ssim), float(loss.l1), float(loss.mse),
-                             float(loss.feature), float(loss.mmd), float(loss.coral),
-                             float(loss.align_warmup_epochs), float(loss.consistency)),
+            encoder=encoders[0], crop_size=crop_size, protocol=str(cae.protocol),
+            target_domains=tuple(str(d) for d in cae.target_domains),
+            supervision=str(cae.supervision), label_domains=label_domains,
+            epochs=int(cae.epochs), batch_per_domain=int(cae.batch_per_domain),
+            lr=float(cae.lr), head_lr=float(cae.head_lr),
+            lr_warmup_epochs=float(cae.lr_warmup_epochs), weight_decay=float(cae.weight_decay),
+            projection_dim=int(cae.projection_dim), temperature=float(cae.temperature),
+            loss=loss, class_balanced_mmd=bool(cae.class_balanced_mmd),
             mmd_bandwidths=tuple(float(b) for b in cae.mmd_bandwidths),
-            view_augment=OmegaConf.to_container(cae.view_augment, resolve=True))
+            augment=ViewAugment(float(a.stain_scale), float(a.stain_bias), float(a.brightness),
+                                float(a.contrast), float(a.saturation), float(a.blur_prob),
+                                (float(a.scale[0]), float(a.scale[1]))))

@@ -135,8 +135,9 @@ class EfficientNetLite(nn.Module):
         self.out_dim = self.head_dim + sum(stage_widths[-MULTILEVEL_STAGES:] if multilevel
                                            else [])
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pooled features (B, out_dim) of RGB images (B, 3, H, W) with values in 0..255."""
+    def feature_map(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The head's feature map (B, 1280, H/32, W/32) of RGB images (B, 3, H, W) with values
+        in 0..255, and the pooled outputs of the ``multilevel`` stages (empty without)."""
         x = (pixels - 127.0) / 128.0
         x = F.relu6(self._bn0(self._conv_stem(x)))
         pooled = []
@@ -144,7 +145,11 @@ class EfficientNetLite(nn.Module):
             x = block(x)
             if i in self._pooled_after:
                 pooled.append(x.mean(dim=(2, 3)))
-        x = F.relu6(self._bn1(self._conv_head(x)))
+        return F.relu6(self._bn1(self._conv_head(x))), pooled
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, out_dim) of RGB images (B, 3, H, W) with values in 0..255."""
+        x, pooled = self.feature_map(pixels)
         return torch.cat([*pooled, x.mean(dim=(2, 3))], dim=1)
 
 

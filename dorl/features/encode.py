@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +36,7 @@ from dorl.features.adabn import recalibrate_batchnorm
 from dorl.features.resolution import crop_side, parse_resolution, resolution_side
 from dorl.features.stain import METHODS as STAIN_METHODS
 from dorl.features.stain import apply_stain, stain_reference
+from dorl.provenance import sha256_file
 from dorl.resize import resize_image, resize_mask
 from dorl.row_sources import StoredRows, create_rows
 from dorl.sam.masks import masked_crop
@@ -43,7 +44,7 @@ from dorl.sam.segmentation import Segmentation, part_path
 
 logger = logging.getLogger(__name__)
 
-FEATURES_FILE = "cell_features.h5"
+CELL_FEATURES_FILE = "cell_features.h5"
 ENCODERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "litemedsam")
 #: Cells cut, normalised and encoded at a time (bounds memory on large datasets).
 FEATURE_CHUNK = 256
@@ -69,6 +70,8 @@ class FeatureSettings:
     multilevel: bool = False
     #: ``features.resolution``: "native", "coarsest" or a side in pixels.
     resolution: str | int = "native"
+    #: The adapted encoder's weights (:mod:`dorl.cae`); None: the pretrained weights.
+    encoder_weights: str | None = None
 
     @classmethod
     def from_config(cls, cfg) -> "FeatureSettings":
@@ -170,16 +173,18 @@ class SamCropEncoder(nn.Module):
         return self.encoder.forward_features((x - self.pixel_mean) / self.pixel_std).mean((2, 3))
 
 
-def build_encoder(name: str, sam_image_size: int, multilevel: bool = False
-                  ) -> tuple[nn.Module, int]:
+def build_encoder(name: str, sam_image_size: int, multilevel: bool = False,
+                  weights: str | None = None) -> tuple[nn.Module, int]:
     """The encoder ``name`` in eval mode, with its input side. ``multilevel`` adds the pooled
     outputs of EfficientNet-Lite's last stages (``features.multilevel``; LiteMedSAM ignores
-    it)."""
+    it); ``weights`` is an EfficientNet-Lite weights file (the adapted encoder) instead of the
+    ImageNet weights."""
     if name == "litemedsam":
         return SamCropEncoder(sam_image_size).eval(), sam_image_size
     from dorl.features.efficientnet import VARIANTS, build_efficientnet_lite
 
-    return build_efficientnet_lite(name, multilevel=multilevel), VARIANTS[name].image_size
+    return (build_efficientnet_lite(name, weights or "default", multilevel=multilevel),
+            VARIANTS[name].image_size)
 
 
 def _batches(crops: np.ndarray, side: int, batch_size: int, device: torch.device):
@@ -317,7 +322,10 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
     timings["stain"] += time.perf_counter() - t0
     models = {}
     for name in settings.encoders:
-        model, side = build_encoder(name, settings.sam_image_size, settings.multilevel)
+        model, side = build_encoder(name, settings.sam_image_size, settings.multilevel,
+                                    settings.encoder_weights)
+        # The adapted encoder reads cells at the side it was trained at, not its native one.
+        side = settings.crop_size if settings.encoder_weights else side
         models[name] = (model.to(settings.device), side)
     features: dict[str, Any] = {}
     bar = tqdm(total=len(rows), desc="cell features", unit="img")
@@ -422,10 +430,12 @@ def _stored(path: Path, signature: str, names: tuple[str, ...]
 
 
 def features_from_config(cfg, manifest: Manifest, seg: Segmentation,
-                         group: ProcessGroup | None = None
+                         group: ProcessGroup | None = None,
+                         encoder_weights: str | Path | None = None
                          ) -> tuple[dict[str, StoredRows], dict]:
     """Cell features of every manifest row and their provenance (see
-    :func:`stream_cell_features`), in ``run_dir/cell_features.h5``.
+    :func:`stream_cell_features`), in ``run_dir/cell_features.h5``; ``encoder_weights`` is the
+    adapted encoder's weights file (:mod:`dorl.cae`), None for the pretrained encoders.
 
     The store is reused when it was made from the same segmentation and settings. The features
     are returned as row sources (read from the store when indexed), so that memory never holds
@@ -435,9 +445,13 @@ def features_from_config(cfg, manifest: Manifest, seg: Segmentation,
     settings = FeatureSettings.from_config(cfg)
     if not settings.encoders:
         return {}, {}
+    weights_hash = None
+    if encoder_weights is not None:
+        settings = replace(settings, encoder_weights=str(encoder_weights))
+        weights_hash = sha256_file(encoder_weights)
     group = group or current()
-    out = Path(cfg.run_dir) / FEATURES_FILE
-    signature = CELL_FEATURES.signature(cfg, seg.meta.get("signature"))
+    out = Path(cfg.run_dir) / CELL_FEATURES_FILE
+    signature = CELL_FEATURES.signature(cfg, seg.meta.get("signature"), weights_hash)
     names = tuple(settings.encoders)
     stored = _stored(out, signature, names)
     if stored is not None:

@@ -1,10 +1,10 @@
 """Embed a new lab's cells with a finished run's trained parts, training nothing.
 
 A finished ``dorl embed`` run holds everything the embedding depends on: its resolved config
-(in the feature file's ``uns``), the LoRA adapter that segments and the autoencoder checkpoint
-(when the autoencoder is on). :func:`apply_run` segments the new cells with that adapter,
-computes their cell features and embeds them with that checkpoint, so that the new file lies in
-the run's latent space and a model saved by ``dorl classify run`` on the run applies to it.
+(in the feature file's ``uns``), the LoRA adapter that segments and the adapted cell encoder
+(when the autoencoder is on). :func:`apply_run` segments the new cells with that adapter and
+computes their features with that encoder, so that the new file lies in the run's embedding
+space and a model saved by ``dorl classify run`` on the run applies to it.
 
 What is estimated from the new lab's own cells, without labels, is what a lab's appearance
 shifts: the encoders' BatchNorm statistics (``features.adabn``) and the per-domain feature
@@ -20,12 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dorl.cae.models import FeatureScaler, build_autoencoder
-from dorl.cae.settings import CAESettings
-from dorl.cae.train import CAEData
+from dorl.cae.train import ENCODER_FILE
 from dorl.config import ConfigError, save_resolved
 from dorl.featstore import FeatureFileError, read_features
 from dorl.provenance import sha256_file
@@ -53,8 +50,8 @@ class SourceRun:
     features_sha256 : str
     adapter_dir : Path or None
         The LoRA adapter its segmentation used (None: zero-shot SAM).
-    cae_checkpoint : Path or None
-        The autoencoder's ``best.pt`` (None when the autoencoder was off).
+    cae_encoder : Path or None
+        The adapted encoder's weights (None when the autoencoder was off).
     """
 
     run_dir: Path
@@ -62,11 +59,11 @@ class SourceRun:
     uns: dict
     features_sha256: str
     adapter_dir: Path | None
-    cae_checkpoint: Path | None
+    cae_encoder: Path | None
 
     @classmethod
     def open(cls, run_dir: str | Path) -> "SourceRun":
-        """Read ``run_dir/features.h5ad`` and find its adapter and checkpoint.
+        """Read ``run_dir/features.h5ad`` and find its adapter and adapted encoder.
 
         Raises
         ------
@@ -74,7 +71,7 @@ class SourceRun:
             When the run has no feature file, or its adapter or checkpoint is missing or is not
             the one its feature file was made with.
         """
-        from dorl.cae.embed import FEATURES_FILE
+        from dorl.pipeline.embed import FEATURES_FILE
         from dorl.sam.inference import adapter_hash
 
         run_dir = Path(run_dir)
@@ -96,25 +93,14 @@ class SourceRun:
             if not adapter_dir.is_dir() or adapter_hash(adapter_dir) != seg.get("adapter_hash"):
                 raise FeatureFileError(f"{path}: its LoRA adapter {adapter} is missing or was "
                                        f"changed (hash {seg.get('adapter_hash')})")
-        checkpoint = None
+        encoder = None
         if cfg.cae.enabled:
-            checkpoint = run_dir / "cae" / "best.pt"
-            expected = dict(uns.get("hashes", {})).get("cae_checkpoint")
-            if not checkpoint.is_file() or sha256_file(checkpoint) != expected:
-                raise FeatureFileError(f"{path}: its autoencoder checkpoint {checkpoint} is "
-                                       f"missing or was changed")
-        return cls(run_dir, cfg, uns, sha256_file(path), adapter_dir, checkpoint)
-
-    def load_autoencoder(self, data: CAEData, device: torch.device) -> torch.nn.Module:
-        """The run's autoencoder with its best weights, in eval mode on ``device``, for cells
-        like ``data`` (its crop size and feature shape)."""
-        settings = CAESettings.from_config(self.cfg.cae)
-        shape = None if data.features is None else data.features.shape[1:]
-        scaler = None if shape is None else FeatureScaler(torch.zeros(shape), torch.ones(shape))
-        model = build_autoencoder(settings, data.side, scaler, len(self.uns["domains"]))
-        state = torch.load(self.cae_checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])  # the scaler's statistics are in the state
-        return model.to(device).eval()
+            encoder = run_dir / "cae" / ENCODER_FILE
+            expected = dict(uns.get("hashes", {})).get("cae_encoder")
+            if not encoder.is_file() or sha256_file(encoder) != expected:
+                raise FeatureFileError(f"{path}: its adapted encoder {encoder} is missing or "
+                                       f"was changed")
+        return cls(run_dir, cfg, uns, sha256_file(path), adapter_dir, encoder)
 
     def provenance(self) -> dict:
         """What the applied feature file records of this run (``uns/applied_from``)."""
@@ -183,23 +169,32 @@ def apply_run(run_dir: str | Path, user_cfg) -> Path:
         ``user_cfg.run_dir/features.h5ad``; its ``uns/applied_from`` names the run, its
         signature and hashes.
     """
-    from dorl.cae.embed import FEATURES_FILE, embed_segmentation, finished, load_data
+    from dorl.features.encode import features_from_config
+    from dorl.pipeline.embed import (
+        FEATURES_FILE,
+        check_settings,
+        embed_segmentation,
+        finished,
+        load_data,
+    )
     from dorl.sam.inference import segment_from_config
 
     source = SourceRun.open(run_dir)
     cfg = applied_config(source, user_cfg)
+    check_settings(cfg)
     save_resolved(cfg, cfg.run_dir, "config.apply.yaml")
     out = Path(cfg.run_dir) / FEATURES_FILE
     manifest = load_data(cfg)
     check_domain_sizes(manifest.table["domain"].to_numpy(), str(cfg.data.manifest))
     if finished(cfg, manifest):
         return out
-    logger.info("applying %s (adapter %s, autoencoder %s) to %d cells of %s; nothing is trained",
-                source.run_dir, source.adapter_dir, source.cae_checkpoint, len(manifest),
-                manifest.domains)
+    logger.info("applying %s (adapter %s, encoder %s) to %d cells of %s; nothing is trained",
+                source.run_dir, source.adapter_dir, source.cae_encoder or "pretrained",
+                len(manifest), manifest.domains)
     t0 = time.perf_counter()
     seg = segment_from_config(cfg, manifest, source.adapter_dir)
-    return embed_segmentation(
-        cfg, manifest, seg, timings={"segment": time.perf_counter() - t0},
-        autoencoder_from=source.load_autoencoder if source.cae_checkpoint else None,
-        applied_from=source.provenance())
+    t1 = time.perf_counter()
+    cell_feats = features_from_config(cfg, manifest, seg, encoder_weights=source.cae_encoder)
+    timings = {"segment": t1 - t0, "cell_features": time.perf_counter() - t1}
+    return embed_segmentation(cfg, manifest, seg, cell_feats, timings,
+                              applied_from=source.provenance())

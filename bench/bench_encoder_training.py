@@ -1,0 +1,260 @@
+"""Proof on real data for the cross-domain autoencoder: every loss term as an ablation row.
+
+Source: the Acevedo-20 subset (labelled). Targets: LISC crops and Zheng-2018, whose labels only
+score. Each variant's encoder is trained once (seed 0) on the LoRA-SAM cell crops of every lab
+(transductive, unlabelled), its features are computed once, and the seeds vary the classifiers.
+
+Variants (fixed before any was measured; docs/benchmarks.md, "The cross-domain autoencoder"):
+
+  frozen 224          the pretrained ImageNet Lite0 at 224 px (the embedding before this stage)
+  frozen 128          the same at 128 px, the side the adapted encoders train and embed at
+  contrastive         InfoNCE on two views, no label (the default's candidate)
+  + reconstruction    + (1 - SSIM) + L1 through the light decoder
+  + MMD               + multi-kernel MMD between the labs' embeddings
+  + source labels     + cross-entropy on the source's labelled cells (cae.supervision)
+  + source labels + class-balanced MMD
+
+The rule that chooses the default (source labels only):
+  the source cells are split in two halves by a fixed seed. Variants with source labels learn
+  from half A's labels only. Each variant's score is the mean of
+    * the in-domain macro-F1 of a logistic regression fitted on half A, scored on half B, and
+    * the shifted-source macro-F1: the same model on half B re-imaged by each simulated lab of
+      bench/feature_options.py (colour, blur, zoom, half the resolution), each lab encoded with
+      its own AdaBN statistics and standardised as its own domain (labs the encoder never saw).
+  The highest score wins; variants within 0.01 of it go to the earliest in the list above
+  (frozen first, unsupervised before supervised). No target label is read by the rule.
+
+Reported beside it, never choosing: LISC and Zheng macro-F1 of every classifier (5 source folds,
+3 seeds; the headline is the classifier best in-domain), and the few-shot protocol (10 labelled
+LISC cells per class join the source, scored on LISC's other cells, 5 draws).
+
+    python bench/bench_encoder_training.py --max-per-class 200 --seeds 0 1 2 \
+        --out runs/encoder_bench -- num_threads=2
+
+Writes ``results.json``, ``results.md`` and ``bench.log`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from bench_realdata import SOURCE, rows_of, sam_stages, score_methods, subsample_manifest
+from feature_options import LOW_RES_FACTOR, LOW_RES_LAB, SIMULATED_LABS, reimaged
+from measure import Stopwatch
+from sklearn.metrics import f1_score
+
+from dorl.atomic import write_text_atomic
+from dorl.classify.registry import build_classifier
+from dorl.config import load_config
+from dorl.domain_scaler import DomainStandardScaler
+from dorl.features.encode import FeatureSettings, build_encoder, cell_crops, encode_crops
+from dorl.features.resolution import native_crop_sides, resample_through
+from dorl.pipeline.embed import train_from_config
+from dorl.seeding import seed_everything
+
+logger = logging.getLogger("bench_encoder_training")
+REPO = Path(__file__).resolve().parents[1]
+#: name -> config overrides; the rule's tie order is this order.
+VARIANTS = {
+    "frozen 224": ["cae.enabled=false", "features.crop_size=224"],
+    "frozen 128": ["cae.enabled=false"],
+    "contrastive": [],
+    "+ reconstruction": ["cae.loss.reconstruction=1.0"],
+    "+ MMD": ["cae.loss.mmd=1.0"],
+    "+ source labels": ["cae.supervision=source_labels", "cae.loss.supervised=1.0",
+                        f"cae.label_domains=[{SOURCE}]"],
+    "+ source labels + class-balanced MMD": [
+        "cae.supervision=source_labels", "cae.loss.supervised=1.0",
+        f"cae.label_domains=[{SOURCE}]", "cae.loss.mmd=1.0", "cae.class_balanced_mmd=true"],
+}
+RULE_SEED, TIE = 0, 0.01
+FEW_SHOT, FEW_SHOT_DRAWS, FEW_SHOT_TARGET = 10, 5, "lisc"
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def rule_halves(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Source rows of half A (their labels may train an encoder) and of half B (scored only),
+    stratified by class, drawn with :data:`RULE_SEED`."""
+    rng = np.random.default_rng(RULE_SEED)
+    a, b = [], []
+    for _, rows in table[table["domain"] == SOURCE].groupby("label").groups.items():
+        rows = rng.permutation(np.asarray(rows))
+        a.append(rows[: len(rows) // 2])
+        b.append(rows[len(rows) // 2:])
+    return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
+
+
+def encoder_of(cfg, weights: Path | None) -> tuple[torch.nn.Module, int, FeatureSettings]:
+    settings = FeatureSettings.from_config(cfg)
+    model, side = build_encoder(settings.encoders[0], settings.sam_image_size,
+                                settings.multilevel, None if weights is None else str(weights))
+    return model, (settings.crop_size if weights is not None else side), settings
+
+
+def encode(model, side, settings: FeatureSettings, crops: np.ndarray, domains: np.ndarray
+           ) -> np.ndarray:
+    """Features (n, d) of ``crops``, AdaBN per domain, standardised per domain."""
+    X = encode_crops(model, side, crops, domains, settings.adabn_cells, settings.batch_size,
+                     settings.bf16, settings.tta)
+    return DomainStandardScaler().fit(X, domains=domains).transform(X, domains=domains)
+
+
+def macro_f1(y, p) -> float:
+    return float(f1_score(y, p, average="macro"))
+
+
+def rule_score(model, side, settings, crops: np.ndarray, masks: np.ndarray, sides: np.ndarray,
+               labels: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int) -> dict:
+    """The rule's figures for one encoder (see the module docstring); ``a``/``b`` index
+    ``crops``."""
+    labs = {name: reimaged(crops[b], masks[b], name)[0] for name in SIMULATED_LABS}
+    labs[LOW_RES_LAB] = resample_through(crops[b], sides[b] * LOW_RES_FACTOR)
+    source = encode(model, side, settings, crops, np.zeros(len(crops), int))
+    clf = build_classifier("logreg", seed).fit(source[a], labels[a])
+    out = {"in_domain_f1": macro_f1(labels[b], clf.predict(source[b]))}
+    for name, lab_crops in labs.items():
+        X = encode(model, side, settings, lab_crops, np.zeros(len(lab_crops), int))
+        out[name] = macro_f1(labels[b], clf.predict(X))
+    out["shifted_f1"] = float(np.mean([out[n] for n in labs]))
+    out["score"] = (out["in_domain_f1"] + out["shifted_f1"]) / 2
+    return out
+
+
+def few_shot(X: np.ndarray, table: pd.DataFrame, seed: int) -> float:
+    """Mean LISC macro-F1 over :data:`FEW_SHOT_DRAWS` draws of :data:`FEW_SHOT` labelled LISC
+    cells per class joining the source cells (logistic regression), scored on the others."""
+    domains, labels = table["domain"].to_numpy(), table["label"].to_numpy()
+    src = np.flatnonzero(domains == SOURCE)
+    tgt = np.flatnonzero(domains == FEW_SHOT_TARGET)
+    # Classes with cells left to score after the shots (all five at 200 cells per class).
+    classes = sorted(c for c in set(labels[tgt]) & set(labels[src])
+                     if (labels[tgt] == c).sum() > FEW_SHOT)
+    scores = []
+    for draw in range(FEW_SHOT_DRAWS):
+        rng = np.random.default_rng([seed, draw])
+        shots = np.concatenate([rng.choice(tgt[labels[tgt] == c], FEW_SHOT, replace=False)
+                                for c in classes])
+        rest = np.setdiff1d(tgt[np.isin(labels[tgt], classes)], shots)
+        train = np.concatenate([src, shots])
+        clf = build_classifier("logreg", seed).fit(X[train], labels[train])
+        scores.append(macro_f1(labels[rest], clf.predict(X[rest])))
+    return float(np.mean(scores))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=str(REPO / "configs" / "realdata.yaml"))
+    ap.add_argument("--out", default=str(REPO / "runs" / "encoder_bench"))
+    ap.add_argument("--max-per-class", type=int, default=200)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("overrides", nargs="*", help="config key=value overrides")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        handlers=[logging.FileHandler(out / "bench.log"),
+                                  logging.StreamHandler(sys.stderr)])
+    cfg = load_config(args.config, [f"run_dir={out}", f"data.manifest={out / 'manifest.csv'}",
+                                    *args.overrides])
+    torch.set_num_threads(int(cfg.num_threads or 2))
+    seed_everything(int(cfg.seed))
+    watch = Stopwatch()
+    manifest = subsample_manifest(cfg, out, args.max_per_class)
+    table = manifest.table
+    _, seg, _, _ = sam_stages(cfg, manifest, out, watch, zero_shot=False)
+    a_rows, b_rows = rule_halves(table)
+    # Half B's labels hidden from every encoder that learns from source labels.
+    hidden = table.copy()
+    hidden.loc[b_rows, "label"] = "unknown"
+    train_manifest = rows_of(manifest, np.ones(len(table), bool))
+    train_manifest.table["label"] = hidden["label"].to_numpy()
+    source_rows = np.flatnonzero(table["domain"].to_numpy() == SOURCE)
+    position = {r: i for i, r in enumerate(source_rows)}
+    a_pos = np.array([position[r] for r in a_rows])
+    b_pos = np.array([position[r] for r in b_rows])
+    src_labels = table["label"].to_numpy()[source_rows]
+    sides = native_crop_sides(manifest, seg)[source_rows]
+    results = {"variants": {}, "n_cells": table["domain"].value_counts().to_dict()}
+    for name in args.variants:
+        vcfg = load_config(args.config, [f"run_dir={out / slug(name)}",
+                                         f"data.manifest={out / 'manifest.csv'}",
+                                         *args.overrides, *VARIANTS[name]])
+        t0 = time.perf_counter()
+        weights, history = None, []
+        if vcfg.cae.enabled:
+            result = train_from_config(vcfg, train_manifest, seg)
+            weights, history = result.checkpoint, result.history
+        train_s = time.perf_counter() - t0
+        model, side, fs = encoder_of(vcfg, weights)
+        t0 = time.perf_counter()
+        crops, masks = cell_crops(manifest, seg, fs.crop_size)
+        X = encode(model, side, fs, crops, table["domain"].to_numpy())
+        encode_s = time.perf_counter() - t0
+        rule = rule_score(model, side, fs, crops[source_rows], masks[source_rows], sides,
+                          src_labels, a_pos, b_pos, RULE_SEED)
+        rows = []
+        for seed in args.seeds:
+            r, _ = score_methods({name: X}, table, vcfg, seed, out / "classify" / slug(name))
+            rows += r
+        scores = pd.DataFrame(rows)
+        shots = [few_shot(X, table, seed) for seed in args.seeds]
+        results["variants"][name] = {"train_s": train_s, "encode_s": encode_s, "rule": rule,
+                                     "history": history, "scores": rows,
+                                     "few_shot_lisc_10": shots}
+        logger.info("%s: trained %.0f s, encoded %.0f s, rule %s, few-shot %.3f", name,
+                    train_s, encode_s, {k: round(v, 3) for k, v in rule.items()},
+                    np.mean(shots))
+        logger.info("\n%s", scores.groupby(["classifier", "target"])["macro_f1"]
+                    .agg(["mean", "std"]).round(3).to_string())
+        write_text_atomic(out / "results.json", json.dumps(results, indent=1, default=float))
+    write_text_atomic(out / "results.md", render(results))
+    print(render(results))
+    return 0
+
+
+def render(results: dict) -> str:
+    """The rule's table, the chosen variant, and the targets' table."""
+    lines = ["| variant | train s | in-domain (B) | shifted (B) | rule score |",
+             "|---|---|---|---|---|"]
+    ranked = []
+    for name, v in results["variants"].items():
+        r = v["rule"]
+        ranked.append((name, r["score"]))
+        lines.append(f"| {name} | {v['train_s']:.0f} | {r['in_domain_f1']:.3f} | "
+                     f"{r['shifted_f1']:.3f} | {r['score']:.3f} |")
+    top = max(s for _, s in ranked)
+    chosen = next(n for n, s in ranked if s >= top - TIE)
+    lines += ["", f"Chosen by the rule: **{chosen}**", "",
+              "| variant | classifier (best in-domain) | in-domain | LISC | Zheng | mean | "
+              "few-shot LISC (10/class) |", "|---|---|---|---|---|---|---|"]
+    for name, v in results["variants"].items():
+        s = pd.DataFrame(v["scores"])
+        by = s.groupby(["classifier", "target"])["macro_f1"]
+        mean, std = by.mean(), by.std()
+        in_domain = {c: mean[(c, t)] for c, t in mean.index if "5-fold" in t}
+        best = max(in_domain, key=in_domain.get)
+
+        def cell(target):
+            return f"{mean[(best, target)]:.3f} ± {std[(best, target)]:.3f}"
+
+        lisc, zheng = mean[(best, "lisc")], mean[(best, "zheng2018")]
+        lines.append(f"| {name} | {best} | {in_domain[best]:.3f} | {cell('lisc')} | "
+                     f"{cell('zheng2018')} | {(lisc + zheng) / 2:.3f} | "
+                     f"{np.mean(v['few_shot_lisc_10']):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""Stage 1 end to end (``make embed``): data -> LoRA-SAM -> segmentation -> cross-domain
+autoencoder (the cell encoder adapts to every lab's cells) -> cell features -> features.h5ad.
+
+:func:`run_embed` checks every setting of the stage before any work, reuses a finished feature
+file whose ``uns/signature`` matches this run and refuses one made by another config or dataset.
+:func:`embed_segmentation` is the part after the cell features: it standardises them per domain
+and writes the feature file with its provenance and domain-invariance figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from dorl import __version__
+from dorl.artifacts import CAE_CHECKPOINT, FEATURE_FILE, reusable
+from dorl.atomic import atomic_path
+from dorl.cae.settings import CAESettings
+from dorl.cae.train import CAEData, TrainResult, train_autoencoder
+from dorl.config import ConfigError, resolved_yaml
+from dorl.data.manifest import Manifest
+from dorl.data.taxonomy import UNKNOWN, label_space
+from dorl.device import get_device
+from dorl.distributed import ProcessGroup, init_from_env
+from dorl.domain_scaler import DomainStandardScaler
+from dorl.featstore import (
+    OBS_COLUMNS,
+    FeatureFileError,
+    FeatureSet,
+    stored_signature,
+    write_features,
+)
+from dorl.features.encode import (
+    FEATURE_CHUNK,
+    FeatureSettings,
+    cell_crops,
+    domain_sample,
+    features_from_config,
+)
+from dorl.features.resolution import parse_resolution, resolution_side
+from dorl.pipeline.invariance import CELLS_PER_DOMAIN, domain_invariance, plot_invariance
+from dorl.provenance import package_versions, sha256_file, utc_now
+from dorl.row_sources import (
+    ConcatenatedRows,
+    MappedRows,
+    RowSource,
+    StoredRows,
+    blocks,
+    create_rows,
+    take,
+)
+from dorl.sam.segmentation import Segmentation
+
+logger = logging.getLogger(__name__)
+
+FEATURES_FILE = "features.h5ad"
+
+
+#: ``features.standardise``: each domain standardised with its own statistics, or as encoded.
+STANDARDISE = ("per_domain", "none")
+
+
+def feature_signature(cfg, manifest: Manifest) -> dict[str, str]:
+    """What a feature file must have been made with to be reused: the data and the config keys
+    of :data:`dorl.artifacts.FEATURE_FILE`, one hash per config section (``config.features``,
+    ...). ``cae`` counts only when the autoencoder runs."""
+    parts = FEATURE_FILE.parts(cfg)
+    if not cfg.cae.enabled:
+        parts = {k: v for k, v in parts.items() if k != "cae"}
+    return {"data": manifest.signature(), **{f"config.{k}": v for k, v in parts.items()}}
+
+
+def check_settings(cfg) -> tuple[FeatureSettings, CAESettings | None]:
+    """Build and check the stage's settings before any work (one line per bad value).
+
+    Raises
+    ------
+    ConfigError
+    """
+    features = FeatureSettings.from_config(cfg)
+    if not features.encoders:
+        raise ConfigError("features.encoders is empty: the embedding is the cell encoders' "
+                          "features")
+    if cfg.features.standardise not in STANDARDISE:
+        raise ConfigError(f"features.standardise must be one of {list(STANDARDISE)}, got "
+                          f"{cfg.features.standardise!r}")
+    return features, CAESettings.from_config(cfg) if cfg.cae.enabled else None
+
+
+def load_data(cfg) -> Manifest:
+    """The run's manifest; the synthetic default dataset is generated when there is none.
+
+    With ``data.on_bad_image=skip``, unreadable images are dropped and listed in
+    ``run_dir/skipped_images.csv``.
+    """
+    from dorl.data.manifest import drop_unreadable
+    from dorl.data.readers import manifest_from_config
+
+    if not Path(cfg.data.manifest).is_file() and not cfg.data.sources:
+        from dorl.data.synth.generate import generate_from_config
+
+        logger.info("no manifest at %s and no data.sources: generating the synthetic dataset",
+                    cfg.data.manifest)
+        return generate_from_config(cfg)
+    return drop_unreadable(manifest_from_config(cfg), cfg.data.on_bad_image,
+                           Path(cfg.run_dir) / "skipped_images.csv")
+
+
+def finished(cfg, manifest: Manifest) -> bool:
+    """Whether ``run_dir`` already holds this config's and data's feature file.
+
+    Raises
+    ------
+    FeatureFileError
+        When it holds one made by another config or dataset (it is never overwritten).
+    """
+    out = Path(cfg.run_dir) / FEATURES_FILE
+    return reusable(FEATURE_FILE, out, stored_signature(out), feature_signature(cfg, manifest),
+                    refuse=True, error=FeatureFileError)
+
+
+def run_embed(cfg) -> Path:
+    """Run stage 1 and return the path of ``run_dir/features.h5ad``.
+
+    Under ``torchrun`` the ranks share fine-tuning, segmentation, the autoencoder's training and
+    the cell features (:mod:`dorl.distributed`); rank 0 writes the feature file.
+
+    Raises
+    ------
+    ConfigError
+        For a bad setting, before any work.
+    FeatureFileError
+        When ``run_dir`` holds a feature file made by another config or dataset.
+    """
+    check_settings(cfg)
+    out = Path(cfg.run_dir) / FEATURES_FILE
+    group = init_from_env(get_device(cfg.device))
+    # Rank 0 reads (or generates) the data first, so that the other ranks find it on disk.
+    manifest = load_data(cfg) if group.is_main else None
+    group.barrier()
+    if manifest is None:
+        manifest = load_data(cfg)
+    if finished(cfg, manifest):
+        return out
+    from dorl.sam.finetune import finetune_from_config
+    from dorl.sam.inference import segment_from_config
+
+    timings = {}
+    t0 = time.perf_counter()
+    adapter_dir = finetune_from_config(cfg, manifest, group)
+    timings["sam_finetune"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    seg = segment_from_config(cfg, manifest, adapter_dir, group)
+    timings["segment"] = time.perf_counter() - t0
+    cae = None
+    if cfg.cae.enabled:
+        t0 = time.perf_counter()
+        cae = train_from_config(cfg, manifest, seg, group)
+        timings["cae_train"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cell_feats = features_from_config(cfg, manifest, seg, group,
+                                      None if cae is None else cae.checkpoint)
+    timings["cell_features"] = time.perf_counter() - t0
+    if group.is_main:
+        embed_segmentation(cfg, manifest, seg, cell_feats, timings, cae)
+    group.barrier()
+    return out
+
+
+def training_rows(cfg, manifest: Manifest) -> np.ndarray:
+    """Manifest rows the autoencoder trains on, by protocol.
+
+    Transductive: every domain takes part (without labels). Inductive: ``cae.target_domains``
+    are left out entirely.
+    """
+    domains = manifest.table["domain"].astype(str).to_numpy()
+    targets = [str(d) for d in cfg.cae.target_domains]
+    if cfg.cae.protocol == "transductive":
+        return np.arange(len(domains))
+    unknown = sorted(set(targets) - set(domains))
+    if not targets or unknown:
+        raise ConfigError(f"cae.protocol=inductive needs cae.target_domains naming domains of "
+                          f"the manifest {sorted(set(domains))}; got {targets}")
+    used = np.flatnonzero(~np.isin(domains, targets))
+    if not len(used):
+        raise ConfigError("cae.target_domains holds out every domain: nothing left to train on")
+    return used
+
+
+def _domain_ids(manifest: Manifest) -> np.ndarray:
+    """Each row's index into ``manifest.domains``."""
+    return manifest.table["domain"].map(
+        {d: i for i, d in enumerate(manifest.domains)}).to_numpy()
+
+
+def _trainable_labels(cfg, manifest: Manifest, settings: CAESettings) -> np.ndarray:
+    """Each row's class index where the encoder may learn its label (``cae.label_domains``
+    under ``cae.supervision=source_labels``), -1 elsewhere (``unknown`` cells too)."""
+    table = manifest.table
+    classes = [c for c in label_space(cfg.data.label_space) if c != UNKNOWN]
+    index = {c: i for i, c in enumerate(classes)}
+    labels = table["label"].astype(str).map(lambda c: index.get(c, -1)).to_numpy()
+    if settings.supervision != "source_labels":
+        return np.full(len(table), -1)
+    unknown = sorted(set(settings.label_domains) - set(manifest.domains))
+    if unknown:
+        raise ConfigError(f"cae.label_domains: {unknown} are not domains of the manifest "
+                          f"{manifest.domains}")
+    return np.where(table["domain"].astype(str).isin(settings.label_domains), labels, -1)
+
+
+def _training_crops(cfg, manifest: Manifest, seg: Segmentation, side: int,
+                    group: ProcessGroup) -> StoredRows:
+    """The masked cell crops the encoder trains on, as it embeds them (``features.crop_size``
+    and ``features.resolution``), cut once into ``run_dir/cae/crops.h5`` by rank 0 and read
+    batch by batch (reused while the segmentation is the same)."""
+    path = Path(cfg.run_dir) / "cae" / "crops.h5"
+    signature = f"{seg.meta.get('signature')}:{side}:{cfg.features.resolution}"
+    if group.is_main and not _store_matches(path, signature):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        max_side = resolution_side(parse_resolution(cfg.features.resolution), manifest, seg)
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            crops = create_rows(f, "crops", (len(manifest), side, side, 3), np.uint8)
+            for start in tqdm(range(0, len(manifest), FEATURE_CHUNK), desc="CAE crops",
+                              unit="chunk"):
+                rows = np.arange(start, min(start + FEATURE_CHUNK, len(manifest)))
+                crops[rows[0]:rows[-1] + 1] = cell_crops(manifest, seg, side, rows,
+                                                         progress=False, max_side=max_side)[0]
+            f.attrs["signature"] = signature
+    group.barrier()
+    return StoredRows(path, "crops")
+
+
+def _store_matches(path: Path, signature: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("signature", "")) == signature
+    except OSError:
+        return False
+
+
+def train_from_config(cfg, manifest: Manifest, seg: Segmentation,
+                      group: ProcessGroup = ProcessGroup()) -> TrainResult:
+    """Train (or resume, or reuse) the cross-domain autoencoder of ``cfg.cae`` on the segmented
+    cells, in ``run_dir/cae``."""
+    settings = CAESettings.from_config(cfg)
+    rows = training_rows(cfg, manifest)
+    data = CAEData(_training_crops(cfg, manifest, seg, settings.crop_size, group),
+                   _domain_ids(manifest).astype(np.int64),
+                   _trainable_labels(cfg, manifest, settings),
+                   len([c for c in label_space(cfg.data.label_space) if c != UNKNOWN]))
+    signature = CAE_CHECKPOINT.signature(cfg, manifest.signature(),
+                                         seg.meta.get("signature", ""))
+    return train_autoencoder(data, rows, settings, int(cfg.seed), Path(cfg.run_dir) / "cae",
+                             get_device(cfg.device), signature, group)
+
+
+def _standardised(cfg, features: RowSource, ids: np.ndarray) -> RowSource:
+    """The features under ``features.standardise``, as a row source of float32 rows: the
+    per-domain statistics are fitted one block of rows at a time, and applied to each block
+    when it is read."""
+    if cfg.features.standardise == "none":
+        return MappedRows(features, lambda block, rows: block.astype(np.float32),
+                          features.shape, np.float32)
+    scaler = DomainStandardScaler()
+    for rows, block in blocks(features):
+        scaler.partial_fit(block, domains=ids[rows])
+
+    def standardise(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return scaler.transform(block, domains=ids[rows]).astype(np.float32)
+
+    return MappedRows(features, standardise, features.shape, np.float32)
+
+
+def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
+                       cell_feats: tuple[dict[str, RowSource], dict],
+                       timings: dict[str, float] | None = None,
+                       cae: TrainResult | None = None,
+                       applied_from: dict | None = None) -> Path:
+    """Standardise the cell features and write ``run_dir/features.h5ad``.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+    manifest : Manifest
+        Rows aligned with ``seg``.
+    seg : Segmentation
+        Fallback flags and SAM features of every manifest row.
+    cell_feats : (features, meta)
+        The cell features of every row and their provenance
+        (:func:`dorl.features.encode.features_from_config`).
+    timings : dict of str -> float, optional
+        Seconds spent in earlier stages, recorded in the file's provenance.
+    cae : TrainResult, optional
+        The adapted encoder the features were made with (None: the pretrained one).
+    applied_from : dict, optional
+        The provenance of the run whose trained parts are applied (``uns/applied_from``).
+    """
+    if len(seg) != len(manifest):
+        raise ValueError(f"segmentation has {len(seg)} cells but the manifest has "
+                         f"{len(manifest)} rows")
+    run_dir = Path(cfg.run_dir)
+    signature = feature_signature(cfg, manifest)
+    feats, cell_meta = cell_feats
+    parts = [feats[k] for k in cfg.features.encoders]
+    X = _standardised(cfg, parts[0] if len(parts) == 1 else ConcatenatedRows(parts),
+                      _domain_ids(manifest))
+    logger.info("the embedding: %s features of %s, standardised %s",
+                "adapted" if cae is not None or applied_from else "pretrained",
+                list(cfg.features.encoders), cfg.features.standardise)
+    table = manifest.table
+    obs = table[[c for c in OBS_COLUMNS if c in table.columns]].copy()
+    obs["seg_fallback"] = np.asarray(seg.fallback, dtype=bool)
+    obs.index = pd.Index(table["path"].astype(str), name="cell_id")
+    obsm = {f"X_{k}": v for k, v in seg.features.items() if len(v.shape) == 2}
+    obsm.update({f"X_{k}": v for k, v in feats.items()})
+    invariance = _invariance(cfg, X, obsm, obs, run_dir)
+    in_training = np.zeros(len(table), dtype=bool)
+    if cae is not None:
+        in_training[training_rows(cfg, manifest)] = True
+    obs["cae_trained_on"] = in_training
+    uns = _provenance(cfg, signature, seg, cae, manifest.domains, dict(timings or {}))
+    uns["invariance"] = invariance
+    uns["cell_features"] = {k: v for k, v in cell_meta.items() if k != "timings_s"}
+    if applied_from is not None:
+        uns["applied_from"] = applied_from
+        if "cae_encoder" in applied_from["hashes"]:
+            uns["hashes"]["cae_encoder"] = applied_from["hashes"]["cae_encoder"]
+    return write_features(run_dir / FEATURES_FILE, FeatureSet(X, obs, obsm, uns))
+
+
+def _provenance(cfg, signature: dict[str, str], seg: Segmentation, result: TrainResult | None,
+                domains: list[str], timings: dict[str, float]) -> dict:
+    """The feature file's ``uns``: signature, config, versions, hashes, protocol, labels
+    (``result`` is None when no encoder was trained here)."""
+    cae = {} if result is None else {"cae_encoder": sha256_file(result.checkpoint)}
+    training = None if result is None else {
+        "epochs_run": len(result.history),
+        # One list per loss term, an entry per epoch (uns holds arrays, not records).
+        "history": {k: [float(h[k]) for h in result.history] for k in result.history[0]},
+        "seconds": float(sum(h["seconds"] for h in result.history))}
+    return {
+        "signature": signature,
+        "created_utc": utc_now(),
+        "config": resolved_yaml(cfg),
+        "versions": package_versions(),
+        "data_signature": signature["data"],
+        "protocol": str(cfg.cae.protocol) if cfg.cae.enabled else None,
+        "target_domains": [str(d) for d in cfg.cae.target_domains] if cfg.cae.enabled else [],
+        "label_space": str(cfg.data.label_space),
+        "label_order": list(label_space(cfg.data.label_space)),
+        "domains": list(domains),
+        "hashes": {**cae,
+                   **{k: str(v) for k, v in seg.meta.items() if v is not None
+                      and ("hash" in k or "sha256" in k or k == "signature")}},
+        "segmentation": {k: v for k, v in seg.meta.items()
+                         if isinstance(v, (str, int, float, bool))},
+        "cae_training": training,
+        "timings_s": timings,
+        "dorl_version": __version__,
+    }
+
+
+def _invariance(cfg, X: RowSource, obsm: dict[str, RowSource], obs: pd.DataFrame,
+                run_dir: Path) -> dict:
+    """Domain-invariance figures of the embedding (X) and of each stored feature set (obsm), on
+    up to :data:`~dorl.pipeline.invariance.CELLS_PER_DOMAIN` cells of each domain."""
+    domains, labels = obs["domain"].astype(str).to_numpy(), obs["label"].astype(str).to_numpy()
+    if len(np.unique(domains)) < 2:
+        return {}
+    sample = domain_sample(domains, CELLS_PER_DOMAIN)
+    domains, labels = domains[sample], labels[sample]
+    sets = {name: take(v, sample).reshape(len(sample), -1).astype(np.float32)
+            for name, v in {"embedding": X, **{k[2:]: v for k, v in obsm.items()}}.items()}
+    results = {name: domain_invariance(v, domains, labels, int(cfg.seed))
+               for name, v in sets.items()}
+    for name, r in results.items():
+        logger.info("invariance of %s: MMD^2 %.4f, domain classifier %.3f (chance %.3f), "
+                    "cross-domain macro-F1 %.3f", name, r["mmd"], r["domain_clf_acc"],
+                    r["domain_clf_chance"], r["cross_domain_macro_f1"])
+    plot_invariance(results, sets, domains, run_dir / "invariance.png")
+    return results
