@@ -39,7 +39,7 @@ install: $(STAMP) ## create the virtual environment (pinned CPU torch, LiteMedSA
 data: $(STAMP) ## generate the synthetic dataset, or index data.sources into the manifest
 	$(DORL) data prepare $(CFG) $(ARGS)
 
-embed: $(STAMP) ## stage 1: LoRA-SAM + cross-domain autoencoder -> run_dir/features.h5ad
+embed: $(STAMP) ## stage 1: LoRA-SAM cells -> the encoder adapted to every lab -> run_dir/features.h5ad
 	$(DORL) embed $(CFG) $(ARGS)
 
 apply: $(STAMP) ## embed a new lab with a finished run, training nothing: make apply FROM=runs/default CONFIG=my_lab.yaml
@@ -68,12 +68,14 @@ bench: $(STAMP) ## print speed, memory and domain-shift figures (synthetic data;
 	$(BIN)/python bench/bench_synth.py
 	$(BIN)/python bench/bench_encoder.py --sizes 128 256
 	$(BIN)/python bench/bench_segment.py throughput --size 128 --n 64 --batch 16 --bf16
-	$(BIN)/python bench/bench_embed.py --data synth
+	$(BIN)/python bench/bench_embed.py
 	$(BIN)/python bench/bench_classify.py
 
-bench-realdata: $(STAMP) ## the real-data benchmark of docs/benchmarks.md, Run L (needs ../shared/datasets)
+bench-realdata: $(STAMP) ## the real-data benchmarks of docs/benchmarks.md (needs ../shared/datasets)
+	$(BIN)/python bench/bench_encoder_training.py --max-per-class 200 --seeds 0 1 2 \
+	    --out runs/encoder_bench -- num_threads=2 "classify.classifiers=[logreg,svm_rbf,knn,mlp]"
 	$(BIN)/python bench/bench_realdata.py --max-per-class 200 --seeds 0 1 2 \
-	    --out runs/realdata_bench --skip-zero-shot --cae-variants --cae-on-chosen \
+	    --out runs/realdata_bench --skip-zero-shot \
 	    --feature-options "L0 cell AdaBN TTA4" --adaptations none balanced_std balanced_std_hard -- \
 	    num_threads=2 "classify.classifiers=[logreg,svm_rbf,knn,mlp,rf]"
 	$(BIN)/python bench/bench_class_mix.py --bench-dir runs/realdata_bench --seeds 0 1 2 -- \

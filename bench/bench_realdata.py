@@ -7,26 +7,26 @@ than ``classify.min_class_count`` cells in a target is left out of that target's
 
 Methods, measured in one run on the same cells:
   colour+texture, pixels+PCA          hand-crafted baselines (dorl.classify.baselines)
-  SAM frozen                          pooled encoder features of zero-shot SAM (no LoRA, no CAE)
-  LoRA-SAM                            pooled encoder features after LoRA fine-tuning, no CAE
+  SAM frozen                          pooled encoder features of zero-shot SAM (no LoRA)
+  LoRA-SAM                            pooled encoder features after LoRA fine-tuning
   LoRA-SAM domain-std                 the same, standardised per domain (label-free baseline)
-  CAE no-MMD / CAE crop only /        the autoencoder (on, with these changes) over the
-  CAE unsegmented / CAE inductive     default's features and crops
-  dorl (full)                         the default pipeline (dorl/defaults.yaml): LoRA-SAM masks ->
-                                      EfficientNet-Lite0 cell features with AdaBN, per domain
+  --feature-options                   the pretrained cell encoders' options (features.*), and
+                                      the label-free rule that chose among them
+
+The cross-domain autoencoder, which trains the cell encoder, has its own bench with every loss
+term as a row: bench/bench_encoder_training.py.
 
 SAM segmentation runs ONCE per model (zero-shot, fine-tuned) and is reused by every seed, and by
 later runs into the same ``--out`` (cached with the LoRA adapter); the seeds vary the
-classifiers, the pixel PCA and the CAE. The bare encoder forward pass is timed on
+classifiers and the pixel PCA. The bare encoder forward pass is timed on
 ``ENCODER_TIMING_CELLS`` cells as the reference for segmentation throughput. Nothing is tuned
-on target labels: every setting comes from the config, every classifier is reported, and the CAE
-picks its epoch on its own validation loss (no labels). SAM is fine-tuned on source cells only
+on target labels: every setting comes from the config and every classifier is reported. SAM is fine-tuned on source cells only
 (never on the Zheng masks it is scored on).
 
     python bench/bench_realdata.py --quick                  # small subset, 1 seed
     python bench/bench_realdata.py --max-per-class 60 --seeds 0 1 2 \
         "classify.classifiers=[logreg,svm_rbf,knn,mlp,rf]"  # the run in docs/benchmarks.md
-    python bench/bench_realdata.py --baselines-only         # no SAM / CAE
+    python bench/bench_realdata.py --baselines-only         # no SAM
     python bench/bench_realdata.py --render-only --out DIR  # rewrite DIR/results.md
 
 Writes ``results.json``, ``results.md`` (docs-ready tables) and ``bench.log`` to ``--out``.
@@ -39,7 +39,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import replace
@@ -57,7 +56,6 @@ from feature_options import (
     choose_default,
     crop_set,
     held_out_labs,
-    encoder_features,
     option_features,
     shifted_source_scores,
     training_lab_features,
@@ -67,7 +65,6 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dorl.atomic import atomic_path, write_text_atomic
-from dorl.pipeline.embed import embed_segmentation
 from dorl.pipeline.invariance import domain_invariance
 from dorl.classify.adaptation import ADAPTATIONS
 from dorl.classify.baselines import colour_texture_features, pixel_pca_features
@@ -81,7 +78,6 @@ from dorl.data.readers import build_manifest
 from dorl.data.taxonomy import UNKNOWN
 from dorl.device import resolve_bf16
 from dorl.domain_scaler import DomainStandardScaler
-from dorl.featstore import read_features
 from dorl.resize import resize_mask
 from dorl.sam.metrics import mask_scores
 from dorl.seeding import seed_everything
@@ -91,22 +87,11 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCE = "acevedo20"
 CNN_METHOD = "supervised CNN (source labels)"
 QUICK = ["classify.classifiers=[logreg,knn,rf,svm_rbf]",
-         "sam.finetune.epochs=1", "sam.finetune.max_images=32", "cae.epochs=4", "cae.patience=2"]
+         "sam.finetune.epochs=1", "sam.finetune.max_images=32"]
 # Source cells per class the cell-feature selection rule scores (bench/feature_options.py).
 SELECTION_PER_CLASS = 100
 # Cells (spread over the bench cells) on which the bare encoder forward pass is timed.
 ENCODER_TIMING_CELLS = 64
-# name -> (config overrides, use unmasked crops); the default pipeline last. The autoencoder is
-# off by default (docs/benchmarks.md, Run C), so its variants switch it on.
-CAE_VARIANTS = {
-    "CAE no-MMD": (["cae.enabled=true", "cae.loss.mmd=0"], False),
-    "CAE crop only": (["cae.enabled=true", "cae.input=crop", "cae.loss.feature=0"], False),
-    "CAE unsegmented": (["cae.enabled=true"], True),
-    "CAE inductive": (["cae.enabled=true", "cae.protocol=inductive"], False),
-    "dorl (full)": ([], False),
-}
-
-
 def subsample_manifest(cfg, out: Path, max_per_class: int) -> Manifest:
     """Index the configured sources, drop ``unknown`` cells, keep <= max_per_class per (domain,
     label) chosen with the config seed, and save the bench manifest."""
@@ -283,7 +268,7 @@ def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch, zero_shot: 
                              seen, adapter_sig):
         adapter = finetune_from_config(ft_cfg, source)
     if adapter is None:
-        logger.warning("no LoRA adapter was trained: 'LoRA-SAM' and the CAE rows use zero-shot SAM")
+        logger.warning("no LoRA adapter was trained: the 'LoRA-SAM' rows use zero-shot SAM")
         watch.rows[-1]["stage"] += ": no training masks, nothing trained"
     with timed_unless_cached(watch, "segmentation + features, LoRA-SAM", len(manifest),
                              ft_dir / SEGMENTATION_FILE):
@@ -294,58 +279,11 @@ def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch, zero_shot: 
     return seg_zs, seg_ft, adapter, quality
 
 
-#: The autoencoders trained on the chosen cell-feature option: name -> (row suffix, overrides).
-CAE_ON_CHOSEN = {
-    "plain": ("", []),
-    "features_only": (", features only", ["cae.input=features"]),
-    "consistency": (", two-view consistency", ["cae.loss.consistency=1.0"]),
-}
-
-
-def variant_slug(name: str) -> str:
-    """The command-line and folder name of a CAE variant, e.g. ``dorl_full``."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-def cae_features(cfg, manifest: Manifest, seg, out: Path, seed: int, watch: Stopwatch,
-                 variants: dict[str, tuple[list[str], bool]], cell_feats=None) -> dict:
-    """Embed the cells with each pipeline variant (name -> (config overrides, unmasked crops))
-    for one seed, training its autoencoder when it has one; returns name -> (n, d). ``cell_feats``
-    (features, meta) are the cell features the variants' ``features.*`` overrides name, computed
-    once by the caller."""
-    feats = {}
-    for name, (overrides, unmasked) in variants.items():
-        # One folder per segmentation: a new one (other SAM settings or code) trains afresh.
-        run_dir = out / "cae" / f"{variant_slug(name)}_seed{seed}_" \
-                                f"{str(seg.meta.get('signature'))[:8]}"
-        var_cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(
-            overrides + [f"seed={seed}", f"run_dir={run_dir}"]))
-        var_seg = replace(seg, crops=seg.raw_crops) if unmasked else seg
-        t0 = time.time()
-        fs = read_features(embed_segmentation(var_cfg, manifest, var_seg,
-                                              cell_feats=cell_feats if var_cfg.features.encoders
-                                              else None))
-        timings = fs.uns["timings_s"]
-        if "cae_train" in timings:
-            n_train = int(fs.obs["cae_trained_on"].sum())
-            last = run_dir / "cae" / "last.pt"  # rewritten after every epoch trained here
-            reloaded = "" if last.stat().st_mtime >= t0 else " [checkpoint reload, not a timing]"
-            watch.record(f"CAE training: {name} (seed {seed}){reloaded}", n_train,
-                         timings["cae_train"])
-            watch.record(f"CAE embedding: {name} (seed {seed})", len(fs.X),
-                         timings["cae_encode"])
-        elif "cell_features" in timings:  # absent when the caller handed them in
-            watch.record(f"cell features: {name} (seed {seed}, no autoencoder)", len(fs.X),
-                         timings["cell_features"])
-        feats[name] = fs.X
-    return feats
-
-
 def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stopwatch,
                  out: Path) -> tuple[str, dict]:
     """Add one row per ``--feature-options`` option to ``per_seed`` and choose among them by the
     label-free rule of bench/feature_options.py. Returns the chosen option and a dict with the
-    ``selection`` table (records), the chosen encoders' ``raw`` features (for the CAE) and the
+    ``selection`` table (records) and the
     ``views`` of the options with simulated training labs (the source cells' features in those
     labs, NaN for the other cells)."""
     from dorl.features.encode import FeatureSettings, cell_crops
@@ -415,7 +353,7 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
                 adaptation, adaptations.to_string())
     return chosen, {"selection": summary.to_dict("records"),
                     "adaptation": adaptation, "adaptations": adaptations.to_dict("records"),
-                    "raw": encoder_features(chosen, len(crops), cache), "views": views}
+                    "views": views}
 
 
 def summarise(scores: pd.DataFrame, invariance: pd.DataFrame) -> pd.DataFrame:
@@ -537,24 +475,16 @@ def main(argv=None) -> int:
     ap.add_argument("--max-per-class", type=int, default=100,
                     help="cells kept per (domain, class), chosen with the config seed")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
-                    help="classifier / PCA / CAE seeds (default 0 1 2; 0 with --quick)")
+                    help="classifier / PCA seeds (default 0 1 2; 0 with --quick)")
     ap.add_argument("--quick", action="store_true",
-                    help="10 cells per class, 4 classifiers, short SAM and CAE training")
-    ap.add_argument("--baselines-only", action="store_true", help="skip SAM and the CAE")
-    ap.add_argument("--cae-variants", nargs="*", choices=[variant_slug(v) for v in CAE_VARIANTS],
-                    default=[variant_slug(v) for v in CAE_VARIANTS],
-                    help="CAE variants to train (default: all; each costs one CAE training "
-                         "per seed)")
+                    help="10 cells per class, 4 classifiers, short SAM training")
+    ap.add_argument("--baselines-only", action="store_true", help="skip SAM")
     ap.add_argument("--feature-options", nargs="*", choices=list(OPTIONS), default=[],
                     metavar="OPTION", help=f"cell-feature options to add as rows, chosen between "
                     f"by the label-free rule of bench/feature_options.py: {list(OPTIONS)}")
     ap.add_argument("--skip-zero-shot", action="store_true",
                     help="skip zero-shot SAM segmentation and its 'SAM frozen' row (one SAM "
                          "pass over every cell less)")
-    ap.add_argument("--cae-on-chosen", nargs="*", choices=list(CAE_ON_CHOSEN),
-                    default=list(CAE_ON_CHOSEN),
-                    help="CAE variants trained on the chosen feature option (one training per "
-                         "seed each)")
     ap.add_argument("--adaptations", nargs="+",
                     choices=[a for a in ADAPTATIONS if a not in ("domain_std", "coral")],
                     default=["none"], metavar="ADAPTATION",
@@ -606,7 +536,6 @@ def main(argv=None) -> int:
             "seeds": args.seeds, "classifiers": list(cfg.classify.classifiers),
             "sam_image_size": int(cfg.sam.image_size), "load_average_start": os.getloadavg()}
     seg_quality = {}
-    variants = {v: CAE_VARIANTS[v] for v in CAE_VARIANTS if variant_slug(v) in args.cae_variants}
     # Rows of the chosen feature option with a target adaptation: name -> (option, adaptation).
     adapted_rows = {}
     views: dict[str, np.ndarray] = {}  # simulated training labs' features, per method
@@ -626,8 +555,6 @@ def main(argv=None) -> int:
             per_seed[seed]["LoRA-SAM"] = seg_ft.features["sam_pooled"]
             per_seed[seed]["LoRA-SAM domain-std"] = DomainStandardScaler().fit_transform(
                 seg_ft.features["sam_pooled"], domains=table["domain"].to_numpy())
-            per_seed[seed].update(cae_features(cfg, manifest, seg_ft, out, seed, watch,
-                                                 variants, None))
         if args.feature_options:
             chosen, cell = feature_rows(cfg, manifest, seg_ft, args, per_seed, watch, out)
             meta["selection"] = cell["selection"]
@@ -636,16 +563,6 @@ def main(argv=None) -> int:
             meta["chosen_adaptation"] = cell["adaptation"]
             views = cell["views"]
             adapted_rows = {f"{chosen}, {a}": (chosen, a) for a in args.adaptations[1:]}
-            chosen_cfg = OPTIONS[chosen].overrides() + ["cae.enabled=true"]
-            # The autoencoder reads the option's features before any view-invariant projection.
-            base_name = chosen.replace(" view-invariant", "")
-            cell_variants = {f"CAE on {base_name}{suffix}": (chosen_cfg + extra, False)
-                             for key, (suffix, extra) in CAE_ON_CHOSEN.items()
-                             if key in args.cae_on_chosen}
-            feats = ({e: cell["raw"][e] for e in OPTIONS[chosen].encoders}, {})
-            for seed in args.seeds:
-                per_seed[seed].update(cae_features(cfg, manifest, seg_ft, out, seed, watch,
-                                                   cell_variants, feats))
     meta["methods"] = list(per_seed[args.seeds[0]]) + list(adapted_rows)
 
     scores, invariance = [], []

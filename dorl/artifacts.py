@@ -11,9 +11,9 @@ artifact       declared keys                                       upstream
 =============  ==================================================  ============================
 adapter        seed, the SAM model, ``sam.lora``, ``sam.finetune``  data
 segmentation   the SAM model, ``sam.lora``, ``sam.infer``           data, adapter files
-cell features  seed, ``features``                                   segmentation
 CAE            seed, ``data.label_space``, ``features``, ``cae``    data, segmentation
-feature file   every key above                                     data
+cell features  seed, ``features``                                   segmentation, CAE encoder
+feature file   every key above (``cae`` only when it is on)        data
 =============  ==================================================  ============================
 """
 

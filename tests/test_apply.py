@@ -114,6 +114,12 @@ def test_apply_refuses_what_it_cannot_do(tiny_cfg, labs, tmp_path):
     with pytest.raises(ConfigError, match=f"fewer than {MIN_DOMAIN_CELLS} cells"):
         apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "z", labs / "few.csv"))
     assert not (tmp_path / "z" / "features.h5ad").exists()
+    encoder = tmp_path / "run_ab" / "cae" / "encoder.pt"
+    original = encoder.read_bytes()
+    encoder.write_bytes(original[:-1] + b"\0")
+    with pytest.raises(FeatureFileError, match="adapted encoder .* was changed"):
+        apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "v", labs / "new_c.csv"))
+    encoder.write_bytes(original)
     adapter = next((tmp_path / "run_ab" / "sam_adapter").glob("*.safetensors"))
     adapter.write_bytes(adapter.read_bytes()[:-1] + b"\0")
     with pytest.raises(FeatureFileError, match="adapter .* was changed"):

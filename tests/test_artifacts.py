@@ -23,9 +23,11 @@ def chain(cfg) -> dict[str, str]:
     """Every artifact's signature, each made from its upstream as `dorl embed` makes it."""
     adapter = ADAPTER.signature(cfg, "data", "checkpoint")
     segmentation = SEGMENTATION.signature(cfg, "data", "checkpoint", adapter)
+    cae = CAE_CHECKPOINT.signature(cfg, "data", segmentation)
+    # The cell features are made with the adapted encoder, whose hash stands in for it.
     return {"adapter": adapter, "segmentation": segmentation,
-            "cell_features": CELL_FEATURES.signature(cfg, segmentation),
-            "cae": CAE_CHECKPOINT.signature(cfg, "data", segmentation),
+            "cell_features": CELL_FEATURES.signature(cfg, segmentation, cae),
+            "cae": cae,
             "feature_file": str(FEATURE_FILE.parts(cfg))}
 
 
@@ -41,9 +43,9 @@ AFTER_SEGMENTATION = {"cell_features", "cae", "feature_file"}
     ("sam.infer.crop_size", 64, {"segmentation"} | AFTER_SEGMENTATION),
     ("features.stain", "macenko", AFTER_SEGMENTATION),
     ("features.encoders", ["efficientnet_lite1"], AFTER_SEGMENTATION),
-    ("cae.epochs", 3, {"cae", "feature_file"}),
-    ("cae.loss.mmd", 0.0, {"cae", "feature_file"}),
-    ("data.label_space", "dorl13", {"cae", "feature_file"}),
+    ("cae.epochs", 3, AFTER_SEGMENTATION),
+    ("cae.loss.mmd", 1.0, AFTER_SEGMENTATION),
+    ("data.label_space", "dorl13", AFTER_SEGMENTATION),
     ("sam.eval.max_images", 5, set()),
     ("classify.n_folds", 3, set()),
     ("classify.classifiers", ["logreg"], set()),

@@ -18,7 +18,7 @@ def test_file_deltas_then_overrides(tmp_path):
     cfg = load_config(delta, ["cae.epochs=7", "run_dir=/x"])
     assert cfg.seed == 5  # from the file
     assert cfg.cae.epochs == 7  # the override wins over the file
-    assert cfg.cae.latent_dim == 50  # untouched default
+    assert cfg.cae.batch_per_domain == 16  # untouched default
     assert cfg.classify.features.dorl == "/x/features.h5ad"  # interpolation follows run_dir
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,12 @@ def test_an_incomplete_part_is_never_joined(tmp_path):
         join_parts(SegmentationWriter(out, 4, "sig"), [part_path(out, 0, 1)])
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _embed(tmp_path, run, nproc, *overrides):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(f"""\
@@ -70,12 +77,13 @@ sam:
   finetune: {{epochs: 1, batch_size: 8, max_images: 16}}
   infer: {{batch_size: 8, crop_size: 32, bf16: false}}
 features: {{crop_size: 32, adabn_cells: 16, bf16: false}}
+cae: {{epochs: 2, batch_per_domain: 8}}
 """)  # float32: bfloat16's rounding would turn the DDP adapter's last-bit differences into 1e-3
     dorl = [sys.executable, "-m", "dorl", "embed", "-c", str(REPO / "configs" / "default.yaml"),
             "-c", str(cfg), f"run_dir={tmp_path / run}", *overrides]
     if nproc > 1:
         dorl = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", "29517", *dorl[1:]]
+                "--master_port", str(_free_port()), *dorl[1:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(dorl, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
@@ -83,7 +91,9 @@ features: {{crop_size: 32, adabn_cells: 16, bf16: false}}
     return tmp_path / run
 
 
-def test_two_processes_segment_like_one(tmp_path):
+def test_two_processes_embed_like_one(tmp_path):
+    """One run of each: the ranks segment exactly as one process and train the autoencoder
+    together (each on half of every batch: not the same numbers, the same training)."""
     one, two = _embed(tmp_path, "one", 1), _embed(tmp_path, "two", 2)
     with h5py.File(one / "segmentation.h5") as a, h5py.File(two / "segmentation.h5") as b:
         for name in ("masks", "boxes", "fallback", "crops"):
@@ -93,20 +103,11 @@ def test_two_processes_segment_like_one(tmp_path):
     assert not list(two.glob("segmentation.part*")) and not list(two.glob("cell_features.part*"))
     assert (two / "dorl.rank1.log").is_file()
     x1, x2 = ad.read_h5ad(one / "features.h5ad"), ad.read_h5ad(two / "features.h5ad")
-    np.testing.assert_allclose(x1.X, x2.X, atol=1e-3)
-
-
-def test_two_processes_train_the_autoencoder_like_one(tmp_path):
-    cae = ["cae.enabled=true", "cae.epochs=3", "cae.image_size=32", "cae.patience=3",
-           "cae.loss.align_warmup_epochs=1"]
-    one, two = _embed(tmp_path, "one", 1, *cae), _embed(tmp_path, "two", 2, *cae)
-    x1, x2 = ad.read_h5ad(one / "features.h5ad"), ad.read_h5ad(two / "features.h5ad")
-    assert x1.X.shape == x2.X.shape == (x1.n_obs, 50)
+    assert x1.X.shape == x2.X.shape == (x1.n_obs, 1280)
     t1, t2 = x1.uns["cae_training"], x2.uns["cae_training"]
-    assert t1["epochs_run"] == t2["epochs_run"] == 3
-    # Each rank trains on half of every batch: not the same numbers, the same training.
-    assert abs(t2["best_val_reconstruction"] / t1["best_val_reconstruction"] - 1) < 0.25
-    assert (two / "cae" / "best.pt").is_file() and not list(two.glob("cae/*.tmp*"))
+    assert t1["epochs_run"] == t2["epochs_run"] == 2
+    assert abs(t2["history"]["total"][-1] / t1["history"]["total"][-1] - 1) < 0.25
+    assert (two / "cae" / "encoder.pt").is_file() and not list(two.glob("cae/*.tmp*"))
 
 
 def test_lazy_store_reads_the_rows_asked_for_in_their_order(tmp_path):

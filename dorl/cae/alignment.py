@@ -5,9 +5,7 @@
   of the distributions, unlike the first-moment matching that the DoRL / BC-SAM code calls "MMD".
 * :func:`class_balanced_mmd2` is the same per class, each cell weighted by its label or its
   predicted class probabilities, so that labs with other class mixes are not pulled together.
-* :func:`coral` matches second moments (covariances), as in Deep CORAL.
-* :func:`pairwise_alignment` averages either loss over every unordered pair of domains present.
-* :func:`align_weight` is the linear warm-up of the alignment weight.
+* :func:`pairwise_alignment` averages a loss over every unordered pair of domains present.
 """
 
 from __future__ import annotations
@@ -105,22 +103,6 @@ def class_balanced_mmd2(x: torch.Tensor, y: torch.Tensor, px: torch.Tensor, py: 
     return (k_xx + k_yy - 2.0 * k_xy).clamp_min(0).mean()
 
 
-def coral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """CORAL loss: squared Frobenius distance between covariances, divided by ``4 d^2``.
-
-    Parameters
-    ----------
-    x : Tensor of shape (n, d), n >= 2
-    y : Tensor of shape (m, d), m >= 2
-    """
-    if len(x) < 2 or len(y) < 2:
-        raise ValueError(f"coral needs at least 2 rows per sample, got {len(x)} and {len(y)}")
-    d = x.shape[1]
-    cx = torch.cov(x.T).reshape(d, d)
-    cy = torch.cov(y.T).reshape(d, d)
-    return (cx - cy).pow(2).sum() / (4.0 * d * d)
-
-
 def pairwise_alignment(z: torch.Tensor, domain_ids: torch.Tensor,
                        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Mean of ``loss`` over every unordered pair of domains present in the batch.
@@ -132,7 +114,7 @@ def pairwise_alignment(z: torch.Tensor, domain_ids: torch.Tensor,
     domain_ids : Tensor of shape (n,), int
         Domain index of each row.
     loss : callable (Tensor (a, d), Tensor (b, d)) -> Tensor ()
-        E.g. :func:`mmd2` or :func:`coral`.
+        E.g. :func:`mmd2`.
 
     Returns
     -------
@@ -145,18 +127,3 @@ def pairwise_alignment(z: torch.Tensor, domain_ids: torch.Tensor,
         return z.new_zeros(())
     groups = {d: z[domain_ids == d] for d in present.tolist()}
     return torch.stack([loss(groups[a], groups[b]) for a, b in pairs]).mean()
-
-
-def align_weight(epoch_progress: float, warmup_epochs: float) -> float:
-    """Alignment ramp after ``epoch_progress`` epochs: linear from 0 to 1 over ``warmup_epochs``.
-
-    Parameters
-    ----------
-    epoch_progress : float
-        Epochs done so far, fractional within an epoch (e.g. 1.5 = halfway through epoch 2).
-    warmup_epochs : float
-        Length of the ramp; 0 applies the full weight from the start.
-    """
-    if warmup_epochs <= 0:
-        return 1.0
-    return min(1.0, max(0.0, epoch_progress) / float(warmup_epochs))

@@ -26,6 +26,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from itertools import combinations
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 
 from dorl.artifacts import CAE_CHECKPOINT, reusable
 from dorl.atomic import atomic_path, write_text_atomic
-from dorl.cae.alignment import class_balanced_mmd2, mmd2
+from dorl.cae.alignment import class_balanced_mmd2, mmd2, pairwise_alignment
 from dorl.cae.batches import DomainBalancedBatches
 from dorl.cae.contrastive import info_nce
 from dorl.cae.models import CAEOutput, CellAutoencoder
@@ -137,15 +138,15 @@ def _mmd(pooled: torch.Tensor, logits: torch.Tensor | None, labels: torch.Tensor
         probs = torch.softmax(logits.detach().float(), dim=1)
         known = labels >= 0
         probs[known] = F.one_hot(labels[known], probs.shape[1]).to(probs)
+    if probs is None:
+        return pairwise_alignment(pooled, torch.from_numpy(domains),
+                                  partial(mmd2, bandwidths=settings.mmd_bandwidths))
     terms = []
     for a, b in combinations(present.tolist(), 2):
         ra = torch.from_numpy(np.flatnonzero(domains == a))
         rb = torch.from_numpy(np.flatnonzero(domains == b))
-        if probs is None:
-            terms.append(mmd2(pooled[ra], pooled[rb], settings.mmd_bandwidths))
-        else:
-            terms.append(class_balanced_mmd2(pooled[ra], pooled[rb], probs[ra], probs[rb],
-                                             settings.mmd_bandwidths))
+        terms.append(class_balanced_mmd2(pooled[ra], pooled[rb], probs[ra], probs[rb],
+                                         settings.mmd_bandwidths))
     return torch.stack(terms).mean()
 
 

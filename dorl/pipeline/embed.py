@@ -353,7 +353,7 @@ def _provenance(cfg, signature: dict[str, str], seg: Segmentation, result: Train
         "config": resolved_yaml(cfg),
         "versions": package_versions(),
         "data_signature": signature["data"],
-        "protocol": str(cfg.cae.protocol) if cfg.cae.enabled else None,
+        "protocol": str(cfg.cae.protocol) if cfg.cae.enabled else "none",
         "target_domains": [str(d) for d in cfg.cae.target_domains] if cfg.cae.enabled else [],
         "label_space": str(cfg.data.label_space),
         "label_order": list(label_space(cfg.data.label_space)),
