@@ -116,7 +116,8 @@ def test_apply_refuses_what_it_cannot_do(tiny_cfg, labs, tmp_path):
     assert not (tmp_path / "z" / "features.h5ad").exists()
     encoder = tmp_path / "run_ab" / "cae" / "encoder.pt"
     original = encoder.read_bytes()
-    encoder.write_bytes(original[:-1] + b"\0")
+    middle = len(original) // 2
+    encoder.write_bytes(original[:middle] + bytes([original[middle] ^ 1]) + original[middle + 1:])
     with pytest.raises(FeatureFileError, match="adapted encoder .* was changed"):
         apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "v", labs / "new_c.csv"))
     encoder.write_bytes(original)
