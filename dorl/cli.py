@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from dorl import __version__
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     cls_sub = cls.add_subparsers(dest="action", required=True, metavar="ACTION")
     _common(cls_sub.add_parser("run", help="fit and score every classifier and protocol"))
     pred = cls_sub.add_parser("predict", help="apply a saved model to a new feature file")
-    pred.add_argument("--model", required=True, help="a .joblib model saved by `classify run`")
+    pred.add_argument("--model", required=True, help="a .skops model saved by `classify run` (loads without running code)")
     pred.add_argument("--features", required=True, help="the .h5ad feature file to label")
     pred.add_argument("--out", required=True, help="CSV of predictions to write")
     _common(pred)
@@ -80,17 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare(args: argparse.Namespace, stage: str):
-    """Load config, seed, set up logging into run_dir and write provenance for this command."""
+#: The commands that write a run folder's products: one process at a time per folder.
+WRITING_STAGES = ("embed", "apply", "classify.run", "umap")
+
+
+def _prepare(args: argparse.Namespace, stage: str, held: ExitStack):
+    """Load config, hold run_dir for a writing stage (for as long as ``held``), seed, set up
+    logging into run_dir and write provenance for this command."""
     from dorl.config import load_config, save_resolved
     from dorl.device import configure_threads
     from dorl.distributed import current
     from dorl.provenance import package_versions, setup_run_logging, utc_now
+    from dorl.run_lock import hold_run_dir
     from dorl.seeding import seed_everything
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.run_dir)
     rank = current().rank
+    if stage in WRITING_STAGES and rank == 0:  # the other ranks work under rank 0's hold
+        held.enter_context(hold_run_dir(run_dir))
     setup_run_logging(run_dir, args.verbose, rank)
     seed_everything(cfg.seed)
     configure_threads(cfg.num_threads)
@@ -107,7 +116,12 @@ def _run(args: argparse.Namespace) -> int:
     command = args.command
     action = getattr(args, "action", None)
     stage = f"{command}.{action}" if action else command
-    cfg = _prepare(args, stage)
+    with ExitStack() as held:
+        return _run_stage(args, command, action, stage, _prepare(args, stage, held))
+
+
+def _run_stage(args: argparse.Namespace, command: str, action: str | None, stage: str,
+               cfg) -> int:
     start = time.perf_counter()
     if command == "data" and action == "prepare":
         action = "manifest" if cfg.data.sources else "synth"
@@ -180,7 +194,8 @@ INPUT_ERRORS = {
     "dorl.data.taxonomy": "TaxonomyError", "dorl.data.images": "ImageReadError",
     "dorl.featstore": "FeatureFileError", "dorl.cae.train": "CheckpointError",
     "dorl.sam.checkpoints": "CheckpointMismatchError", "dorl.classify.registry": "ClassifierError",
-    "dorl.classify.protocols": "ProtocolError", "dorl.data.synth.generate": "SynthError",
+    "dorl.classify.protocols": "ProtocolError", "dorl.classify.model_files": "ModelFileError",
+    "dorl.run_lock": "RunLockedError", "dorl.data.synth.generate": "SynthError",
     "dorl.data.synth.domains": "DomainError",
 }
 

@@ -45,7 +45,8 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
     Returns
     -------
     DictConfig
-        The merged config (interpolations unresolved until accessed).
+        The merged config (interpolations unresolved until accessed), in struct mode: only
+        the user-named mappings (``classify.features``, ...) take new keys.
     """
     cfg = package_defaults()
     OmegaConf.set_struct(cfg, True)
@@ -74,7 +75,7 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
             key = getattr(exc, "full_key", None)
             raise ConfigError(f"{origin}: {str(exc).splitlines()[0]}"
                               + (f" (key {key})" if key else "")) from exc
-    OmegaConf.set_struct(cfg, False)
+    # Struct mode stays on: a misspelt key assigned later is refused too, not added silently.
     return cfg
 
 

@@ -55,7 +55,7 @@ def test_applied_cells_match_the_same_cells_embedded_in_the_run(tiny_cfg, labs, 
     run.classify.features = {"dorl": str(tmp_path / "run_all" / "features.h5ad")}
     run.classify.protocols = ["lodo"]
     classify_from_config(run)
-    model = tmp_path / "run_all" / "classify" / "models" / "dorl__logreg.joblib"
+    model = tmp_path / "run_all" / "classify" / "models" / "dorl__logreg.skops"
     on_run = pd.read_csv(predict_file(model, tmp_path / "run_all" / "features.h5ad",
                                       tmp_path / "run.csv"))
     on_new = pd.read_csv(predict_file(model, tmp_path / "lab_c" / "features.h5ad",
@@ -91,7 +91,7 @@ def test_new_lab_path_from_the_command_line(tiny_cfg, labs, tmp_path):
     assert set(read_features(new).domains) == {"lab_c"}
     assert (tmp_path / "lab_c" / "config.apply.yaml").is_file()
     out = tmp_path / "pred.csv"
-    model = tmp_path / "run_ab" / "classify" / "models" / "dorl__logreg.joblib"
+    model = tmp_path / "run_ab" / "classify" / "models" / "dorl__logreg.skops"
     assert main(["classify", "predict", "-c", str(new_yaml), "--model", str(model),
                  "--features", str(new), "--out", str(out)]) == 0
     assert len(pd.read_csv(out)) == 24

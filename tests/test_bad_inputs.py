@@ -287,17 +287,55 @@ def case_feature_file_without_labels(tmp):
 
 def case_predict_model_missing(tmp):
     path = _features(tmp / "f.h5ad")
-    argv = ["classify", "predict", f"run_dir={tmp / 'run'}", "--model", str(tmp / "m.joblib"),
+    argv = ["classify", "predict", f"run_dir={tmp / 'run'}", "--model", str(tmp / "m.skops"),
             "--features", str(path), "--out", str(tmp / "p.csv")]
-    return (argv, [tmp / "p.csv"]), r"model file not found: .*m.joblib"
+    return (argv, [tmp / "p.csv"]), r"model file not found: .*m.skops"
 
 
 def case_predict_not_a_model(tmp):
     path = _features(tmp / "f.h5ad")
-    (tmp / "m.joblib").write_text("not a model")
-    argv = ["classify", "predict", f"run_dir={tmp / 'run'}", "--model", str(tmp / "m.joblib"),
+    (tmp / "m.skops").write_text("not a model")
+    argv = ["classify", "predict", f"run_dir={tmp / 'run'}", "--model", str(tmp / "m.skops"),
             "--features", str(path), "--out", str(tmp / "p.csv")]
-    return (argv, [tmp / "p.csv"]), r"m.joblib: not a dorl classify model"
+    return (argv, [tmp / "p.csv"]), r"m.skops: not a dorl classify model"
+
+
+class Payload:
+    """A model that runs code when it is rebuilt: it writes the file it names."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __setstate__(self, state):
+        Path(state["marker"]).write_text("the payload ran")
+        self.__dict__.update(state)
+
+    def __reduce__(self):  # what a pickle-based loader would call
+        return (Path(self.marker).write_text, ("the payload ran",))
+
+
+def case_predict_pickled_payload(tmp):
+    """A joblib (pickle) model whose payload would run on load, named as a model file."""
+    import joblib
+
+    path = _features(tmp / "f.h5ad")
+    joblib.dump({"model": Payload(str(tmp / "ran.txt"))}, tmp / "m.skops")
+    argv = ["classify", "predict", f"run_dir={tmp / 'run'}", "--model", str(tmp / "m.skops"),
+            "--features", str(path), "--out", str(tmp / "p.csv")]
+    return (argv, [tmp / "p.csv", tmp / "ran.txt"]), r"m.skops: not a dorl classify model"
+
+
+def case_predict_untrusted_type(tmp):
+    """A skops model that holds a type outside dorl's trusted list, whose rebuilding would run
+    code: refused before anything is built."""
+    import skops.io as sio
+
+    path = _features(tmp / "f.h5ad")
+    sio.dump({"model": Payload(str(tmp / "ran.txt")), "classes": ["monocyte"]}, tmp / "m.skops")
+    argv = ["classify", "predict", f"run_dir={tmp / 'run'}", "--model", str(tmp / "m.skops"),
+            "--features", str(path), "--out", str(tmp / "p.csv")]
+    return (argv, [tmp / "p.csv", tmp / "ran.txt"]), \
+        r"m.skops: refused, it holds types dorl does not trust: \['.*Payload'\]"
 
 
 def case_apply_from_unfinished_run(tmp):

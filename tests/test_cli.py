@@ -113,7 +113,7 @@ def test_embed_classify_predict_umap_info_from_the_command_line(tiny_cfg, tmp_pa
     assert main(["classify", "run", "-c", str(cfg)]) == 0
     results = (run / "classify" / "results.md").read_text()
     assert "macro" in results.lower()
-    model = sorted((run / "classify" / "models").glob("*.joblib"))[0]
+    model = sorted((run / "classify" / "models").glob("*.skops"))[0]
     out = tmp_path / "pred.csv"
     assert main(["classify", "predict", "-c", str(cfg), "--model", str(model), "--features",
                  str(run / "features.h5ad"), "--out", str(out)]) == 0

@@ -77,3 +77,11 @@ def test_null_feature_entry_is_left_out(tmp_path):
     cfg = load_config(None, ["classify.features.dorl=null"])
     with pytest.raises(FeatureFileError, match="empty"):
         inputs_from_config(cfg)
+
+
+def test_a_misspelt_key_assigned_after_loading_is_refused():
+    cfg = load_config()
+    with pytest.raises(Exception, match="epoch"):
+        cfg.cae.epoch = 3
+    cfg.cae.epochs = 3  # a known key takes a new value
+    cfg.classify.features["mine"] = "x.h5ad"  # a user-named mapping takes new keys

@@ -104,8 +104,8 @@ def test_classify_writes_every_report(classified):
     assert (out / "few_shot.png").stat().st_size > 0
     assert len(list((out / "confusion").glob("*.png"))) == 4 * 2 * 3
     assert sorted(p.name for p in (out / "models").iterdir()) == [
-        "dorl__knn.joblib", "dorl__knn__balanced_std_hard.joblib", "dorl__logreg.joblib",
-        "dorl__logreg__balanced_std_hard.joblib"]
+        "dorl__knn.skops", "dorl__knn__balanced_std_hard.skops", "dorl__logreg.skops",
+        "dorl__logreg__balanced_std_hard.skops"]
 
 
 def test_adapted_rows_keep_the_in_domain_score_and_few_shot_its_classifiers(cfg, tmp_path):
@@ -221,7 +221,7 @@ def test_group_aware_splits_never_share_a_group(tmp_path, cfg, monkeypatch):
 
 
 def test_predict_file_applies_a_saved_model(classified, tmp_path):
-    model = classified / "models" / "dorl__logreg.joblib"
+    model = classified / "models" / "dorl__logreg.skops"
     bundle = joblib.load(model)
     assert bundle["feature_dim"] == 12 and bundle["classes"] == sorted(CLASSES)
     assert bundle["feature_signature"] == {"data": "synthetic"}
@@ -233,7 +233,7 @@ def test_predict_file_applies_a_saved_model(classified, tmp_path):
 
 
 def test_predict_file_refuses_wrong_dimension_and_labels(classified, tmp_path):
-    model = classified / "models" / "dorl__knn.joblib"
+    model = classified / "models" / "dorl__knn.skops"
     wrong_dim = synthetic_features(tmp_path / "d.h5ad", n_per_domain=20, dim=7)
     with pytest.raises(FeatureFileError, match="has 7 features but model"):
         predict_file(model, wrong_dim, tmp_path / "p.csv")
@@ -252,7 +252,7 @@ def test_config_errors_name_the_problem(cfg):
 
 
 def test_predict_file_refuses_features_of_another_encoder(classified, tmp_path):
-    model = classified / "models" / "dorl__logreg.joblib"
+    model = classified / "models" / "dorl__logreg.skops"
     fs = read_features(synthetic_features(tmp_path / "o.h5ad", n_per_domain=20))
     other_lab = dict(fs.uns, signature={"data": "another lab"})  # new cells, same encoder
     predict_file(model, write_features(tmp_path / "lab.h5ad", FeatureSet(fs.X, fs.obs, {},
@@ -328,7 +328,7 @@ def _saved_balanced_predictions(model: Path, weights: str, tmp_path: Path) -> pd
 
 
 def test_a_saved_balanced_model_predicts_each_lab_on_its_own(classified, tmp_path):
-    model = classified / "models" / "dorl__logreg__balanced_std_hard.joblib"
+    model = classified / "models" / "dorl__logreg__balanced_std_hard.skops"
     pred = _saved_balanced_predictions(model, "labels", tmp_path)
     np.testing.assert_allclose(pred.filter(like="p_").sum(axis=1), 1.0, atol=1e-5)
     # A lab's statistics are its own: its predictions do not depend on the other labs in the
@@ -351,5 +351,5 @@ def test_a_saved_balanced_std_model_weighs_a_lab_by_its_class_scores(cfg, tmp_pa
     out = classify_from_config(cfg)
     results = pd.read_csv(out / "results.csv", keep_default_na=False)
     assert set(results["adaptation"]) == {"none", "balanced_std"}
-    _saved_balanced_predictions(out / "models" / "dorl__logreg__balanced_std.joblib", "scores",
+    _saved_balanced_predictions(out / "models" / "dorl__logreg__balanced_std.skops", "scores",
                                 tmp_path)

@@ -24,7 +24,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
-import joblib
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
@@ -48,6 +47,12 @@ from dorl.classify.adaptation import (
     vote_agreement,
 )
 from dorl.classify.inputs import UNLABELLED, FeatureInput, load_input
+from dorl.classify.model_files import (
+    MODEL_SUFFIX,
+    ModelFileError,
+    load_model_bundle,
+    save_model_bundle,
+)
 from dorl.classify.protocols import Split, cap_train, make_splits
 from dorl.classify.registry import build_classifier, is_kernel_svm
 from dorl.classify.reports import write_reports
@@ -237,10 +242,10 @@ SAVED_ADAPTATIONS = {
 
 
 def model_file_name(feature_set: str, classifier: str, adaptation: str) -> str:
-    """``<feature_set>__<classifier>.joblib``, with ``__<adaptation>`` before the suffix for an
+    """``<feature_set>__<classifier>.skops``, with ``__<adaptation>`` before the suffix for an
     adapted model."""
     suffix = "" if adaptation == "none" else f"__{adaptation}"
-    return f"{feature_set}__{classifier}{suffix}.joblib"
+    return f"{feature_set}__{classifier}{suffix}{MODEL_SUFFIX}"
 
 
 def _save_model(path: Path, fitted, task: _Task) -> None:
@@ -253,8 +258,7 @@ def _save_model(path: Path, fitted, task: _Task) -> None:
         "n_train": int(len(task.split.train)), "seed": task.seed, "dorl_version": __version__,
         "adaptation": task.adaptation,
     }
-    with atomic_path(path) as tmp:
-        joblib.dump(bundle, tmp)
+    save_model_bundle(path, bundle)
 
 
 class _Adapter:
@@ -409,7 +413,7 @@ def classify_from_config(cfg) -> Path:
 
     Writes ``results.csv``, ``results.md``, ``summary.json``, confusion-matrix PNGs and (with
     ``classify.save_models``) the models of :data:`SAVED_ADAPTATIONS`,
-    ``models/<feature_set>__<classifier>[__<adaptation>].joblib``, fitted on all labelled cells
+    ``models/<feature_set>__<classifier>[__<adaptation>].skops``, fitted on all labelled cells
     (up to ``classify.max_train_cells``); logs the results table. Returns the output folder.
     """
     out_dir = Path(cfg.classify.out_dir)
@@ -433,19 +437,19 @@ def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str
 
     Raises
     ------
+    ModelFileError
+        When the model file is unreadable or holds an untrusted type (nothing in it runs).
     FeatureFileError
-        When the model file is unreadable, or the feature dimension, the label space or (for
+        When the feature dimension, the label space or (for
         ``X``) the embedding settings of the feature file do not match the model's.
     """
     model_path, features_path = Path(model_path), Path(features_path)
-    if not model_path.is_file():
-        raise FeatureFileError(f"model file not found: {model_path}")
+    bundle = load_model_bundle(model_path)
     try:
-        bundle = joblib.load(model_path)
         model, classes, dim, key = (bundle["model"], bundle["classes"], bundle["feature_dim"],
                                     bundle["feature_key"])
-    except Exception as exc:  # unpickling fails in many ways
-        raise FeatureFileError(f"{model_path}: not a dorl classify model ({exc})") from exc
+    except KeyError as exc:
+        raise ModelFileError(f"{model_path}: not a dorl classify model (no {exc})") from exc
     fs = read_features(features_path, obsm=key != "X")
     X = fs.features(key)
     if X.shape[1] != dim:
