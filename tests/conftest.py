@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,12 @@ def shared_datasets() -> Path:
     return SHARED_DATASETS
 
 
-@pytest.fixture
-def tiny_cfg(tmp_path):
+def tiny_config(root: Path, *overrides: str):
     """The real default config (configs/default.yaml over the package defaults), shrunk to run
-    in seconds: a tiny random-init SAM, few images and epochs, outputs under ``tmp_path``."""
+    in seconds: a tiny random-init SAM, few images and epochs, outputs under ``root``."""
     return load_config(REPO / "configs" / "default.yaml", [
-        f"run_dir={tmp_path / 'run'}",
-        f"data.root={tmp_path / 'data'}",
+        f"run_dir={root / 'run'}",
+        f"data.root={root / 'data'}",
         "data.synth.n_per_domain=24",
         "data.synth.image_size=64",
         "sam.backbone=tiny",
@@ -43,4 +43,48 @@ def tiny_cfg(tmp_path):
         "classify.n_folds=2",
         "classify.classifiers=[logreg,knn]",
         "umap.n_neighbors=5",
+        *overrides,
     ])
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """:func:`tiny_config` under ``tmp_path``."""
+    return tiny_config(tmp_path)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A tiny run made once per test session through the command line, as a user makes one:
+    ``data prepare``, ``embed``, ``classify run``, ``classify predict`` (its logistic
+    regression on the run's own cells) and ``umap`` with those predictions. ``codes`` holds each
+    command's exit status."""
+
+    config: Path
+    run_dir: Path
+    predictions: Path
+    codes: dict
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> FinishedRun:
+    from omegaconf import OmegaConf
+
+    from dorl.cli import main
+
+    root = tmp_path_factory.mktemp("finished")
+    run, predictions = root / "run", root / "predictions.csv"
+    config = root / "tiny.yaml"
+    OmegaConf.save(tiny_config(root, f"umap.predictions={predictions}"), config)
+    codes = {}
+    for name, argv in (
+            ("data", ["data", "prepare"]), ("embed", ["embed"]),
+            ("classify", ["classify", "run"]),
+            ("predict", ["classify", "predict", "--model",
+                         str(run / "classify" / "models" / "dorl__logreg.skops"),
+                         "--features", str(run / "features.h5ad"), "--out", str(predictions)]),
+            ("umap", ["umap"])):
+        codes[name] = main([*argv, "-c", str(config)])
+        if codes[name] != 0:
+            break
+    return FinishedRun(config, run, predictions, codes)

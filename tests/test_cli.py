@@ -100,28 +100,19 @@ def test_overrides_reach_subcommands():
     assert args.overrides == ["seed=1"] and args.config == ["x.yaml"]
 
 
-def test_embed_classify_predict_umap_info_from_the_command_line(tiny_cfg, tmp_path):
+def test_embed_classify_predict_umap_info_from_the_command_line(finished_run):
     import pandas as pd
-    from omegaconf import OmegaConf
 
-    cfg = tmp_path / "tiny.yaml"
-    OmegaConf.save(tiny_cfg, cfg)
-    run = tmp_path / "run"
-    assert main(["data", "prepare", "-c", str(cfg)]) == 0
-    assert main(["embed", "-c", str(cfg)]) == 0
+    run = finished_run.run_dir
+    assert finished_run.codes == {"data": 0, "embed": 0, "classify": 0, "predict": 0,
+                                  "umap": 0}
     assert (run / "features.h5ad").is_file() and (run / "config.embed.yaml").is_file()
-    assert main(["classify", "run", "-c", str(cfg)]) == 0
     results = (run / "classify" / "results.md").read_text()
     assert "macro" in results.lower()
-    model = sorted((run / "classify" / "models").glob("*.skops"))[0]
-    out = tmp_path / "pred.csv"
-    assert main(["classify", "predict", "-c", str(cfg), "--model", str(model), "--features",
-                 str(run / "features.h5ad"), "--out", str(out)]) == 0
-    pred = pd.read_csv(out)
+    pred = pd.read_csv(finished_run.predictions)
     assert len(pred) == 72 and {"cell_id", "domain", "predicted"} <= set(pred.columns)
-    assert main(["umap", "-c", str(cfg)]) == 0
     assert (run / "umap" / "umap.png").is_file() and (run / "umap" / "umap.html").is_file()
-    assert main(["info", "--outputs", "-c", str(cfg)]) == 0
+    assert main(["info", "--outputs", "-c", str(finished_run.config)]) == 0
     log = (run / "dorl.log").read_text()
     info = log[log.rindex("umap finished"):]  # what `info --outputs` logged
     assert "features.h5ad" in info and "umap.png" in info

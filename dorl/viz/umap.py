@@ -117,8 +117,12 @@ def umap_from_config(cfg) -> Path:
                                 "data.manifest")
     predictions = None
     if u.predictions:
-        table = pd.read_csv(u.predictions, dtype=str, keep_default_na=False)
-        predictions = table.set_index("cell_id")["predicted"]
+        table = pd.read_csv(u.predictions, keep_default_na=False)
+        table["cell_id"] = table["cell_id"].astype(str)
+        predictions = table.set_index("cell_id")[["predicted"]].astype(str)
+        scores = [c for c in table.columns if c.startswith("p_")]
+        if scores:  # the model's probability of the class it predicted
+            predictions["confidence"] = table[scores].max(axis=1).to_numpy()
     write_explorer(coords, fs.obs, Path(manifest).parent if manifest else None,
                    out_dir / "umap.html", title, max_cells=int(u.html_max_cells),
                    thumb_px=int(u.thumbnail_px), predictions=predictions, seed=int(cfg.seed))
