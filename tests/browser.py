@@ -121,6 +121,23 @@ class Page:
             params["button"] = "left"
         self.send("Input.dispatchMouseEvent", params)
 
+    def set_downloads(self, folder: Path) -> None:
+        """Save the page's downloads into ``folder``."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self._downloads = Path(folder)
+        self._call("Browser.setDownloadBehavior", {"behavior": "allow",
+                                                   "downloadPath": str(folder)})
+
+    def downloaded(self, name: str, timeout: float = 10.0) -> Path:
+        """The downloaded file ``name``, once it is complete."""
+        path = self._downloads / name
+        deadline = time.monotonic() + timeout
+        while not path.is_file():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no download {name} after {timeout} s")
+            time.sleep(0.1)
+        return path
+
     def close(self) -> None:
         if getattr(self, "_ws", None) is not None:
             self._ws.close()

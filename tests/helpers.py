@@ -54,11 +54,14 @@ def write_disc_manifest(root, domains=("lab_a", "lab_b"), n=12, size=64, masks=T
 
 
 def synthetic_features(path, n_per_domain=120, dim=12, domains=("lab_a", "lab_b", "lab_c"),
-                       seed=0, missing=None, n_unknown=0, groups=False, obsm=False):
+                       seed=0, missing=None, n_unknown=0, groups=False, obsm=False,
+                       permute_domain=None):
     """Write a feature file: class blobs, shifted and scaled per domain.
 
     ``missing`` maps a domain to classes it lacks; ``n_unknown`` cells per domain are labelled
-    ``unknown``; with ``groups`` every pair of consecutive cells shares a group.
+    ``unknown``; with ``groups`` every pair of consecutive cells shares a group. In the domain
+    ``permute_domain`` each class sits at the next class's centre, so that only that domain's
+    own labels can teach a model its classes (it also lies far from the other domains).
     """
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 3, (len(CLASSES), dim))
@@ -70,7 +73,9 @@ def synthetic_features(path, n_per_domain=120, dim=12, domains=("lab_a", "lab_b"
         y = rng.choice(allowed, size=n_per_domain, p=p / p.sum())
         shift, scale = rng.normal(0, 1.0, dim), 1 + 0.2 * d
         noise = rng.normal(0, 1, (n_per_domain, dim))
-        X.append(scale * (centres[[CLASSES.index(c) for c in y]] + noise) + shift)
+        step, away = (1, 15.0) if domain == permute_domain else (0, 0.0)
+        at = [(CLASSES.index(c) + step) % len(CLASSES) for c in y]
+        X.append(scale * (centres[at] + noise) + shift + away)
         y = y.astype(object)
         y[:n_unknown] = "unknown"
         labels += list(y)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -82,3 +84,64 @@ def test_hover_select_colour_hide_and_search_in_chromium(finished_run, page):
     page.wait_for("umap.data.some(t => t.name === 'found')")
     assert cell["p"] in page.evaluate("card.innerHTML")
     assert page.errors == []
+
+
+def test_the_labelling_loop_from_the_page_to_a_better_score(tmp_path, page):
+    """Label a few cells of a shifted lab in the page, download the CSV, classify again: the
+    lab's score rises above the cross-domain one."""
+    from omegaconf import OmegaConf
+
+    from dorl.classify.run import classify_from_config
+    from dorl.config import load_config
+    from dorl.featstore import read_features
+    from dorl.viz.explorer import write_explorer
+    from tests.helpers import synthetic_features
+
+    # Lab c's classes sit where other classes sit in labs a and b: only its own labels help.
+    path = synthetic_features(tmp_path / "f.h5ad", n_per_domain=60, dim=6, seed=3,
+                              permute_domain="lab_c")
+    fs = read_features(path)
+    html = write_explorer(fs.X[:, :2], fs.obs, None, tmp_path / "umap.html", "loop")
+    page.set_downloads(tmp_path / "downloads")
+    page.open(html, READY)
+    page.evaluate("Plotly.relayout(umap, {dragmode: 'select'}).then(() => true)")
+    cells = page.evaluate("CELLS.map((c, i) => [i, c.d, c.l])")
+    chosen = {}
+    for i, domain, label in cells:
+        if domain == "lab_c" and len(chosen.setdefault(label, [])) < 3:
+            chosen[label].append(i)
+    for label, rows in chosen.items():
+        for i in rows:
+            x, y = page.evaluate(POSITION % i)
+            _drag(page, (x - 6, y - 6), (x + 6, y + 6), steps=3)  # plotly: drags >= 8 px
+            page.wait_for(f"selection.innerHTML.includes({json.dumps(cells[i][2])})")
+            page.evaluate(f"document.getElementById('label').value = {json.dumps(label)}")
+            box = page.evaluate("(r => [r.left + 5, r.top + 5])(document.getElementById('assign')"
+                                ".getBoundingClientRect())")
+            page.mouse("mousePressed", *box, buttons=1)
+            page.mouse("mouseReleased", *box)
+    box = page.evaluate("(r => [r.left + 5, r.top + 5])(document.getElementById('download')"
+                        ".getBoundingClientRect())")
+    page.mouse("mousePressed", *box, buttons=1)
+    page.mouse("mouseReleased", *box)
+    csv_path = page.downloaded("my_labels.csv")
+    labels = pd.read_csv(csv_path)
+    assert list(labels.columns) == ["path", "label"]
+    truth = fs.obs.set_index("path")["label"]
+    assert (labels["label"].to_numpy() == truth[labels["path"]].to_numpy()).mean() >= 0.9
+    assert page.errors == []
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"classify.features={{dorl: {path}}}",
+                             "classify.classifiers=[knn]", "classify.few_shot.classifiers=[knn]",
+                             "classify.protocols=[source_target]",
+                             "classify.sources=[lab_a]", "classify.adaptations=[none]",
+                             f"classify.target_labels={csv_path}", "classify.n_folds=2"])
+    out = classify_from_config(cfg)
+    results = pd.read_csv(out / "results.csv")
+    f1 = results[(results["metric"] == "macro_f1") & (results["scope"] == "shared")
+                 & (results["label"].fillna("") == "") & (results["target"] == "lab_c")]
+    with_labels = f1.loc[f1["protocol"] == "target_labels", "value"].mean()
+    without = f1.loc[f1["protocol"] == "source_target", "value"].mean()
+    assert with_labels > without + 0.2, (with_labels, without)
+    assert "Your labelled target cells" in (out / "results.md").read_text()
+    assert OmegaConf.select(cfg, "classify.target_labels") == str(csv_path)

@@ -85,3 +85,26 @@ def test_explorer_embeds_thumbnails_predictions_and_stays_bounded(tmp_path):
     full = write_explorer(coords, obs, tmp_path, tmp_path / "full.html", "t", max_cells=n)
     per_cell = (full.stat().st_size - small.stat().st_size) / (n - 50)
     assert per_cell < 3000  # bytes per drawn cell: a 40 px JPEG and its fields
+
+
+def test_lab_tools_read_the_finished_run(finished_run, tmp_path):
+    """anndata opens the feature file, scanpy draws its stored UMAP by domain, and the
+    coordinates come as a CSV too."""
+    import anndata
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import scanpy as sc
+
+    adata = anndata.read_h5ad(finished_run.run_dir / "features.h5ad")
+    assert adata.obsm["X_umap"].shape == (adata.n_obs, 2)
+    assert {"domain", "label", "path"} <= set(adata.obs.columns)
+    sc.settings.figdir = tmp_path
+    sc.pl.umap(adata, color="domain", show=False, save="_domain.png")
+    assert (tmp_path / "umap_domain.png").stat().st_size > 1000
+    table = pd.read_csv(finished_run.run_dir / "umap" / "umap.csv")
+    assert list(table.columns) == ["cell_id", "path", "domain", "label", "predicted", "umap_1",
+                                   "umap_2"]
+    assert len(table) == adata.n_obs and (table["predicted"] != "").all()
+    np.testing.assert_allclose(table[["umap_1", "umap_2"]].to_numpy(), adata.obsm["X_umap"],
+                               rtol=1e-5)

@@ -45,6 +45,9 @@ class FeatureInput:
         Each cell's features in simulated training labs (:mod:`dorl.features.training_labs`),
         already standardised per lab; NaN rows for cells without them. A model trained on a cell
         also trains on its views, with its label.
+    user_labelled : bool ndarray of shape (n_labelled,) or None
+        The cells labelled by the user (``classify.target_labels``), whose labels replace the
+        file's: they train, and are never scored on.
     """
 
     name: str
@@ -58,6 +61,7 @@ class FeatureInput:
     signature: dict[str, Any] = field(default_factory=dict)
     domain_scaler: DomainStandardScaler | None = None
     training_views: np.ndarray | None = None
+    user_labelled: np.ndarray | None = None
 
     def standardised(self) -> np.ndarray:
         """``X`` with each domain standardised by its own statistics, float32, same shape."""
@@ -65,8 +69,37 @@ class FeatureInput:
         return scaler.transform(self.X, domains=self.domains).astype(np.float32)
 
 
+def read_target_labels(path: str | Path) -> dict[str, str]:
+    """The user's labels of target cells: a ``path,label`` CSV (the explorer's download), as
+    cell path -> label.
+
+    Raises
+    ------
+    FeatureFileError
+        When the file is missing or has no ``path`` and ``label`` columns (naming the separator
+        it found, when it is not a comma).
+    """
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureFileError(f"classify.target_labels: file not found: {path}")
+    text = path.read_text(encoding="utf-8-sig")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    missing = sorted({"path", "label"} - set(table.columns))
+    if missing:
+        try:
+            found = csv.Sniffer().sniff(text.splitlines()[0] if text else "", ";\t|,").delimiter
+        except csv.Error:
+            found = ","
+        hint = f" (its separator looks like {found!r}; use commas)" if found != "," else ""
+        raise FeatureFileError(f"{path}: missing column(s) {missing}; needs path,label{hint}")
+    return dict(zip(table["path"], table["label"]))
+
+
 def load_input(name: str, path: str | Path, key: str = "X",
-               domain_stats: bool = True) -> FeatureInput:
+               domain_stats: bool = True,
+               user_labels: dict[str, str] | None = None) -> FeatureInput:
     """Read one feature file and keep its labelled cells.
 
     Parameters
@@ -78,17 +111,29 @@ def load_input(name: str, path: str | Path, key: str = "X",
     domain_stats : bool, default=True
         Fit the per-domain statistics over all the file's cells (the standardised adaptations
         need them; without they are not computed).
+    user_labels : dict of str -> str, optional
+        Labels the user gave cells, by cell path (:func:`read_target_labels`).
     """
     fs = read_features(path, obsm=key != "X")
     X = fs.features(key)
-    keep = ~np.isin(fs.labels, UNLABELLED)
+    labels = np.asarray(fs.labels, dtype=object)
+    user = np.zeros(len(labels), bool)
+    if user_labels:
+        paths = (fs.obs["path"] if "path" in fs.obs else fs.obs.index.to_series()).astype(str)
+        user = paths.isin(user_labels).to_numpy()
+        if not user.any():
+            raise FeatureFileError(f"{path}: none of the {len(user_labels)} cells of "
+                                   f"classify.target_labels is in it (matched by path)")
+        labels[user] = paths[user].map(user_labels).to_numpy()
+    labels = labels.astype(str)
+    keep = ~np.isin(labels, UNLABELLED)
     if not keep.any():
         raise FeatureFileError(f"{path}: no labelled cells (all are {UNLABELLED})")
     dropped = pd.Series(fs.domains[~keep]).value_counts()
     groups = fs.obs["group"].astype(str).to_numpy()[keep] if "group" in fs.obs else None
-    return FeatureInput(name, Path(path), key, X[keep], fs.labels[keep], fs.domains[keep],
+    return FeatureInput(name, Path(path), key, X[keep], labels[keep], fs.domains[keep],
                         groups if has_groups(groups) else None,
                         {str(d): int(n) for d, n in dropped.items()},
                         dict(fs.uns.get("signature", {})),
                         DomainStandardScaler().fit(X, domains=fs.domains) if domain_stats
-                        else None)
+                        else None, user_labelled=user[keep] if user.any() else None)

@@ -8,6 +8,9 @@ Four protocols, all over the labelled cells (``unknown`` cells are removed befor
   also asked for, the two share one set of fits, so in-domain and cross-domain numbers come from
   the same fold models.
 * ``lodo``: leave one domain out: train on all other domains, score on the held-out one.
+* ``target_labels`` (added when the user labelled target cells, ``classify.target_labels``):
+  for every source and every other domain holding user-labelled cells, those cells join the
+  source's training cells, and the model is scored on the domain's other labelled cells.
 * ``few_shot``: for every source and every other domain, ``k`` labelled cells per class of that
   target join the source's training cells, and the model is scored on the target's remaining
   cells: what a lab gets after labelling a handful of its own cells. Several random draws per
@@ -32,6 +35,8 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 PROTOCOLS = ("source_target", "in_domain", "lodo", "few_shot")
+#: The protocol of the user's own labelled target cells (not chosen in ``classify.protocols``).
+TARGET_LABELS = "target_labels"
 
 
 class ProtocolError(ValueError):
@@ -139,7 +144,7 @@ def make_splits(labels: np.ndarray, domains: np.ndarray, protocols: Sequence[str
                 seed: int, groups: np.ndarray | None = None,
                 max_train: int | None = None,
                 sources: Sequence[str] | None = None, shots: Sequence[int] = (1, 5, 10, 25),
-                draws: int = 5) -> Iterator[Split]:
+                draws: int = 5, user_labelled: np.ndarray | None = None) -> Iterator[Split]:
     """Yield the model fits that the requested protocols need.
 
     Parameters
@@ -164,11 +169,27 @@ def make_splits(labels: np.ndarray, domains: np.ndarray, protocols: Sequence[str
         ``few_shot``: labelled target cells per class.
     draws : int, default=5
         ``few_shot``: random draws per number of shots.
+    user_labelled : bool ndarray of shape (n_cells,), optional
+        Cells the user labelled: the ``target_labels`` splits train on them, and no
+        evaluation scores them.
 
     Yields
     ------
     Split
     """
+    for split in _splits(labels, domains, protocols, n_folds, seed, groups, max_train, sources,
+                         shots, draws, user_labelled):
+        if user_labelled is None:
+            yield split
+            continue
+        yield Split(split.source, split.fold, split.train, tuple(
+            Evaluation(e.protocol, e.target, e.test[~user_labelled[e.test]], e.shots)
+            for e in split.evaluations))
+
+
+def _splits(labels, domains, protocols, n_folds, seed, groups, max_train, sources, shots, draws,
+            user_labelled) -> Iterator[Split]:
+    """:func:`make_splits` before the user-labelled cells leave the test sets."""
     unknown = sorted(set(protocols) - set(PROTOCOLS))
     if unknown:
         raise ProtocolError(f"unknown protocol(s) {unknown}; choose from {list(PROTOCOLS)}")
@@ -202,6 +223,20 @@ def make_splits(labels: np.ndarray, domains: np.ndarray, protocols: Sequence[str
             test = _without_groups(np.flatnonzero(domains == held_out), train, groups)
             source = "+".join(n for n in names if n != held_out)
             yield Split(source, 0, train, (Evaluation("lodo", held_out, test),))
+    if user_labelled is not None and user_labelled.any():
+        for source in [n for n in names if not sources or n in sources]:
+            source_train = cap_train(np.flatnonzero((domains == source) & ~user_labelled),
+                                     labels, max_train, rng)
+            for target in [n for n in names if n != source]:
+                chosen = np.flatnonzero((domains == target) & user_labelled)
+                if not len(chosen):
+                    continue
+                train = np.sort(np.concatenate([source_train, chosen]))
+                test = _without_groups(np.flatnonzero((domains == target) & ~user_labelled),
+                                       train, groups)
+                per_class = int(round(len(chosen) / len(set(labels[chosen]))))
+                yield Split(source, 0, train, (Evaluation(TARGET_LABELS, target, test,
+                                                          per_class),))
     if "few_shot" in protocols:
         if len(names) < 2:
             raise ProtocolError(f"few_shot needs at least 2 domains, found {names}")

@@ -208,6 +208,24 @@ def few_shot_curve(results: pd.DataFrame) -> pd.DataFrame:
     return curve.reset_index()
 
 
+def target_labels_table(results: pd.DataFrame) -> str:
+    """Markdown table of the ``target_labels`` protocol beside the same model's cross-domain
+    score without those cells."""
+    sel = results[(results["scope"] == "shared") & (results["metric"] == "macro_f1")
+                  & (results["label"] == "")]
+    keys = ["feature_set", "adaptation", "classifier", "source", "target"]
+    labelled = sel[sel["protocol"] == "target_labels"].groupby(keys).agg(
+        macro_f1=("value", "mean"), per_class=("shots", "first"), n_test=("n_test", "mean"))
+    plain = sel[sel["protocol"] == "source_target"].groupby(keys)["value"].mean()
+    lines = ["| features | adaptation | classifier | source → target | without them | "
+             "with them | labels per class | cells scored |", "|---|---|---|---|---|---|---|---|"]
+    for key, r in labelled.iterrows():
+        before = plain.get(key, float("nan"))
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} → {key[4]} | {before:.3f} | "
+                     f"{r.macro_f1:.3f} | {int(r.per_class)} | {r.n_test:.0f} |")
+    return "\n".join(lines)
+
+
 def few_shot_table(results: pd.DataFrame) -> str:
     """Markdown table of :func:`few_shot_curve`: one column per number of shots."""
     curve = few_shot_curve(results)
@@ -334,6 +352,11 @@ def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput],
                   f"(their mean number in brackets). k=0 is the cross-domain score. A class "
                   f"with k or fewer cells in the target gets no shots.", "",
                   few_shot_table(results)]
+    if (results["protocol"] == "target_labels").any():
+        parts += ["", "## Your labelled target cells (`classify.target_labels`)", "",
+                  "The cells you labelled join the source's training cells; each target is "
+                  "scored on its other labelled cells (macro-F1, shared classes, mean over "
+                  "seeds).", "", target_labels_table(results)]
     if (results["protocol"] == "lodo").any():
         parts += ["", "## Leave one domain out, macro-F1", "", lodo_table(results)]
     ceilings = _ceilings(results)

@@ -46,14 +46,14 @@ from dorl.classify.adaptation import (
     model_density,
     vote_agreement,
 )
-from dorl.classify.inputs import UNLABELLED, FeatureInput, load_input
+from dorl.classify.inputs import UNLABELLED, FeatureInput, load_input, read_target_labels
 from dorl.classify.model_files import (
     MODEL_SUFFIX,
     ModelFileError,
     load_model_bundle,
     save_model_bundle,
 )
-from dorl.classify.protocols import Split, cap_train, make_splits
+from dorl.classify.protocols import TARGET_LABELS, Split, cap_train, make_splits
 from dorl.classify.registry import build_classifier, is_kernel_svm
 from dorl.classify.reports import write_reports
 from dorl.classify.settings import ClassifySettings
@@ -195,14 +195,16 @@ def _tasks(inputs: list[FeatureInput], c: ClassifySettings) -> list[_Task]:
         for seed in c.seeds:
             max_train = c.max_train_cells
             splits = list(make_splits(inp.labels, inp.domains, list(c.protocols), c.n_folds,
-                                      seed, inp.groups, max_train, c.sources, c.shots, c.draws))
+                                      seed, inp.groups, max_train, c.sources, c.shots, c.draws,
+                                      inp.user_labelled))
             if c.save_models and seed == c.seeds[0] and set(c.adaptations) & set(
                     SAVED_ADAPTATIONS):
                 every = cap_train(np.arange(len(inp.labels)), inp.labels, max_train,
                                   np.random.default_rng(seed))
                 splits.append(Split("all", 0, every, ()))
             for s in splits:
-                few_shot = any(e.protocol == "few_shot" for e in s.evaluations)
+                # The user's labelled target cells train like few-shot cells.
+                few_shot = any(e.protocol in ("few_shot", TARGET_LABELS) for e in s.evaluations)
                 kernel_split = _kernel_split(s, inp.labels, c.kernel_svm_max_train, seed)
                 for adaptation in c.adaptations:
                     if not s.evaluations and adaptation not in SAVED_ADAPTATIONS:
@@ -392,6 +394,7 @@ def inputs_from_config(cfg) -> list[FeatureInput]:
     """Load every feature set named in ``classify.features`` (with ``classify.obsm`` keys).
 
     An entry set to null is left out (e.g. ``dorl: null`` drops the default feature file).
+    The cells of ``classify.target_labels`` take the user's labels.
     """
     c = cfg.classify
     features = {name: path for name, path in
@@ -404,7 +407,8 @@ def inputs_from_config(cfg) -> list[FeatureInput]:
         raise FeatureFileError(f"classify.obsm names {unknown}, which are not in "
                                f"classify.features ({sorted(features)})")
     standardised = any(a in STANDARDISED for a in c.adaptations)
-    return [load_input(name, path, obsm.get(name, "X"), standardised)
+    user_labels = None if c.target_labels is None else read_target_labels(c.target_labels)
+    return [load_input(name, path, obsm.get(name, "X"), standardised, user_labels)
             for name, path in features.items()]
 
 

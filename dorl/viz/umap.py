@@ -92,8 +92,27 @@ def plot_png(coords: np.ndarray, domains: np.ndarray, labels: np.ndarray, path: 
     return path
 
 
+def _write_coordinates(path: Path, coords: np.ndarray, obs: pd.DataFrame,
+                       predictions: pd.DataFrame | None) -> Path:
+    """``umap.csv``: each cell's id, path, domain, label, prediction and 2-D coordinates, for
+    tools that read tables (napari, spreadsheets)."""
+    ids = obs.index.astype(str)
+    table = pd.DataFrame({
+        "cell_id": ids,
+        "path": (obs["path"] if "path" in obs else obs.index.to_series()).astype(str).to_numpy(),
+        "domain": obs["domain"].astype(str).to_numpy(),
+        "label": obs["label"].astype(str).to_numpy(),
+        "predicted": "" if predictions is None
+        else predictions["predicted"].reindex(ids).fillna("").to_numpy(),
+        "umap_1": coords[:, 0], "umap_2": coords[:, 1]})
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return path
+
+
 def umap_from_config(cfg) -> Path:
-    """Fit UMAP on ``umap.features`` and write ``umap.png`` and ``umap.html`` to ``umap.out_dir``.
+    """Fit UMAP on ``umap.features`` and write ``umap.png``, ``umap.html`` and ``umap.csv`` to
+    ``umap.out_dir``.
 
     With ``umap.store_coords`` the coordinates are stored as ``obsm["X_umap"]`` in the feature
     file. Returns the output folder.
@@ -126,8 +145,9 @@ def umap_from_config(cfg) -> Path:
     write_explorer(coords, fs.obs, Path(manifest).parent if manifest else None,
                    out_dir / "umap.html", title, max_cells=int(u.html_max_cells),
                    thumb_px=int(u.thumbnail_px), predictions=predictions, seed=int(cfg.seed))
+    _write_coordinates(out_dir / "umap.csv", coords, fs.obs, predictions)
     if u.store_coords:
         add_obsm(path, "X_umap", coords)
         logger.info("UMAP coordinates stored in %s as obsm['X_umap']", path)
-    logger.info("UMAP plots written to %s (umap.png, umap.html)", out_dir)
+    logger.info("UMAP plots written to %s (umap.png, umap.html, umap.csv)", out_dir)
     return out_dir
