@@ -13,7 +13,7 @@ adapter        seed, the SAM model, ``sam.lora``, ``sam.finetune``  data
 segmentation   the SAM model, ``sam.lora``, ``sam.infer``           data, adapter files
 CAE            seed, ``data.label_space``, ``features``, ``cae``    data, segmentation
 cell features  seed, ``features``                                   segmentation, CAE encoder
-feature file   every key above (``cae`` only when it is on)        data
+feature file   every key above, ``qc`` (``cae`` only when it is on)  data
 =============  ==================================================  ============================
 """
 
@@ -64,7 +64,7 @@ SEGMENTATION = Artifact("segmentation", (*SAM_MODEL, "sam.infer"))
 CELL_FEATURES = Artifact("cell features", ("seed", "features"))
 CAE_CHECKPOINT = Artifact("CAE checkpoint", ("seed", "data.label_space", "features", "cae"))
 FEATURE_FILE = Artifact("feature file", ("seed", "data.label_space", *SAM_MODEL, "sam.finetune",
-                                         "sam.infer", "features", "cae"))
+                                         "sam.infer", "features", "qc", "cae"))
 
 
 class ArtifactMismatchError(ValueError):

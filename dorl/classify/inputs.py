@@ -45,6 +45,8 @@ class FeatureInput:
         Each cell's features in simulated training labs (:mod:`dorl.features.training_labs`),
         already standardised per lab; NaN rows for cells without them. A model trained on a cell
         also trains on its views, with its label.
+    n_qc_failed : dict of str -> int
+        Labelled cells left out per domain because they failed quality control (``qc_pass``).
     user_labelled : bool ndarray of shape (n_labelled,) or None
         The cells labelled by the user (``classify.target_labels``), whose labels replace the
         file's: they train, and are never scored on.
@@ -61,6 +63,7 @@ class FeatureInput:
     signature: dict[str, Any] = field(default_factory=dict)
     domain_scaler: DomainStandardScaler | None = None
     training_views: np.ndarray | None = None
+    n_qc_failed: dict[str, int] = field(default_factory=dict)
     user_labelled: np.ndarray | None = None
 
     def standardised(self) -> np.ndarray:
@@ -99,7 +102,8 @@ def read_target_labels(path: str | Path) -> dict[str, str]:
 
 def load_input(name: str, path: str | Path, key: str = "X",
                domain_stats: bool = True,
-               user_labels: dict[str, str] | None = None) -> FeatureInput:
+               user_labels: dict[str, str] | None = None,
+               keep_qc_failed: bool = False) -> FeatureInput:
     """Read one feature file and keep its labelled cells.
 
     Parameters
@@ -113,6 +117,8 @@ def load_input(name: str, path: str | Path, key: str = "X",
         need them; without they are not computed).
     user_labels : dict of str -> str, optional
         Labels the user gave cells, by cell path (:func:`read_target_labels`).
+    keep_qc_failed : bool, default=False
+        Keep the cells that failed quality control (left out and counted by default).
     """
     fs = read_features(path, obsm=key != "X")
     X = fs.features(key)
@@ -130,10 +136,18 @@ def load_input(name: str, path: str | Path, key: str = "X",
     if not keep.any():
         raise FeatureFileError(f"{path}: no labelled cells (all are {UNLABELLED})")
     dropped = pd.Series(fs.domains[~keep]).value_counts()
+    failed = pd.Series(dtype=int)
+    if "qc_pass" in fs.obs and not keep_qc_failed:
+        bad = keep & ~fs.obs["qc_pass"].astype(bool).to_numpy()
+        failed = pd.Series(fs.domains[bad]).value_counts()
+        keep &= ~bad
+        if not keep.any():
+            raise FeatureFileError(f"{path}: every labelled cell failed quality control")
     groups = fs.obs["group"].astype(str).to_numpy()[keep] if "group" in fs.obs else None
     return FeatureInput(name, Path(path), key, X[keep], labels[keep], fs.domains[keep],
                         groups if has_groups(groups) else None,
                         {str(d): int(n) for d, n in dropped.items()},
                         dict(fs.uns.get("signature", {})),
                         DomainStandardScaler().fit(X, domains=fs.domains) if domain_stats
-                        else None, user_labelled=user[keep] if user.any() else None)
+                        else None, n_qc_failed={str(d): int(n) for d, n in failed.items()},
+                        user_labelled=user[keep] if user.any() else None)

@@ -311,7 +311,8 @@ def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput],
     for inp in inputs:
         parts.append(f"* `{inp.name}`: {inp.path} [{inp.key}], {len(inp.labels)} labelled cells "
                      f"x {inp.X.shape[1]} features; unknown left out per domain: "
-                     f"{inp.n_unknown or 0}"
+                     f"{inp.n_unknown or 0}; failing quality control left out: "
+                     f"{inp.n_qc_failed or 0}"
                      + ("; splits are group-aware" if inp.groups is not None else ""))
     for fs, per_domain in _dropped_classes(inputs, c.min_class_count).items():
         parts.append(f"* `{fs}`: classes left out of a target's score: {per_domain}")
@@ -388,6 +389,7 @@ def _summary(results, confusions, timings, inputs, settings: ClassifySettings,
                                     "n_labelled": int(len(inp.labels)),
                                     "n_features": int(inp.X.shape[1]),
                                     "unknown_left_out": inp.n_unknown,
+                                    "qc_failed_left_out": inp.n_qc_failed,
                                     "group_aware": inp.groups is not None,
                                     "signature": inp.signature,
                                     "class_counts": pd.crosstab(inp.domains, inp.labels)

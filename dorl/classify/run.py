@@ -408,8 +408,8 @@ def inputs_from_config(cfg) -> list[FeatureInput]:
                                f"classify.features ({sorted(features)})")
     standardised = any(a in STANDARDISED for a in c.adaptations)
     user_labels = None if c.target_labels is None else read_target_labels(c.target_labels)
-    return [load_input(name, path, obsm.get(name, "X"), standardised, user_labels)
-            for name, path in features.items()]
+    return [load_input(name, path, obsm.get(name, "X"), standardised, user_labels,
+                       bool(c.keep_qc_failed)) for name, path in features.items()]
 
 
 def classify_from_config(cfg) -> Path:
@@ -424,9 +424,10 @@ def classify_from_config(cfg) -> Path:
     start = time.perf_counter()
     inputs = inputs_from_config(cfg)
     for inp in inputs:
-        logger.info("%s: %s[%s], %d labelled cells x %d features, domains %s, %d unknown left "
-                    "out%s", inp.name, inp.path, inp.key, *inp.X.shape, sorted(set(inp.domains)),
-                    sum(inp.n_unknown.values()),
+        logger.info("%s: %s[%s], %d labelled cells x %d features, domains %s, %d unknown and "
+                    "%d failing quality control left out%s", inp.name, inp.path, inp.key,
+                    *inp.X.shape, sorted(set(inp.domains)), sum(inp.n_unknown.values()),
+                    sum(inp.n_qc_failed.values()),
                     ", group-aware splits" if inp.groups is not None else "")
     settings = ClassifySettings.from_config(cfg)
     results, confusions, timings = run_classification(inputs, settings, out_dir)
@@ -491,6 +492,9 @@ def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str
                         "label": fs.labels, "predicted": np.asarray(predicted).astype(str)})
     if "path" in fs.obs:
         out.insert(1, "path", fs.obs["path"].astype(str).to_numpy())
+    if "qc_pass" in fs.obs:  # a failed cell is predicted, and flagged
+        out["qc_pass"] = fs.obs["qc_pass"].astype(bool).to_numpy()
+        out["qc_reason"] = fs.obs["qc_reason"].astype(str).to_numpy()
     if proba is not None:
         for i, name in enumerate(classes):
             out[f"p_{name}"] = proba[:, i]

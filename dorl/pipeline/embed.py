@@ -55,6 +55,7 @@ from dorl.row_sources import (
     create_rows,
     take,
 )
+from dorl.sam.quality import QCSettings, cell_quality
 from dorl.sam.segmentation import Segmentation
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def check_settings(cfg) -> tuple[FeatureSettings, CAESettings | None]:
     if cfg.features.standardise not in STANDARDISE:
         raise ConfigError(f"features.standardise must be one of {list(STANDARDISE)}, got "
                           f"{cfg.features.standardise!r}")
+    QCSettings.from_config(cfg)
     return features, CAESettings.from_config(cfg) if cfg.cae.enabled else None
 
 
@@ -319,6 +321,12 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     table = manifest.table
     obs = table[[c for c in OBS_COLUMNS if c in table.columns]].copy()
     obs["seg_fallback"] = np.asarray(seg.fallback, dtype=bool)
+    obs["qc_pass"], obs["qc_reason"] = cell_quality(manifest, seg, QCSettings.from_config(cfg))
+    failed = obs.loc[~obs["qc_pass"]].groupby("domain")["qc_reason"].value_counts()
+    if len(failed):
+        logger.warning("quality control: %d of %d cells failed (%s); they are embedded, never "
+                       "trained or scored on by default", int((~obs["qc_pass"]).sum()), len(obs),
+                       ", ".join(f"{d} {r}: {c}" for (d, r), c in failed.items()))
     obs.index = pd.Index(table["path"].astype(str), name="cell_id")
     obsm = {f"X_{k}": v for k, v in seg.features.items() if len(v.shape) == 2}
     obsm.update({f"X_{k}": v for k, v in feats.items()})
@@ -329,6 +337,8 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     obs["cae_trained_on"] = in_training
     uns = _provenance(cfg, signature, seg, cae, manifest.domains, dict(timings or {}))
     uns["invariance"] = invariance
+    uns["qc_failed"] = {str(r): int(c) for r, c in obs["qc_reason"][~obs["qc_pass"]]
+                        .value_counts().items()}
     uns["cell_features"] = {k: v for k, v in cell_meta.items() if k != "timings_s"}
     if applied_from is not None:
         uns["applied_from"] = applied_from

@@ -1,0 +1,110 @@
+"""Per-cell quality control: is what segmentation found a white cell at all?
+
+Each cell gets named checks; the first that fails is its ``qc_reason`` (empty when it passes):
+
+* ``aspect``: the image is a sliver (its long side over ``max_aspect`` times its short one);
+* ``fallback``: SAM found no usable mask, and a centre crop stands in for the cell (a check
+  while ``fail_on_fallback``; the feature file's ``seg_fallback`` flags it either way);
+* ``no_stain``: under ``min_stained_fraction`` of the cell's pixels carry haematoxylin (optical
+  density over ``stain_od``): a blank field, or only red cells, hold no stained nucleus;
+* ``area``: the mask's area is more than ``area_ratio`` times off its domain's median cell.
+
+Failed cells are embedded and kept in the feature file, flagged, but never trained or scored on
+by default. The thresholds come from a rule on the source lab's cells (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from skimage.color import rgb2hed
+
+from dorl.config import ConfigError
+from dorl.data.manifest import Manifest
+from dorl.sam.segmentation import Segmentation
+
+REASONS = ("aspect", "fallback", "no_stain", "area")
+#: The segmentation store's crops show the background outside the mask in this grey; pixels
+#: within this many levels of it in every channel (resampling blends the margin) are background.
+BACKGROUND, BACKGROUND_TOLERANCE = 128, 6
+#: A stained pixel's saturation ((max - min) / max of its channels) is at least this.
+MIN_SATURATION = 0.15
+
+
+@dataclass(frozen=True)
+class QCSettings:
+    """The ``qc`` config section."""
+
+    enabled: bool = True
+    fail_on_fallback: bool = True
+    min_stained_fraction: float = 0.05
+    stain_od: float = 0.03
+    area_ratio: float = 3.0
+    max_aspect: float = 3.0
+
+    @classmethod
+    def from_config(cls, cfg) -> "QCSettings":
+        q = cfg.qc
+        settings = cls(bool(q.enabled), bool(q.fail_on_fallback), float(q.min_stained_fraction),
+                       float(q.stain_od), float(q.area_ratio), float(q.max_aspect))
+        if not 0 <= settings.min_stained_fraction < 1 or settings.area_ratio <= 1 \
+                or settings.max_aspect < 1:
+            raise ConfigError(f"qc: needs 0 <= min_stained_fraction < 1, area_ratio > 1 and "
+                              f"max_aspect >= 1, got {settings}")
+        return settings
+
+
+def stained_fraction(crop: np.ndarray, stain_od: float) -> float:
+    """The share of a masked crop's cell pixels (those not the background grey) whose
+    haematoxylin optical density exceeds ``stain_od``; 0 without cell pixels."""
+    pixels = crop.astype(np.int16)
+    cell = ~np.all(np.abs(pixels - BACKGROUND) <= BACKGROUND_TOLERANCE, axis=-1)
+    if not cell.any():
+        return 0.0
+    # Grey has haematoxylin optical density too: a stained pixel must also be coloured.
+    brightest = pixels.max(axis=-1)
+    coloured = (brightest - pixels.min(axis=-1)) > MIN_SATURATION * np.maximum(brightest, 1)
+    stained = (rgb2hed(crop)[..., 0] > stain_od) & coloured
+    return float(stained[cell].mean())
+
+
+def cell_quality(manifest: Manifest, seg: Segmentation, settings: QCSettings
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's ``qc_pass`` (bool, n) and ``qc_reason`` (str, n; "" when it passes).
+
+    Reads the segmentation's masked crops and masks a block at a time and the images' headers.
+    """
+    n = len(manifest)
+    reasons = np.full(n, "", dtype=object)
+    if not settings.enabled:
+        return np.ones(n, bool), reasons.astype(str)
+    aspect = np.empty(n)
+    for i in range(n):
+        with Image.open(manifest.image_path(i)) as image:
+            aspect[i] = max(image.size) / max(1, min(image.size))
+    stained, area = np.empty(n), np.empty(n)
+    for start in range(0, n, 256):
+        rows = np.arange(start, min(start + 256, n))
+        crops = np.asarray(seg.crops[rows])
+        masks = np.asarray(seg.masks[rows], bool)
+        area[rows] = masks.reshape(len(rows), -1).mean(1)
+        stained[rows] = [stained_fraction(c, settings.stain_od) for c in crops]
+    domains = manifest.table["domain"].astype(str).to_numpy()
+    fallback = np.asarray(seg.fallback, bool)
+    off_area = np.zeros(n, bool)
+    for domain in np.unique(domains):
+        own = (domains == domain) & ~fallback
+        if own.any():
+            median = float(np.median(area[own]))
+            ratio = area / max(median, 1e-9)
+            off_area |= (domains == domain) & ((ratio > settings.area_ratio)
+                                               | (ratio < 1 / settings.area_ratio))
+    checks = {"fallback": fallback & settings.fail_on_fallback,
+              "aspect": aspect > settings.max_aspect,
+              "no_stain": stained < settings.min_stained_fraction, "area": off_area}
+    for name in reversed(REASONS):  # the first failing check in REASONS names the cell
+        reasons[checks[name]] = name
+    reasons = reasons.astype(str)
+    return reasons == "", reasons

@@ -1,0 +1,55 @@
+"""Per-cell quality control: a blank field, a sliver and a field of red cells are flagged with
+their reasons, embedded, and left out of training and scoring."""
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from dorl.classify.inputs import load_input
+from dorl.data.manifest import load_manifest, save_manifest
+from dorl.data.synth.generate import generate_from_config
+from dorl.featstore import read_features
+from dorl.pipeline.embed import run_embed
+from dorl.sam.quality import BACKGROUND, stained_fraction
+
+
+def test_stained_fraction_sees_nuclei_not_blank_or_red_cells():
+    blank = np.full((32, 32, 3), 250, np.uint8)
+    red = np.full((32, 32, 3), (225, 140, 150), np.uint8)
+    nucleus = red.copy()
+    nucleus[8:24, 8:24] = (90, 40, 140)  # Giemsa-purple chromatin
+    assert stained_fraction(blank, 0.03) == 0.0
+    assert stained_fraction(red, 0.03) == 0.0
+    assert stained_fraction(nucleus, 0.03) > 0.2
+    assert stained_fraction(np.full((8, 8, 3), BACKGROUND, np.uint8), 0.03) == 0.0
+
+
+def test_bad_images_in_a_class_folder_are_flagged_and_never_trained_on(tiny_cfg, tmp_path):
+    table = generate_from_config(tiny_cfg).table
+    root = tmp_path / "data"
+    bad = {"blank.png": np.full((64, 64, 3), 250, np.uint8),
+           "sliver.png": np.full((20, 600, 3), (120, 60, 160), np.uint8),
+           "red.png": np.full((64, 64, 3), (225, 140, 150), np.uint8)}
+    rows = []
+    for name, pixels in bad.items():
+        Image.fromarray(pixels).save(root / name)
+        row = table[table["label"] == "neutrophil"].iloc[0].copy()
+        row["path"], row["sha256"], row["mask_path"] = name, name, ""
+        row["group"] = name
+        rows.append(row)
+    save_manifest(pd.concat([table, pd.DataFrame(rows)], ignore_index=True),
+                  root / "with_bad.csv")
+    tiny_cfg.data.manifest = str(root / "with_bad.csv")
+    load_manifest(tiny_cfg.data.manifest, "mature5")
+    fs = read_features(run_embed(tiny_cfg))
+    reasons = fs.obs.set_index("path")["qc_reason"]
+    assert reasons["sliver.png"] == "aspect"
+    assert reasons["blank.png"] in ("no_stain", "fallback")
+    assert reasons["red.png"] in ("no_stain", "fallback")
+    assert not fs.obs.set_index("path").loc[list(bad), "qc_pass"].any()
+    assert sum(fs.uns["qc_failed"].values()) == int((~fs.obs["qc_pass"]).sum())
+    inp = load_input("dorl", tiny_cfg.run_dir + "/features.h5ad")
+    assert sum(inp.n_qc_failed.values()) >= 3 and len(inp.labels) == int(
+        (fs.obs["qc_pass"] & (fs.obs["label"] != "unknown")).sum())
+    kept = load_input("dorl", tiny_cfg.run_dir + "/features.h5ad", keep_qc_failed=True)
+    assert len(kept.labels) == len(inp.labels) + sum(inp.n_qc_failed.values())
