@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dorl", description=(
             "Domain-invariant white-blood-cell embeddings. Stage 1 (embed): LoRA-SAM segments "
-            "each cell and a cross-domain autoencoder (SSIM + MMD) writes embeddings to an .h5ad "
-            "file. Stage 2 (classify, umap): classical classifiers and UMAP on stored embeddings."))
+            "each cell, a cross-domain autoencoder trains the cell encoder on every lab's cells, "
+            "and the embeddings go to an .h5ad file. Stage 2 (classify, umap): classical "
+            "classifiers and UMAP on the stored embeddings."))
     parser.add_argument("--version", action="version", version=f"dorl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -54,11 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                                          "zero-shot vs fine-tuned, with overlay PNGs")
     _common(ev)
 
-    _common(sub.add_parser("embed", help="stage 1: data -> LoRA-SAM -> segmentation -> CAE -> "
+    _common(sub.add_parser("embed", help="stage 1: data -> LoRA-SAM -> segmentation -> encoder trained on every lab -> "
                                          "features.h5ad in run_dir"))
 
     apply = sub.add_parser("apply", help="embed a new lab's cells with a finished run's LoRA "
-                                         "adapter and autoencoder, training nothing")
+                                         "adapter and adapted encoder, training nothing")
     apply.add_argument("--from", dest="from_run", required=True, metavar="RUN_DIR",
                        help="the finished `dorl embed` run; -c and overrides give only data.*, "
                             "run_dir, device and num_threads")

@@ -13,8 +13,8 @@ What runs where (``dorl embed``):
 * Segmentation and cell features: each rank processes its own block of manifest rows into its
   own part of the store; rank 0 joins the parts (``segmentation.h5``, ``cell_features.h5``).
 * The autoencoder (``cae.enabled``): every rank trains on its share of each domain-balanced
-  batch under DistributedDataParallel; rank 0's validation figures decide the best epoch for
-  all, and rank 0 saves the checkpoints.
+  batch, and the gradients are averaged over the ranks after every step (each rank keeps its
+  own BatchNorm statistics); rank 0 saves the checkpoints.
 * ``features.h5ad``: rank 0; the other ranks wait.
 """
 

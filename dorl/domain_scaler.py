@@ -1,5 +1,5 @@
-"""Per-domain feature standardisation, shared by the autoencoder's input, the classify stage and
-the feature baselines.
+"""Per-domain feature standardisation, shared by the embedding (``features.standardise``), the
+classify stage and the feature baselines.
 
 It follows the scikit-learn estimator contract and passes
 ``sklearn.utils.estimator_checks.parametrize_with_checks``.

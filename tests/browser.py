@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -44,7 +45,8 @@ class Page:
             [binary, "--headless=new", "--no-sandbox", "--remote-debugging-port=0",
              "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
              f"--window-size={width},{height}", f"--user-data-dir={self._profile}",
-             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)  # its own process group: close() ends every helper too
         url = None
         deadline = time.monotonic() + 30
         while url is None and time.monotonic() < deadline:
@@ -141,6 +143,9 @@ class Page:
     def close(self) -> None:
         if getattr(self, "_ws", None) is not None:
             self._ws.close()
-        self._proc.kill()
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self._proc.wait()
         shutil.rmtree(self._profile, ignore_errors=True)

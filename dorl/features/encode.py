@@ -1,4 +1,4 @@
-"""Cell features for the autoencoder and the classifiers: each configured encoder reads the
+"""Cell features, the embedding: each configured encoder reads the
 segmented cell, not the field.
 
 For every cell, the mask and box that segmentation found are carried back to the original image,

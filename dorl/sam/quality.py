@@ -37,12 +37,12 @@ MIN_SATURATION = 0.15
 class QCSettings:
     """The ``qc`` config section."""
 
-    enabled: bool = True
-    fail_on_fallback: bool = True
-    min_stained_fraction: float = 0.05
-    stain_od: float = 0.03
-    area_ratio: float = 3.0
-    max_aspect: float = 3.0
+    enabled: bool
+    fail_on_fallback: bool
+    min_stained_fraction: float
+    stain_od: float
+    area_ratio: float
+    max_aspect: float
 
     @classmethod
     def from_config(cls, cfg) -> "QCSettings":

@@ -1,4 +1,4 @@
-"""The segmentation result handed from the LoRA-SAM stage to the autoencoder stage, and its
+"""The segmentation result handed from the LoRA-SAM stage to the cell features, and its
 on-disk store.
 
 The store is one HDF5 file, written chunk by chunk as segmentation goes
@@ -39,7 +39,7 @@ class Segmentation:
     ----------
     crops : uint8 ndarray of shape (n, crop, crop, 3)
         The cell cut out by its mask, on a neutral grey (128) background, cropped to the mask's
-        bounding box with a margin and resized to ``crop`` px (the CAE's SSIM target).
+        bounding box with a margin and resized to ``crop`` px (quality control, thumbnails).
     raw_crops : uint8 ndarray of shape (n, crop, crop, 3)
         The whole input image resized to ``crop`` px, unmasked (for the no-mask ablation).
     masks : bool ndarray of shape (n, m, m)
