@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from dorl.pipeline.apply import MIN_DOMAIN_CELLS, apply_run
+from dorl.pipeline.apply import NEW_DOMAIN_MIN_CELLS, apply_run
 from dorl.pipeline.embed import run_embed
 from dorl.classify.run import classify_from_config, predict_file
 from dorl.cli import main
@@ -110,8 +110,8 @@ def test_apply_refuses_what_it_cannot_do(tiny_cfg, labs, tmp_path):
         apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "y", labs / "new_c.csv",
                                     "data.label_space=full"))
     table = pd.read_csv(labs / "new_c.csv")
-    save_manifest(table.head(MIN_DOMAIN_CELLS - 1), labs / "few.csv")
-    with pytest.raises(ConfigError, match=f"fewer than {MIN_DOMAIN_CELLS} cells"):
+    save_manifest(table.head(NEW_DOMAIN_MIN_CELLS - 1), labs / "few.csv")
+    with pytest.raises(ConfigError, match=f"fewer than {NEW_DOMAIN_MIN_CELLS} cells"):
         apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "z", labs / "few.csv"))
     assert not (tmp_path / "z" / "features.h5ad").exists()
     encoder = tmp_path / "run_ab" / "cae" / "encoder.pt"

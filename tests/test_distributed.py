@@ -123,3 +123,20 @@ def test_lazy_store_reads_the_rows_asked_for_in_their_order(tmp_path):
     np.testing.assert_array_equal(lazy.raw_crops[pick], rows.raw_crops[pick])
     np.testing.assert_array_equal(np.asarray(lazy.crops, dtype=np.uint8), rows.crops)
     np.testing.assert_array_equal(lazy.boxes, rows.boxes)
+
+
+def test_cell_feature_parts_join_when_a_rank_got_no_rows(tmp_path):
+    from dorl.features.encode import _join_stores
+
+    parts = [tmp_path / "a.h5", tmp_path / "b.h5"]
+    with h5py.File(parts[0], "w") as f:  # a rank without rows: provenance, no features
+        f.attrs.update(signature="sig", meta_json="{}")
+    with h5py.File(parts[1], "w") as f:
+        f["efficientnet_lite0"] = np.arange(12, dtype=np.float32).reshape(3, 4)
+        f.attrs.update(signature="sig", meta_json="{}")
+    _join_stores(tmp_path / "joined.h5", parts, ("efficientnet_lite0",))
+    with h5py.File(tmp_path / "joined.h5") as f:
+        np.testing.assert_array_equal(f["efficientnet_lite0"][()],
+                                      np.arange(12, dtype=np.float32).reshape(3, 4))
+        assert f.attrs["signature"] == "sig"
+    assert not any(p.exists() for p in parts)

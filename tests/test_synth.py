@@ -16,7 +16,7 @@ from dorl.data.images import read_cell_mask, read_mask, read_rgb
 from dorl.data.synth.cells import LOOKS, draw_cell
 from dorl.data.synth.domains import PRESETS, DomainError, domain_style
 from dorl.data.synth.generate import (
-    FINE_LABELS,
+    SYNTH_FINE_LABELS,
     SynthError,
     class_counts,
     generate,
@@ -83,7 +83,7 @@ def test_manifest_has_every_class_in_every_domain_as_configured(tiny_cfg, tiny_m
         assert rows["label"].value_counts().to_dict() == {k: v for k, v in expected.items() if v}
         assert set(rows["label"]) == set(MATURE5)
     assert (table["label_raw"] == table["label"]).all()
-    assert (table["label_fine"] == table["label_raw"].map(FINE_LABELS)).all()
+    assert (table["label_fine"] == table["label_raw"].map(SYNTH_FINE_LABELS)).all()
     for domain, rows in table.groupby("domain"):
         assert rows["path"].str.endswith(domain_style(domain).suffix).all()
 

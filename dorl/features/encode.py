@@ -388,13 +388,14 @@ def _write_store(path: Path, manifest: Manifest, seg: Segmentation, settings: Fe
 def _join_stores(path: Path, parts: list[Path], names: tuple[str, ...]) -> None:
     """Stack the part stores ``parts`` (in row order) into one at ``path``, then delete them.
     The first part's provenance is kept: every rank estimated the same stain reference."""
-    with h5py.File(parts[0], "r") as f:
-        dims = {name: f[name].shape[1] for name in names}
-        attrs = {key: f.attrs[key] for key in ("signature", "meta_json")}
-    sizes = []
-    for part in parts:
+    dims, attrs, sizes = {}, {}, []
+    for part in parts:  # a rank that got no rows wrote a part without datasets
         with h5py.File(part, "r") as f:
-            sizes.append(f[names[0]].shape[0])
+            held = names[0] in f
+            sizes.append(f[names[0]].shape[0] if held else 0)
+            if held and not dims:
+                dims = {name: f[name].shape[1] for name in names}
+                attrs = {key: f.attrs[key] for key in ("signature", "meta_json")}
     total = sum(sizes)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as out:

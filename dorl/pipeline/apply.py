@@ -8,7 +8,7 @@ space and a model saved by ``dorl classify run`` on the run applies to it.
 
 What is estimated from the new lab's own cells, without labels, is what a lab's appearance
 shifts: the encoders' BatchNorm statistics (``features.adabn``) and the per-domain feature
-standardisation. Each new domain needs :data:`MIN_DOMAIN_CELLS` cells for those (measured by
+standardisation. Each new domain needs :data:`NEW_DOMAIN_MIN_CELLS` cells for those (measured by
 ``bench/bench_domain_cells.py``, docs/benchmarks.md).
 """
 
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 #: Cells a new domain needs for its own statistics: the smallest count whose per-domain
 #: standardisation scored within 0.02 macro-F1 of using every cell (bench/bench_domain_cells.py).
-MIN_DOMAIN_CELLS = 20
+NEW_DOMAIN_MIN_CELLS = 20
 #: What ``dorl apply`` takes from the user's config; every other key comes from the run.
 USER_KEYS = ("data", "run_dir", "device", "num_threads")
 
@@ -138,7 +138,7 @@ def applied_config(source: SourceRun, user_cfg):
 
 
 def check_domain_sizes(domains: np.ndarray, where: str) -> None:
-    """Refuse domains with fewer than :data:`MIN_DOMAIN_CELLS` cells.
+    """Refuse domains with fewer than :data:`NEW_DOMAIN_MIN_CELLS` cells.
 
     Raises
     ------
@@ -146,11 +146,11 @@ def check_domain_sizes(domains: np.ndarray, where: str) -> None:
         Naming the domains, their sizes and ``where`` they come from.
     """
     names, counts = np.unique(np.asarray(domains).astype(str), return_counts=True)
-    small = {str(n): int(c) for n, c in zip(names, counts) if c < MIN_DOMAIN_CELLS}
+    small = {str(n): int(c) for n, c in zip(names, counts) if c < NEW_DOMAIN_MIN_CELLS}
     if small:
-        raise ConfigError(f"{where}: domain(s) {small} have fewer than {MIN_DOMAIN_CELLS} cells; "
+        raise ConfigError(f"{where}: domain(s) {small} have fewer than {NEW_DOMAIN_MIN_CELLS} cells; "
                           f"a new lab's BatchNorm and standardisation statistics come from its "
-                          f"own cells and need at least {MIN_DOMAIN_CELLS} per domain")
+                          f"own cells and need at least {NEW_DOMAIN_MIN_CELLS} per domain")
 
 
 def apply_run(run_dir: str | Path, user_cfg) -> Path:

@@ -55,6 +55,7 @@ from dorl.row_sources import (
     create_rows,
     take,
 )
+from dorl.sam.inference import SegmentSettings
 from dorl.sam.quality import QCSettings, cell_quality
 from dorl.sam.segmentation import Segmentation
 
@@ -85,6 +86,7 @@ def check_settings(cfg) -> tuple[FeatureSettings, CAESettings | None]:
     ConfigError
     """
     features = FeatureSettings.from_config(cfg)
+    SegmentSettings.from_config(cfg)
     if not features.encoders:
         raise ConfigError("features.encoders is empty: the embedding is the cell encoders' "
                           "features")

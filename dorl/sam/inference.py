@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dorl.artifacts import SEGMENTATION
+from dorl.config import ConfigError
 from dorl.data.images import read_rgb
 from dorl.data.manifest import Manifest
 from dorl.device import get_device, resolve_bf16
@@ -107,6 +108,11 @@ class SegmentSettings:
     @classmethod
     def from_config(cls, cfg) -> "SegmentSettings":
         infer = cfg.sam.infer
+        if int(infer.batch_size) < 1 or READ_CHUNK % int(infer.batch_size):
+            # Images are read READ_CHUNK at a time; a torchrun rank's block starts on a batch
+            # edge only when the batch size divides it.
+            raise ConfigError(f"sam.infer.batch_size must divide {READ_CHUNK}, got "
+                              f"{infer.batch_size}")
         return cls(str(cfg.sam.prompt), float(cfg.sam.box_fraction), int(infer.batch_size),
                    resolve_bf16(infer.bf16, get_device(cfg.device)), str(infer.features),
                    int(infer.crop_size),

@@ -34,7 +34,7 @@ from dorl.data.taxonomy import MATURE5
 logger = logging.getLogger(__name__)
 
 #: Fine label written for each synthetic class (see :mod:`dorl.data.taxonomy`).
-FINE_LABELS = {"neutrophil": "neutrophil_segmented", "lymphocyte": "lymphocyte_typical",
+SYNTH_FINE_LABELS = {"neutrophil": "neutrophil_segmented", "lymphocyte": "lymphocyte_typical",
                "monocyte": "monocyte", "eosinophil": "eosinophil", "basophil": "basophil"}
 #: Smallest image side that still shows nuclear lobes and granules.
 MIN_IMAGE_SIZE = 32
@@ -161,7 +161,7 @@ def generate(out_dir: str | Path, domains: list[str], n_per_domain: int, image_s
                 _write(out_dir / path, data)
                 _write(out_dir / mask_path, _encode(mask, None))
                 rows.append({"path": path, "domain": style.name, "label_raw": str(cls),
-                             "label_fine": FINE_LABELS[str(cls)],
+                             "label_fine": SYNTH_FINE_LABELS[str(cls)],
                              "sha256": hashlib.sha256(data).hexdigest(),
                              "mask_path": mask_path})
                 bar.update()
