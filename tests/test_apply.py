@@ -100,7 +100,7 @@ def test_new_lab_path_from_the_command_line(tiny_cfg, labs, tmp_path):
 
 
 def test_apply_refuses_what_it_cannot_do(tiny_cfg, labs, tmp_path):
-    run = _cfg(tiny_cfg, tmp_path / "run_ab", labs / "train_ab.csv")
+    run = _cfg(tiny_cfg, tmp_path / "run_ab", labs / "train_ab.csv", "cae.enabled=true")
     with pytest.raises(FeatureFileError, match="no features.h5ad"):
         apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "x", labs / "new_c.csv"))
     run_embed(run)

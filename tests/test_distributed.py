@@ -77,7 +77,7 @@ sam:
   finetune: {{epochs: 1, batch_size: 8, max_images: 16}}
   infer: {{batch_size: 8, crop_size: 32, bf16: false}}
 features: {{crop_size: 32, adabn_cells: 16, bf16: false}}
-cae: {{epochs: 2, batch_per_domain: 8}}
+cae: {{enabled: true, epochs: 2, batch_per_domain: 8}}
 """)  # float32: bfloat16's rounding would turn the DDP adapter's last-bit differences into 1e-3
     dorl = [sys.executable, "-m", "dorl", "embed", "-c", str(REPO / "configs" / "default.yaml"),
             "-c", str(cfg), f"run_dir={tmp_path / run}", *overrides]

@@ -50,6 +50,7 @@ def toy_cells(n_per_domain=24, size=32, seed=0):
 def test_feature_file_holds_standardised_features_metadata_and_provenance(tiny_cfg):
     manifest, seg, cell = toy_cells()
     tiny_cfg.cae.enabled = False
+    tiny_cfg.qc.enabled = False  # the toy cells have no image files
     fs = read_features(embed_segmentation(tiny_cfg, manifest, seg, cell))
     assert list(fs.obs.index) == list(manifest.table["path"])
     for col in ("path", "domain", "label", "label_raw", "label_fine", "split", "group",
@@ -80,6 +81,7 @@ def test_feature_file_holds_standardised_features_metadata_and_provenance(tiny_c
 def test_features_standardise_none_keeps_the_features_as_encoded(tiny_cfg):
     manifest, seg, cell = toy_cells()
     tiny_cfg.cae.enabled = False
+    tiny_cfg.qc.enabled = False  # the toy cells have no image files
     tiny_cfg.features.standardise = "none"
     fs = read_features(embed_segmentation(tiny_cfg, manifest, seg, cell))
     np.testing.assert_allclose(fs.X, cell[0]["efficientnet_lite0"], rtol=1e-6)
@@ -124,6 +126,7 @@ def test_a_bad_setting_fails_before_any_work(tiny_cfg, monkeypatch, key, value, 
     def no_work(cfg):
         raise AssertionError("work started before the settings were checked")
 
+    tiny_cfg.cae.enabled = True
     monkeypatch.setattr(embed, "load_data", no_work)
     keys = key.split(".")
     setattr(tiny_cfg[keys[0]], keys[1], value)
@@ -132,9 +135,11 @@ def test_a_bad_setting_fails_before_any_work(tiny_cfg, monkeypatch, key, value, 
 
 
 def test_run_embed_reuses_a_matching_file_and_refuses_another(tiny_cfg, monkeypatch):
+    """With the autoencoder off, its settings change nothing: the file is reused."""
     manifest, seg, cell = toy_cells()
     monkeypatch.setattr(embed, "load_data", lambda cfg: manifest)
     tiny_cfg.cae.enabled = False
+    tiny_cfg.qc.enabled = False  # the toy cells have no image files
     path = embed_segmentation(tiny_cfg, manifest, seg, cell)
     stamp = path.stat().st_mtime_ns
     assert run_embed(tiny_cfg) == path  # no SAM stage runs: the file is reused
@@ -147,6 +152,7 @@ def test_run_embed_reuses_a_matching_file_and_refuses_another(tiny_cfg, monkeypa
 
 
 def test_run_embed_end_to_end_trains_the_encoder_and_embeds_with_it(tiny_cfg):
+    tiny_cfg.cae.enabled = True
     path = run_embed(tiny_cfg)
     fs = read_features(path)
     assert fs.X.shape == (len(fs.obs), 1280) and np.isfinite(fs.X).all()
@@ -168,6 +174,7 @@ def test_run_embed_end_to_end_trains_the_encoder_and_embeds_with_it(tiny_cfg):
 
 
 def test_check_settings_returns_the_stage_settings(tiny_cfg):
+    tiny_cfg.cae.enabled = True
     features, cae = check_settings(tiny_cfg)
     assert features.encoders == ("efficientnet_lite0",) and cae.epochs == tiny_cfg.cae.epochs
     tiny_cfg.cae.enabled = False

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
 
 from dorl.classify.reports import markdown_report
+from dorl.classify.model_files import load_model_bundle
 from dorl.classify.run import (
     classify_from_config,
     kept_classes,
@@ -222,7 +222,7 @@ def test_group_aware_splits_never_share_a_group(tmp_path, cfg, monkeypatch):
 
 def test_predict_file_applies_a_saved_model(classified, tmp_path):
     model = classified / "models" / "dorl__logreg.skops"
-    bundle = joblib.load(model)
+    bundle = load_model_bundle(model)
     assert bundle["feature_dim"] == 12 and bundle["classes"] == sorted(CLASSES)
     assert bundle["feature_signature"] == {"data": "synthetic"}
     new = synthetic_features(tmp_path / "new.h5ad", n_per_domain=40, seed=0)
@@ -317,7 +317,7 @@ def test_training_views_teach_a_classifier_to_ignore_what_the_labs_change(tmp_pa
 def _saved_balanced_predictions(model: Path, weights: str, tmp_path: Path) -> pd.DataFrame:
     """A saved balanced model's predictions for three synthetic labs, after checking what the
     bundle says of itself."""
-    bundle = joblib.load(model)
+    bundle = load_model_bundle(model)
     assert bundle["adaptation"] == model.stem.split("__")[-1]
     assert bundle["model"].weights == weights
     pred = pd.read_csv(predict_file(model, synthetic_features(tmp_path / "abc.h5ad",

@@ -61,7 +61,7 @@ def test_hover_select_colour_hide_and_search_in_chromium(finished_run, page):
     assert page.evaluate("[...selection.querySelectorAll('img')].every(i => i.naturalWidth > 0)")
 
     options = page.evaluate("[...document.getElementById('colour').options].map(o => o.value)")
-    assert options == ["domain", "class", "prediction", "confidence"]
+    assert options == ["domain", "class", "prediction", "confidence", "qc"]
     for option in options:
         page.evaluate(f"(s => {{ s.value = '{option}'; s.dispatchEvent(new Event('change')); }})"
                       f"(document.getElementById('colour'))")

@@ -108,11 +108,8 @@ class SegmentSettings:
     @classmethod
     def from_config(cls, cfg) -> "SegmentSettings":
         infer = cfg.sam.infer
-        if int(infer.batch_size) < 1 or READ_CHUNK % int(infer.batch_size):
-            # Images are read READ_CHUNK at a time; a torchrun rank's block starts on a batch
-            # edge only when the batch size divides it.
-            raise ConfigError(f"sam.infer.batch_size must divide {READ_CHUNK}, got "
-                              f"{infer.batch_size}")
+        if int(infer.batch_size) < 1:
+            raise ConfigError(f"sam.infer.batch_size must be >= 1, got {infer.batch_size}")
         return cls(str(cfg.sam.prompt), float(cfg.sam.box_fraction), int(infer.batch_size),
                    resolve_bf16(infer.bf16, get_device(cfg.device)), str(infer.features),
                    int(infer.crop_size),
@@ -250,8 +247,11 @@ def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None,
             "box_fraction": settings.box_fraction, "crop_size": settings.crop_size,
             "bf16": settings.bf16, "signature": signature}
     if group.distributed and done < len(manifest):
-        # Blocks fall on batch edges (READ_CHUNK is a multiple of the batch size): every batch
-        # holds the rows it holds in one process.
+        # Blocks fall on batch edges, and READ_CHUNK must be a multiple of the batch size: every
+        # batch then holds the rows it holds in one process.
+        if READ_CHUNK % settings.batch_size:
+            raise ConfigError(f"under torchrun sam.infer.batch_size must divide {READ_CHUNK}, "
+                              f"got {settings.batch_size}")
         start, stop = group.block(len(manifest), align=settings.batch_size)
         part = SegmentationWriter(part_path(out, group.rank, group.world_size), stop - start,
                                   f"{signature}/rows {start}:{stop}")
