@@ -116,6 +116,12 @@ def case_csv_without_label_column(tmp):
             r"cells.csv: missing column\(s\) \['label'\]")
 
 
+def case_csv_with_semicolons(tmp):
+    return (_csv_case(tmp, "path;label;domain\na.png;monocyte;s\n"),
+            r"cells.csv: missing column\(s\) \['label', 'path'\] \(its separator looks like ';'; "
+            r"use commas\)")
+
+
 def case_csv_without_domain(tmp):
     _png(tmp / "c" / "a.png")
     return (_csv_case(tmp, "path,label\na.png,monocyte\n"),

@@ -82,21 +82,16 @@ def read_target_labels(path: str | Path) -> dict[str, str]:
         When the file is missing or has no ``path`` and ``label`` columns (naming the separator
         it found, when it is not a comma).
     """
-    import csv
+    from dorl.data.readers import separator_hint
 
     path = Path(path)
     if not path.is_file():
         raise FeatureFileError(f"classify.target_labels: file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
     table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     missing = sorted({"path", "label"} - set(table.columns))
     if missing:
-        try:
-            found = csv.Sniffer().sniff(text.splitlines()[0] if text else "", ";\t|,").delimiter
-        except csv.Error:
-            found = ","
-        hint = f" (its separator looks like {found!r}; use commas)" if found != "," else ""
-        raise FeatureFileError(f"{path}: missing column(s) {missing}; needs path,label{hint}")
+        raise FeatureFileError(f"{path}: missing column(s) {missing}{separator_hint(path)}; "
+                               f"needs path,label")
     return dict(zip(table["path"], table["label"]))
 
 

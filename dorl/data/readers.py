@@ -169,6 +169,20 @@ def read_folder(root: str | Path, domain: str | None = None, **_) -> pd.DataFram
     return _rows(paths, domain or root.name, [""] * len(paths), [UNKNOWN] * len(paths))
 
 
+def separator_hint(path: Path) -> str:
+    """A hint naming the separator of the CSV at ``path`` when it is not a comma (a semicolon
+    from a spreadsheet in many locales, a tab), else an empty string."""
+    import csv
+
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline()
+    try:
+        found = csv.Sniffer().sniff(header, ";\t|,").delimiter
+    except csv.Error:
+        return ""
+    return f" (its separator looks like {found!r}; use commas)" if found != "," else ""
+
+
 def read_csv(root: str | Path, domain: str | None = None,
              aliases: dict[str, str] | None = None, **_) -> pd.DataFrame:
     """A user CSV with columns ``path, label`` and optional ``domain, mask_path, group``.
@@ -182,7 +196,8 @@ def read_csv(root: str | Path, domain: str | None = None,
     df = pd.read_csv(csv, dtype=str, keep_default_na=False)
     missing = {"path", "label"} - set(df.columns)
     if missing:
-        raise LayoutError(f"{csv}: missing column(s) {sorted(missing)}; needs path,label "
+        raise LayoutError(f"{csv}: missing column(s) {sorted(missing)}{separator_hint(csv)}; "
+                          f"needs path,label "
                           f"[,domain,mask_path,group]")
     if "domain" not in df.columns:
         if not domain:
