@@ -143,3 +143,24 @@ def test_few_shot_leaves_classes_with_too_few_cells_unshot():
     shots = s.train[domains[s.train] == "b"]
     assert set(labels[shots]) == {"x"} and len(shots) == 2  # y has only 2 cells in b
     assert set(labels[s.evaluations[0].test]) == {"x", "y"}
+
+
+def test_the_user_s_labelled_cells_train_and_test_as_the_same_few_shot_draw():
+    """The labelling loop's protocol equals few_shot for the same cells: the same training rows,
+    the same test rows, so the same score for the same classifier."""
+    labels, domains = cells()
+    few = [s for s in make_splits(labels, domains, ["few_shot"], 3, 0, shots=[2], draws=1,
+                                  sources=["a"]) if s.evaluations[0].target == "b"][0]
+    chosen = np.zeros(len(labels), bool)
+    chosen[few.train[domains[few.train] == "b"]] = True
+    loop = [s for s in make_splits(labels, domains, [], 3, 0, sources=["a"],
+                                   user_labelled=chosen)]
+    assert len(loop) == 1 and loop[0].evaluations[0].protocol == "target_labels"
+    np.testing.assert_array_equal(loop[0].train, few.train)
+    np.testing.assert_array_equal(loop[0].evaluations[0].test, few.evaluations[0].test)
+    assert loop[0].evaluations[0].shots == 2
+    # every other protocol leaves the user's cells out of its test sets
+    for split in make_splits(labels, domains, ["source_target", "lodo"], 3, 0,
+                             user_labelled=chosen):
+        for e in split.evaluations:
+            assert not chosen[e.test].any()
