@@ -117,6 +117,16 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(_to_rgb(_to_uint8(np.asarray(arr)), path))
 
 
+def image_sizes(paths) -> np.ndarray:
+    """Width and height of each image, int64 of shape (n, 2), from the headers alone (no pixel
+    is decoded)."""
+    sizes = []
+    for path in paths:
+        with Image.open(path) as image:
+            sizes.append(image.size)
+    return np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a mask image as a 2-D uint8 array (values as stored; grey if the file is RGB)."""
     path = Path(path)

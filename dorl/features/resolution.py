@@ -19,9 +19,9 @@ trained on a sharper lab then reads detail the other lab's cells do not have.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 from dorl.config import ConfigError
+from dorl.data.images import image_sizes
 from dorl.data.manifest import Manifest
 from dorl.resize import resize_batch
 from dorl.sam.masks import CROP_MARGIN
@@ -61,11 +61,8 @@ def native_crop_sides(manifest: Manifest, seg: Segmentation) -> np.ndarray:
     Only the image headers are read. Segmentation saw each image stretched to a square of its
     longer side, as :func:`dorl.features.encode.cell_crop` does.
     """
-    image_sides = np.empty(len(manifest))
-    for i in range(len(manifest)):
-        with Image.open(manifest.image_path(i)) as image:
-            image_sides[i] = max(image.size)
-    return crop_side(seg.boxes) * image_sides / seg.masks.shape[1]
+    sizes = image_sizes(manifest.image_path(i) for i in range(len(manifest)))
+    return crop_side(seg.boxes) * sizes.max(axis=1) / seg.masks.shape[1]
 
 
 def coarsest_side(sides: np.ndarray, domains: np.ndarray) -> int:

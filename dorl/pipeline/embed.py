@@ -203,12 +203,17 @@ def _domain_ids(manifest: Manifest) -> np.ndarray:
         {d: i for i, d in enumerate(manifest.domains)}).to_numpy()
 
 
+def _classes(cfg) -> list[str]:
+    """The classes of the label space an encoder's source-label head predicts."""
+    return [c for c in label_space(cfg.data.label_space) if c != UNKNOWN]
+
+
 def _trainable_labels(cfg, manifest: Manifest, settings: CAESettings) -> np.ndarray:
-    """Each row's class index where the encoder may learn its label (``cae.label_domains``
-    under ``cae.supervision=source_labels``), -1 elsewhere (``unknown`` cells too)."""
+    """Each row's index into :func:`_classes` where the encoder may learn its label
+    (``cae.label_domains`` under ``cae.supervision=source_labels``), -1 elsewhere (``unknown``
+    cells too)."""
     table = manifest.table
-    classes = [c for c in label_space(cfg.data.label_space) if c != UNKNOWN]
-    index = {c: i for i, c in enumerate(classes)}
+    index = {c: i for i, c in enumerate(_classes(cfg))}
     labels = table["label"].astype(str).map(lambda c: index.get(c, -1)).to_numpy()
     if settings.supervision != "source_labels":
         return np.full(len(table), -1)
@@ -259,8 +264,7 @@ def train_from_config(cfg, manifest: Manifest, seg: Segmentation,
     rows = training_rows(cfg, manifest)
     data = CAEData(_training_crops(cfg, manifest, seg, settings.crop_size, group),
                    _domain_ids(manifest).astype(np.int64),
-                   _trainable_labels(cfg, manifest, settings),
-                   len([c for c in label_space(cfg.data.label_space) if c != UNKNOWN]))
+                   _trainable_labels(cfg, manifest, settings), len(_classes(cfg)))
     signature = CAE_CHECKPOINT.signature(cfg, manifest.signature(),
                                          seg.meta.get("signature", ""))
     return train_autoencoder(data, rows, settings, int(cfg.seed), Path(cfg.run_dir) / "cae",

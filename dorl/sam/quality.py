@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from skimage.color import rgb2hed
 
 from dorl.config import ConfigError
+from dorl.data.images import image_sizes
 from dorl.data.manifest import Manifest
 from dorl.sam.segmentation import Segmentation
 
@@ -80,10 +80,8 @@ def cell_quality(manifest: Manifest, seg: Segmentation, settings: QCSettings
     reasons = np.full(n, "", dtype=object)
     if not settings.enabled:
         return np.ones(n, bool), reasons.astype(str)
-    aspect = np.empty(n)
-    for i in range(n):
-        with Image.open(manifest.image_path(i)) as image:
-            aspect[i] = max(image.size) / max(1, min(image.size))
+    sizes = image_sizes(manifest.image_path(i) for i in range(n))
+    aspect = sizes.max(axis=1) / np.maximum(sizes.min(axis=1), 1)
     stained, area = np.empty(n), np.empty(n)
     for start in range(0, n, 256):
         rows = np.arange(start, min(start + 256, n))
