@@ -126,6 +126,21 @@ def test_coral_is_stable_with_fewer_cells_than_features():
     assert aligned.shape == (20, 64) and np.isfinite(aligned).all()
 
 
+@pytest.mark.parametrize("n_target, n_source", [(20, 30), (20, 300), (300, 200)])
+def test_coral_equals_the_dense_matrix_formula(n_target, n_source):
+    """The low-rank form gives what (C_t + I)^-1/2 (C_s + I)^1/2 built as (d, d) matrices gives,
+    with fewer and with more cells than features."""
+    def power(X, p):
+        values, vectors = np.linalg.eigh(np.cov(X, rowvar=False) + np.eye(X.shape[1]))
+        return (vectors * values ** p) @ vectors.T
+
+    rng = np.random.default_rng(1)
+    target = rng.normal(2, 1, (n_target, 64)) * rng.uniform(0.5, 2, 64)
+    source = rng.normal(size=(n_source, 64)) @ rng.normal(size=(64, 64)) * 0.3
+    dense = (target - target.mean(0)) @ power(target, -0.5) @ power(source, 0.5) + source.mean(0)
+    np.testing.assert_allclose(coral_align(target, source), dense, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("model", [LogisticRegression(),
                                    make_pipeline(StandardScaler(), LinearSVC())])
 def test_class_scores_are_distributions_in_class_order(model):

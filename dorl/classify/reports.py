@@ -427,9 +427,13 @@ def plot_confusions(out_dir: Path, confusions: dict) -> list[Path]:
     for (fs, adaptation, clf, protocol), panels in groups.items():
         panels.sort(key=lambda p: (p[0], p[1]))
         n_labels = len(panels[0][2][0])
-        size = 1.2 + 0.45 * n_labels
-        fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.8),
-                                 squeeze=False, layout="constrained")
+        # Fixed margins (inches) for the rotated class names: a constrained layout measured
+        # every label and took most of the figure's time.
+        side, margin, top = 0.3 * n_labels + 0.2, 1.1, 0.6
+        width, height = margin + len(panels) * (side + 0.3), side + margin + top
+        fig, axes = plt.subplots(1, len(panels), figsize=(width, height), squeeze=False)
+        fig.subplots_adjust(left=margin / width, right=1 - 0.2 / width, bottom=margin / height,
+                            top=1 - top / height, wspace=0.3 / side)
         for ax, (source, target, (labels, counts)) in zip(axes[0], panels):
             counts = np.asarray(counts)
             rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -439,7 +443,7 @@ def plot_confusions(out_dir: Path, confusions: dict) -> list[Path]:
                     ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
                             color="white" if rates[i, j] > 0.5 else "black")
             ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-            ax.set_yticks(range(len(labels)), labels, fontsize=7)
+            ax.set_yticks(range(len(labels)), labels if ax is axes[0][0] else [], fontsize=7)
             ax.set_title(f"{source} → {target}", fontsize=8)
             ax.set_xlabel("predicted", fontsize=7)
         axes[0][0].set_ylabel("true", fontsize=7)
