@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,12 +13,13 @@ from omegaconf import OmegaConf
 
 from dorl.pipeline.apply import NEW_DOMAIN_MIN_CELLS, apply_run
 from dorl.pipeline.embed import run_embed
-from dorl.classify.run import classify_from_config, predict_file
+from dorl.classify.run import predict_file
 from dorl.cli import main
-from dorl.config import ConfigError
+from dorl.config import ConfigError, load_config
 from dorl.data.manifest import save_manifest
 from dorl.data.synth.generate import generate_from_config
 from dorl.featstore import FeatureFileError, read_features
+from tests.conftest import tiny_config
 
 
 @pytest.fixture
@@ -39,29 +42,54 @@ def _cfg(tiny_cfg, run_dir, manifest, *overrides):
     return cfg
 
 
-@pytest.mark.parametrize("cae", [False, True], ids=["features", "autoencoder"])
-def test_applied_cells_match_the_same_cells_embedded_in_the_run(tiny_cfg, labs, tmp_path, cae):
-    run = _cfg(tiny_cfg, tmp_path / "run_all", labs / "manifest.csv", f"cae.enabled={cae}")
-    trained = read_features(run_embed(run))
-    new = _cfg(tiny_cfg, tmp_path / "lab_c", labs / "new_c.csv")
-    applied = read_features(apply_run(run.run_dir, new))
+@pytest.fixture(scope="module")
+def autoencoder_run(tmp_path_factory):
+    """A tiny run of all three labs with the autoencoder trained, made once for this module;
+    tests that damage it work on a copy."""
+    root = tmp_path_factory.mktemp("autoencoder_run")
+    cfg = tiny_config(root, "cae.enabled=true")
+    table = generate_from_config(cfg).table
+    save_manifest(table[table["domain"] == "lab_c"], root / "data" / "new_c.csv")
+    run_embed(cfg)
+    return cfg
+
+
+def _new_lab(finished_cfg, tmp_path, name="lab_c"):
+    """The config of lab c's cells as a new lab, embedded into ``tmp_path / name``."""
+    manifest = Path(finished_cfg.data.root) / "new_c.csv"
+    if not manifest.is_file():
+        table = pd.read_csv(finished_cfg.data.manifest)
+        save_manifest(table[table["domain"] == "lab_c"], manifest)
+    return tiny_config(tmp_path, f"run_dir={tmp_path / name}", f"data.manifest={manifest}")
+
+
+def test_applied_cells_match_the_same_cells_embedded_in_the_run(finished_run, tmp_path):
+    run = load_config(finished_run.config)
+    trained = read_features(finished_run.run_dir / "features.h5ad")
+    applied = read_features(apply_run(finished_run.run_dir, _new_lab(run, tmp_path)))
     same = trained.domains == "lab_c"
     # Per-domain statistics come from each domain's own cells: lab c alone gives the same ones.
     np.testing.assert_allclose(applied.X, trained.X[same], atol=1e-4)
     assert applied.uns["applied_from"]["signature"] == dict(trained.uns["signature"])
     assert {k: v for k, v in applied.uns["signature"].items() if k != "data"} == \
         {k: v for k, v in trained.uns["signature"].items() if k != "data"}
-    assert not (tmp_path / "lab_c" / "cae").exists()  # nothing was trained
-    run.classify.features = {"dorl": str(tmp_path / "run_all" / "features.h5ad")}
-    run.classify.protocols = ["lodo"]
-    classify_from_config(run)
-    model = tmp_path / "run_all" / "classify" / "models" / "dorl__logreg.skops"
-    on_run = pd.read_csv(predict_file(model, tmp_path / "run_all" / "features.h5ad",
+    model = finished_run.run_dir / "classify" / "models" / "dorl__logreg.skops"
+    on_run = pd.read_csv(predict_file(model, finished_run.run_dir / "features.h5ad",
                                       tmp_path / "run.csv"))
     on_new = pd.read_csv(predict_file(model, tmp_path / "lab_c" / "features.h5ad",
                                       tmp_path / "new.csv"))
     expected = on_run[on_run["domain"] == "lab_c"]["predicted"].to_numpy()
     np.testing.assert_array_equal(on_new["predicted"].to_numpy(), expected)
+
+
+def test_cells_applied_with_the_adapted_encoder_match_the_run(autoencoder_run, tmp_path):
+    trained = read_features(Path(autoencoder_run.run_dir) / "features.h5ad")
+    assert "cae_training" in trained.uns
+    applied = read_features(apply_run(autoencoder_run.run_dir,
+                                      _new_lab(autoencoder_run, tmp_path)))
+    np.testing.assert_allclose(applied.X, trained.X[trained.domains == "lab_c"], atol=1e-4)
+    assert applied.uns["applied_from"]["signature"] == dict(trained.uns["signature"])
+    assert not (tmp_path / "lab_c" / "cae").exists()  # nothing was trained
 
 
 def test_a_new_lab_is_seen_at_the_run_s_resolution(tiny_cfg, labs, tmp_path):
@@ -78,50 +106,49 @@ def test_a_new_lab_is_seen_at_the_run_s_resolution(tiny_cfg, labs, tmp_path):
     np.testing.assert_allclose(applied.X, trained.X[same], atol=1e-4)
 
 
-def test_new_lab_path_from_the_command_line(tiny_cfg, labs, tmp_path):
-    train = _cfg(tiny_cfg, tmp_path / "run_ab", labs / "train_ab.csv")
-    train.classify.protocols = ["source_target"]
-    train_yaml, new_yaml = tmp_path / "train.yaml", tmp_path / "new.yaml"
-    OmegaConf.save(train, train_yaml)
-    OmegaConf.save(_cfg(tiny_cfg, tmp_path / "lab_c", labs / "new_c.csv"), new_yaml)
-    assert main(["embed", "-c", str(train_yaml)]) == 0
-    assert main(["classify", "run", "-c", str(train_yaml)]) == 0
-    assert main(["apply", "--from", str(tmp_path / "run_ab"), "-c", str(new_yaml)]) == 0
+def test_new_lab_path_from_the_command_line(finished_run, tmp_path):
+    new_yaml = tmp_path / "new.yaml"
+    OmegaConf.save(_new_lab(load_config(finished_run.config), tmp_path), new_yaml)
+    assert main(["apply", "--from", str(finished_run.run_dir), "-c", str(new_yaml)]) == 0
     new = tmp_path / "lab_c" / "features.h5ad"
     assert set(read_features(new).domains) == {"lab_c"}
     assert (tmp_path / "lab_c" / "config.apply.yaml").is_file()
     out = tmp_path / "pred.csv"
-    model = tmp_path / "run_ab" / "classify" / "models" / "dorl__logreg.skops"
+    model = finished_run.run_dir / "classify" / "models" / "dorl__logreg.skops"
     assert main(["classify", "predict", "-c", str(new_yaml), "--model", str(model),
                  "--features", str(new), "--out", str(out)]) == 0
     assert len(pd.read_csv(out)) == 24
     # Applying a second time reuses the finished file.
-    assert main(["apply", "--from", str(tmp_path / "run_ab"), "-c", str(new_yaml)]) == 0
+    stamp = new.stat().st_mtime_ns
+    assert main(["apply", "--from", str(finished_run.run_dir), "-c", str(new_yaml)]) == 0
+    assert new.stat().st_mtime_ns == stamp
 
 
-def test_apply_refuses_what_it_cannot_do(tiny_cfg, labs, tmp_path):
-    run = _cfg(tiny_cfg, tmp_path / "run_ab", labs / "train_ab.csv", "cae.enabled=true")
+def test_apply_refuses_what_it_cannot_do(autoencoder_run, tiny_cfg, tmp_path):
+    labs = Path(autoencoder_run.data.root)
     with pytest.raises(FeatureFileError, match="no features.h5ad"):
-        apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "x", labs / "new_c.csv"))
-    run_embed(run)
+        apply_run(tmp_path / "never_run", _cfg(tiny_cfg, tmp_path / "x", labs / "new_c.csv"))
+    # A copy: the checks below damage the run's files.
+    run_dir = tmp_path / "run_ab"
+    shutil.copytree(autoencoder_run.run_dir, run_dir)
     with pytest.raises(ConfigError, match="applied run's own folder"):
-        apply_run(run.run_dir, _cfg(tiny_cfg, run.run_dir, labs / "new_c.csv"))
+        apply_run(run_dir, _cfg(tiny_cfg, run_dir, labs / "new_c.csv"))
     with pytest.raises(ConfigError, match="label space"):
-        apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "y", labs / "new_c.csv",
+        apply_run(run_dir, _cfg(tiny_cfg, tmp_path / "y", labs / "new_c.csv",
                                     "data.label_space=full"))
     table = pd.read_csv(labs / "new_c.csv")
     save_manifest(table.head(NEW_DOMAIN_MIN_CELLS - 1), labs / "few.csv")
     with pytest.raises(ConfigError, match=f"fewer than {NEW_DOMAIN_MIN_CELLS} cells"):
-        apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "z", labs / "few.csv"))
+        apply_run(run_dir, _cfg(tiny_cfg, tmp_path / "z", labs / "few.csv"))
     assert not (tmp_path / "z" / "features.h5ad").exists()
     encoder = tmp_path / "run_ab" / "cae" / "encoder.pt"
     original = encoder.read_bytes()
     middle = len(original) // 2
     encoder.write_bytes(original[:middle] + bytes([original[middle] ^ 1]) + original[middle + 1:])
     with pytest.raises(FeatureFileError, match="adapted encoder .* was changed"):
-        apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "v", labs / "new_c.csv"))
+        apply_run(run_dir, _cfg(tiny_cfg, tmp_path / "v", labs / "new_c.csv"))
     encoder.write_bytes(original)
     adapter = next((tmp_path / "run_ab" / "sam_adapter").glob("*.safetensors"))
     adapter.write_bytes(adapter.read_bytes()[:-1] + b"\0")
     with pytest.raises(FeatureFileError, match="adapter .* was changed"):
-        apply_run(run.run_dir, _cfg(tiny_cfg, tmp_path / "w", labs / "new_c.csv"))
+        apply_run(run_dir, _cfg(tiny_cfg, tmp_path / "w", labs / "new_c.csv"))

@@ -87,9 +87,11 @@ class SourceRun:
         adapter = seg.get("adapter")
         adapter_dir = None
         if adapter not in (None, "", "None"):
-            adapter_dir = Path(adapter)
-            if not adapter_dir.is_absolute() and not adapter_dir.is_dir():
-                adapter_dir = run_dir / adapter_dir.name
+            # A run folder copied from another lab or disk records the adapter's old path: the
+            # copy inside the run folder is the one that belongs to it.
+            adapter_dir = run_dir / Path(adapter).name
+            if not adapter_dir.is_dir():
+                adapter_dir = Path(adapter)
             if not adapter_dir.is_dir() or adapter_hash(adapter_dir) != seg.get("adapter_hash"):
                 raise FeatureFileError(f"{path}: its LoRA adapter {adapter} is missing or was "
                                        f"changed (hash {seg.get('adapter_hash')})")
