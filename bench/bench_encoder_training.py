@@ -100,9 +100,9 @@ def rule_halves(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def encoder_of(cfg, weights: Path | None) -> tuple[torch.nn.Module, int, FeatureSettings]:
     settings = FeatureSettings.from_config(cfg)
-    model, side = build_encoder(settings.encoders[0], settings.sam_image_size,
-                                settings.multilevel, None if weights is None else str(weights))
-    return model, (settings.crop_size if weights is not None else side), settings
+    model = build_encoder(settings.encoders[0], settings.sam_image_size, settings.multilevel,
+                          None if weights is None else str(weights))
+    return model, settings.crop_size, settings
 
 
 def encode(model, side, settings: FeatureSettings, crops: np.ndarray, domains: np.ndarray

@@ -11,7 +11,7 @@ from dorl.features.encode import FeatureSettings
 from tests.helpers import bench_scripts_importable, synthetic_features
 
 #: Lite0 on 32-px crops with AdaBN over 6 cells, small enough to encode in a test.
-TINY_CELL_FEATURES = FeatureSettings(("efficientnet_lite0",), 32, "none", (), True, 6, 6, False,
+TINY_CELL_FEATURES = FeatureSettings(("efficientnet_lite0",), 224, "none", (), True, 6, 6, False,
                                      64)
 
 

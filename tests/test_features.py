@@ -230,7 +230,7 @@ def test_chunked_features_equal_one_chunk(tmp_path, monkeypatch):
     seg = Segmentation(np.zeros((n, 8, 8, 3), np.uint8), np.zeros((n, 8, 8, 3), np.uint8), masks,
                        np.tile(np.array([8, 8, 24, 24], np.float32), (n, 1)),
                        rng.random(n) > 0.8, {})
-    settings = FeatureSettings(("efficientnet_lite0",), 32, "reinhard", (), True, 6, 4, False, 64)
+    settings = FeatureSettings(("efficientnet_lite0",), 224, "reinhard", (), True, 6, 4, False, 64)
     whole, _ = encode.stream_cell_features(manifest, seg, settings, 0)
     monkeypatch.setattr(encode, "FEATURE_CHUNK", 3)
     chunked, meta = encode.stream_cell_features(manifest, seg, settings, 0)

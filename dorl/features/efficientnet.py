@@ -30,18 +30,18 @@ _STAGES = [(1, 3, 1, 16), (6, 3, 2, 24), (6, 5, 2, 40), (6, 3, 2, 80), (6, 5, 1,
 
 @dataclass(frozen=True)
 class LiteVariant:
-    """Width and depth of one EfficientNet-Lite, its native input side and its weights file."""
+    """Width and depth of one EfficientNet-Lite and its weights file (trained on ImageNet at 224,
+    240 and 260 px for Lite0, 1 and 2)."""
 
     width: float
     depth: float
-    image_size: int
     weights: str
 
 
 VARIANTS = {
-    "efficientnet_lite0": LiteVariant(1.0, 1.0, 224, "efficientnet-lite0-57934424.pth"),
-    "efficientnet_lite1": LiteVariant(1.0, 1.1, 240, "efficientnet-lite1-77cc7160.pth"),
-    "efficientnet_lite2": LiteVariant(1.1, 1.2, 260, "efficientnet-lite2-9656183e.pth"),
+    "efficientnet_lite0": LiteVariant(1.0, 1.0, "efficientnet-lite0-57934424.pth"),
+    "efficientnet_lite1": LiteVariant(1.0, 1.1, "efficientnet-lite1-77cc7160.pth"),
+    "efficientnet_lite2": LiteVariant(1.1, 1.2, "efficientnet-lite2-9656183e.pth"),
 }
 
 

@@ -174,17 +174,16 @@ class SamCropEncoder(nn.Module):
 
 
 def build_encoder(name: str, sam_image_size: int, multilevel: bool = False,
-                  weights: str | None = None) -> tuple[nn.Module, int]:
-    """The encoder ``name`` in eval mode, with its input side. ``multilevel`` adds the pooled
-    outputs of EfficientNet-Lite's last stages (``features.multilevel``; LiteMedSAM ignores
-    it); ``weights`` is an EfficientNet-Lite weights file (the adapted encoder) instead of the
+                  weights: str | None = None) -> nn.Module:
+    """The encoder ``name`` in eval mode. ``multilevel`` adds the pooled outputs of
+    EfficientNet-Lite's last stages (``features.multilevel``; LiteMedSAM ignores it);
+    ``weights`` is an EfficientNet-Lite weights file (the adapted encoder) instead of the
     ImageNet weights."""
     if name == "litemedsam":
-        return SamCropEncoder(sam_image_size).eval(), sam_image_size
-    from dorl.features.efficientnet import VARIANTS, build_efficientnet_lite
+        return SamCropEncoder(sam_image_size).eval()
+    from dorl.features.efficientnet import build_efficientnet_lite
 
-    return (build_efficientnet_lite(name, weights or "default", multilevel=multilevel),
-            VARIANTS[name].image_size)
+    return build_efficientnet_lite(name, weights or "default", multilevel=multilevel)
 
 
 def _batches(crops: np.ndarray, side: int, batch_size: int, device: torch.device):
@@ -251,9 +250,9 @@ def encode_normalised(normalised: np.ndarray, domains: np.ndarray, settings: Fea
     features, timings = {}, {}
     for name in settings.encoders:
         t0 = time.perf_counter()
-        model, side = build_encoder(name, settings.sam_image_size, settings.multilevel)
+        model = build_encoder(name, settings.sam_image_size, settings.multilevel)
         model = model.to(settings.device)
-        features[name] = encode_crops(model, side, normalised, domains,
+        features[name] = encode_crops(model, settings.crop_size, normalised, domains,
                                       settings.adabn_cells if settings.adabn else 0,
                                       settings.batch_size, settings.bf16, settings.tta)
         timings[name] = time.perf_counter() - t0
@@ -320,13 +319,12 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
                                 list(settings.stain_reference_domains), seed)
     sample_crops = apply_stain(sample_crops, sample_masks, domains[sample], reference)
     timings["stain"] += time.perf_counter() - t0
-    models = {}
-    for name in settings.encoders:
-        model, side = build_encoder(name, settings.sam_image_size, settings.multilevel,
-                                    settings.encoder_weights)
-        # The adapted encoder reads cells at the side it was trained at, not its native one.
-        side = settings.crop_size if settings.encoder_weights else side
-        models[name] = (model.to(settings.device), side)
+    # Every encoder reads the crop at features.crop_size (LiteMedSAM resizes it to its own
+    # input); the adapted encoder was trained at that side.
+    side = settings.crop_size
+    models = {name: (build_encoder(name, settings.sam_image_size, settings.multilevel,
+                                   settings.encoder_weights).to(settings.device), side)
+              for name in settings.encoders}
     features: dict[str, Any] = {}
     bar = tqdm(total=len(rows), desc="cell features", unit="img")
     for domain in np.unique(domains[rows]):
