@@ -20,7 +20,7 @@ CFG := $(foreach c,$(CONFIG),-c $(c))
 
 # Plain `make` creates the environment; `make help` lists everything else.
 .DEFAULT_GOAL := install
-.PHONY: help install data embed classify umap run test test-full bench bench-realdata clean
+.PHONY: help install data embed classify umap run test bench bench-realdata clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -58,10 +58,7 @@ run: $(STAMP) ## the whole default job: data, embed, classify, umap; prints wher
 	$(DORL) umap $(CFG) $(ARGS)
 	$(DORL) info --outputs $(CFG) $(ARGS)
 
-test: $(STAMP) ## run the fast test suite (what CI runs)
-	$(BIN)/pytest -m "not slow" -q
-
-test-full: $(STAMP) ## run every test, slow ones included
+test: $(STAMP) ## run the whole test suite (what CI runs; minutes)
 	$(BIN)/pytest -q
 
 bench: $(STAMP) ## print speed, memory and domain-shift figures (synthetic data; minutes)

@@ -70,7 +70,7 @@ def _free_port() -> int:
 def _embed(tmp_path, run, nproc, *overrides):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(f"""\
-data: {{root: {tmp_path / 'data'}, synth: {{n_per_domain: 16, image_size: 64}}}}
+data: {{root: {tmp_path / 'data'}, synth: {{n_per_domain: 8, image_size: 64}}}}
 sam:
   backbone: tiny
   image_size: 64

@@ -102,7 +102,10 @@ def test_classify_writes_every_report(classified):
                                                                   "oracle"}
     assert {c["shots"] for c in summary["few_shot"]} == {0, 1, 5, 10, 25}
     assert (out / "few_shot.png").stat().st_size > 0
-    assert len(list((out / "confusion").glob("*.png"))) == 4 * 2 * 3
+    # adaptations x classifiers x the cross-domain protocols; in-domain counts only in the summary
+    assert len(list((out / "confusion").glob("*.png"))) == 4 * 2 * 2
+    assert not list((out / "confusion").glob("*__in_domain.png"))
+    assert {c["protocol"] for c in summary["confusion_matrices"]} >= {"in_domain", "lodo"}
     assert sorted(p.name for p in (out / "models").iterdir()) == [
         "dorl__knn.skops", "dorl__knn__balanced_std_hard.skops", "dorl__logreg.skops",
         "dorl__logreg__balanced_std_hard.skops"]

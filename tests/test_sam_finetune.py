@@ -127,7 +127,6 @@ def test_finetune_disabled_or_without_masks_gives_none(tiny_cfg, disc_manifest):
     assert finetune_from_config(tiny_cfg, disc_manifest) is None
 
 
-@pytest.mark.slow
 def test_finetuning_lowers_training_and_validation_loss(tiny_cfg, disc_manifest):
     tiny_cfg.sam.finetune.epochs = 8
     tiny_cfg.sam.finetune.lr = 1e-3

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-# isort: split (segment_anything is importable only after dorl.sam.models registers it)
-from segment_anything.modeling.image_encoder import get_rel_pos
-
 from dorl.sam.checkpoints import CheckpointMismatchError, default_checkpoint
 from dorl.sam.models import BACKBONES, PROMPTS, build_sam, sam_from_config, vit_window_size
 from dorl.sam.tiny_vit import TinyViT, WindowAttention
+
+# isort: split (segment_anything is importable only after dorl.sam.models registers it)
+from segment_anything.modeling.image_encoder import get_rel_pos  # noqa: E402
 
 
 @pytest.fixture
@@ -238,9 +238,9 @@ def test_litemedsam_segments_zheng_cells(shared_datasets):
     assert np.mean(dices) > 0.5
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("size", [224, 256, 512])
-def test_vit_b_checkpoint_interpolates_to_small_inputs(tmp_path, size):
+@pytest.fixture(scope="module")
+def vit_b_checkpoint(tmp_path_factory):
+    """A ViT-B SAM at 1024 px with random position tables, and its file as Meta ships it."""
     torch.manual_seed(0)
     full = build_sam("vit_b", None, 1024)
     with torch.no_grad():
@@ -249,8 +249,14 @@ def test_vit_b_checkpoint_interpolates_to_small_inputs(tmp_path, size):
                 param.normal_()
     state = full.state_dict()
     state["pixel_mean"] = torch.zeros(3, 1, 1)  # as in Meta's files
-    path = tmp_path / "sam_vit_b_01ec64.pth"
+    path = tmp_path_factory.mktemp("vit_b") / "sam_vit_b_01ec64.pth"
     torch.save(state, path)
+    return full, path
+
+
+@pytest.mark.parametrize("size", [224, 256, 512])
+def test_vit_b_checkpoint_interpolates_to_small_inputs(vit_b_checkpoint, size):
+    full, path = vit_b_checkpoint
     small = build_sam("vit_b", path, size)
     grid = size // 16
     assert small.image_encoder.pos_embed.shape == (1, grid, grid, 768)
@@ -269,5 +275,8 @@ def test_vit_b_checkpoint_interpolates_to_small_inputs(tmp_path, size):
     with torch.inference_mode():
         logits = small(small.preprocess(_images(1, size, size)), "whole_box")
     assert logits.shape == (1, 1, size // 4, size // 4)
+
+
+def test_a_checkpoint_of_another_backbone_is_refused(vit_b_checkpoint):
     with pytest.raises(CheckpointMismatchError, match="vit_b weights.*'vit_l'.*sam.backbone=vit_b"):
-        build_sam("vit_l", path, size)
+        build_sam("vit_l", vit_b_checkpoint[1], 224)

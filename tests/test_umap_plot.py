@@ -32,7 +32,6 @@ def test_umap_writes_png_html_and_stores_coordinates(cfg):
     assert coords.shape == (120, 2) and np.isfinite(coords).all()
 
 
-@pytest.mark.slow
 def test_umap_is_reproducible_and_can_fit_on_source_domains(cfg):
     fs = read_features(cfg.umap.features)
     a = fit_umap(fs.X, fs.domains, seed=3, n_neighbors=5)

@@ -409,9 +409,14 @@ def _summary(results, confusions, timings, inputs, settings: ClassifySettings,
     }
 
 
+#: The protocols drawn as confusion PNGs: those that score a lab the model never trained on.
+#: Every protocol's counts are in summary.json.
+CONFUSION_FIGURE_PROTOCOLS = ("source_target", "lodo")
+
+
 def plot_confusions(out_dir: Path, confusions: dict) -> list[Path]:
-    """One PNG per feature set x adaptation x classifier x protocol, one panel per source ->
-    target pair.
+    """One PNG per feature set x adaptation x classifier x cross-domain protocol
+    (:data:`CONFUSION_FIGURE_PROTOCOLS`), one panel per source -> target pair.
 
     Colours are row-normalised (recall per true class); numbers are counts over folds and seeds.
     """
@@ -422,7 +427,8 @@ def plot_confusions(out_dir: Path, confusions: dict) -> list[Path]:
 
     groups: dict[tuple, list] = {}
     for (fs, adaptation, clf, protocol, source, target), value in confusions.items():
-        groups.setdefault((fs, adaptation, clf, protocol), []).append((source, target, value))
+        if protocol in CONFUSION_FIGURE_PROTOCOLS:
+            groups.setdefault((fs, adaptation, clf, protocol), []).append((source, target, value))
     paths = []
     for (fs, adaptation, clf, protocol), panels in groups.items():
         panels.sort(key=lambda p: (p[0], p[1]))
