@@ -197,7 +197,7 @@ INPUT_ERRORS = {
     "dorl.sam.checkpoints": "CheckpointMismatchError", "dorl.classify.registry": "ClassifierError",
     "dorl.classify.protocols": "ProtocolError", "dorl.classify.model_files": "ModelFileError",
     "dorl.run_lock": "RunLockedError", "dorl.data.synth.generate": "SynthError",
-    "dorl.data.synth.domains": "DomainError",
+    "dorl.data.synth.domains": "DomainError", "dorl.write_failures": "StoreWriteError",
 }
 
 
@@ -213,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except Exception as exc:
-        if not isinstance(exc, input_errors()):
+        from dorl.write_failures import describe, write_failure
+
+        if isinstance(exc, input_errors()):
+            logger.error("%s", exc)
+        elif write_failure(exc) is not None:  # a full disk, a quota, a read-only folder
+            logger.error("%s", describe(exc))
+        else:
             raise
-        logger.error("%s", exc)
         return 2

@@ -28,6 +28,7 @@ import pandas as pd
 
 from dorl.atomic import atomic_path
 from dorl.row_sources import BLOCK_ROWS, blocks
+from dorl.write_failures import ensure_room
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,9 @@ def write_features(path: str | Path, fs: FeatureSet) -> Path:
     obs.index = obs.index.astype(str)
     if obs.index.has_duplicates:
         raise FeatureFileError(f"{path}: duplicate cell ids in obs index")
+    # HDF5 does not report a full disk (dorl.write_failures): check for the arrays' room first.
+    ensure_room(path, sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+                          for a in (fs.X, *fs.obsm.values())))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             _enc(f, "anndata", "0.1.0")

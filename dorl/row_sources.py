@@ -20,6 +20,8 @@ from typing import Callable, Iterator, Protocol, Sequence
 import h5py
 import numpy as np
 
+from dorl.write_failures import ensure_room
+
 #: Rows read per block by :func:`blocks` (and by the feature file's writer).
 BLOCK_ROWS = 1024
 #: Largest HDF5 chunk :func:`chunk_rows` plans for. HDF5 reads whole chunks, so a random row
@@ -159,8 +161,13 @@ def chunk_rows(row_shape: tuple[int, ...], dtype, n_rows: int) -> int:
 
 def create_rows(group, name: str, shape: tuple[int, ...], dtype):
     """An HDF5 dataset ``name`` of ``shape`` (rows first) and ``dtype`` in ``group`` (an h5py
-    file or group), chunked by :func:`chunk_rows`: every per-cell store is planned this way."""
+    file or group), chunked by :func:`chunk_rows`: every per-cell store is planned this way.
+
+    Raises ``OSError`` (ENOSPC) first when the disk lacks room for the whole dataset
+    (:func:`dorl.write_failures.ensure_room`: HDF5 itself would not say so).
+    """
     shape = tuple(int(s) for s in shape)
+    ensure_room(group.file.filename, int(np.prod(shape)) * np.dtype(dtype).itemsize)
     return group.create_dataset(name, shape=shape, dtype=dtype,
                                 chunks=(chunk_rows(shape[1:], dtype, shape[0]), *shape[1:]))
 

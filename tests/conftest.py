@@ -77,7 +77,8 @@ def finished_run(tmp_path_factory) -> FinishedRun:
     root = tmp_path_factory.mktemp("finished")
     run, predictions = root / "run", root / "predictions.csv"
     config = root / "tiny.yaml"
-    OmegaConf.save(tiny_config(root, f"umap.predictions={predictions}"), config)
+    OmegaConf.save(tiny_config(root, f"umap.predictions={predictions}",
+                               "classify.adaptations=[none,balanced_std_hard]"), config)
     codes = {}
     for name, argv in (
             ("data", ["data", "prepare"]), ("embed", ["embed"]),

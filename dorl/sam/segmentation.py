@@ -22,6 +22,7 @@ import numpy as np
 from dorl.artifacts import SEGMENTATION, reusable
 from dorl.atomic import atomic_path
 from dorl.row_sources import StoredRows, create_rows
+from dorl.write_failures import StoreWriteError, describe, ensure_room, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -156,14 +157,23 @@ class SegmentationWriter:
                              f"done of {self.n_rows}")
         columns = {k: getattr(part, k) for k in _ARRAYS}
         columns.update({f"features/{k}": v for k, v in part.features.items()})
-        with h5py.File(self.path, "a") as f:
-            for name, values in columns.items():
-                values = np.asarray(values)
-                if name not in f:
-                    create_rows(f, name, (self.n_rows, *values.shape[1:]), values.dtype)
-                f[name][start:stop] = values
-            f.flush()  # the rows are on disk before they are counted
-            f.attrs["done"] = stop
+        try:
+            ensure_room(self.path, sum(np.asarray(v).nbytes for v in columns.values()))
+            with h5py.File(self.path, "a") as f:
+                for name, values in columns.items():
+                    values = np.asarray(values)
+                    if name not in f:
+                        create_rows(f, name, (self.n_rows, *values.shape[1:]), values.dtype)
+                    f[name][start:stop] = values
+                f.flush()  # the rows are on disk before they are counted
+                f.attrs["done"] = stop
+        except OSError as exc:
+            if write_failure(exc) is None:
+                raise
+            raise StoreWriteError(
+                f"{describe(exc, self.path)}; {self.done} of {self.n_rows} cells are stored in "
+                f"{self.path}: the same command resumes from there where the disk has room"
+            ) from exc
         self.done = stop
 
     def finish(self, meta: dict[str, Any]) -> None:
