@@ -126,7 +126,7 @@ def mask_scores(model, cfg, images: list[np.ndarray], truths: list[np.ndarray]) 
     from dorl.sam.masks import clean_mask
     from dorl.sam.metrics import mask_scores as scores
 
-    raw, _ = predict_masks(model, images, cfg.sam.prompt, float(cfg.sam.box_fraction),
+    raw, _, _ = predict_masks(model, images, cfg.sam.prompt, float(cfg.sam.box_fraction),
                            int(cfg.sam.infer.batch_size), bool(cfg.sam.infer.bf16), "none")
     summary = scores([clean_mask(m) for m in raw], truths)
     return {k: summary[k] for k in ("dice", "dice_p10", "precision", "recall")}

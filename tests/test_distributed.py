@@ -31,9 +31,9 @@ def test_blocks_cover_every_row_once_on_aligned_edges(n, world, align):
 def _rows(n, offset=0):
     rng = np.random.default_rng(offset)
     return Segmentation(rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8),
-                        rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8),
                         rng.random((n, 16, 16)) > 0.5, rng.random((n, 4)).astype(np.float32),
-                        rng.random(n) > 0.8, {"sam_pooled": rng.random((n, 5)).astype(np.float32)})
+                        rng.random(n) > 0.8, rng.random(n).astype(np.float32),
+                        {"sam_pooled": rng.random((n, 5)).astype(np.float32)})
 
 
 def test_parts_join_into_the_store_in_row_order_and_are_removed(tmp_path):
@@ -120,7 +120,8 @@ def test_lazy_store_reads_the_rows_asked_for_in_their_order(tmp_path):
     np.testing.assert_array_equal(lazy.crops[1:3], rows.crops[1:3])
     np.testing.assert_array_equal(lazy.masks[[5, 0, 5]], rows.masks[[5, 0, 5]])
     pick = np.array([True, False, True, False, False, True])
-    np.testing.assert_array_equal(lazy.raw_crops[pick], rows.raw_crops[pick])
+    np.testing.assert_array_equal(lazy.crops[pick], rows.crops[pick])
+    np.testing.assert_array_equal(lazy.predicted_iou, rows.predicted_iou)
     np.testing.assert_array_equal(np.asarray(lazy.crops, dtype=np.uint8), rows.crops)
     np.testing.assert_array_equal(lazy.boxes, rows.boxes)
 

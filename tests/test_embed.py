@@ -37,8 +37,9 @@ def toy_cells(n_per_domain=24, size=32, seed=0):
                          "split": "train", "group": f"{domain}{i}"})
     n = len(rows)
     crops = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    seg = Segmentation(crops, crops.copy(), np.ones((n, 8, 8), bool),
+    seg = Segmentation(crops, np.ones((n, 8, 8), bool),
                        np.zeros((n, 4), np.float32), np.arange(n) % 10 == 0,
+                       np.ones(n, np.float32),
                        {"sam_pooled": rng.normal(size=(n, 12)).astype(np.float32)},
                        {"signature": "toyseg", "checkpoint_sha256": "abc", "backbone": "toy"})
     shift = np.repeat(np.arange(3), n_per_domain)[:, None] * 5.0

@@ -182,9 +182,9 @@ def test_features_are_cached_by_segmentation_and_settings(tiny_cfg, tmp_path):
     n = len(manifest)
     masks = np.zeros((n, 32, 32), bool)
     masks[:, 8:24, 8:24] = True
-    seg = Segmentation(np.zeros((n, 16, 16, 3), np.uint8), np.zeros((n, 16, 16, 3), np.uint8),
-                       masks, np.tile(np.array([8, 8, 24, 24], np.float32), (n, 1)),
-                       np.zeros(n, bool), {}, {"signature": "seg-1"})
+    seg = Segmentation(np.zeros((n, 16, 16, 3), np.uint8), masks,
+                       np.tile(np.array([8, 8, 24, 24], np.float32), (n, 1)),
+                       np.zeros(n, bool), np.ones(n, np.float32), {}, {"signature": "seg-1"})
     tiny_cfg.features.encoders = ["efficientnet_lite0"]
     tiny_cfg.features.crop_size = 32
     stored, meta = features_from_config(tiny_cfg, manifest, seg)
@@ -227,9 +227,9 @@ def test_chunked_features_equal_one_chunk(tmp_path, monkeypatch):
     n = len(manifest)
     masks = np.zeros((n, 32, 32), bool)
     masks[:, 8:24, 8:24] = True
-    seg = Segmentation(np.zeros((n, 8, 8, 3), np.uint8), np.zeros((n, 8, 8, 3), np.uint8), masks,
+    seg = Segmentation(np.zeros((n, 8, 8, 3), np.uint8), masks,
                        np.tile(np.array([8, 8, 24, 24], np.float32), (n, 1)),
-                       rng.random(n) > 0.8, {})
+                       rng.random(n) > 0.8, np.ones(n, np.float32), {})
     settings = FeatureSettings(("efficientnet_lite0",), 224, "reinhard", (), True, 6, 4, False, 64)
     whole, _ = encode.stream_cell_features(manifest, seg, settings, 0)
     monkeypatch.setattr(encode, "FEATURE_CHUNK", 3)

@@ -10,7 +10,9 @@ from dorl.data.manifest import load_manifest, save_manifest
 from dorl.data.synth.generate import generate_from_config
 from dorl.featstore import read_features
 from dorl.pipeline.embed import run_embed
-from dorl.sam.quality import BACKGROUND, stained_fraction
+from dorl.sam.quality import BACKGROUND, QCSettings, cell_quality, stained_fraction
+from dorl.sam.segmentation import Segmentation
+from tests.helpers import write_disc_manifest
 
 
 def test_stained_fraction_sees_nuclei_not_blank_or_red_cells():
@@ -22,6 +24,28 @@ def test_stained_fraction_sees_nuclei_not_blank_or_red_cells():
     assert stained_fraction(red, 0.03) == 0.0
     assert stained_fraction(nucleus, 0.03) > 0.2
     assert stained_fraction(np.full((8, 8, 3), BACKGROUND, np.uint8), 0.03) == 0.0
+
+
+def test_a_mask_sam_doubts_fails_on_its_predicted_iou(tmp_path):
+    """SAM's own predicted IoU under qc.min_predicted_iou fails the cell as low_iou; a centre-
+    crop fallback is named as such, and a mask that did not come from SAM (NaN) passes."""
+    manifest = write_disc_manifest(tmp_path, n=8, size=48)
+    n = len(manifest)
+    crops = np.full((n, 16, 16, 3), BACKGROUND, np.uint8)
+    crops[:, 4:12, 4:12] = (90, 40, 140)  # a stained nucleus
+    masks = np.zeros((n, 32, 32), bool)
+    masks[:, 8:24, 8:24] = True
+    iou = np.full(n, 0.9, np.float32)
+    iou[[1, 2, 3]] = (0.3, 0.3, np.nan)
+    fallback = np.zeros(n, bool)
+    fallback[2] = True
+    seg = Segmentation(crops, masks, np.tile(np.float32([8, 8, 24, 24]), (n, 1)), fallback, iou)
+    settings = QCSettings(True, True, 0.5, 0.01, 0.03, 3.0, 3.0)
+    passed, reasons = cell_quality(manifest, seg, settings)
+    assert reasons[:4].tolist() == ["", "low_iou", "fallback", ""]
+    assert passed.sum() == n - 2
+    off = QCSettings(True, True, 0.0, 0.01, 0.03, 3.0, 3.0)
+    assert cell_quality(manifest, seg, off)[1][1] == ""
 
 
 def test_bad_images_in_a_class_folder_are_flagged_and_never_trained_on(tiny_cfg, tmp_path):

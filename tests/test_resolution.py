@@ -80,8 +80,8 @@ def two_scale_segmentation(n: int) -> Segmentation:
         lo, hi = (8, 24) if i < n // 2 else (12, 20)
         masks[i, lo:hi, lo:hi] = True
         boxes[i] = (lo, lo, hi, hi)
-    return Segmentation(np.zeros((n, 8, 8, 3), np.uint8), np.zeros((n, 8, 8, 3), np.uint8),
-                        masks, boxes, np.zeros(n, bool), {})
+    return Segmentation(np.zeros((n, 8, 8, 3), np.uint8), masks, boxes, np.zeros(n, bool),
+                        np.ones(n, np.float32), {})
 
 
 def test_coarsest_resolution_resamples_the_sharper_lab_only(tmp_path):

@@ -56,7 +56,8 @@ def test_segment_images_shapes_and_fallback(tiny_cfg):
     field = np.ones((64, 64), bool)  # covers the whole border
     seg = segment_images(model, images, SegmentSettings.from_config(tiny_cfg), progress=False,
                          masks=[cell, speck, field, np.zeros((64, 64), bool)])
-    assert seg.crops.shape == (4, 32, 32, 3) and seg.raw_crops.shape == (4, 32, 32, 3)
+    assert seg.crops.shape == (4, 32, 32, 3) and seg.predicted_iou.shape == (4,)
+    assert np.isnan(seg.predicted_iou).all()  # SAM's estimate is not about masks from elsewhere
     assert seg.masks.shape == (4, 64, 64) and seg.boxes.shape == (4, 4)
     assert seg.features["sam_pooled"].shape[0] == 4
     assert seg.fallback.tolist() == [False, True, True, True]
@@ -153,7 +154,7 @@ def test_interrupted_segmentation_resumes_bit_identical(tiny_cfg, small_manifest
     caplog.set_level("INFO")
     resumed = segment_from_config(tiny_cfg, small_manifest, None)
     assert "6 of 8 cells done" in caplog.text
-    for key in ("crops", "raw_crops", "masks", "boxes", "fallback"):
+    for key in ("crops", "masks", "boxes", "fallback", "predicted_iou"):
         np.testing.assert_array_equal(getattr(resumed, key), getattr(whole, key))
     np.testing.assert_array_equal(resumed.features["sam_pooled"], whole.features["sam_pooled"])
     assert resumed.meta == whole.meta

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from dorl.atomic import atomic_path, write_text_atomic
+from dorl.figures import pyplot, save_figure
+from dorl.tables import markdown_table
 from dorl.classify.inputs import FeatureInput
 from dorl.classify.registry import display_name
 from dorl.classify.settings import ClassifySettings
@@ -80,7 +82,7 @@ def pair_table(results: pd.DataFrame, scope: str, metric: str) -> str:
     within = pooled_mean(results, ("in_domain",), scope, metric)
     header = (["features", "adaptation", "classifier"] + [f"{s} → {t}" for _, s, t in columns]
               + ["in-domain mean", "**cross-domain mean**"])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     pairs = results[results["protocol"].isin(["in_domain", "source_target"])]
     for fs, adaptation, clf in pairs[_MODEL].drop_duplicates().to_numpy():
         cells = [fs, adaptation, display_name(clf)]
@@ -92,8 +94,8 @@ def pair_table(results: pd.DataFrame, scope: str, metric: str) -> str:
                          & (pooled["classifier"] == clf)]
             text = _fmt(row["mean"].iloc[0], row["std"].iloc[0]) if len(row) else "–"
             cells.append(f"**{text}**" if bold and len(row) else text)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def lodo_table(results: pd.DataFrame) -> str:
@@ -103,7 +105,7 @@ def lodo_table(results: pd.DataFrame) -> str:
     targets = sorted(idx.loc[idx["protocol"] == "lodo", "target"].unique())
     header = (["features", "adaptation", "classifier"] + [f"held out {t}" for t in targets]
               + ["mean"])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for scope in ("shared", "full"):
         pooled = pooled_mean(results, ("lodo",), scope, "macro_f1")
         for fs, adaptation, clf, mean, std in pooled.to_numpy():
@@ -114,8 +116,8 @@ def lodo_table(results: pd.DataFrame) -> str:
                              & idx["protocol"].eq("lodo") & idx["target"].eq(t)
                              & idx["scope"].eq(scope) & idx["metric"].eq("macro_f1")).to_numpy()]
                 cells.append(_fmt(*sub[["mean", "std"]].iloc[0]) if len(sub) else "–")
-            lines.append("| " + " | ".join(cells + [_fmt(mean, std)]) + " |")
-    return "\n".join(lines)
+            rows.append(cells + [_fmt(mean, std)])
+    return markdown_table(header, rows)
 
 
 CHOICE_RULES = {
@@ -175,7 +177,7 @@ def choice_table(results: pd.DataFrame) -> str:
     """Markdown table of :func:`classifier_choices`: one column per rule."""
     choices = classifier_choices(results)
     header = ["features", "adaptation", "source → target"] + list(CHOICE_RULES.values())
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for (fs, adaptation, source, target), group in choices.groupby(
             ["feature_set", "adaptation", "source", "target"], sort=False):
         by_rule = group.set_index("rule")
@@ -186,8 +188,8 @@ def choice_table(results: pd.DataFrame) -> str:
                 cells.append(f"{display_name(r['classifier'])}: {_fmt(r['mean'], r['std'])}")
             else:
                 cells.append("–")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def few_shot_curve(results: pd.DataFrame) -> pd.DataFrame:
@@ -217,13 +219,12 @@ def target_labels_table(results: pd.DataFrame) -> str:
     labelled = sel[sel["protocol"] == "target_labels"].groupby(keys).agg(
         macro_f1=("value", "mean"), per_class=("shots", "first"), n_test=("n_test", "mean"))
     plain = sel[sel["protocol"] == "source_target"].groupby(keys)["value"].mean()
-    lines = ["| features | adaptation | classifier | source → target | without them | "
-             "with them | labels per class | cells scored |", "|---|---|---|---|---|---|---|---|"]
-    for key, r in labelled.iterrows():
-        before = plain.get(key, float("nan"))
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} → {key[4]} | {before:.3f} | "
-                     f"{r.macro_f1:.3f} | {int(r.per_class)} | {r.n_test:.0f} |")
-    return "\n".join(lines)
+    header = ["features", "adaptation", "classifier", "source → target", "without them",
+              "with them", "labels per class", "cells scored"]
+    return markdown_table(header, [
+        [*key[:3], f"{key[3]} → {key[4]}", f"{plain.get(key, float('nan')):.3f}",
+         f"{r.macro_f1:.3f}", int(r.per_class), f"{r.n_test:.0f}"]
+        for key, r in labelled.iterrows()])
 
 
 def few_shot_table(results: pd.DataFrame) -> str:
@@ -232,14 +233,14 @@ def few_shot_table(results: pd.DataFrame) -> str:
     shots = sorted(curve["shots"].unique())
     header = (["features", "adaptation", "classifier", "source → target"]
               + [f"k={k}" + (" (cross-domain)" if k == 0 else "") for k in shots])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for key, group in curve.groupby(_MODEL + ["source", "target"], sort=False):
         by_k = group.set_index("shots")
         cells = [key[0], key[1], display_name(key[2]), f"{key[3]} → {key[4]}"]
         cells += [f"{_fmt(by_k.loc[k, 'mean'], by_k.loc[k, 'std'])} ({by_k.loc[k, 'n_test']:.0f})"
                   if k in by_k.index else "–" for k in shots]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def plot_few_shot(out_dir: Path, results: pd.DataFrame) -> Path | None:
@@ -247,10 +248,7 @@ def plot_few_shot(out_dir: Path, results: pd.DataFrame) -> Path | None:
     curve = few_shot_curve(results)
     if curve.empty:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     pairs = curve[["source", "target"]].drop_duplicates().to_numpy()
     fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.4), squeeze=False,
@@ -268,11 +266,7 @@ def plot_few_shot(out_dir: Path, results: pd.DataFrame) -> Path | None:
         ax.set_title(f"{source} → {target}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6)
-    path = out_dir / "few_shot.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "few_shot.png")
 
 
 def _ceilings(results: pd.DataFrame) -> pd.DataFrame:
@@ -364,11 +358,12 @@ def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput],
     limited = ceilings[(ceilings["ceiling_macro_f1"] < 1) | (ceilings["ceiling_accuracy"] < 1)]
     if len(limited):
         parts += ["", "## Ceilings on the full label space (classes missing from training)", "",
-                  "| features | protocol | source → target | max accuracy | max macro-F1 |",
-                  "|---|---|---|---|---|"]
-        parts += [f"| {r.feature_set} | {r.protocol} | {r.source} → {r.target} | "
-                  f"{100 * r.ceiling_accuracy:.1f} | {100 * r.ceiling_macro_f1:.1f} |"
-                  for r in limited.itertuples()]
+                  markdown_table(
+                      ["features", "protocol", "source → target", "max accuracy",
+                       "max macro-F1"],
+                      [[r.feature_set, r.protocol, f"{r.source} → {r.target}",
+                        f"{100 * r.ceiling_accuracy:.1f}", f"{100 * r.ceiling_macro_f1:.1f}"]
+                       for r in limited.itertuples()])]
     return "\n".join(parts) + "\n"
 
 
@@ -420,10 +415,7 @@ def plot_confusions(out_dir: Path, confusions: dict) -> list[Path]:
 
     Colours are row-normalised (recall per true class); numbers are counts over folds and seeds.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups: dict[tuple, list] = {}
     for (fs, adaptation, clf, protocol, source, target), value in confusions.items():
@@ -455,9 +447,7 @@ def plot_confusions(out_dir: Path, confusions: dict) -> list[Path]:
         axes[0][0].set_ylabel("true", fontsize=7)
         fig.suptitle(f"{fs} / {adaptation} / {display_name(clf)} / {protocol}", fontsize=9)
         path = out_dir / "confusion" / f"{fs}__{adaptation}__{clf}__{protocol}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
+        save_figure(fig, path)
         paths.append(path)
     return paths
 

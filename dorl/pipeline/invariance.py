@@ -20,7 +20,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from dorl.atomic import atomic_path
+from dorl.figures import pyplot, save_figure
 from dorl.cae.alignment import mmd2
 from dorl.data.taxonomy import UNKNOWN
 
@@ -126,10 +126,7 @@ def plot_invariance(results: Mapping[str, dict], features: Mapping[str, np.ndarr
     path : str or Path
         The PNG to write.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from sklearn.decomposition import PCA
 
     names = list(results)
@@ -157,7 +154,4 @@ def plot_invariance(results: Mapping[str, dict], features: Mapping[str, np.ndarr
     for ax in list(axes[0][len(METRICS):]) + list(axes[1][len(names):]):
         ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -20,6 +20,7 @@ from dorl.data.images import read_cell_mask, read_rgb
 from dorl.data.manifest import Manifest
 from dorl.device import get_device, resolve_bf16
 from dorl.sam.metrics import dice, iou
+from dorl.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def evaluate_from_config(cfg, manifest: Manifest) -> dict:
                                "domains": {}}
     for name, adapter_dir in models.items():
         model, _ = load_model(cfg, adapter_dir)
-        raw, _ = predict_masks(model, images, cfg.sam.prompt, float(cfg.sam.box_fraction),
+        raw, _, _ = predict_masks(model, images, cfg.sam.prompt, float(cfg.sam.box_fraction),
                                int(infer.batch_size),
                                resolve_bf16(infer.bf16, get_device(cfg.device)), "none",
                                progress=True)
@@ -130,15 +131,11 @@ def evaluate_from_config(cfg, manifest: Manifest) -> dict:
 
 def report_markdown(report: dict) -> str:
     """The report as a Markdown table: one row per domain and model."""
-    lines = [f"# SAM segmentation quality (prompt `{report['prompt']}`, "
-             f"{report['image_size']} px)", "",
-             "Ground truth in green, prediction in magenta in `overlays/` (zero-shot left, "
-             "fine-tuned right).", "",
-             "| domain | model | n | Dice mean | Dice median | IoU mean | fallback |",
-             "|---|---|---|---|---|---|---|"]
-    for domain, entry in report["domains"].items():
-        for name, s in entry.items():
-            lines.append(f"| {domain} | {name} | {s['dice']['n']} | {s['dice']['mean']:.3f} | "
-                         f"{s['dice']['median']:.3f} | {s['iou']['mean']:.3f} | "
-                         f"{s['fallback']} |")
-    return "\n".join(lines) + "\n"
+    rows = [[domain, name, s["dice"]["n"], f"{s['dice']['mean']:.3f}",
+             f"{s['dice']['median']:.3f}", f"{s['iou']['mean']:.3f}", s["fallback"]]
+            for domain, entry in report["domains"].items() for name, s in entry.items()]
+    table = markdown_table(["domain", "model", "n", "Dice mean", "Dice median", "IoU mean",
+                            "fallback"], rows)
+    return (f"# SAM segmentation quality (prompt `{report['prompt']}`, {report['image_size']} px)"
+            "\n\nGround truth in green, prediction in magenta in `overlays/` (zero-shot left, "
+            f"fine-tuned right).\n\n{table}\n")

@@ -27,6 +27,7 @@ from dorl.provenance import sha256_file, signature_of
 from dorl.resize import resize_image
 from dorl.sam.masks import centre_box, clean_mask, is_usable, mask_box, masked_crop
 from dorl.sam.segmentation import (
+    STORE_FORMAT,
     Segmentation,
     SegmentationWriter,
     join_parts,
@@ -66,16 +67,20 @@ def predict_masks(model, images: list[np.ndarray], prompt: str, box_fraction: fl
     masks : bool ndarray of shape (n, S, S)
         Raw thresholded masks at the model's input size S (not cleaned).
     feats : dict of name -> float32 ndarray
+    predicted_iou : float32 ndarray of shape (n,)
+        SAM's estimate of each mask's IoU (its IoU head).
     """
     s = model.image_size
     device = model.pixel_mean.device
-    masks, pooled, spatial = [], [], []
+    masks, pooled, spatial, ious = [], [], [], []
     starts = range(0, len(images), batch_size)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for start in tqdm(starts, desc="segment", unit="batch", disable=not progress):
             x = model.preprocess(images[start:start + batch_size])
             out = model.encode(x, return_features=True)
-            logits = model.decode(out["embedding"], prompt, box_fraction).float()
+            logits, iou = model.decode(out["embedding"], prompt, box_fraction, return_iou=True)
+            logits = logits.float()
+            ious.append(iou.float().cpu().numpy())
             if logits.shape[-1] != s:
                 logits = F.interpolate(logits, size=(s, s), mode="bilinear", align_corners=False)
             masks.append((logits[:, 0] > 0).cpu().numpy())
@@ -88,7 +93,7 @@ def predict_masks(model, images: list[np.ndarray], prompt: str, box_fraction: fl
         feats["sam_pooled"] = np.concatenate(pooled).astype(np.float32)
     if spatial:
         feats["sam_spatial"] = np.concatenate(spatial).astype(np.float32)
-    return np.concatenate(masks), feats
+    return np.concatenate(masks), feats, np.concatenate(ious).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -135,24 +140,23 @@ def segment_images(model, images: list[np.ndarray], settings: SegmentSettings,
     Returns
     -------
     Segmentation
-        Crops (n, crop, crop, 3), raw crops, cleaned masks (n, S, S), boxes, fallback flags and
-        ``features`` as chosen by ``sam.infer.features``; ``meta`` is left for the caller.
+        Crops (n, crop, crop, 3), cleaned masks (n, S, S), boxes, fallback flags, SAM's
+        predicted IoU (NaN where ``masks`` replaced SAM's) and ``features`` as chosen by
+        ``sam.infer.features``; ``meta`` is left for the caller.
     """
     s, crop = model.image_size, settings.crop_size
-    raw_masks, feats = predict_masks(model, images, settings.prompt, settings.box_fraction,
-                                     settings.batch_size, settings.bf16, settings.features,
-                                     progress)
-    if masks is not None:
-        raw_masks = masks
+    raw_masks, feats, predicted_iou = predict_masks(
+        model, images, settings.prompt, settings.box_fraction, settings.batch_size,
+        settings.bf16, settings.features, progress)
+    if masks is not None:  # SAM's estimate is not about these masks
+        raw_masks, predicted_iou = masks, np.full(len(images), np.nan, np.float32)
     n = len(images)
     crops = np.empty((n, crop, crop, 3), np.uint8)
-    raw_crops = np.empty((n, crop, crop, 3), np.uint8)
     kept = np.zeros((n, s, s), bool)
     boxes = np.empty((n, 4), np.float32)
     fallback = np.zeros(n, bool)
     for i, image in enumerate(images):
         resized = resize_image(image, s)
-        raw_crops[i] = resize_image(image, crop)
         mask = clean_mask(raw_masks[i])
         if is_usable(mask, settings.min_area_frac, settings.max_border_frac):
             kept[i], boxes[i] = mask, mask_box(mask)
@@ -161,7 +165,7 @@ def segment_images(model, images: list[np.ndarray], settings: SegmentSettings,
             fallback[i] = True
             boxes[i] = centre_box(s, settings.box_fraction)
             crops[i] = masked_crop(resized, None, boxes[i], crop)
-    return Segmentation(crops, raw_crops, kept, boxes, fallback, feats, {})
+    return Segmentation(crops, kept, boxes, fallback, predicted_iou, feats, {})
 
 
 def adapter_hash(adapter_dir: Path | None) -> str | None:
@@ -177,7 +181,7 @@ def segmentation_signature(cfg, manifest: Manifest, provenance: dict,
     """The signature of a segmentation (:data:`dorl.artifacts.SEGMENTATION`): its config keys,
     the data, the checkpoint and the adapter's files (which cover fine-tuning)."""
     return SEGMENTATION.signature(cfg, manifest.signature(), provenance.get("checkpoint_sha256"),
-                                  adapter_hash(adapter_dir))
+                                  adapter_hash(adapter_dir), f"store format {STORE_FORMAT}")
 
 
 def load_model(cfg, adapter_dir: Path | None):

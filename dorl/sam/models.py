@@ -189,7 +189,7 @@ class CellSAM(nn.Module):
         return self.pixel_mean.new_tensor(box).expand(batch, 4)
 
     def decode(self, embeddings: torch.Tensor, prompt: str, box_fraction: float = 0.9,
-               ) -> torch.Tensor:
+               return_iou: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Predict one mask per image, one prompt per image (no per-prompt repetition).
 
         Parameters
@@ -203,10 +203,16 @@ class CellSAM(nn.Module):
         box_fraction : float
             Side fraction of the centred box.
 
+        return_iou : bool
+            Also return SAM's own estimate of each mask's IoU with the true object (the IoU
+            head on the output token of the single-mask output).
+
         Returns
         -------
         tensor of shape (B, 1, 4h, 4w)
             Mask logits (threshold at 0).
+        tensor of shape (B,)
+            The predicted IoU, with ``return_iou``.
         """
         b, _, h, w = embeddings.shape
         boxes = self.prompt_boxes(b, prompt, box_fraction)
@@ -224,7 +230,10 @@ class CellSAM(nn.Module):
         upscaled = decoder.output_upscaling(src)
         hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1, :])
         bu, cu, hu, wu = upscaled.shape
-        return (hyper.unsqueeze(1) @ upscaled.reshape(bu, cu, hu * wu)).view(bu, 1, hu, wu)
+        logits = (hyper.unsqueeze(1) @ upscaled.reshape(bu, cu, hu * wu)).view(bu, 1, hu, wu)
+        if not return_iou:
+            return logits
+        return logits, decoder.iou_prediction_head(hs[:, 0, :])[:, 0]
 
     def forward(self, images: torch.Tensor, prompt: str, box_fraction: float = 0.9) -> torch.Tensor:
         """Encode and decode, with gradients.

@@ -5,6 +5,7 @@ Each cell gets named checks; the first that fails is its ``qc_reason`` (empty wh
 * ``aspect``: the image is a sliver (its long side over ``max_aspect`` times its short one);
 * ``fallback``: SAM found no usable mask, and a centre crop stands in for the cell (a check
   while ``fail_on_fallback``; the feature file's ``seg_fallback`` flags it either way);
+* ``low_iou``: SAM's own predicted IoU of the mask is under ``min_predicted_iou``;
 * ``no_stain``: under ``min_stained_fraction`` of the cell's pixels carry haematoxylin (optical
   density over ``stain_od``): a blank field, or only red cells, hold no stained nucleus;
 * ``area``: the mask's area is more than ``area_ratio`` times off its domain's median cell.
@@ -25,7 +26,7 @@ from dorl.data.images import image_sizes
 from dorl.data.manifest import Manifest
 from dorl.sam.segmentation import Segmentation
 
-REASONS = ("aspect", "fallback", "no_stain", "area")
+REASONS = ("aspect", "fallback", "low_iou", "no_stain", "area")
 #: The segmentation store's crops show the background outside the mask in this grey; pixels
 #: within this many levels of it in every channel (resampling blends the margin) are background.
 BACKGROUND, BACKGROUND_TOLERANCE = 128, 6
@@ -39,6 +40,7 @@ class QCSettings:
 
     enabled: bool
     fail_on_fallback: bool
+    min_predicted_iou: float
     min_stained_fraction: float
     stain_od: float
     area_ratio: float
@@ -47,12 +49,13 @@ class QCSettings:
     @classmethod
     def from_config(cls, cfg) -> "QCSettings":
         q = cfg.qc
-        settings = cls(bool(q.enabled), bool(q.fail_on_fallback), float(q.min_stained_fraction),
-                       float(q.stain_od), float(q.area_ratio), float(q.max_aspect))
+        settings = cls(bool(q.enabled), bool(q.fail_on_fallback), float(q.min_predicted_iou),
+                       float(q.min_stained_fraction), float(q.stain_od), float(q.area_ratio),
+                       float(q.max_aspect))
         if not 0 <= settings.min_stained_fraction < 1 or settings.area_ratio <= 1 \
-                or settings.max_aspect < 1:
-            raise ConfigError(f"qc: needs 0 <= min_stained_fraction < 1, area_ratio > 1 and "
-                              f"max_aspect >= 1, got {settings}")
+                or settings.max_aspect < 1 or not 0 <= settings.min_predicted_iou < 1:
+            raise ConfigError(f"qc: needs 0 <= min_stained_fraction < 1, 0 <= min_predicted_iou "
+                              f"< 1, area_ratio > 1 and max_aspect >= 1, got {settings}")
         return settings
 
 
@@ -99,7 +102,10 @@ def cell_quality(manifest: Manifest, seg: Segmentation, settings: QCSettings
             ratio = area / max(median, 1e-9)
             off_area |= (domains == domain) & ((ratio > settings.area_ratio)
                                                | (ratio < 1 / settings.area_ratio))
+    # NaN (masks that did not come from SAM) passes: SAM's estimate is not about them.
+    iou = np.asarray(seg.predicted_iou, np.float64)
     checks = {"fallback": fallback & settings.fail_on_fallback,
+              "low_iou": ~fallback & (iou < settings.min_predicted_iou),
               "aspect": aspect > settings.max_aspect,
               "no_stain": stained < settings.min_stained_fraction, "area": off_area}
     for name in reversed(REASONS):  # the first failing check in REASONS names the cell

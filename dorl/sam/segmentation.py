@@ -26,10 +26,12 @@ from dorl.write_failures import StoreWriteError, describe, ensure_room, write_fa
 
 logger = logging.getLogger(__name__)
 
-_ARRAYS = ("crops", "raw_crops", "masks", "boxes", "fallback")
-#: The per-cell images, left on disk by ``Segmentation.load(lazy=True)`` (~46 KB a cell), with
-#: the features.
-_LAZY = ("crops", "raw_crops", "masks")
+_ARRAYS = ("crops", "masks", "boxes", "fallback", "predicted_iou")
+#: The per-cell images, left on disk by ``Segmentation.load(lazy=True)``, with the features.
+_LAZY = ("crops", "masks")
+#: Raised when the store's layout changes, so that an older store is segmented again rather
+#: than read without a column (part of the segmentation signature).
+STORE_FORMAT = 2
 
 
 @dataclass
@@ -40,9 +42,7 @@ class Segmentation:
     ----------
     crops : uint8 ndarray of shape (n, crop, crop, 3)
         The cell cut out by its mask, on a neutral grey (128) background, cropped to the mask's
-        bounding box with a margin and resized to ``crop`` px (quality control, thumbnails).
-    raw_crops : uint8 ndarray of shape (n, crop, crop, 3)
-        The whole input image resized to ``crop`` px, unmasked (for the no-mask ablation).
+        bounding box with a margin and resized to ``crop`` px (quality control).
     masks : bool ndarray of shape (n, m, m)
         The cell mask (largest component, holes filled) at SAM's input resolution.
     boxes : float32 ndarray of shape (n, 4)
@@ -50,6 +50,8 @@ class Segmentation:
     fallback : bool ndarray of shape (n,)
         True where the mask was empty, tiny or touched most of the border, so a centre crop
         was used instead.
+    predicted_iou : float32 ndarray of shape (n,)
+        SAM's own estimate of the mask's IoU with the cell (its IoU head; quality control).
     features : dict of name -> float32 ndarray of shape (n, ...)
         Encoder features, e.g. ``"sam_pooled"`` (n, C) and optionally ``"sam_spatial"``
         (n, C, h, w).
@@ -58,10 +60,10 @@ class Segmentation:
     """
 
     crops: np.ndarray
-    raw_crops: np.ndarray
     masks: np.ndarray
     boxes: np.ndarray
     fallback: np.ndarray
+    predicted_iou: np.ndarray
     features: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 

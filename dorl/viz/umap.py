@@ -19,6 +19,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from dorl.atomic import atomic_path
+from dorl.figures import pyplot, save_figure
 from dorl.featstore import FeatureFileError, add_obsm, read_features
 from dorl.viz.explorer import colour_map, write_explorer
 
@@ -66,10 +67,7 @@ def fit_umap(X: np.ndarray, domains: np.ndarray, seed: int, n_neighbors: int = 1
 def plot_png(coords: np.ndarray, domains: np.ndarray, labels: np.ndarray, path: Path,
              title: str) -> Path:
     """Two scatter panels (by domain, by class) of ``coords`` (n_cells, 2), legends outside."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
     size = max(1.0, 100 / np.sqrt(len(coords)))
@@ -86,9 +84,7 @@ def plot_png(coords: np.ndarray, domains: np.ndarray, labels: np.ndarray, path: 
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
 
 
