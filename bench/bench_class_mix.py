@@ -3,7 +3,7 @@ gives back.
 
 LISC is class-balanced and Zheng-2018 nearly so, while a lab's smears hold mostly neutrophils
 and lymphocytes. This bench redraws each target in the mix of a normal adult differential
-(``feature_options.class_mix_rows``; which cells of each class is drawn with each seed)
+(``dorl.selection.labs.class_mix_rows``; which cells of each class is drawn with each seed)
 and encodes the redrawn cells as a lab of their own: its own AdaBN statistics and its own
 standardisation, as ``dorl embed`` treats a lab. The target's labels choose which cells form
 the redrawn lab, and they score it; no model or setting reads them. Classifiers train on all
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from feature_options import DIFFERENTIAL, class_mix_rows
+from feature_options import encode_normalised
 from sklearn.metrics import f1_score
 
 from dorl.classify.adaptation import ADAPTATIONS, SelfTraining, TargetAdapter
@@ -35,8 +35,9 @@ from dorl.classify.run import kept_classes
 from dorl.config import load_config
 from dorl.data.manifest import load_manifest
 from dorl.domain_scaler import DomainStandardScaler
-from dorl.features.encode import FeatureSettings, cell_crops, encode_normalised
+from dorl.features.encode import FeatureSettings, cell_crops
 from dorl.sam.segmentation import Segmentation
+from dorl.selection.labs import DIFFERENTIAL, class_mix_rows
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_class_mix")

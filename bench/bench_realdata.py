@@ -50,12 +50,8 @@ import torch
 import umap
 from cnn_comparator import CNNSettings, cnn_predictions
 from feature_options import (
-    LAB_COLUMNS,
     OPTIONS,
-    choose_adaptation,
-    choose_default,
     crop_set,
-    held_out_labs,
     option_features,
     shifted_source_scores,
     training_lab_features,
@@ -81,6 +77,8 @@ from dorl.domain_scaler import DomainStandardScaler
 from dorl.resize import resize_mask
 from dorl.sam.metrics import mask_scores
 from dorl.seeding import seed_everything
+from dorl.selection.labs import LAB_COLUMNS, held_out_labs
+from dorl.selection.rule import choose_adaptation, choose_default
 
 logger = logging.getLogger("bench_realdata")
 REPO = Path(__file__).resolve().parents[1]
@@ -345,7 +343,7 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
     selection = pd.concat(selection, ignore_index=True)
     with atomic_path(out / "selection.csv") as tmp:
         selection.to_csv(tmp, index=False)
-    chosen, summary = choose_default(selection)
+    chosen, summary = choose_default(selection, list(OPTIONS))
     logger.info("feature options by the selection rule (chosen: %s):\n%s", chosen,
                 summary.to_string())
     adaptation, adaptations = choose_adaptation(selection, chosen, tuple(args.adaptations))

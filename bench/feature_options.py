@@ -31,20 +31,25 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
+from training_labs import draw_training_labs, lab_domains
+from view_invariance import ViewInvariantProjection, two_views
 
 from dorl.classify.adaptation import SelfTraining, TargetAdapter
 from dorl.classify.registry import build_classifier
 from dorl.classify.run import training_set
 from dorl.domain_scaler import DomainStandardScaler
-from dorl.features.encode import FeatureSettings, domain_sample, encode_normalised
+from dorl.features.encode import FeatureSettings, build_encoder, domain_sample, encode_crops
 from dorl.features.resolution import coarsest_side, resample_through
 from dorl.features.stain import normalise_crops
-from dorl.features.training_labs import draw_training_labs, lab_domains
-from dorl.features.view_invariance import ViewInvariantProjection, two_views
-from dorl.sam.augment import simulate_lab
+from dorl.selection.labs import (
+    HELD_OUT_COLUMNS,
+    LOW_RES_LAB,
+    SIMULATED_LABS,
+    HeldOutLab,
+    shifted_crops,
+)
 
 logger = logging.getLogger("bench_realdata")
 
@@ -64,7 +69,7 @@ class Option:
     view_invariance: bool = False
     #: ``features.multilevel``: the last stages' pooled outputs beside the head.
     multilevel: bool = False
-    #: Simulated training labs (:mod:`dorl.features.training_labs`) the classifiers also train on.
+    #: Simulated training labs (``training_labs.py``) the classifiers also train on.
     training_labs: int = 0
     #: ``features.resolution`` (:mod:`dorl.features.resolution`): "native" or "coarsest".
     resolution: str = "native"
@@ -107,67 +112,6 @@ VIEW_AUGMENT = dict(hue=0.08, saturation=0.25, brightness=0.15, blur_prob=0.3, s
                     flip=True)
 VIEW_CELLS_PER_DOMAIN = 250
 VIEW_VARIANCE = 0.5
-#: Simulated labs for the shifted-source score: hue (turns), saturation, brightness, blur
-#: sigma (px at the crop side), zoom.
-SIMULATED_LABS = {
-    "sim_warm": dict(hue=0.05, saturation=0.8, brightness=1.1, blur_sigma=0.0, scale=1.0),
-    "sim_cold_blur": dict(hue=-0.05, saturation=1.25, brightness=0.9, blur_sigma=1.0, scale=1.2),
-    "sim_pale_small": dict(hue=0.0, saturation=0.7, brightness=1.0, blur_sigma=0.7, scale=0.85),
-}
-#: The fourth simulated lab (added by the rule of Run I, docs/benchmarks.md): the source imaged
-#: with this fraction of its pixels across each cell (e.g. a 50x objective where the source used
-#: 100x), its colours unchanged.
-LOW_RES_LAB = "sim_low_res"
-LOW_RES_FACTOR = 0.5
-#: The fifth simulated lab (added by the rule of Run J, docs/benchmarks.md): source cells that
-#: no fold trains on, in the class mix of a normal adult blood differential (percent, within the
-#: textbook ranges: neutrophils 40-70, lymphocytes 20-40, monocytes 2-8, eosinophils 1-4,
-#: basophils 0.5-1), encoded as a lab of their own with nothing else changed. Every lab before
-#: it was class-balanced like the source; a lab's smears are not.
-DIFFERENTIAL_LAB = "sim_differential"
-DIFFERENTIAL = {"neutrophil": 60.0, "lymphocyte": 30.0, "monocyte": 7.0, "eosinophil": 3.0,
-                "basophil": 1.0}
-#: The sixth simulated lab (added by the rule of Run L, docs/benchmarks.md): the same held-out
-#: source cells in a young child's differential, where lymphocytes outnumber neutrophils
-#: (textbook ranges at 1-4 years: lymphocytes 50-70, neutrophils 25-45), re-imaged through
-#: :data:`PAEDIATRIC_SHIFT`'s colour, blur and zoom: a paediatric lab differs in both.
-PAEDIATRIC_LAB = "sim_paediatric"
-PAEDIATRIC = {"lymphocyte": 60.0, "neutrophil": 30.0, "monocyte": 6.0, "eosinophil": 3.0,
-              "basophil": 1.0}
-PAEDIATRIC_SHIFT = "sim_cold_blur"
-#: The held-out labs: each one's class mix, and the simulated lab that re-images it (or None).
-HELD_OUT_LABS = {DIFFERENTIAL_LAB: (DIFFERENTIAL, None),
-                 PAEDIATRIC_LAB: (PAEDIATRIC, PAEDIATRIC_SHIFT)}
-
-
-#: The per-lab columns of :func:`shifted_source_scores` the rules' tables report.
-LAB_COLUMNS = ("shifted_f1_colour_blur_zoom", "low_res_f1", "differential_f1", "paediatric_f1")
-#: Each held-out lab's column.
-HELD_OUT_COLUMNS = {DIFFERENTIAL_LAB: "differential_f1", PAEDIATRIC_LAB: "paediatric_f1"}
-
-
-def lab_columns(selection: pd.DataFrame) -> list[str]:
-    """The :data:`LAB_COLUMNS` ``selection`` holds (runs before Run I recorded none)."""
-    return [c for c in LAB_COLUMNS if c in selection.columns]
-
-
-def reimaged(crops: np.ndarray, masks: np.ndarray, lab: str) -> tuple[np.ndarray, np.ndarray]:
-    """``crops`` (n, s, s, 3) and ``masks`` (n, s, s) re-imaged by the simulated ``lab``."""
-    parts = [simulate_lab(torch.from_numpy(crops[i:i + 64]), torch.from_numpy(masks[i:i + 64]),
-                          **SIMULATED_LABS[lab]) for i in range(0, len(crops), 64)]
-    return torch.cat([p[0] for p in parts]).numpy(), torch.cat([p[1] for p in parts]).numpy()
-
-
-def shifted_crops(crops: np.ndarray, masks: np.ndarray, sides: np.ndarray
-                  ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The crops re-imaged by every simulated lab: name -> (crops, masks, native crop sides).
-    ``sides`` are the crops' native sides in pixels (:func:`native_crop_sides`)."""
-    out = {name: (*reimaged(crops, masks, name), sides) for name in SIMULATED_LABS}
-    low = sides * LOW_RES_FACTOR
-    out[LOW_RES_LAB] = (resample_through(crops, low), masks, low)
-    return out
-
-
 def at_resolution(crops: np.ndarray, sides: np.ndarray, domains: np.ndarray,
                   resolution: str) -> np.ndarray:
     """``crops`` as ``features.resolution`` = ``resolution`` gives them: unchanged for
@@ -177,6 +121,24 @@ def at_resolution(crops: np.ndarray, sides: np.ndarray, domains: np.ndarray,
         return crops
     side = coarsest_side(sides, domains)
     return resample_through(crops, np.where(sides > side, side, crops.shape[1]))
+
+
+def encode_normalised(normalised: np.ndarray, domains: np.ndarray, settings: FeatureSettings
+                      ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Every configured encoder's features of colour-normalised crops (n, s, s, 3) uint8, and
+    the seconds each took."""
+    features, timings = {}, {}
+    for name in settings.encoders:
+        t0 = time.perf_counter()
+        model = build_encoder(name, settings.sam_image_size, settings.multilevel)
+        features[name] = encode_crops(model.to(settings.device), settings.crop_size, normalised,
+                                      domains, settings.adabn_cells if settings.adabn else 0,
+                                      settings.batch_size, settings.bf16, settings.tta)
+        timings[name] = time.perf_counter() - t0
+        logger.info("%s features of %d cells (%s, AdaBN %s, %d views): %.1f s, %.1f img/s",
+                    name, len(normalised), settings.stain, settings.adabn, settings.tta,
+                    timings[name], len(normalised) / timings[name])
+    return features, timings
 
 
 def crop_set(tag: str, option: Option) -> str:
@@ -270,49 +232,6 @@ def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
     return float(f1_score(labels, predicted.astype(str), average="macro"))
 
 
-def class_mix_rows(rows: np.ndarray, labels: np.ndarray, mix: dict[str, float],
-                   min_count: int = 5, rng: np.random.Generator | None = None) -> np.ndarray:
-    """The rows of a lab with ``mix``'s class mix (percent per class): the most common class
-    keeps all its cells among ``rows`` and every other class its share of that, at least
-    ``min_count`` cells (the classify stage scores no class with fewer) or all it has; classes
-    outside ``mix`` are left out. ``labels`` are the labels of ``rows``. A class's cells are its
-    first ones, or a draw with ``rng``."""
-    top = max(mix, key=mix.get)
-    n_top = int((labels == top).sum())
-    picked = []
-    for label, share in mix.items():
-        own = rows[labels == label]
-        count = min(len(own), max(min_count, int(round(n_top * share / mix[top]))))
-        picked.append(own[:count] if rng is None else rng.choice(own, count, replace=False))
-    return np.concatenate(picked)
-
-
-@dataclass(frozen=True)
-class HeldOutLab:
-    """The source cells of one of the rule's :data:`HELD_OUT_LABS` (none of them a training
-    cell of any fold), as the lab images them: crops (n, s, s, 3), masks (n, s, s), native
-    sides (n,) and labels (n,)."""
-
-    crops: np.ndarray
-    masks: np.ndarray
-    sides: np.ndarray
-    labels: np.ndarray
-
-
-def held_out_labs(crops: np.ndarray, masks: np.ndarray, sides: np.ndarray, labels: np.ndarray,
-                  min_count: int) -> dict[str, HeldOutLab]:
-    """Every lab of :data:`HELD_OUT_LABS` drawn from the held-out source cells ``crops``
-    (n, s, s, 3), ``masks`` (n, s, s), ``sides`` (n,) and ``labels`` (n,)."""
-    out = {}
-    for name, (mix, shift) in HELD_OUT_LABS.items():
-        rows = class_mix_rows(np.arange(len(labels)), labels, mix, min_count)
-        lab_crops, lab_masks = crops[rows], masks[rows]
-        if shift is not None:
-            lab_crops, lab_masks = reimaged(lab_crops, lab_masks, shift)
-        out[name] = HeldOutLab(lab_crops, lab_masks, sides[rows], labels[rows])
-    return out
-
-
 def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarray,
                           src_sides: np.ndarray, labels: np.ndarray, base: FeatureSettings,
                           classifiers: list[str], seed: int, cache: dict,
@@ -403,42 +322,3 @@ def encoder_features(name: str, n: int, cache: dict) -> dict[str, np.ndarray]:
             for e in o.encoders}
 
 
-def choose_default(selection: pd.DataFrame) -> tuple[str, pd.DataFrame]:
-    """Apply the rule of this module's docstring to :func:`shifted_source_scores` rows of every
-    option and seed (without adaptation); returns the chosen option and the per-option table."""
-    selection = selection[selection["adaptation"] == "none"]
-    best = selection.loc[selection.groupby(["option", "seed"])["in_domain_f1"].idxmax()]
-    best = best.assign(score=(best["in_domain_f1"] + best["shifted_f1"]) / 2)
-    table = best.groupby("option", sort=False)[
-        ["in_domain_f1", "shifted_f1", "score", *lab_columns(selection)]].mean()
-    table["classifier"] = best.groupby("option", sort=False)["classifier"].agg(
-        lambda c: "/".join(sorted(set(c))))
-    order = [o for o in OPTIONS if o in table.index]
-    table = table.loc[order]
-    top = table["score"].max()
-    chosen = next(o for o in order if table.loc[o, "score"] >= top - 0.01)
-    return chosen, table.reset_index()
-
-
-def choose_adaptation(selection: pd.DataFrame, option: str,
-                      adaptations: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
-    """The target adaptation of the headline, by the rule of docs/benchmarks.md (Run G).
-
-    For each seed, the classifier best in-domain on ``option``'s source cells; each adaptation
-    is scored by that classifier's shifted-source macro-F1 (the simulated labs as unlabelled
-    targets), averaged over seeds. ``adaptations`` starts with ``none``, whose rows hold every
-    classifier. The highest wins; adaptations within 0.01 of it go to the
-    earliest in ``adaptations`` (cheapest first). Only source labels are read.
-    """
-    rows = selection[selection["option"] == option]
-    plain = rows[rows["adaptation"] == "none"]
-    chosen_clf = plain.loc[plain.groupby("seed")["in_domain_f1"].idxmax(), ["seed", "classifier"]]
-    picked = rows.merge(chosen_clf, on=["seed", "classifier"])
-    table = picked.groupby("adaptation", sort=False)[
-        ["in_domain_f1", "shifted_f1", *lab_columns(selection)]].mean()
-    table["classifier"] = picked.groupby("adaptation", sort=False)["classifier"].agg(
-        lambda c: "/".join(sorted(set(c))))
-    table = table.loc[[a for a in adaptations if a in table.index]]
-    top = table["shifted_f1"].max()
-    chosen = next(a for a in table.index if table.loc[a, "shifted_f1"] >= top - 0.01)
-    return chosen, table.reset_index()

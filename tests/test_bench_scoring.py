@@ -8,6 +8,7 @@ import pandas as pd
 from dorl.classify.run import classify_from_config
 from dorl.featstore import read_features
 from dorl.features.encode import FeatureSettings
+from dorl.selection.labs import LAB_COLUMNS, held_out_labs
 from tests.helpers import bench_scripts_importable, synthetic_features
 
 #: Lite0 on 32-px crops with AdaBN over 6 cells, small enough to encode in a test.
@@ -45,35 +46,6 @@ def test_bench_and_classify_run_give_the_same_numbers(tiny_cfg, tmp_path):
     assert {r["target"] for r in rows} == {f"{SOURCE} (5-fold)", "lab_b"}
 
 
-def _selection_rows(shifted: dict[str, float]) -> pd.DataFrame:
-    """Selection rows of one option over two seeds: logreg best in-domain, with the given
-    shifted-source score per adaptation; knn worse in-domain but better shifted."""
-    rows = []
-    for seed in (0, 1):
-        for clf, in_domain, bonus in (("logreg", 0.95, 0.0), ("knn", 0.90, 0.2)):
-            for adaptation, f1 in shifted.items():
-                rows.append({"option": "L0", "classifier": clf, "seed": seed,
-                             "adaptation": adaptation, "in_domain_f1": in_domain,
-                             "shifted_f1": f1 + bonus})
-    return pd.DataFrame(rows)
-
-
-def test_the_adaptation_rule_reads_the_in_domain_classifier_and_breaks_ties_cheaply():
-    with bench_scripts_importable():
-        from feature_options import choose_adaptation
-    order = ("none", "self_training", "centroid_self_training")
-    chosen, table = choose_adaptation(_selection_rows(dict(zip(order, (0.80, 0.85, 0.86)))),
-                                      "L0", order)
-    # self_training is within 0.01 of the top, and cheaper.
-    assert chosen == "self_training" and set(table["classifier"]) == {"logreg"}
-    chosen, _ = choose_adaptation(_selection_rows(dict(zip(order, (0.80, 0.805, 0.809)))),
-                                  "L0", order)
-    assert chosen == "none"
-    chosen, _ = choose_adaptation(_selection_rows(dict(zip(order, (0.80, 0.70, 0.83)))),
-                                  "L0", order)
-    assert chosen == "centroid_self_training"
-
-
 def test_training_lab_features_encode_each_lab_as_its_own_domain():
     with bench_scripts_importable():
         from feature_options import OPTIONS, training_lab_features
@@ -94,48 +66,9 @@ def test_training_lab_features_encode_each_lab_as_its_own_domain():
     assert none is None and seconds == 0.0
 
 
-def test_the_differential_lab_takes_a_blood_smear_s_class_mix():
-    with bench_scripts_importable():
-        from feature_options import DIFFERENTIAL, class_mix_rows
-    labels = np.repeat(["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil", "ig"],
-                       100)
-    rows = np.arange(len(labels)) + 1000
-    picked = class_mix_rows(rows, labels, DIFFERENTIAL, min_count=5)
-    counts = pd.Series(labels[picked - 1000]).value_counts().to_dict()
-    assert counts == {"neutrophil": 100, "lymphocyte": 50, "monocyte": 12, "eosinophil": 5,
-                      "basophil": 5}  # basophils: 1.7 by the mix, raised to the scorable 5
-    assert set(counts) == set(DIFFERENTIAL)  # classes outside the differential are left out
-    assert len(set(picked)) == len(picked) and set(picked) <= set(rows)
-
-
-def test_the_paediatric_lab_is_a_child_s_mix_re_imaged():
-    with bench_scripts_importable():
-        from feature_options import (DIFFERENTIAL_LAB, PAEDIATRIC, PAEDIATRIC_LAB,
-                                     held_out_labs)
-    rng = np.random.default_rng(0)
-    labels = np.repeat(["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"], 40)
-    crops = rng.integers(40, 230, (len(labels), 32, 32, 3), dtype=np.uint8)
-    masks = np.zeros((len(labels), 32, 32), bool)
-    masks[:, 8:24, 8:24] = True
-    sides = np.full(len(labels), 80.0)
-    labs = held_out_labs(crops, masks, sides, labels, min_count=5)
-    counts = pd.Series(labs[PAEDIATRIC_LAB].labels).value_counts().to_dict()
-    assert counts == {"lymphocyte": 40, "neutrophil": 20, "monocyte": 5, "eosinophil": 5,
-                      "basophil": 5} and set(counts) == set(PAEDIATRIC)
-    # The differential lab keeps its cells as they are; the paediatric lab re-images its own.
-    differential = labs[DIFFERENTIAL_LAB]
-    first = {label: np.flatnonzero(labels == label)[0] for label in PAEDIATRIC}
-    np.testing.assert_array_equal(differential.crops[differential.labels == "neutrophil"][0],
-                                  crops[first["neutrophil"]])
-    paediatric = labs[PAEDIATRIC_LAB]
-    lymphocyte = paediatric.crops[paediatric.labels == "lymphocyte"][0]
-    assert lymphocyte.shape == (32, 32, 3)
-    assert not np.array_equal(lymphocyte, crops[first["lymphocyte"]])
-
-
 def test_shifted_source_scores_score_every_lab_with_the_configured_classifiers():
     with bench_scripts_importable():
-        from feature_options import LAB_COLUMNS, held_out_labs, shifted_source_scores
+        from feature_options import shifted_source_scores
     rng = np.random.default_rng(0)
     classes = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 

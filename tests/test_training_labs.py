@@ -1,17 +1,15 @@
-"""Simulated training labs: fixed optical-density stain changes of the cell pixels."""
+"""Simulated training labs (a rejected option, kept with its bench): fixed optical-density stain
+changes of the cell pixels."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from dorl.classify.run import training_set
-from dorl.features.training_labs import (
-    OD_SCALE,
-    OD_SHIFT,
-    TrainingLab,
-    draw_training_labs,
-    lab_domains,
-)
+from tests.helpers import bench_scripts_importable
+
+with bench_scripts_importable():
+    from training_labs import OD_SCALE, OD_SHIFT, TrainingLab, draw_training_labs, lab_domains
 
 
 def _crops(n=4, side=16, seed=0):

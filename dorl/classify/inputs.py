@@ -42,7 +42,7 @@ class FeatureInput:
         Per-domain statistics over all the file's cells, labelled or not (the ``domain_std``
         adaptation); None: fitted on the labelled cells when needed.
     training_views : ndarray of shape (n_labs, n_labelled, n_features), float32, or None
-        Each cell's features in simulated training labs (:mod:`dorl.features.training_labs`),
+        Each cell's features in simulated training labs (``bench/training_labs.py``),
         already standardised per lab; NaN rows for cells without them. A model trained on a cell
         also trains on its views, with its label.
     n_qc_failed : dict of str -> int

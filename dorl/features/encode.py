@@ -243,26 +243,6 @@ def encode_crops(model: nn.Module, side: int, crops: np.ndarray, domains: np.nda
     return out
 
 
-def encode_normalised(normalised: np.ndarray, domains: np.ndarray, settings: FeatureSettings
-                      ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Every configured encoder's features of colour-normalised crops (n, s, s, 3) uint8, and
-    the seconds each took."""
-    features, timings = {}, {}
-    for name in settings.encoders:
-        t0 = time.perf_counter()
-        model = build_encoder(name, settings.sam_image_size, settings.multilevel)
-        model = model.to(settings.device)
-        features[name] = encode_crops(model, settings.crop_size, normalised, domains,
-                                      settings.adabn_cells if settings.adabn else 0,
-                                      settings.batch_size, settings.bf16, settings.tta)
-        timings[name] = time.perf_counter() - t0
-        logger.info("%s features of %d cells (%s, AdaBN %s, %d views): %.1f s, %.1f img/s",
-                    name, len(normalised), settings.stain, settings.adabn, settings.tta,
-                    timings[name],
-                    len(normalised) / timings[name])
-    return features, timings
-
-
 def domain_sample(domains: np.ndarray, per_domain: int) -> np.ndarray:
     """Up to ``per_domain`` rows of each domain, spread evenly over its rows (sorted): the cells
     the stain reference and the AdaBN statistics are estimated on."""
