@@ -176,7 +176,10 @@ def test_run_embed_end_to_end_trains_the_encoder_and_embeds_with_it(tiny_cfg):
 
 def test_check_settings_returns_the_stage_settings(tiny_cfg):
     tiny_cfg.cae.enabled = True
-    features, cae = check_settings(tiny_cfg)
-    assert features.encoders == ("efficientnet_lite0",) and cae.epochs == tiny_cfg.cae.epochs
+    settings = check_settings(tiny_cfg)
+    assert settings.features.encoders == ("efficientnet_lite0",)
+    assert settings.cae.epochs == tiny_cfg.cae.epochs
+    assert settings.segment.batch_size == tiny_cfg.sam.infer.batch_size
+    assert settings.qc.fail_on_fallback is False
     tiny_cfg.cae.enabled = False
-    assert check_settings(tiny_cfg)[1] is None
+    assert check_settings(tiny_cfg).cae is None

@@ -48,6 +48,7 @@ from dorl.cae.views import random_view
 from dorl.distributed import ProcessGroup
 from dorl.features.efficientnet import build_efficientnet_lite
 from dorl.lr_schedule import warmup_cosine, warmup_steps
+from dorl.provenance import sha256_file
 from dorl.row_sources import RowSource
 
 logger = logging.getLogger(__name__)
@@ -94,10 +95,13 @@ class TrainResult:
         ``encoder.pt``.
     history : list of dict
         One record per epoch: ``epoch``, each loss term's mean, ``total``, ``seconds``.
+    sha256 : str
+        The weights file's hash (the cell features' signature and the provenance hold it).
     """
 
     checkpoint: Path
     history: list[dict[str, float]]
+    sha256: str
 
 
 def build_autoencoder(settings: CAESettings, n_classes: int,
@@ -265,7 +269,7 @@ def finished_encoder(out_dir: str | Path, signature: str) -> TrainResult | None:
     record = json.loads(record_path.read_text())
     if not reusable(CAE_CHECKPOINT, weights, record.get("signature"), signature):
         return None
-    return TrainResult(weights, record["history"])
+    return TrainResult(weights, record["history"], sha256_file(weights))
 
 
 def train_autoencoder(data: CAEData, rows: np.ndarray, settings: CAESettings, seed: int,
@@ -350,4 +354,4 @@ def train_autoencoder(data: CAEData, rows: np.ndarray, settings: CAESettings, se
             {"signature": signature, "encoder": settings.encoder, "history": history},
             indent=1))
     group.barrier()
-    return TrainResult(weights, history)
+    return TrainResult(weights, history, sha256_file(weights))

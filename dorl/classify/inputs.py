@@ -14,6 +14,7 @@ from dorl.classify.protocols import has_groups
 from dorl.data.taxonomy import UNKNOWN
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import FeatureFileError, read_features
+from dorl.provenance import sha256_file
 
 #: Labels that mean "no usable label": never trained or scored on.
 UNLABELLED = (UNKNOWN, "")
@@ -50,6 +51,8 @@ class FeatureInput:
     user_labelled : bool ndarray of shape (n_labelled,) or None
         The cells labelled by the user (``classify.target_labels``), whose labels replace the
         file's: they train, and are never scored on.
+    sha256 : str
+        The feature file's SHA-256, read once (saved models record it); "" when not read.
     """
 
     name: str
@@ -65,6 +68,7 @@ class FeatureInput:
     training_views: np.ndarray | None = None
     n_qc_failed: dict[str, int] = field(default_factory=dict)
     user_labelled: np.ndarray | None = None
+    sha256: str = ""
 
     def standardised(self) -> np.ndarray:
         """``X`` with each domain standardised by its own statistics, float32, same shape."""
@@ -145,4 +149,5 @@ def load_input(name: str, path: str | Path, key: str = "X",
                         dict(fs.uns.get("signature", {})),
                         DomainStandardScaler().fit(X, domains=fs.domains) if domain_stats
                         else None, n_qc_failed={str(d): int(n) for d, n in failed.items()},
-                        user_labelled=user[keep] if user.any() else None)
+                        user_labelled=user[keep] if user.any() else None,
+                        sha256=sha256_file(path))

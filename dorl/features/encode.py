@@ -36,7 +36,6 @@ from dorl.features.adabn import recalibrate_batchnorm
 from dorl.features.resolution import crop_side, parse_resolution, resolution_side
 from dorl.features.stain import METHODS as STAIN_METHODS
 from dorl.features.stain import apply_stain, stain_reference
-from dorl.provenance import sha256_file
 from dorl.resize import resize_image, resize_mask
 from dorl.row_sources import StoredRows, create_rows
 from dorl.sam.masks import masked_crop
@@ -410,24 +409,26 @@ def _stored(path: Path, signature: str, names: tuple[str, ...]
 
 def features_from_config(cfg, manifest: Manifest, seg: Segmentation,
                          group: ProcessGroup | None = None,
-                         encoder_weights: str | Path | None = None
+                         encoder_weights: tuple[str | Path, str] | None = None,
+                         settings: FeatureSettings | None = None
                          ) -> tuple[dict[str, StoredRows], dict]:
     """Cell features of every manifest row and their provenance (see
     :func:`stream_cell_features`), in ``run_dir/cell_features.h5``; ``encoder_weights`` is the
-    adapted encoder's weights file (:mod:`dorl.cae`), None for the pretrained encoders.
+    adapted encoder's weights file and its SHA-256 (:mod:`dorl.cae`), None for the pretrained
+    encoders; ``settings`` as the stage's entry point built them (None: built here).
 
     The store is reused when it was made from the same segmentation and settings. The features
     are returned as row sources (read from the store when indexed), so that memory never holds
     all of them. Under ``torchrun`` every rank encodes its own block of rows into its own part,
     and rank 0 joins them. Empty when ``features.encoders`` is empty.
     """
-    settings = FeatureSettings.from_config(cfg)
+    settings = settings or FeatureSettings.from_config(cfg)
     if not settings.encoders:
         return {}, {}
     weights_hash = None
     if encoder_weights is not None:
-        settings = replace(settings, encoder_weights=str(encoder_weights))
-        weights_hash = sha256_file(encoder_weights)
+        weights, weights_hash = encoder_weights
+        settings = replace(settings, encoder_weights=str(weights))
     group = group or current()
     out = Path(cfg.run_dir) / CELL_FEATURES_FILE
     signature = CELL_FEATURES.signature(cfg, seg.meta.get("signature"), weights_hash)

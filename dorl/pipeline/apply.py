@@ -183,7 +183,7 @@ def apply_run(run_dir: str | Path, user_cfg) -> Path:
 
     source = SourceRun.open(run_dir)
     cfg = applied_config(source, user_cfg)
-    check_settings(cfg)
+    settings = check_settings(cfg)
     save_resolved(cfg, cfg.run_dir, "config.apply.yaml")
     out = Path(cfg.run_dir) / FEATURES_FILE
     manifest = load_data(cfg)
@@ -194,9 +194,12 @@ def apply_run(run_dir: str | Path, user_cfg) -> Path:
                 source.run_dir, source.adapter_dir, source.cae_encoder or "pretrained",
                 len(manifest), manifest.domains)
     t0 = time.perf_counter()
-    seg = segment_from_config(cfg, manifest, source.adapter_dir)
+    seg = segment_from_config(cfg, manifest, source.adapter_dir, settings=settings.segment)
     t1 = time.perf_counter()
-    cell_feats = features_from_config(cfg, manifest, seg, encoder_weights=source.cae_encoder)
+    encoder = None if source.cae_encoder is None else (
+        source.cae_encoder, source.uns["hashes"]["cae_encoder"])  # checked by SourceRun.open
+    cell_feats = features_from_config(cfg, manifest, seg, encoder_weights=encoder,
+                                      settings=settings.features)
     timings = {"segment": t1 - t0, "cell_features": time.perf_counter() - t1}
     return embed_segmentation(cfg, manifest, seg, cell_feats, timings,
-                              applied_from=source.provenance())
+                              applied_from=source.provenance(), qc=settings.qc)

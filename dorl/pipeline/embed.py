@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -45,7 +46,7 @@ from dorl.features.encode import (
 )
 from dorl.features.resolution import parse_resolution, resolution_side
 from dorl.pipeline.invariance import CELLS_PER_DOMAIN, domain_invariance, plot_invariance
-from dorl.provenance import package_versions, sha256_file, utc_now
+from dorl.provenance import package_versions, utc_now
 from dorl.row_sources import (
     ConcatenatedRows,
     MappedRows,
@@ -78,7 +79,18 @@ def feature_signature(cfg, manifest: Manifest) -> dict[str, str]:
     return {"data": manifest.signature(), **{f"config.{k}": v for k, v in parts.items()}}
 
 
-def check_settings(cfg) -> tuple[FeatureSettings, CAESettings | None]:
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Every setting of stage 1, built from the config once, when a command starts."""
+
+    segment: SegmentSettings
+    features: FeatureSettings
+    qc: QCSettings
+    #: None while ``cae.enabled`` is false.
+    cae: CAESettings | None
+
+
+def check_settings(cfg) -> EmbedSettings:
     """Build and check the stage's settings before any work (one line per bad value).
 
     Raises
@@ -86,15 +98,15 @@ def check_settings(cfg) -> tuple[FeatureSettings, CAESettings | None]:
     ConfigError
     """
     features = FeatureSettings.from_config(cfg)
-    SegmentSettings.from_config(cfg)
+    segment = SegmentSettings.from_config(cfg)
     if not features.encoders:
         raise ConfigError("features.encoders is empty: the embedding is the cell encoders' "
                           "features")
     if cfg.features.standardise not in STANDARDISE:
         raise ConfigError(f"features.standardise must be one of {list(STANDARDISE)}, got "
                           f"{cfg.features.standardise!r}")
-    QCSettings.from_config(cfg)
-    return features, CAESettings.from_config(cfg) if cfg.cae.enabled else None
+    return EmbedSettings(segment, features, QCSettings.from_config(cfg),
+                         CAESettings.from_config(cfg) if cfg.cae.enabled else None)
 
 
 def load_data(cfg) -> Manifest:
@@ -142,7 +154,7 @@ def run_embed(cfg) -> Path:
     FeatureFileError
         When ``run_dir`` holds a feature file made by another config or dataset.
     """
-    check_settings(cfg)
+    settings = check_settings(cfg)
     out = Path(cfg.run_dir) / FEATURES_FILE
     group = init_from_env(get_device(cfg.device))
     # Rank 0 reads (or generates) the data first, so that the other ranks find it on disk.
@@ -160,19 +172,20 @@ def run_embed(cfg) -> Path:
     adapter_dir = finetune_from_config(cfg, manifest, group)
     timings["sam_finetune"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    seg = segment_from_config(cfg, manifest, adapter_dir, group)
+    seg = segment_from_config(cfg, manifest, adapter_dir, group, settings.segment)
     timings["segment"] = time.perf_counter() - t0
     cae = None
-    if cfg.cae.enabled:
+    if settings.cae is not None:
         t0 = time.perf_counter()
-        cae = train_from_config(cfg, manifest, seg, group)
+        cae = train_from_config(cfg, manifest, seg, group, settings.cae)
         timings["cae_train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cell_feats = features_from_config(cfg, manifest, seg, group,
-                                      None if cae is None else cae.checkpoint)
+    cell_feats = features_from_config(
+        cfg, manifest, seg, group, None if cae is None else (cae.checkpoint, cae.sha256),
+        settings.features)
     timings["cell_features"] = time.perf_counter() - t0
     if group.is_main:
-        embed_segmentation(cfg, manifest, seg, cell_feats, timings, cae)
+        embed_segmentation(cfg, manifest, seg, cell_feats, timings, cae, qc=settings.qc)
     group.barrier()
     return out
 
@@ -257,10 +270,12 @@ def _store_matches(path: Path, signature: str) -> bool:
 
 
 def train_from_config(cfg, manifest: Manifest, seg: Segmentation,
-                      group: ProcessGroup = ProcessGroup()) -> TrainResult:
+                      group: ProcessGroup = ProcessGroup(),
+                      settings: CAESettings | None = None) -> TrainResult:
     """Train (or resume, or reuse) the cross-domain autoencoder of ``cfg.cae`` on the segmented
-    cells, in ``run_dir/cae``."""
-    settings = CAESettings.from_config(cfg)
+    cells, in ``run_dir/cae``; ``settings`` as :func:`check_settings` built them (None: built
+    here)."""
+    settings = settings or CAESettings.from_config(cfg)
     rows = training_rows(cfg, manifest)
     data = CAEData(_training_crops(cfg, manifest, seg, settings.crop_size, group),
                    _domain_ids(manifest).astype(np.int64),
@@ -292,7 +307,8 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
                        cell_feats: tuple[dict[str, RowSource], dict],
                        timings: dict[str, float] | None = None,
                        cae: TrainResult | None = None,
-                       applied_from: dict | None = None) -> Path:
+                       applied_from: dict | None = None,
+                       qc: QCSettings | None = None) -> Path:
     """Standardise the cell features and write ``run_dir/features.h5ad``.
 
     Parameters
@@ -311,6 +327,8 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
         The adapted encoder the features were made with (None: the pretrained one).
     applied_from : dict, optional
         The provenance of the run whose trained parts are applied (``uns/applied_from``).
+    qc : QCSettings, optional
+        As :func:`check_settings` built them (None: built here).
     """
     if len(seg) != len(manifest):
         raise ValueError(f"segmentation has {len(seg)} cells but the manifest has "
@@ -327,7 +345,8 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     table = manifest.table
     obs = table[[c for c in OBS_COLUMNS if c in table.columns]].copy()
     obs["seg_fallback"] = np.asarray(seg.fallback, dtype=bool)
-    obs["qc_pass"], obs["qc_reason"] = cell_quality(manifest, seg, QCSettings.from_config(cfg))
+    obs["qc_pass"], obs["qc_reason"] = cell_quality(manifest, seg,
+                                                    qc or QCSettings.from_config(cfg))
     failed = obs.loc[~obs["qc_pass"]].groupby("domain")["qc_reason"].value_counts()
     if len(failed):
         logger.warning("quality control: %d of %d cells failed (%s); they are embedded, never "
@@ -357,7 +376,7 @@ def _provenance(cfg, signature: dict[str, str], seg: Segmentation, result: Train
                 domains: list[str], timings: dict[str, float]) -> dict:
     """The feature file's ``uns``: signature, config, versions, hashes, protocol, labels
     (``result`` is None when no encoder was trained here)."""
-    cae = {} if result is None else {"cae_encoder": sha256_file(result.checkpoint)}
+    cae = {} if result is None else {"cae_encoder": result.sha256}
     training = None if result is None else {
         "epochs_run": len(result.history),
         # One list per loss term, an entry per epoch (uns holds arrays, not records).
