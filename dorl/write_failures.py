@@ -62,9 +62,10 @@ def write_failure(exc: BaseException) -> tuple[int, str | None] | None:
 
 
 def describe(exc: OSError, path: str | os.PathLike | None = None) -> str:
-    """One line: the file, the errno's name and its text (``exc`` is a :func:`write_failure`)."""
+    """One line: the file, the errno's text and its name (``exc`` is a :func:`write_failure`;
+    a permission error may come from a read as well, so the line does not say which)."""
     code, filename = write_failure(exc) or (exc.errno, exc.filename)
     where = filename or (None if path is None else str(path)) or "a file"
     text = exc.strerror if isinstance(exc.strerror, str) and exc.errno == code \
         else os.strerror(code)
-    return f"cannot write {where}: {text} ({errno.errorcode.get(code, code)})"
+    return f"{where}: {text} ({errno.errorcode.get(code, code)})"

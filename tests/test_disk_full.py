@@ -30,7 +30,7 @@ def test_write_failures_are_read_from_python_and_hdf5_errors():
     hdf5 = OSError("Can't write data (file write failed: time = Sun, filename = '/r/s.h5', "
                    "file descriptor = 5, errno = 28, error message = 'No space left on device')")
     assert write_failure(hdf5) == (28, "/r/s.h5")
-    assert describe(hdf5) == "cannot write /r/s.h5: No space left on device (ENOSPC)"
+    assert describe(hdf5) == "/r/s.h5: No space left on device (ENOSPC)"
     assert write_failure(OSError(errno.EROFS, "Read-only file system", "x"))[0] == errno.EROFS
     assert write_failure(FileNotFoundError(errno.ENOENT, "missing", "x")) is None
     assert write_failure(ValueError("no")) is None

@@ -13,7 +13,9 @@ import anndata as ad
 import h5py
 import numpy as np
 import pytest
+import torch
 
+from dorl.cli import main
 from dorl.distributed import ProcessGroup
 from dorl.sam.segmentation import Segmentation, SegmentationWriter, join_parts, part_path
 
@@ -81,9 +83,15 @@ cae: {{enabled: true, epochs: 2, batch_per_domain: 8}}
 """)  # float32: bfloat16's rounding would turn the DDP adapter's last-bit differences into 1e-3
     dorl = [sys.executable, "-m", "dorl", "embed", "-c", str(REPO / "configs" / "default.yaml"),
             "-c", str(cfg), f"run_dir={tmp_path / run}", *overrides]
-    if nproc > 1:
-        dorl = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", str(_free_port()), *dorl[1:]]
+    if nproc == 1:  # in this process, on one thread like each rank (no second interpreter)
+        threads = torch.get_num_threads()
+        try:
+            assert main([*dorl[3:], "num_threads=1"]) == 0
+        finally:
+            torch.set_num_threads(threads)
+        return tmp_path / run
+    dorl = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_port", str(_free_port()), *dorl[1:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(dorl, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)

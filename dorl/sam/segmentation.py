@@ -173,8 +173,9 @@ class SegmentationWriter:
             if write_failure(exc) is None:
                 raise
             raise StoreWriteError(
-                f"{describe(exc, self.path)}; {self.done} of {self.n_rows} cells are stored in "
-                f"{self.path}: the same command resumes from there where the disk has room"
+                f"cannot write {describe(exc, self.path)}; {self.done} of {self.n_rows} cells are "
+                f"stored in {self.path}: the same command resumes from there where the disk has "
+                f"room"
             ) from exc
         self.done = stop
 
