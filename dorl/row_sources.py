@@ -182,3 +182,21 @@ def blocks(source, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[slice, np.nda
 def take(source, index) -> np.ndarray:
     """Rows ``index`` of ``source``, read without loading the others."""
     return np.asarray(source[np.asarray(index, dtype=np.int64)])
+
+
+def part_rows(parts: Sequence[str | Path], names: Sequence[str], chunk: int,
+              skip: int = 0) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """``(offset, {name: rows})`` blocks of at most ``chunk`` rows over the part stores
+    ``parts`` stacked in order, ``offset`` counting rows across all parts; the first ``skip``
+    rows are passed over (already joined). A part without ``names[0]`` holds no rows (a rank
+    that got none). Both of stage 1's joins (the segmentation store and the cell features)
+    read their ranks' parts this way."""
+    offset = 0
+    for path in parts:
+        with h5py.File(path, "r") as f:
+            n = f[names[0]].shape[0] if names[0] in f else 0
+            for start in range(max(skip - offset, 0), n, chunk):
+                stop = min(start + chunk, n)
+                yield offset + start, {name: f[name][start:stop] for name in names}
+        offset += n
+

@@ -37,7 +37,7 @@ from dorl.features.resolution import crop_side, parse_resolution, resolution_sid
 from dorl.features.stain import METHODS as STAIN_METHODS
 from dorl.features.stain import apply_stain, stain_reference
 from dorl.resize import resize_image, resize_mask
-from dorl.row_sources import StoredRows, create_rows
+from dorl.row_sources import StoredRows, create_rows, part_rows
 from dorl.sam.masks import masked_crop
 from dorl.sam.segmentation import Segmentation, part_path
 
@@ -365,27 +365,20 @@ def _write_store(path: Path, manifest: Manifest, seg: Segmentation, settings: Fe
 def _join_stores(path: Path, parts: list[Path], names: tuple[str, ...]) -> None:
     """Stack the part stores ``parts`` (in row order) into one at ``path``, then delete them.
     The first part's provenance is kept: every rank estimated the same stain reference."""
-    dims, attrs, sizes = {}, {}, []
+    dims, attrs, total = {}, {}, 0
     for part in parts:  # a rank that got no rows wrote a part without datasets
         with h5py.File(part, "r") as f:
-            held = names[0] in f
-            sizes.append(f[names[0]].shape[0] if held else 0)
-            if held and not dims:
-                dims = {name: f[name].shape[1] for name in names}
-                attrs = {key: f.attrs[key] for key in ("signature", "meta_json")}
-    total = sum(sizes)
+            if names[0] in f:
+                total += f[names[0]].shape[0]
+                dims = dims or {name: f[name].shape[1] for name in names}
+                attrs = attrs or {key: f.attrs[key] for key in ("signature", "meta_json")}
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as out:
             for name in names:
                 create_rows(out, name, (total, dims[name]), np.float32)
-            offset = 0
-            for part, n in zip(parts, sizes):
-                with h5py.File(part, "r") as f:
-                    for name in names:
-                        for start in range(0, n, FEATURE_CHUNK):
-                            stop = min(start + FEATURE_CHUNK, n)
-                            out[name][offset + start:offset + stop] = f[name][start:stop]
-                offset += n
+            for offset, rows in part_rows(parts, names, FEATURE_CHUNK):
+                for name in names:
+                    out[name][offset:offset + len(rows[name])] = rows[name]
             out.attrs.update(attrs)
     for part in parts:
         part.unlink()

@@ -21,7 +21,7 @@ import numpy as np
 
 from dorl.artifacts import SEGMENTATION, reusable
 from dorl.atomic import atomic_path
-from dorl.row_sources import StoredRows, create_rows
+from dorl.row_sources import StoredRows, create_rows, part_rows
 from dorl.write_failures import StoreWriteError, describe, ensure_room, write_failure
 
 logger = logging.getLogger(__name__)
@@ -211,19 +211,16 @@ def join_parts(writer: SegmentationWriter, parts: list[Path], chunk: int = 256) 
     """Copy the finished part stores ``parts`` (in row order) into ``writer``, ``chunk`` rows at
     a time, then delete them. Parts already copied (``writer.done`` covers them) are skipped, so
     an interrupted join resumes."""
-    offset = 0
+    features: list[str] = []
     for path in parts:
         with h5py.File(path, "r") as f:
             if not f.attrs.get("complete", False):
                 raise ValueError(f"{path}: part of the segmentation store is incomplete")
-            n = int(f.attrs["n_rows"])
-            names = list(f["features"]) if "features" in f else []
-            for start in range(max(writer.done - offset, 0), n, chunk):
-                stop = min(start + chunk, n)
-                rows = Segmentation(*(f[k][start:stop] for k in _ARRAYS),
-                                    {k: f["features"][k][start:stop] for k in names})
-                writer.write(offset + start, rows)
-        offset += n
+            if "features" in f and not features:  # a rank without rows stored none
+                features = [f"features/{k}" for k in f["features"]]
+    for offset, rows in part_rows(parts, [*_ARRAYS, *features], chunk, skip=writer.done):
+        writer.write(offset, Segmentation(*(rows[k] for k in _ARRAYS),
+                                          {k.split("/", 1)[1]: rows[k] for k in features}))
     if writer.done != writer.n_rows:
         raise ValueError(f"{writer.path}: the parts hold {writer.done} of {writer.n_rows} rows")
     for path in parts:
