@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,20 @@ from dorl.featstore import FeatureSet, write_features
 
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@contextmanager
+def dorl_records(level: int = logging.INFO):
+    """The records of the ``dorl`` loggers at ``level`` and above, for the ``with`` block (they
+    do not propagate to pytest's caplog)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level)
+    handler.emit = records.append
+    logging.getLogger("dorl").addHandler(handler)
+    try:
+        yield records
+    finally:
+        logging.getLogger("dorl").removeHandler(handler)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from PIL import Image
 from dorl.cli import main
 from dorl.data.images import read_rgb
 from dorl.featstore import FeatureSet, write_features
+from tests.helpers import dorl_records
 
 
 def _png(path: Path, size=(24, 24), value=None, mode="RGB") -> Path:
@@ -353,23 +354,11 @@ def case_apply_from_unfinished_run(tmp):
 CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 
-class _Errors(logging.Handler):
-    """The ERROR records of the ``dorl`` loggers (which do not propagate to pytest's caplog)."""
-
-    def __init__(self):
-        super().__init__(logging.ERROR)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture
 def logged_errors():
-    handler = _Errors()
-    logging.getLogger("dorl").addHandler(handler)
-    yield handler.messages
-    logging.getLogger("dorl").removeHandler(handler)
+    """The ERROR records of the ``dorl`` loggers during the test."""
+    with dorl_records(logging.ERROR) as records:
+        yield records
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -381,7 +370,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing_half(name, tmp_path,
     argv, forbidden, *kept = setup
     before = {p: p.stat().st_mtime_ns for p in kept}
     assert main(argv) == 2
-    errors = logged_errors
+    errors = [r.getMessage() for r in logged_errors]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert re.search(pattern, errors[0]), errors[0]
     for path in forbidden:

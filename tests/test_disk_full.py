@@ -21,6 +21,7 @@ from dorl.sam import inference
 from dorl.sam.segmentation import SegmentationWriter, store_state
 from dorl.write_failures import describe, ensure_room, write_failure
 from tests.conftest import REPO, tiny_config
+from tests.helpers import dorl_records
 
 Usage = namedtuple("Usage", "total used free")
 
@@ -44,23 +45,10 @@ def test_ensure_room_names_the_file_and_the_space(tmp_path, monkeypatch):
     assert caught.value.errno == errno.ENOSPC and caught.value.filename.endswith("a.h5")
 
 
-class _Records(logging.Handler):
-    """The records of the ``dorl`` loggers (which do not propagate to pytest's caplog)."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
 @pytest.fixture
 def dorl_log():
-    handler = _Records()
-    logging.getLogger("dorl").addHandler(handler)
-    yield handler.records
-    logging.getLogger("dorl").removeHandler(handler)
+    with dorl_records() as records:
+        yield records
 
 
 def test_a_full_disk_mid_segmentation_exits_2_and_the_rerun_resumes(tmp_path, monkeypatch,
