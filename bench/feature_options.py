@@ -1,26 +1,13 @@
-"""The cell-feature options of ``features.*`` as rows of the real-data bench, and the label-free
-rule that chooses the default among them.
+"""The cell-feature options of ``features.*`` as rows of the real-data bench, scored for the
+label-free rule of :mod:`dorl.selection.rule`.
 
 Every option reads the same LoRA-SAM cell crops (cut once, :func:`dorl.features.encode.cell_crops`)
 and is standardised per domain before the classifiers, like the "LoRA-SAM domain-std" row.
-
-The rule (fixed before any option was measured, docs/benchmarks.md): each option gets a
-*selection score*, the mean of
-  * the in-domain macro-F1 on the source (5-fold, over up to 100 cells per class), and
-  * the shifted-source macro-F1: the same folds' models scored on their held-out source cells
-    re-imaged as simulated labs (:data:`SIMULATED_LABS`: fixed hue, saturation, brightness,
-    blur and scale changes; from Run I on, also :data:`LOW_RES_LAB`, half the pixels across
-    each cell; from Run J on, also :data:`DIFFERENTIAL_LAB`, other source cells in a blood
-    smear's class mix; from Run L on, also :data:`PAEDIATRIC_LAB`, those cells in a child's mix
-    and re-imaged), each lab standardised, stain-normalised and AdaBN-recalibrated as its own
-    domain,
-for the classifier that scores best in-domain; the default is the option with the highest score
-(ties within 0.01 go to the cheaper option). Only source labels are used.
-
-The headline's target adaptation is chosen the same way (docs/benchmarks.md, Runs G, J, L):
-the simulated labs' held-out cells (and all of the held-out labs' cells) are each adaptation's
-unlabelled target, the classifier best in-domain is scored on them, and ties within 0.01 go to
-the cheaper adaptation.
+:func:`shifted_source_scores` gives each option and adaptation its rows: the in-domain macro-F1
+on the source (5-fold) and the macro-F1 of the same folds' models on their held-out source cells
+as each simulated lab of :mod:`dorl.selection.labs` images them (each lab standardised,
+stain-normalised and AdaBN-recalibrated as its own domain; each is the unlabelled target of
+every adaptation). Only source labels are used.
 """
 
 from __future__ import annotations
