@@ -24,10 +24,9 @@ from tests.conftest import tiny_config
 
 @pytest.fixture
 def labs(tiny_cfg, tmp_path):
-    """The three synthetic labs, with manifests of labs a+b (training) and of lab c (new)."""
+    """The three synthetic labs (``manifest.csv``), and lab c's cells alone (``new_c.csv``)."""
     table = generate_from_config(tiny_cfg).table
     root = tmp_path / "data"
-    save_manifest(table[table["domain"] != "lab_c"], root / "train_ab.csv")
     save_manifest(table[table["domain"] == "lab_c"], root / "new_c.csv")
     return root
 
@@ -54,13 +53,13 @@ def autoencoder_run(tmp_path_factory):
     return cfg
 
 
-def _new_lab(finished_cfg, tmp_path, name="lab_c"):
-    """The config of lab c's cells as a new lab, embedded into ``tmp_path / name``."""
+def _new_lab(finished_cfg, tmp_path):
+    """The config of lab c's cells as a new lab, embedded into ``tmp_path / "lab_c"``."""
     manifest = Path(finished_cfg.data.root) / "new_c.csv"
     if not manifest.is_file():
         table = pd.read_csv(finished_cfg.data.manifest)
         save_manifest(table[table["domain"] == "lab_c"], manifest)
-    return tiny_config(tmp_path, f"run_dir={tmp_path / name}", f"data.manifest={manifest}")
+    return tiny_config(tmp_path, f"run_dir={tmp_path / 'lab_c'}", f"data.manifest={manifest}")
 
 
 def test_applied_cells_match_the_same_cells_embedded_in_the_run(finished_run, tmp_path):

@@ -44,7 +44,8 @@ READ_CHUNK = 128
 
 def predict_masks(model, images: list[np.ndarray], prompt: str, box_fraction: float,
                   batch_size: int, bf16: bool = False, features: str = "pooled",
-                  progress: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                  progress: bool = False
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Run the encoder and decoder over ``images`` in batches.
 
     Parameters
