@@ -102,20 +102,27 @@ def resize_position_tables(state: dict[str, torch.Tensor],
             state[key] = table[0].T.contiguous().to(have.dtype)
 
 
-def load_checked(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
-                 known: tuple[str, ...] = ()) -> None:
-    """Load ``state`` into ``model`` (a CellSAM) after checking it is the same architecture.
-
-    Position tables are resized to the model's input size first; any missing, unexpected or
-    mis-shaped key raises :class:`CheckpointMismatchError` listing them. ``known`` backbone names
-    turn a detected mismatch into a hint (``set sam.backbone=...``).
-    """
+def check_backbone(state: dict[str, torch.Tensor], backbone: str, path: Path,
+                   known: tuple[str, ...] = ()) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state`` holds ``backbone``'s weights;
+    ``known`` backbone names turn a detected mismatch into a hint (``set sam.backbone=...``)."""
     found = detect_backbone(state)
-    if found != model.backbone:
+    if found != backbone:
         hint = f"; set sam.backbone={found}" if found in known else ""
         raise CheckpointMismatchError(
             f"checkpoint {path} holds {found or 'no recognisable SAM'} weights, but backbone "
-            f"{model.backbone!r} was requested{hint}")
+            f"{backbone!r} was requested{hint}")
+
+
+def load_checked(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
+                 known: tuple[str, ...] = ()) -> None:
+    """Load ``state`` into ``model`` (a CellSAM) after checking it is the same architecture
+    (:func:`check_backbone`).
+
+    Position tables are resized to the model's input size first; any missing, unexpected or
+    mis-shaped key raises :class:`CheckpointMismatchError` listing them.
+    """
+    check_backbone(state, model.backbone, path, known)
     target = model.state_dict()
     resize_position_tables(state, target)
     missing = sorted(set(target) - set(state))

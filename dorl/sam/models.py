@@ -24,7 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dorl.provenance import sha256_file
-from dorl.sam.checkpoints import default_checkpoint, load_checked, read_state_dict
+from dorl.sam.checkpoints import (
+    check_backbone,
+    default_checkpoint,
+    load_checked,
+    read_state_dict,
+)
 from dorl.sam.tiny_vit import TinyViT
 
 
@@ -350,13 +355,16 @@ def build_sam(backbone: str, checkpoint: str | Path | None = "default", image_si
             torch.manual_seed(seed)
             model = BACKBONES[backbone](int(image_size))
     else:
-        model = BACKBONES[backbone](int(image_size))
-    model.checkpoint_path = None if path is None else Path(path)
-    if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"SAM checkpoint for {backbone} not found: {path}")
-        load_checked(model, read_state_dict(path), path, known=tuple(BACKBONES))
+        state = read_state_dict(path)
+        # Before building: a file of another backbone fails at once, not after a ViT-H is made.
+        check_backbone(state, backbone, path, known=tuple(BACKBONES))
+        model = BACKBONES[backbone](int(image_size))
+    model.checkpoint_path = path
+    if path is not None:
+        load_checked(model, state, path, known=tuple(BACKBONES))
         logger.info("loaded %s weights from %s at %d px", backbone, path, image_size)
     else:
         logger.info("built %s with random weights at %d px", backbone, image_size)
