@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "zero-shot vs fine-tuned, with overlay PNGs")
     _common(ev)
 
-    _common(sub.add_parser("embed", help="stage 1: data -> LoRA-SAM -> segmentation -> encoder trained on every lab -> "
-                                         "features.h5ad in run_dir"))
+    _common(sub.add_parser("embed", help="stage 1: data -> LoRA-SAM -> segmentation -> "
+                                         "encoder trained on every lab -> features.h5ad in "
+                                         "run_dir"))
 
     apply = sub.add_parser("apply", help="embed a new lab's cells with a finished run's LoRA "
                                          "adapter and adapted encoder, training nothing")
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     cls_sub = cls.add_subparsers(dest="action", required=True, metavar="ACTION")
     _common(cls_sub.add_parser("run", help="fit and score every classifier and protocol"))
     pred = cls_sub.add_parser("predict", help="apply a saved model to a new feature file")
-    pred.add_argument("--model", required=True, help="a .skops model saved by `classify run` (loads without running code)")
+    pred.add_argument("--model", required=True,
+                      help="a .skops model saved by `classify run` (loads without running code)")
     pred.add_argument("--features", required=True, help="the .h5ad feature file to label")
     pred.add_argument("--out", required=True, help="CSV of predictions to write")
     _common(pred)

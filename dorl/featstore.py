@@ -98,6 +98,12 @@ class FeatureSet:
 
 
 # --------------------------------------------------------------------------------- writing
+def cell_paths(obs: pd.DataFrame) -> np.ndarray:
+    """Each cell's image path as a str array: ``obs["path"]``, or the cell id (the index) in a
+    file without that column. The explorer, ``umap.csv`` and the user's labels name cells so."""
+    return (obs["path"] if "path" in obs else obs.index.to_series()).astype(str).to_numpy()
+
+
 def _enc(obj: h5py.HLObject, kind: str, version: str) -> None:
     obj.attrs["encoding-type"] = kind
     obj.attrs["encoding-version"] = version

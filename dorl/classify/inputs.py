@@ -4,6 +4,7 @@ and key, restricted to labelled cells."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pandas as pd
 from dorl.classify.protocols import has_groups
 from dorl.data.taxonomy import UNKNOWN
 from dorl.domain_scaler import DomainStandardScaler
-from dorl.featstore import FeatureFileError, read_features
+from dorl.featstore import FeatureFileError, cell_paths, read_features
 from dorl.provenance import sha256_file
 
 #: Labels that mean "no usable label": never trained or scored on.
@@ -51,8 +52,6 @@ class FeatureInput:
     user_labelled : bool ndarray of shape (n_labelled,) or None
         The cells labelled by the user (``classify.target_labels``), whose labels replace the
         file's: they train, and are never scored on.
-    sha256 : str
-        The feature file's SHA-256, read once (saved models record it); "" when not read.
     """
 
     name: str
@@ -68,7 +67,11 @@ class FeatureInput:
     training_views: np.ndarray | None = None
     n_qc_failed: dict[str, int] = field(default_factory=dict)
     user_labelled: np.ndarray | None = None
-    sha256: str = ""
+
+    @cached_property
+    def sha256(self) -> str:
+        """The feature file's SHA-256, read once, when first asked (saved models record it)."""
+        return sha256_file(self.path)
 
     def standardised(self) -> np.ndarray:
         """``X`` with each domain standardised by its own statistics, float32, same shape."""
@@ -124,12 +127,12 @@ def load_input(name: str, path: str | Path, key: str = "X",
     labels = np.asarray(fs.labels, dtype=object)
     user = np.zeros(len(labels), bool)
     if user_labels:
-        paths = (fs.obs["path"] if "path" in fs.obs else fs.obs.index.to_series()).astype(str)
-        user = paths.isin(user_labels).to_numpy()
+        paths = cell_paths(fs.obs)
+        user = np.isin(paths, list(user_labels))
         if not user.any():
             raise FeatureFileError(f"{path}: none of the {len(user_labels)} cells of "
                                    f"classify.target_labels is in it (matched by path)")
-        labels[user] = paths[user].map(user_labels).to_numpy()
+        labels[user] = [user_labels[p] for p in paths[user]]
     labels = labels.astype(str)
     keep = ~np.isin(labels, UNLABELLED)
     if not keep.any():
@@ -149,5 +152,4 @@ def load_input(name: str, path: str | Path, key: str = "X",
                         dict(fs.uns.get("signature", {})),
                         DomainStandardScaler().fit(X, domains=fs.domains) if domain_stats
                         else None, n_qc_failed={str(d): int(n) for d, n in failed.items()},
-                        user_labelled=user[keep] if user.any() else None,
-                        sha256=sha256_file(path))
+                        user_labelled=user[keep] if user.any() else None)

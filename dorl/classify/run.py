@@ -59,7 +59,6 @@ from dorl.classify.reports import write_reports
 from dorl.classify.settings import ClassifySettings
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import FeatureFileError, read_features
-from dorl.provenance import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +254,7 @@ def _save_model(path: Path, fitted, task: _Task) -> None:
     bundle = {
         "model": fitted, "classifier": task.classifier, "classes": list(map(str, fitted.classes_)),
         "feature_dim": int(inp.X.shape[1]), "feature_key": inp.key, "feature_set": inp.name,
-        "feature_file": str(inp.path), "feature_sha256": inp.sha256 or sha256_file(inp.path),
+        "feature_file": str(inp.path), "feature_sha256": inp.sha256,
         "feature_signature": inp.signature, "domains": sorted(set(inp.domains)),
         "n_train": int(len(task.split.train)), "seed": task.seed, "dorl_version": __version__,
         "adaptation": task.adaptation,

@@ -301,15 +301,15 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
     # Every encoder reads the crop at features.crop_size (LiteMedSAM resizes it to its own
     # input); the adapted encoder was trained at that side.
     side = settings.crop_size
-    models = {name: (build_encoder(name, settings.sam_image_size, settings.multilevel,
-                                   settings.encoder_weights).to(settings.device), side)
+    models = {name: build_encoder(name, settings.sam_image_size, settings.multilevel,
+                                  settings.encoder_weights).to(settings.device)
               for name in settings.encoders}
     features: dict[str, Any] = {}
     bar = tqdm(total=len(rows), desc="cell features", unit="img")
     for domain in np.unique(domains[rows]):
         if settings.adabn:
             own = sample_crops[domains[sample] == domain]
-            for name, (model, side) in models.items():
+            for name, model in models.items():
                 t0 = time.perf_counter()
                 recalibrate_on_crops(model, side, own, settings.batch_size, settings.bf16)
                 timings[name] += time.perf_counter() - t0
@@ -325,7 +325,7 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
             t2 = time.perf_counter()
             timings["crops"] += t1 - t0
             timings["stain"] += t2 - t1
-            for name, (model, side) in models.items():
+            for name, model in models.items():
                 t0 = time.perf_counter()
                 feats = encode_crops(model, side, crops, domains[chunk], 0, settings.batch_size,
                                      settings.bf16, settings.tta)

@@ -150,9 +150,9 @@ def check_domain_sizes(domains: np.ndarray, where: str) -> None:
     names, counts = np.unique(np.asarray(domains).astype(str), return_counts=True)
     small = {str(n): int(c) for n, c in zip(names, counts) if c < NEW_DOMAIN_MIN_CELLS}
     if small:
-        raise ConfigError(f"{where}: domain(s) {small} have fewer than {NEW_DOMAIN_MIN_CELLS} cells; "
-                          f"a new lab's BatchNorm and standardisation statistics come from its "
-                          f"own cells and need at least {NEW_DOMAIN_MIN_CELLS} per domain")
+        raise ConfigError(f"{where}: domain(s) {small} have fewer than {NEW_DOMAIN_MIN_CELLS} "
+                          f"cells; a new lab's BatchNorm and standardisation statistics come from "
+                          f"its own cells and need at least {NEW_DOMAIN_MIN_CELLS} per domain")
 
 
 def apply_run(run_dir: str | Path, user_cfg) -> Path:

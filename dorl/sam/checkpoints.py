@@ -114,15 +114,13 @@ def check_backbone(state: dict[str, torch.Tensor], backbone: str, path: Path,
             f"{backbone!r} was requested{hint}")
 
 
-def load_checked(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
-                 known: tuple[str, ...] = ()) -> None:
-    """Load ``state`` into ``model`` (a CellSAM) after checking it is the same architecture
-    (:func:`check_backbone`).
+def load_checked(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load ``state``, already found to be ``model``'s backbone (:func:`check_backbone`, before
+    the model was built), into ``model`` (a CellSAM).
 
     Position tables are resized to the model's input size first; any missing, unexpected or
     mis-shaped key raises :class:`CheckpointMismatchError` listing them.
     """
-    check_backbone(state, model.backbone, path, known)
     target = model.state_dict()
     resize_position_tables(state, target)
     missing = sorted(set(target) - set(state))

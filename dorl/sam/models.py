@@ -364,7 +364,7 @@ def build_sam(backbone: str, checkpoint: str | Path | None = "default", image_si
         model = BACKBONES[backbone](int(image_size))
     model.checkpoint_path = path
     if path is not None:
-        load_checked(model, state, path, known=tuple(BACKBONES))
+        load_checked(model, state, path)
         logger.info("loaded %s weights from %s at %d px", backbone, path, image_size)
     else:
         logger.info("built %s with random weights at %d px", backbone, image_size)

@@ -28,6 +28,7 @@ from PIL import Image
 from dorl.atomic import write_text_atomic
 from dorl.data.images import ImageReadError, read_rgb
 from dorl.data.taxonomy import UNKNOWN
+from dorl.featstore import cell_paths
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def write_explorer(coords: np.ndarray, obs: pd.DataFrame, image_dir: Path | None
         shown = np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
     domains = obs["domain"].astype(str).to_numpy()[shown]
     labels = obs["label"].astype(str).to_numpy()[shown]
-    paths = (obs["path"] if "path" in obs else obs.index.to_series()).astype(str).to_numpy()[shown]
+    paths = cell_paths(obs)[shown]
     ids = obs.index.astype(str)[shown]
     predicted = [""] * len(shown) if predictions is None else \
         [str(predictions["predicted"].get(i, "")) for i in ids]

@@ -19,8 +19,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from dorl.atomic import atomic_path
+from dorl.featstore import FeatureFileError, add_obsm, cell_paths, read_features
 from dorl.figures import pyplot, save_figure
-from dorl.featstore import FeatureFileError, add_obsm, read_features
 from dorl.viz.explorer import colour_map, write_explorer
 
 logger = logging.getLogger(__name__)
@@ -84,8 +84,7 @@ def plot_png(coords: np.ndarray, domains: np.ndarray, labels: np.ndarray, path: 
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title)
-    save_figure(fig, path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def _write_coordinates(path: Path, coords: np.ndarray, obs: pd.DataFrame,
@@ -95,7 +94,7 @@ def _write_coordinates(path: Path, coords: np.ndarray, obs: pd.DataFrame,
     ids = obs.index.astype(str)
     table = pd.DataFrame({
         "cell_id": ids,
-        "path": (obs["path"] if "path" in obs else obs.index.to_series()).astype(str).to_numpy(),
+        "path": cell_paths(obs),
         "domain": obs["domain"].astype(str).to_numpy(),
         "label": obs["label"].astype(str).to_numpy(),
         "predicted": "" if predictions is None
