@@ -224,3 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise
         return 2
+    finally:
+        from dorl.provenance import close_run_logging
+
+        close_run_logging()

@@ -64,10 +64,7 @@ def setup_run_logging(run_dir: str | Path, verbose: bool = False, rank: int = 0)
     root = logging.getLogger("dorl")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    for handler in list(root.handlers):
-        if getattr(handler, "_dorl", False):
-            root.removeHandler(handler)
-            handler.close()
+    close_run_logging()
     file_handler = logging.FileHandler(log_path, encoding="utf-8")
     console = logging.StreamHandler()
     for handler in (file_handler, console):
@@ -76,3 +73,13 @@ def setup_run_logging(run_dir: str | Path, verbose: bool = False, rank: int = 0)
         root.addHandler(handler)
     root.propagate = False
     return log_path
+
+
+def close_run_logging() -> None:
+    """Remove and close the handlers of :func:`setup_run_logging`, so that no log file stays
+    open after a command (a run folder can then be moved, or its file system unmounted)."""
+    root = logging.getLogger("dorl")
+    for handler in list(root.handlers):
+        if getattr(handler, "_dorl", False):
+            root.removeHandler(handler)
+            handler.close()
