@@ -54,7 +54,6 @@ from feature_options import (
     crop_set,
     option_features,
     shifted_source_scores,
-    training_lab_features,
 )
 from measure import Stopwatch
 from omegaconf import OmegaConf
@@ -105,8 +104,7 @@ def subsample_manifest(cfg, out: Path, max_per_class: int) -> Manifest:
 
 
 def score_methods(features: dict[str, np.ndarray], table: pd.DataFrame, cfg, seed: int,
-                  out: Path, adaptation: str = "none", views: dict[str, np.ndarray] | None = None
-                  ) -> tuple[list[dict], pd.DataFrame]:
+                  out: Path, adaptation: str = "none") -> tuple[list[dict], pd.DataFrame]:
     """Score every method's features with the classify stage itself (``source_target`` and
     ``in_domain`` protocols, the source lab's folds as the only training sets, the classify
     stage's ``adaptation`` for every classifier), so the bench and ``dorl classify run`` give
@@ -115,13 +113,10 @@ def score_methods(features: dict[str, np.ndarray], table: pd.DataFrame, cfg, see
     Each cell of the table is the mean over the source's 5 fold models of the macro-F1 and
     accuracy on the classes shared by source and target (target classes with fewer than
     ``classify.min_class_count`` cells left out); ``<source> (5-fold)`` is the held-out fold.
-    ``views`` holds the simulated training labs' features of the methods that have them
-    (``FeatureInput.training_views``). Returns the rows and the fit timings.
+    Returns the rows and the fit timings.
     """
     domains, labels = table["domain"].to_numpy(), table["label"].to_numpy()
-    views = views or {}
-    inputs = [FeatureInput(name, out, "X", X, labels, domains, None,
-                           training_views=views.get(name))
+    inputs = [FeatureInput(name, out, "X", X, labels, domains, None)
               for name, X in features.items()]
     settings = replace(ClassifySettings.from_config(cfg), protocols=("source_target",
                                                                       "in_domain"),
@@ -280,10 +275,8 @@ def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch, zero_shot: 
 def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stopwatch,
                  out: Path) -> tuple[str, dict]:
     """Add one row per ``--feature-options`` option to ``per_seed`` and choose among them by the
-    label-free rule of bench/feature_options.py. Returns the chosen option and a dict with the
-    ``selection`` table (records) and the
-    ``views`` of the options with simulated training labs (the source cells' features in those
-    labs, NaN for the other cells)."""
+    label-free rule of :mod:`dorl.selection.rule`. Returns the chosen option and a dict with the
+    ``selection`` table (records) and the chosen adaptation with its table (records)."""
     from dorl.features.encode import FeatureSettings, cell_crops
     from dorl.features.resolution import coarsest_side, native_crop_sides
 
@@ -318,27 +311,19 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
     for lab, cells in held_out.items():
         logger.info("the rule's %s: %s", lab, pd.Series(cells.labels).value_counts().to_dict())
     cache: dict = {}
-    selection, views = [], {}
+    selection = []
     schedule = ClassifySettings.from_config(cfg).self_training
     for name in args.feature_options:
         option_crops = crops_at(OPTIONS[name].resolution)
         X, seconds = option_features(name, option_crops, masks, domains, base, int(cfg.seed),
                                      cache, crop_set("cells", OPTIONS[name]))
         watch.record(f"cell features: {name} (stain + encoders)", len(manifest), seconds)
-        lab_views, seconds = training_lab_features(name, option_crops[src], masks[src],
-                                                   domains[src], base, int(cfg.seed), cache,
-                                                   crop_set("training labs", OPTIONS[name]))
-        if lab_views is not None:
-            watch.record(f"cell features: {name}, the source in its training labs",
-                         int(src.sum()) * len(lab_views), seconds)
-            views[name] = np.full((len(lab_views), len(X), X.shape[1]), np.nan, np.float32)
-            views[name][:, src] = lab_views
         for seed in args.seeds:
             per_seed[seed][name] = X
             selection.append(shifted_source_scores(
                 name, crops[sel], masks[sel], sides[sel], table["label"].to_numpy()[sel],
                 base, list(cfg.classify.classifiers), seed, cache, tuple(args.adaptations),
-                schedule, int(cfg.seed), held_out,
+                schedule, held_out,
                 OmegaConf.to_container(cfg.classify.params, resolve=True)))
     selection = pd.concat(selection, ignore_index=True)
     with atomic_path(out / "selection.csv") as tmp:
@@ -350,8 +335,7 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
     logger.info("adaptations of %s by the selection rule (chosen: %s):\n%s", chosen,
                 adaptation, adaptations.to_string())
     return chosen, {"selection": summary.to_dict("records"),
-                    "adaptation": adaptation, "adaptations": adaptations.to_dict("records"),
-                    "views": views}
+                    "adaptation": adaptation, "adaptations": adaptations.to_dict("records")}
 
 
 def summarise(scores: pd.DataFrame, invariance: pd.DataFrame) -> pd.DataFrame:
@@ -536,7 +520,6 @@ def main(argv=None) -> int:
     seg_quality = {}
     # Rows of the chosen feature option with a target adaptation: name -> (option, adaptation).
     adapted_rows = {}
-    views: dict[str, np.ndarray] = {}  # simulated training labs' features, per method
     if not args.baselines_only:
         seg_zs, seg_ft, adapter, seg_quality = sam_stages(cfg, manifest, out, watch,
                                                           not args.skip_zero_shot)
@@ -559,15 +542,13 @@ def main(argv=None) -> int:
             meta["chosen_option"] = chosen
             meta["adaptations"] = cell["adaptations"]
             meta["chosen_adaptation"] = cell["adaptation"]
-            views = cell["views"]
             adapted_rows = {f"{chosen}, {a}": (chosen, a) for a in args.adaptations[1:]}
     meta["methods"] = list(per_seed[args.seeds[0]]) + list(adapted_rows)
 
     scores, invariance = [], []
     for seed in args.seeds:
         logger.info("scoring %d methods (seed %d)", len(per_seed[seed]), seed)
-        rows, timings = score_methods(per_seed[seed], table, cfg, seed, out / "classify",
-                                      views=views)
+        rows, timings = score_methods(per_seed[seed], table, cfg, seed, out / "classify")
         scores += rows
         plain_last = list(per_seed[seed])[-1]
         if seed == args.seeds[0]:
@@ -577,7 +558,7 @@ def main(argv=None) -> int:
                              int(fits["n_train"].sum()), float(fits["fit_s"].sum()))
         for name, (option, adaptation) in adapted_rows.items():
             adapted, timings = score_methods({option: per_seed[seed][option]}, table, cfg, seed,
-                                             out / "classify", adaptation, views)
+                                             out / "classify", adaptation)
             scores += [{**r, "method": name} for r in adapted]
             if seed == args.seeds[0]:
                 watch.record(f"fits with {adaptation}, every classifier (5 source folds, "

@@ -20,12 +20,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
-from training_labs import draw_training_labs, lab_domains
 from view_invariance import ViewInvariantProjection, two_views
 
 from dorl.classify.adaptation import SelfTraining, TargetAdapter
 from dorl.classify.registry import build_classifier
-from dorl.classify.run import training_set
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.features.encode import FeatureSettings, build_encoder, domain_sample, encode_crops
 from dorl.features.resolution import coarsest_side, resample_through
@@ -56,8 +54,6 @@ class Option:
     view_invariance: bool = False
     #: ``features.multilevel``: the last stages' pooled outputs beside the head.
     multilevel: bool = False
-    #: Simulated training labs (``training_labs.py``) the classifiers also train on.
-    training_labs: int = 0
     #: ``features.resolution`` (:mod:`dorl.features.resolution`): "native" or "coarsest".
     resolution: str = "native"
 
@@ -83,7 +79,6 @@ OPTIONS = {
                                                 view_invariance=True),
     "L0 cell AdaBN TTA8": Option((L0,), "none", True, tta=8),
     "L0 cell AdaBN TTA4 multi-level": Option((L0,), "none", True, tta=4, multilevel=True),
-    "L0 cell AdaBN TTA4 training labs": Option((L0,), "none", True, tta=4, training_labs=3),
     "L0 cell AdaBN TTA4 coarsest resolution": Option((L0,), "none", True, tta=4,
                                                      resolution="coarsest"),
     "L1 cell AdaBN TTA4": Option((L1,), "none", True, tta=4),
@@ -198,23 +193,6 @@ def option_features(name: str, crops: np.ndarray, masks: np.ndarray, domains: np
     return Z.astype(np.float32), seconds
 
 
-def training_lab_features(name: str, crops: np.ndarray, masks: np.ndarray,
-                          domains: np.ndarray, base: FeatureSettings, seed: int, cache: dict,
-                          tag: str) -> tuple[np.ndarray | None, float]:
-    """The features (n_labs, n, d) of ``crops`` in option ``name``'s simulated training labs
-    (drawn with ``seed``), each lab's copy of each domain standardised and AdaBN-recalibrated
-    as a domain of its own, and the seconds they took; None for an option without them."""
-    n_labs = OPTIONS[name].training_labs
-    if not n_labs:
-        return None, 0.0
-    labs = draw_training_labs(n_labs, seed)
-    restained = np.concatenate([lab.apply(crops, masks) for lab in labs])
-    X, seconds = option_features(name, restained, np.concatenate([masks] * n_labs),
-                                 np.concatenate([lab_domains(domains, k) for k in range(n_labs)]),
-                                 base, seed, cache, tag)
-    return X.reshape(n_labs, len(crops), -1), seconds
-
-
 def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
     return float(f1_score(labels, predicted.astype(str), average="macro"))
 
@@ -223,7 +201,7 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
                           src_sides: np.ndarray, labels: np.ndarray, base: FeatureSettings,
                           classifiers: list[str], seed: int, cache: dict,
                           adaptations: tuple[str, ...] = ("none",),
-                          schedule: SelfTraining = SelfTraining(), lab_seed: int = 0,
+                          schedule: SelfTraining = SelfTraining(),
                           held_out: dict[str, HeldOutLab] | None = None,
                           params: dict[str, dict] | None = None) -> pd.DataFrame:
     """In-domain and shifted-source macro-F1 of every classifier and adaptation on one option's
@@ -237,10 +215,8 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
     shifted; each simulated lab's held-out cells are the unlabelled target of every adaptation
     in ``adaptations``. ``held_out`` adds :func:`held_out_labs`, other source cells in a blood
     smear's class mix, whose cells are all the target of every fold's model. The
-    in-domain score is the same for every adaptation (they change targets only). An option with
-    simulated training labs also trains each model on its training cells' views in those labs
-    (drawn with ``lab_seed``), as the classify stage does. ``params`` overrides the classifiers'
-    parameters (``classify.params``).
+    in-domain score is the same for every adaptation (they change targets only). ``params``
+    overrides the classifiers' parameters (``classify.params``).
     """
     params = params or {}
     option = OPTIONS[name]
@@ -258,14 +234,12 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
                            crop_set("selection", option))
     n = len(src_crops)
     lab_X = {lab: X[domains == lab] for lab in labs}
-    views, _ = training_lab_features(name, src_crops, src_masks, domains[:n], base, lab_seed,
-                                     cache, "selection training labs")
     splits = list(StratifiedKFold(n_splits=5, shuffle=True, random_state=seed).split(X[:n],
                                                                                        labels))
     models, in_domain_f1 = {}, {}
     for clf in classifiers:
         models[clf] = [build_classifier(clf, seed, params.get(clf)).fit(
-            *training_set(X[:n], labels, train, views)) for train, _ in splits]
+            X[:n][train], labels[train]) for train, _ in splits]
         in_domain = np.empty(n, dtype=object)
         for model, (_, test) in zip(models[clf], splits):
             in_domain[test] = model.predict(X[:n][test])
@@ -279,7 +253,7 @@ def shifted_source_scores(name: str, src_crops: np.ndarray, src_masks: np.ndarra
             whole = {lab: [] for lab in held_out}  # macro-F1 under each fold's model
             for model, (train, test) in zip(models[clf], splits):
                 adapter = TargetAdapter(a, build_classifier(clf, seed, params.get(clf)), model,
-                                        *training_set(X[:n], labels, train, views), schedule)
+                                        X[:n][train], labels[train], schedule)
                 for lab in labs:
                     target = lab_X[lab] if lab in held_out else lab_X[lab][test]
                     predicted = adapter.model_for(target).predict(target)

@@ -46,26 +46,6 @@ def test_bench_and_classify_run_give_the_same_numbers(tiny_cfg, tmp_path):
     assert {r["target"] for r in rows} == {f"{SOURCE} (5-fold)", "lab_b"}
 
 
-def test_training_lab_features_encode_each_lab_as_its_own_domain():
-    with bench_scripts_importable():
-        from feature_options import OPTIONS, training_lab_features
-    rng = np.random.default_rng(0)
-    crops = rng.integers(40, 230, (6, 32, 32, 3), dtype=np.uint8)
-    masks = np.zeros((6, 32, 32), bool)
-    masks[:, 8:24, 8:24] = True
-    domains = np.array(["a"] * 6)
-    name = "L0 cell AdaBN TTA4 training labs"
-    views, _ = training_lab_features(name, crops, masks, domains, TINY_CELL_FEATURES, 0, {},
-                                     "t")
-    assert views.shape == (OPTIONS[name].training_labs, 6, 1280)
-    # Each lab is standardised on its own: zero mean per lab and feature.
-    np.testing.assert_allclose(views.mean(axis=1), 0, atol=1e-3)
-    assert not np.allclose(views[0], views[1], atol=1e-2)
-    none, seconds = training_lab_features("L0 cell AdaBN TTA4", crops, masks, domains,
-                                          TINY_CELL_FEATURES, 0, {}, "t")
-    assert none is None and seconds == 0.0
-
-
 def test_shifted_source_scores_score_every_lab_with_the_configured_classifiers():
     with bench_scripts_importable():
         from feature_options import shifted_source_scores

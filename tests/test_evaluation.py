@@ -283,40 +283,6 @@ def test_kernel_svms_train_on_their_own_cap(cfg, tmp_path):
     assert "at 40 for the kernel SVMs" in text
 
 
-def test_training_views_teach_a_classifier_to_ignore_what_the_labs_change(tmp_path, cfg):
-    # In the source, feature 1 tells the classes apart better than feature 0; the target lab
-    # reverses it. The source cells' simulated-lab views change feature 1 and keep feature 0, so
-    # a model that trains on them learns to read feature 0.
-    from dorl.classify.inputs import FeatureInput
-
-    rng = np.random.default_rng(0)
-    n = 200
-    labels = np.repeat(["x", "y"], n // 2)
-    sign = np.where(labels == "x", -1.0, 1.0)
-    source = np.stack([sign + rng.normal(0, 1, n), 2 * sign + rng.normal(0, 0.3, n)], 1)
-    target = np.stack([sign + rng.normal(0, 1, n), -2 * sign + rng.normal(0, 0.3, n)], 1)
-    X = np.concatenate([source, target]).astype(np.float32)
-    views = np.full((2, 2 * n, 2), np.nan, np.float32)
-    views[0, :n] = source * [1, -1]
-    views[1, :n] = source * [1, 0]
-    cfg.classify.classifiers = ["logreg"]
-    cfg.classify.protocols = ["source_target"]
-    cfg.classify.adaptations = ["none"]
-    cfg.classify.sources = ["lab_a"]
-    cfg.classify.save_models = False
-    settings = ClassifySettings.from_config(cfg)
-    f1 = {}
-    for name, training_views in (("plain", None), ("views", views)):
-        inp = FeatureInput(name, tmp_path, "X", X, np.concatenate([labels, labels]),
-                           np.repeat(["lab_a", "lab_b"], n), None, training_views=training_views)
-        results, _, timings = run_classification([inp], settings, tmp_path / name)
-        shared = results[(results["metric"] == "macro_f1") & (results["scope"] == "shared")]
-        f1[name] = shared["value"].mean()
-        assert (timings["n_train"] < n).all()  # cells, not cells x views
-    assert f1["plain"] < 0.3
-    assert f1["views"] > 0.7
-
-
 def _saved_balanced_predictions(model: Path, weights: str, tmp_path: Path) -> pd.DataFrame:
     """A saved balanced model's predictions for three synthetic labs, after checking what the
     bundle says of itself."""

@@ -43,10 +43,6 @@ class FeatureInput:
     domain_scaler : DomainStandardScaler or None
         Per-domain statistics over all the file's cells, labelled or not (the ``domain_std``
         adaptation); None: fitted on the labelled cells when needed.
-    training_views : ndarray of shape (n_labs, n_labelled, n_features), float32, or None
-        Each cell's features in simulated training labs (``bench/training_labs.py``),
-        already standardised per lab; NaN rows for cells without them. A model trained on a cell
-        also trains on its views, with its label.
     n_qc_failed : dict of str -> int
         Labelled cells left out per domain because they failed quality control (``qc_pass``).
     user_labelled : bool ndarray of shape (n_labelled,) or None
@@ -64,7 +60,6 @@ class FeatureInput:
     n_unknown: dict[str, int] = field(default_factory=dict)
     signature: dict[str, Any] = field(default_factory=dict)
     domain_scaler: DomainStandardScaler | None = None
-    training_views: np.ndarray | None = None
     n_qc_failed: dict[str, int] = field(default_factory=dict)
     user_labelled: np.ndarray | None = None
 

@@ -117,25 +117,10 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, train_classes: Iterable[str],
     return rows
 
 
-def training_set(X: np.ndarray, y: np.ndarray, train: np.ndarray,
-                 views: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The rows ``train`` of ``X`` and ``y``, followed by their simulated-lab ``views``
-    (n_labs, n, d) where a cell has them (non-NaN), with the cell's label."""
-    if views is None:
-        return X[train], y[train]
-    parts, labels = [X[train]], [y[train]]
-    for view in views:
-        rows = train[~np.isnan(view[train, 0])]
-        parts.append(view[rows].astype(X.dtype, copy=False))
-        labels.append(y[rows])
-    return np.concatenate(parts), np.concatenate(labels)
-
-
 def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: bool,
                  adaptation: str, adapted: tuple[bool, ...], aligned: tuple, schedule: SelfTraining,
-                 seed: int, max_cells: int | None = None, views: np.ndarray | None = None):
-    """Fit a clone of ``model`` on ``split.train`` (and their simulated-lab ``views``, see
-    :func:`training_set`); predict each evaluation's test cells.
+                 seed: int, max_cells: int | None = None):
+    """Fit a clone of ``model`` on ``split.train``; predict each evaluation's test cells.
 
     ``adapted[i]`` says whether evaluation ``i`` is a target the adaptation changes (its domain
     is not a training domain); ``aligned[i]`` holds its CORAL-aligned test features (or None).
@@ -145,7 +130,7 @@ def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: 
     seconds and the warnings raised.
     """
     start = time.perf_counter()
-    X_train, y_train = training_set(X, y, split.train, views)
+    X_train, y_train = X[split.train], y[split.train]
     preds, densities = [], []
     adapter = None
     with warnings.catch_warnings(record=True) as caught:
@@ -341,7 +326,7 @@ def run_classification(inputs: list[FeatureInput], settings: ClassifySettings, o
                                   adapter.features(t), t.input.labels, t.split,
                                   not t.split.evaluations, t.adaptation, adapter.adapted(t),
                                   adapter.aligned(t), c.self_training, t.seed,
-                                  _max_cells(t.classifier, c), t.input.training_views)
+                                  _max_cells(t.classifier, c))
             for t in tasks)
     outputs = Parallel(n_jobs=c.n_jobs, return_as="generator")(jobs)
     rows, confusions, timings, warned, votes = [], {}, [], {}, {}
