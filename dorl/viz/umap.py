@@ -11,6 +11,7 @@ UMAP single-threaded and reproducible) and its coordinates go back into the feat
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +25,11 @@ from dorl.figures import pyplot, save_figure
 from dorl.viz.explorer import colour_map, write_explorer
 
 logger = logging.getLogger(__name__)
+
+#: Below this many cells UMAP searches neighbours exactly (its own threshold); dorl then finds
+#: them with scikit-learn, which gives the same exact neighbours without UMAP's numba kernels
+#: (their compilation took 7 of the 12 s of a first 72-cell map, in every new process).
+EXACT_NEIGHBOURS_BELOW = 4096
 
 
 def fit_umap(X: np.ndarray, domains: np.ndarray, seed: int, n_neighbors: int = 15,
@@ -56,12 +62,29 @@ def fit_umap(X: np.ndarray, domains: np.ndarray, seed: int, n_neighbors: int = 1
     if fit_mask.sum() <= n_neighbors:
         raise ValueError(f"UMAP needs more than n_neighbors={n_neighbors} cells to fit on, "
                          f"got {fit_mask.sum()}")
-    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1)
+    # fit_on=source transforms the other cells with UMAP's own search index, which
+    # precomputed neighbours do not come with.
+    exact = fit_mask.all() and len(X) < EXACT_NEIGHBOURS_BELOW
+    knn = _exact_neighbours(X, n_neighbors) if exact else (None, None, None)
+    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1,
+                        precomputed_knn=knn)
     coords = np.empty((len(X), 2), dtype=np.float32)
-    coords[fit_mask] = reducer.fit_transform(X[fit_mask])
+    with warnings.catch_warnings():
+        # "knn_search_index is not an NNDescent object": only transform would need it.
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+        coords[fit_mask] = reducer.fit_transform(X[fit_mask])
     if not fit_mask.all():
         coords[~fit_mask] = reducer.transform(X[~fit_mask])
     return coords
+
+
+def _exact_neighbours(X: np.ndarray, n_neighbors: int) -> tuple:
+    """UMAP's ``precomputed_knn``: each cell's ``n_neighbors`` nearest cells (itself first),
+    shapes (n_cells, n_neighbors), int indices and float32 Euclidean distances."""
+    from sklearn.neighbors import NearestNeighbors
+
+    distances, indices = NearestNeighbors(n_neighbors=n_neighbors).fit(X).kneighbors(X)
+    return indices, distances.astype(np.float32), None
 
 
 def plot_png(coords: np.ndarray, domains: np.ndarray, labels: np.ndarray, path: Path,
