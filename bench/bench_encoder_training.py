@@ -51,6 +51,7 @@ from measure import Stopwatch
 from sklearn.metrics import f1_score
 
 from dorl.atomic import write_text_atomic
+from dorl.cae.settings import CAESettings
 from dorl.classify.registry import build_classifier
 from dorl.config import load_config
 from dorl.domain_scaler import DomainStandardScaler
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         weights, history = None, []
         if vcfg.cae.enabled:
-            result = train_from_config(vcfg, train_manifest, seg)
+            result = train_from_config(vcfg, train_manifest, seg, CAESettings.from_config(vcfg))
             weights, history = result.checkpoint, result.history
         train_s = time.perf_counter() - t0
         model, side, fs = encoder_of(vcfg, weights)

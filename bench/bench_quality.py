@@ -28,7 +28,7 @@ import pandas as pd
 from dorl.config import load_config
 from dorl.data.manifest import load_manifest
 from dorl.sam.finetune import ADAPTER_DIR
-from dorl.sam.inference import segment_from_config
+from dorl.sam.inference import SegmentSettings, segment_from_config
 from dorl.sam.quality import REASONS, QCSettings, cell_quality
 from dorl.tables import markdown_table
 
@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     manifest = load_manifest(cfg.data.manifest, cfg.data.label_space)
     adapter = bench / "sam_lora" / ADAPTER_DIR
     t0 = time.perf_counter()
-    seg = segment_from_config(cfg, manifest, adapter if adapter.is_dir() else None)
+    seg = segment_from_config(cfg, manifest, adapter if adapter.is_dir() else None,
+                              SegmentSettings.from_config(cfg))
     seconds = time.perf_counter() - t0
     domains = manifest.table["domain"].astype(str).to_numpy()
     iou = np.asarray(seg.predicted_iou, np.float64)

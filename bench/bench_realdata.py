@@ -20,8 +20,8 @@ SAM segmentation runs ONCE per model (zero-shot, fine-tuned) and is reused by ev
 later runs into the same ``--out`` (cached with the LoRA adapter); the seeds vary the
 classifiers and the pixel PCA. The bare encoder forward pass is timed on
 ``ENCODER_TIMING_CELLS`` cells as the reference for segmentation throughput. Nothing is tuned
-on target labels: every setting comes from the config and every classifier is reported. SAM is fine-tuned on source cells only
-(never on the Zheng masks it is scored on).
+on target labels: every setting comes from the config and every classifier is reported. SAM is
+fine-tuned on source cells only (never on the Zheng masks it is scored on).
 
     python bench/bench_realdata.py --quick                  # small subset, 1 seed
     python bench/bench_realdata.py --max-per-class 60 --seeds 0 1 2 \
@@ -243,7 +243,7 @@ def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch, zero_shot: 
         Dice/IoU against the ground-truth masks (Zheng) of each segmentation.
     """
     from dorl.sam.finetune import ADAPTER_DIR, SIGNATURE_FILE, finetune_from_config
-    from dorl.sam.inference import SEGMENTATION_FILE, segment_from_config
+    from dorl.sam.inference import SEGMENTATION_FILE, SegmentSettings, segment_from_config
 
     table = manifest.table
     zs_dir, ft_dir = out / "sam_zeroshot", out / "sam_lora"
@@ -252,7 +252,7 @@ def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch, zero_shot: 
         with timed_unless_cached(watch, "segmentation + features, zero-shot SAM", len(manifest),
                                  zs_dir / SEGMENTATION_FILE):
             seg_zs = segment_from_config(OmegaConf.merge(cfg, {"run_dir": str(zs_dir)}),
-                                         manifest, None)
+                                         manifest, None, SegmentSettings.from_config(cfg))
     ft_cfg = OmegaConf.merge(cfg, {"run_dir": str(ft_dir)})
     source = rows_of(manifest, (table["domain"] == SOURCE).to_numpy())
     seen = min(len(source), int(cfg.sam.finetune.max_images)) * int(cfg.sam.finetune.epochs)
@@ -265,7 +265,8 @@ def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch, zero_shot: 
         watch.rows[-1]["stage"] += ": no training masks, nothing trained"
     with timed_unless_cached(watch, "segmentation + features, LoRA-SAM", len(manifest),
                              ft_dir / SEGMENTATION_FILE):
-        seg_ft = segment_from_config(ft_cfg, manifest, adapter)
+        seg_ft = segment_from_config(ft_cfg, manifest, adapter,
+                                     SegmentSettings.from_config(ft_cfg))
     quality = {"LoRA fine-tuned": segmentation_quality(seg_ft, manifest)}
     if seg_zs is not None:
         quality = {"zero-shot": segmentation_quality(seg_zs, manifest), **quality}

@@ -20,6 +20,7 @@ from dorl.pipeline.embed import (
     run_embed,
     training_rows,
 )
+from dorl.sam.quality import QCSettings
 from dorl.sam.segmentation import Segmentation
 
 CLASSES = ("neutrophil", "lymphocyte", "monocyte")
@@ -48,11 +49,16 @@ def toy_cells(n_per_domain=24, size=32, seed=0):
     return Manifest(pd.DataFrame(rows), Path("/nonexistent"), "mature5"), seg, (feats, {})
 
 
+def _embed(cfg, manifest, seg, cell):
+    """The feature file of ``cell``, with the quality settings ``cfg`` holds now."""
+    return embed_segmentation(cfg, manifest, seg, cell, QCSettings.from_config(cfg))
+
+
 def test_feature_file_holds_standardised_features_metadata_and_provenance(tiny_cfg):
     manifest, seg, cell = toy_cells()
     tiny_cfg.cae.enabled = False
     tiny_cfg.qc.enabled = False  # the toy cells have no image files
-    fs = read_features(embed_segmentation(tiny_cfg, manifest, seg, cell))
+    fs = read_features(_embed(tiny_cfg, manifest, seg, cell))
     assert list(fs.obs.index) == list(manifest.table["path"])
     for col in ("path", "domain", "label", "label_raw", "label_fine", "split", "group",
                 "seg_fallback", "cae_trained_on"):
@@ -84,7 +90,7 @@ def test_features_standardise_none_keeps_the_features_as_encoded(tiny_cfg):
     tiny_cfg.cae.enabled = False
     tiny_cfg.qc.enabled = False  # the toy cells have no image files
     tiny_cfg.features.standardise = "none"
-    fs = read_features(embed_segmentation(tiny_cfg, manifest, seg, cell))
+    fs = read_features(_embed(tiny_cfg, manifest, seg, cell))
     np.testing.assert_allclose(fs.X, cell[0]["efficientnet_lite0"], rtol=1e-6)
 
 
@@ -141,7 +147,7 @@ def test_run_embed_reuses_a_matching_file_and_refuses_another(tiny_cfg, monkeypa
     monkeypatch.setattr(embed, "load_data", lambda cfg: manifest)
     tiny_cfg.cae.enabled = False
     tiny_cfg.qc.enabled = False  # the toy cells have no image files
-    path = embed_segmentation(tiny_cfg, manifest, seg, cell)
+    path = _embed(tiny_cfg, manifest, seg, cell)
     stamp = path.stat().st_mtime_ns
     assert run_embed(tiny_cfg) == path  # no SAM stage runs: the file is reused
     # The autoencoder is off: its settings change nothing, and the file is reused.

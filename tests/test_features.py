@@ -177,6 +177,11 @@ def test_cell_crop_cuts_the_cell_at_native_resolution():
     assert full_mask.all()
 
 
+def _features(cfg, manifest, seg):
+    """The cell features with the settings ``cfg`` holds now."""
+    return features_from_config(cfg, manifest, seg, FeatureSettings.from_config(cfg))
+
+
 def test_features_are_cached_by_segmentation_and_settings(tiny_cfg, tmp_path):
     manifest = write_disc_manifest(tmp_path, n=6, size=48)
     n = len(manifest)
@@ -187,17 +192,17 @@ def test_features_are_cached_by_segmentation_and_settings(tiny_cfg, tmp_path):
                        np.zeros(n, bool), np.ones(n, np.float32), {}, {"signature": "seg-1"})
     tiny_cfg.features.encoders = ["efficientnet_lite0"]
     tiny_cfg.features.crop_size = 32
-    stored, meta = features_from_config(tiny_cfg, manifest, seg)
+    stored, meta = _features(tiny_cfg, manifest, seg)
     assert stored["efficientnet_lite0"].shape == (n, 1280) and meta["stain"] == "none"
     # Row sources read the store when indexed: keep a copy before the store is replaced.
     feats = {k: np.asarray(v) for k, v in stored.items()}
     path = tmp_path / "run" / "cell_features.h5"
     stamp = path.stat().st_mtime_ns
-    again, _ = features_from_config(tiny_cfg, manifest, seg)
+    again, _ = _features(tiny_cfg, manifest, seg)
     assert path.stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(again["efficientnet_lite0"], feats["efficientnet_lite0"])
     tiny_cfg.features.adabn = False
-    other, _ = features_from_config(tiny_cfg, manifest, seg)
+    other, _ = _features(tiny_cfg, manifest, seg)
     assert path.stat().st_mtime_ns != stamp
     assert not np.allclose(other["efficientnet_lite0"], feats["efficientnet_lite0"])
     tiny_cfg.features.encoders = ["resnet50"]

@@ -104,20 +104,25 @@ def small_manifest(tmp_path):
     return write_disc_manifest(root, n=4)
 
 
+def _segment(cfg, manifest):
+    """Zero-shot segmentation with the settings ``cfg`` holds now."""
+    return segment_from_config(cfg, manifest, None, SegmentSettings.from_config(cfg))
+
+
 def test_segment_from_config_caches_by_signature(tiny_cfg, small_manifest, caplog, monkeypatch):
     import dorl.sam.inference
 
     monkeypatch.setattr(dorl.sam.inference, "READ_CHUNK", 3)  # 8 images in chunks of 3, 3 and 2
-    seg = segment_from_config(tiny_cfg, small_manifest, None)
+    seg = _segment(tiny_cfg, small_manifest)
     assert len(seg) == len(small_manifest) and seg.meta["signature"]
     assert seg.features["sam_pooled"].shape[0] == len(small_manifest)
     assert set(seg.meta["fallback_per_domain"]) == {"lab_a", "lab_b"}
     caplog.set_level("INFO")
-    again = segment_from_config(tiny_cfg, small_manifest, None)
+    again = _segment(tiny_cfg, small_manifest)
     assert "reused" in caplog.text
     np.testing.assert_array_equal(again.crops, seg.crops)
     tiny_cfg.sam.infer.crop_size = 24
-    assert segment_from_config(tiny_cfg, small_manifest, None).crops.shape[1] == 24
+    assert _segment(tiny_cfg, small_manifest).crops.shape[1] == 24
     assert isinstance(Segmentation.load(tiny_cfg.run_dir + "/segmentation.h5"), Segmentation)
 
 
@@ -142,17 +147,17 @@ def test_interrupted_segmentation_resumes_bit_identical(tiny_cfg, small_manifest
     import dorl.sam.inference
 
     monkeypatch.setattr(dorl.sam.inference, "READ_CHUNK", 3)
-    whole = segment_from_config(tiny_cfg, small_manifest, None)
+    whole = _segment(tiny_cfg, small_manifest)
     tiny_cfg.run_dir = str(tmp_path / "resumed")
     restore = _interrupt_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        segment_from_config(tiny_cfg, small_manifest, None)
+        _segment(tiny_cfg, small_manifest)
     store = tmp_path / "resumed" / "segmentation.h5"
     with pytest.raises(ValueError, match="incomplete \\(6 of 8 rows\\)"):
         Segmentation.load(store)  # the chunk being segmented when it stopped is not counted
     restore()
     caplog.set_level("INFO")
-    resumed = segment_from_config(tiny_cfg, small_manifest, None)
+    resumed = _segment(tiny_cfg, small_manifest)
     assert "6 of 8 cells done" in caplog.text
     for key in ("crops", "masks", "boxes", "fallback", "predicted_iou"):
         np.testing.assert_array_equal(getattr(resumed, key), getattr(whole, key))
@@ -162,11 +167,11 @@ def test_interrupted_segmentation_resumes_bit_identical(tiny_cfg, small_manifest
 
 def test_a_store_cut_off_mid_write_is_segmented_again(tiny_cfg, small_manifest, monkeypatch,
                                                       caplog):
-    whole = segment_from_config(tiny_cfg, small_manifest, None)
+    whole = _segment(tiny_cfg, small_manifest)
     store = tiny_cfg.run_dir + "/segmentation.h5"
     data = open(store, "rb").read()
     with open(store, "wb") as fh:
         fh.write(data[: len(data) // 3])
-    again = segment_from_config(tiny_cfg, small_manifest, None)
+    again = _segment(tiny_cfg, small_manifest)
     assert "cannot be read" in caplog.text
     np.testing.assert_array_equal(again.crops, whole.crops)

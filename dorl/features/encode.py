@@ -400,22 +400,21 @@ def _stored(path: Path, signature: str, names: tuple[str, ...]
     return {name: StoredRows(path, name) for name in names}, json.loads(meta)
 
 
-def features_from_config(cfg, manifest: Manifest, seg: Segmentation,
+def features_from_config(cfg, manifest: Manifest, seg: Segmentation, settings: FeatureSettings,
                          group: ProcessGroup | None = None,
-                         encoder_weights: tuple[str | Path, str] | None = None,
-                         settings: FeatureSettings | None = None
+                         encoder_weights: tuple[str | Path, str] | None = None
                          ) -> tuple[dict[str, StoredRows], dict]:
     """Cell features of every manifest row and their provenance (see
     :func:`stream_cell_features`), in ``run_dir/cell_features.h5``; ``encoder_weights`` is the
     adapted encoder's weights file and its SHA-256 (:mod:`dorl.cae`), None for the pretrained
-    encoders; ``settings`` as the stage's entry point built them (None: built here).
+    encoders; ``settings`` as the stage's entry point built them
+    (``FeatureSettings.from_config``).
 
     The store is reused when it was made from the same segmentation and settings. The features
     are returned as row sources (read from the store when indexed), so that memory never holds
     all of them. Under ``torchrun`` every rank encodes its own block of rows into its own part,
     and rank 0 joins them. Empty when ``features.encoders`` is empty.
     """
-    settings = settings or FeatureSettings.from_config(cfg)
     if not settings.encoders:
         return {}, {}
     weights_hash = None

@@ -194,12 +194,12 @@ def apply_run(run_dir: str | Path, user_cfg) -> Path:
                 source.run_dir, source.adapter_dir, source.cae_encoder or "pretrained",
                 len(manifest), manifest.domains)
     t0 = time.perf_counter()
-    seg = segment_from_config(cfg, manifest, source.adapter_dir, settings=settings.segment)
+    seg = segment_from_config(cfg, manifest, source.adapter_dir, settings.segment)
     t1 = time.perf_counter()
     encoder = None if source.cae_encoder is None else (
         source.cae_encoder, source.uns["hashes"]["cae_encoder"])  # checked by SourceRun.open
-    cell_feats = features_from_config(cfg, manifest, seg, encoder_weights=encoder,
-                                      settings=settings.features)
+    cell_feats = features_from_config(cfg, manifest, seg, settings.features,
+                                      encoder_weights=encoder)
     timings = {"segment": t1 - t0, "cell_features": time.perf_counter() - t1}
-    return embed_segmentation(cfg, manifest, seg, cell_feats, timings,
-                              applied_from=source.provenance(), qc=settings.qc)
+    return embed_segmentation(cfg, manifest, seg, cell_feats, settings.qc, timings,
+                              applied_from=source.provenance())

@@ -172,20 +172,20 @@ def run_embed(cfg) -> Path:
     adapter_dir = finetune_from_config(cfg, manifest, group)
     timings["sam_finetune"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    seg = segment_from_config(cfg, manifest, adapter_dir, group, settings.segment)
+    seg = segment_from_config(cfg, manifest, adapter_dir, settings.segment, group)
     timings["segment"] = time.perf_counter() - t0
     cae = None
     if settings.cae is not None:
         t0 = time.perf_counter()
-        cae = train_from_config(cfg, manifest, seg, group, settings.cae)
+        cae = train_from_config(cfg, manifest, seg, settings.cae, group)
         timings["cae_train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     cell_feats = features_from_config(
-        cfg, manifest, seg, group, None if cae is None else (cae.checkpoint, cae.sha256),
-        settings.features)
+        cfg, manifest, seg, settings.features, group,
+        None if cae is None else (cae.checkpoint, cae.sha256))
     timings["cell_features"] = time.perf_counter() - t0
     if group.is_main:
-        embed_segmentation(cfg, manifest, seg, cell_feats, timings, cae, qc=settings.qc)
+        embed_segmentation(cfg, manifest, seg, cell_feats, settings.qc, timings, cae)
     group.barrier()
     return out
 
@@ -269,13 +269,10 @@ def _store_matches(path: Path, signature: str) -> bool:
         return False
 
 
-def train_from_config(cfg, manifest: Manifest, seg: Segmentation,
-                      group: ProcessGroup = ProcessGroup(),
-                      settings: CAESettings | None = None) -> TrainResult:
+def train_from_config(cfg, manifest: Manifest, seg: Segmentation, settings: CAESettings,
+                      group: ProcessGroup = ProcessGroup()) -> TrainResult:
     """Train (or resume, or reuse) the cross-domain autoencoder of ``cfg.cae`` on the segmented
-    cells, in ``run_dir/cae``; ``settings`` as :func:`check_settings` built them (None: built
-    here)."""
-    settings = settings or CAESettings.from_config(cfg)
+    cells, in ``run_dir/cae``; ``settings`` as :func:`check_settings` built them."""
     rows = training_rows(cfg, manifest)
     data = CAEData(_training_crops(cfg, manifest, seg, settings.crop_size, group),
                    _domain_ids(manifest).astype(np.int64),
@@ -304,11 +301,10 @@ def _standardised(cfg, features: RowSource, ids: np.ndarray) -> RowSource:
 
 
 def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
-                       cell_feats: tuple[dict[str, RowSource], dict],
+                       cell_feats: tuple[dict[str, RowSource], dict], qc: QCSettings,
                        timings: dict[str, float] | None = None,
                        cae: TrainResult | None = None,
-                       applied_from: dict | None = None,
-                       qc: QCSettings | None = None) -> Path:
+                       applied_from: dict | None = None) -> Path:
     """Standardise the cell features and write ``run_dir/features.h5ad``.
 
     Parameters
@@ -321,14 +317,14 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     cell_feats : (features, meta)
         The cell features of every row and their provenance
         (:func:`dorl.features.encode.features_from_config`).
+    qc : QCSettings
+        As :func:`check_settings` built them.
     timings : dict of str -> float, optional
         Seconds spent in earlier stages, recorded in the file's provenance.
     cae : TrainResult, optional
         The adapted encoder the features were made with (None: the pretrained one).
     applied_from : dict, optional
         The provenance of the run whose trained parts are applied (``uns/applied_from``).
-    qc : QCSettings, optional
-        As :func:`check_settings` built them (None: built here).
     """
     if len(seg) != len(manifest):
         raise ValueError(f"segmentation has {len(seg)} cells but the manifest has "
@@ -346,7 +342,7 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     obs = table[[c for c in OBS_COLUMNS if c in table.columns]].copy()
     obs["seg_fallback"] = np.asarray(seg.fallback, dtype=bool)
     obs["qc_pass"], obs["qc_reason"] = cell_quality(manifest, seg,
-                                                    qc or QCSettings.from_config(cfg))
+                                                    qc)
     failed = obs.loc[~obs["qc_pass"]].groupby("domain")["qc_reason"].value_counts()
     if len(failed):
         logger.warning("quality control: %d of %d cells failed (%s); they are embedded, never "

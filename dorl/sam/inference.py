@@ -219,8 +219,8 @@ def _segment_rows(model, manifest: Manifest, offset: int, writer: SegmentationWr
 
 
 def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None,
-                        group: ProcessGroup = ProcessGroup(),
-                        settings: SegmentSettings | None = None) -> Segmentation:
+                        settings: SegmentSettings,
+                        group: ProcessGroup = ProcessGroup()) -> Segmentation:
     """Segment every manifest row into ``run_dir/segmentation.h5``, chunk by chunk; a store of
     the same signature is reused when complete and resumed when interrupted.
 
@@ -233,8 +233,8 @@ def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None,
     group : ProcessGroup
         Under torchrun, each rank segments its own block of rows into its own part of the store
         (resumed like the store itself), and rank 0 joins the parts.
-    settings : SegmentSettings, optional
-        As the stage's entry point built them (None: built here).
+    settings : SegmentSettings
+        As the stage's entry point built them (``SegmentSettings.from_config``).
 
     Returns
     -------
@@ -249,7 +249,6 @@ def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None,
     done, complete = store_state(out, signature)
     if complete:
         return Segmentation.load(out, lazy=True)
-    settings = settings or SegmentSettings.from_config(cfg)
     meta = {**provenance, "adapter": None if adapter_dir is None else str(adapter_dir),
             "adapter_hash": adapter_hash(adapter_dir), "prompt": settings.prompt,
             "box_fraction": settings.box_fraction, "crop_size": settings.crop_size,
