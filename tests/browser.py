@@ -112,7 +112,7 @@ class Page:
         while not self.evaluate(f"Boolean({condition})"):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{condition} still false after {timeout} s")
-            time.sleep(0.1)
+            time.sleep(0.02)
 
     def mouse(self, kind: str, x: float, y: float, buttons: int = 0) -> None:
         """One mouse event (``mouseMoved``, ``mousePressed``, ``mouseReleased``) at (x, y)."""

@@ -76,6 +76,26 @@ def test_unknown_cells_are_left_out_and_counted(tmp_path):
     assert len(inp.labels) == 81
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_score_matches_sklearn_s_metrics(seed):
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(seed)
+    truth = rng.choice(["a", "b", "c", "d"], 40)
+    pred = rng.choice(["a", "b", "c", "e"], 40)  # "d" never predicted, "e" never true
+    rows = pd.DataFrame(score(truth, pred, {"a", "b", "c"}, ["a", "b", "c", "d"]))
+    full = rows[rows["scope"] == "full"]
+    prec, rec, f1, support = precision_recall_fscore_support(truth, pred, labels=list("abcd"),
+                                                             zero_division=0)
+    present = np.array(list("abcd"))[support > 0]
+    for name, expected in (("precision", prec), ("recall", rec), ("f1", f1)):
+        got = full[full["metric"] == name].set_index("label")["value"]
+        np.testing.assert_allclose(got[present], expected[support > 0])
+    overall = full[full["label"] == ""].set_index("metric")["value"]
+    assert overall["accuracy"] == pytest.approx(accuracy_score(truth, pred))
+    assert overall["macro_f1"] == pytest.approx(f1[support > 0].mean())
+
+
 def test_classify_writes_every_report(classified):
     out = classified
     results = pd.read_csv(out / "results.csv", keep_default_na=False)
@@ -182,6 +202,7 @@ def test_several_feature_sets_and_obsm_in_one_table(cfg):
     cfg.classify.features = {"dorl": path, "raw": path}
     cfg.classify.obsm = {"raw": "X_raw"}
     cfg.classify.protocols = ["source_target"]
+    cfg.classify.adaptations = ["none", "coral"]
     cfg.classify.save_models = False
     cfg.classify.classifiers = ["knn"]
     out = classify_from_config(cfg)
@@ -194,6 +215,7 @@ def test_missing_source_class_lowers_the_full_scope_ceiling(tmp_path, cfg):
     path = synthetic_features(tmp_path / "m.h5ad", missing={"lab_a": ("monocyte",)})
     inp = load_input("m", path)
     cfg.classify.protocols = ["source_target"]
+    cfg.classify.adaptations = ["none"]  # the ceiling depends on the classes only
     results, _, _ = run_classification([inp], ClassifySettings.from_config(cfg), tmp_path / "out")
     ceiling = results[(results["metric"] == "ceiling_macro_f1") & (results["source"] == "lab_a")]
     assert ceiling["value"].max() == pytest.approx(4 / 5)
@@ -219,6 +241,7 @@ def test_group_aware_splits_never_share_a_group(tmp_path, cfg, monkeypatch):
         return real(model, X, y, split, *rest)
 
     monkeypatch.setattr(evaluation, "_fit_predict", spy)
+    cfg.classify.adaptations = ["none"]  # every adaptation fits on the same splits
     run_classification([inp], ClassifySettings.from_config(cfg), tmp_path / "out")
     assert seen and not any(seen)
 

@@ -113,7 +113,7 @@ def test_the_labelling_loop_from_the_page_to_a_better_score(tmp_path, page):
     for label, rows in chosen.items():
         for i in rows:
             x, y = page.evaluate(POSITION % i)
-            _drag(page, (x - 6, y - 6), (x + 6, y + 6), steps=3)  # plotly: drags >= 8 px
+            _drag(page, (x - 6, y - 6), (x + 6, y + 6), steps=1)  # plotly: drags >= 8 px
             page.wait_for(f"selection.innerHTML.includes({json.dumps(cells[i][2])})")
             page.evaluate(f"document.getElementById('label').value = {json.dumps(label)}")
             box = page.evaluate("(r => [r.left + 5, r.top + 5])(document.getElementById('assign')"
