@@ -11,7 +11,7 @@ from dorl.features.encode import FeatureSettings
 from dorl.selection.labs import LAB_COLUMNS, held_out_labs
 from tests.helpers import bench_scripts_importable, synthetic_features
 
-#: Lite0 on 32-px crops with AdaBN over 6 cells, small enough to encode in a test.
+#: Lite0 with AdaBN over 6 cells, reading the tests' 32-px crops at its own 224 px.
 TINY_CELL_FEATURES = FeatureSettings(("efficientnet_lite0",), 224, "none", (), True, 6, 6, False,
                                      64)
 

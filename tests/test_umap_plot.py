@@ -42,6 +42,18 @@ def test_umap_is_reproducible_and_can_fit_on_source_domains(cfg):
     assert c.shape == (120, 2) and not np.allclose(a, c)
 
 
+def test_the_exact_neighbour_map_keeps_separate_groups_apart():
+    """Below UMAP's exact-search size the neighbours come from scikit-learn: groups that are
+    apart in the features stay apart on the map."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=10, size=(3, 20))
+    groups = np.repeat(np.arange(3), 30)
+    X = (centres[groups] + rng.normal(size=(90, 20))).astype(np.float32)
+    coords = fit_umap(X, np.repeat(["lab_a", "lab_b", "lab_c"], 30), seed=0, n_neighbors=10)
+    nearest = np.argsort(((coords[:, None] - coords[None]) ** 2).sum(-1), axis=1)[:, 1]
+    assert (groups[nearest] == groups).all()
+
+
 def test_umap_config_errors_name_the_file(cfg):
     cfg.umap.fit_on = "source"
     cfg.umap.source_domains = ["lab_z"]

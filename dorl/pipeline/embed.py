@@ -341,8 +341,7 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     table = manifest.table
     obs = table[[c for c in OBS_COLUMNS if c in table.columns]].copy()
     obs["seg_fallback"] = np.asarray(seg.fallback, dtype=bool)
-    obs["qc_pass"], obs["qc_reason"] = cell_quality(manifest, seg,
-                                                    qc)
+    obs["qc_pass"], obs["qc_reason"] = cell_quality(manifest, seg, qc)
     failed = obs.loc[~obs["qc_pass"]].groupby("domain")["qc_reason"].value_counts()
     if len(failed):
         logger.warning("quality control: %d of %d cells failed (%s); they are embedded, never "
