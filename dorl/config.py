@@ -18,6 +18,45 @@ OPEN_MAPPINGS = ("classify.features", "classify.obsm", "classify.params", "class
                  "data.synth.class_weights")
 
 
+#: Keys that take values of more than one type: ``auto``, true or false; a name or a side in
+#: pixels. Every other key takes the type of its package default (an integer key no fraction,
+#: a number key an integer or a fraction); a key whose default is null takes any value.
+MIXED_TYPES = {"sam.infer.bf16": (str, bool), "features.bf16": (str, bool),
+               "features.resolution": (str, int)}
+
+#: The valid range of numeric keys, bounds included (None: unbounded); a list's numbers are
+#: checked one by one. Checked when a config loads, so that a bad value stops a command before
+#: any work.
+NUMBER_RANGES = {
+    "seed": (0, None), "num_threads": (1, None),
+    "data.synth.n_per_domain": (1, None),
+    "sam.box_fraction": (0.01, 1.0), "sam.lora.rank": (1, None), "sam.lora.dropout": (0.0, 0.99),
+    "sam.finetune.epochs": (1, None), "sam.finetune.batch_size": (1, None),
+    "sam.finetune.weight_decay": (0.0, None), "sam.finetune.warmup_epochs": (0.0, None),
+    "sam.finetune.val_fraction": (0.0, 0.9), "sam.finetune.max_images": (1, None),
+    "sam.finetune.synth_images": (0, None),
+    "sam.infer.batch_size": (1, None), "sam.infer.crop_size": (8, None),
+    "sam.infer.min_area_frac": (0.0, 1.0), "sam.infer.max_border_frac": (0.0, 1.0),
+    "sam.eval.max_images": (1, None), "sam.eval.n_overlays": (0, None),
+    # EfficientNet's last feature map is 1/32 of its input.
+    "features.crop_size": (32, None), "features.adabn_cells": (1, None),
+    "features.batch_size": (1, None),
+    "qc.min_predicted_iou": (0.0, 1.0), "qc.min_stained_fraction": (0.0, 1.0),
+    "qc.stain_od": (0.0, None), "qc.area_ratio": (1.0, None), "qc.max_aspect": (1.0, None),
+    "cae.weight_decay": (0.0, None), "cae.lr_warmup_epochs": (0.0, None),
+    "classify.n_folds": (2, None), "classify.seeds": (0, None),
+    "classify.max_train_cells": (1, None), "classify.kernel_svm_max_train": (1, None),
+    "classify.min_class_count": (1, None), "classify.few_shot.draws": (1, None),
+    "classify.few_shot.shots": (1, None), "classify.self_training.rounds": (1, None),
+    "classify.self_training.final_fraction": (0.0, 1.0),
+    "classify.self_training.min_confidence": (0.0, 1.0),
+    "umap.n_neighbors": (2, None), "umap.min_dist": (0.0, None), "umap.html_max_cells": (1, None),
+    "umap.thumbnail_px": (8, None),
+}
+#: Numeric keys that must be above zero.
+POSITIVE = ("sam.lora.alpha", "sam.finetune.lr", "cae.lr", "cae.head_lr")
+
+
 class ConfigError(ValueError):
     """A config file or override is malformed or names a key that does not exist."""
 
@@ -75,8 +114,87 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
             key = getattr(exc, "full_key", None)
             raise ConfigError(f"{origin}: {str(exc).splitlines()[0]}"
                               + (f" (key {key})" if key else "")) from exc
+    check_values(cfg)
     # Struct mode stays on: a misspelt key assigned later is refused too, not added silently.
     return cfg
+
+
+def _leaves(tree: dict, prefix: str = ""):
+    """(dotted key, value) of every value of a nested dict that is not itself a dict."""
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            yield from _leaves(value, name)
+        else:
+            yield name, value
+
+
+def _kind(value) -> str:
+    """The type names of :func:`check_values`' messages."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    return {str: "a string", list: "a list"}.get(type(value), type(value).__name__)
+
+
+def _has_kind(value, default) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Refuse a value of another type than its key's package default, or outside its range
+    (:data:`MIXED_TYPES`, :data:`NUMBER_RANGES`, :data:`POSITIVE`).
+
+    Raises
+    ------
+    ConfigError
+        One line naming the key, what it takes and the value given.
+    """
+    try:
+        values = OmegaConf.to_container(cfg, resolve=True)
+        defaults = OmegaConf.to_container(package_defaults(), resolve=True)
+    except Exception as exc:  # an interpolation to a missing key
+        raise ConfigError(f"config: {str(exc).splitlines()[0]}") from exc
+    given = dict(_leaves(values))
+    for key, default in _leaves(defaults):
+        value = given.get(key)
+        if value is None or default is None:
+            continue
+        if key in MIXED_TYPES:
+            ok = isinstance(value, MIXED_TYPES[key]) and not (
+                isinstance(value, bool) and bool not in MIXED_TYPES[key])
+            if not ok:
+                kinds = " or ".join(_kind(t()) for t in MIXED_TYPES[key])
+                raise ConfigError(f"{key} must be {kinds}, got {value!r}")
+            continue
+        items = value if isinstance(value, list) else [value]
+        samples = default if isinstance(default, list) else [default]
+        if not _has_kind(value, default) or (samples and not all(
+                _has_kind(v, samples[0]) for v in items)):
+            wanted = _kind(default) if not isinstance(default, list) or not default else \
+                f"a list of {_kind(samples[0]).split(' ', 1)[-1]}s"
+            raise ConfigError(f"{key} must be {wanted} (default {default!r}), got {value!r}")
+    for key, (low, high) in NUMBER_RANGES.items():
+        for value in _numbers(given.get(key)):
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+                raise ConfigError(f"{key} must be {bounds}, got {given[key]!r}")
+    for key in POSITIVE:
+        if any(value <= 0 for value in _numbers(given.get(key))):
+            raise ConfigError(f"{key} must be > 0, got {given[key]!r}")
+
+
+def _numbers(value) -> list:
+    """The numbers of a config value (none for null)."""
+    items = [] if value is None else value if isinstance(value, list) else [value]
+    return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def resolved_yaml(cfg: DictConfig) -> str:

@@ -1,8 +1,20 @@
 """Config merging: package defaults < config file deltas < command-line overrides."""
 
-import pytest
+import re
+import subprocess
+import sys
 
-from dorl.config import ConfigError, load_config, package_defaults, save_resolved
+import pytest
+from omegaconf import OmegaConf
+
+from dorl.config import (
+    NUMBER_RANGES,
+    POSITIVE,
+    ConfigError,
+    load_config,
+    package_defaults,
+    save_resolved,
+)
 from tests.conftest import REPO
 
 
@@ -55,6 +67,49 @@ def test_malformed_inputs_name_the_problem(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["seed"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("features.crop_size=-1", "features.crop_size must be >= 32, got -1"),
+    ("features.adabn_cells=abc", "features.adabn_cells must be an integer (default 500)"),
+    ("umap.min_dist=abc", "umap.min_dist must be a number"),
+    ("classify.seeds=[x]", "classify.seeds must be a list of integers"),
+    ("classify.few_shot.shots=[1,0]", "classify.few_shot.shots must be >= 1"),
+    ("classify.n_folds=1", "classify.n_folds must be >= 2"),
+    ("classify.n_folds=2.5", "classify.n_folds must be an integer"),
+    ("features.encoders=efficientnet_lite0", "features.encoders must be a list of strings"),
+    ("cae.enabled=yes please", "cae.enabled must be true or false"),
+    ("features.bf16=3", "features.bf16 must be a string or true or false"),
+    ("sam.finetune.lr=0", "sam.finetune.lr must be > 0"),
+    ("qc.min_predicted_iou=1.5", "qc.min_predicted_iou must be from 0.0 to 1.0"),
+])
+def test_a_value_of_the_wrong_type_or_range_is_refused_when_loaded(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override", [
+    "features.bf16=true", "features.bf16=auto", "features.resolution=96",
+    "features.resolution=coarsest", "qc.min_predicted_iou=0", "classify.max_train_cells=null",
+    "num_threads=2", "cae.loss.mmd=1", "classify.few_shot.shots=[5]",
+])
+def test_values_of_the_key_s_kind_load(override):
+    load_config(None, [override])
+
+
+def test_every_range_names_a_numeric_key():
+    defaults = package_defaults()
+    for key in [*NUMBER_RANGES, *POSITIVE]:
+        assert key in ("num_threads",) or OmegaConf.select(defaults, key) is not None, key
+
+
+def test_a_bad_value_on_the_command_line_is_one_line_and_writes_nothing(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "dorl", "embed", f"run_dir={tmp_path / 'run'}",
+                           "features.crop_size=-1"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "features.crop_size must be >= 32, got -1"], done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))

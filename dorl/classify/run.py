@@ -421,6 +421,7 @@ def classify_from_config(cfg) -> Path:
     """
     out_dir = Path(cfg.classify.out_dir)
     start = time.perf_counter()
+    settings = ClassifySettings.from_config(cfg)
     inputs = inputs_from_config(cfg)
     for inp in inputs:
         logger.info("%s: %s[%s], %d labelled cells x %d features, domains %s, %d unknown and "
@@ -428,7 +429,6 @@ def classify_from_config(cfg) -> Path:
                     *inp.X.shape, sorted(set(inp.domains)), sum(inp.n_unknown.values()),
                     sum(inp.n_qc_failed.values()),
                     ", group-aware splits" if inp.groups is not None else "")
-    settings = ClassifySettings.from_config(cfg)
     results, confusions, timings = run_classification(inputs, settings, out_dir)
     table = write_reports(out_dir, results, confusions, timings, inputs, settings,
                           time.perf_counter() - start)

@@ -47,6 +47,9 @@ class ClassifySettings:
         if any(k < 1 for k in self.shots) or self.draws < 1:
             raise ConfigError(f"classify.few_shot needs shots >= 1 and draws >= 1, got shots "
                              f"{list(self.shots)}, draws {self.draws}")
+        if self.n_jobs == 0:
+            raise ConfigError("classify.n_jobs must be a number of workers, or -1 for every core; "
+                              "got 0")
         if not 0 < self.self_training.final_fraction <= 1 or self.self_training.rounds < 1:
             raise ConfigError(f"classify.self_training needs rounds >= 1 and 0 < final_fraction "
                              f"<= 1, got {self.self_training}")

@@ -20,11 +20,15 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from dorl.atomic import atomic_path
+from dorl.config import ConfigError
 from dorl.featstore import FeatureFileError, add_obsm, cell_paths, read_features
 from dorl.figures import pyplot, save_figure
 from dorl.viz.explorer import colour_map, write_explorer
 
 logger = logging.getLogger(__name__)
+
+#: ``umap.fit_on``: fit the map on every cell, or on the source domains and place the rest.
+FIT_ON = ("all", "source")
 
 #: Below this many cells UMAP searches neighbours exactly (its own threshold); dorl then finds
 #: them with scikit-learn, which gives the same exact neighbours without UMAP's numba kernels
@@ -50,7 +54,7 @@ def fit_umap(X: np.ndarray, domains: np.ndarray, seed: int, n_neighbors: int = 1
     """
     import umap
 
-    if fit_on not in ("all", "source"):
+    if fit_on not in FIT_ON:
         raise ValueError(f"umap.fit_on must be 'all' or 'source', got {fit_on!r}")
     fit_mask = np.ones(len(X), dtype=bool)
     if fit_on == "source":
@@ -136,6 +140,8 @@ def umap_from_config(cfg) -> Path:
     file. Returns the output folder.
     """
     u = cfg.umap
+    if u.fit_on not in FIT_ON:
+        raise ConfigError(f"umap.fit_on must be one of {list(FIT_ON)}, got {u.fit_on!r}")
     path, out_dir = Path(u.features), Path(u.out_dir)
     fs = read_features(path, obsm=u.obsm != "X")
     X = fs.features(u.obsm)
