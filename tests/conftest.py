@@ -94,3 +94,21 @@ def finished_run(tmp_path_factory) -> FinishedRun:
         if codes[name] != 0:
             break
     return FinishedRun(config, run, predictions, codes)
+
+
+@pytest.fixture(scope="session")
+def autoencoder_run(tmp_path_factory):
+    """A tiny run of all three labs with the autoencoder trained (:func:`tiny_config` with
+    ``cae.enabled=true``), made once per session, and lab c's manifest as a new lab
+    (``data.root/new_c.csv``). Its config is returned; tests change a copy of it, and tests that
+    damage the run work on a copy of the folder."""
+    from dorl.data.manifest import save_manifest
+    from dorl.data.synth.generate import generate_from_config
+    from dorl.pipeline.embed import run_embed
+
+    root = tmp_path_factory.mktemp("autoencoder_run")
+    cfg = tiny_config(root, "cae.enabled=true")
+    table = generate_from_config(cfg).table
+    save_manifest(table[table["domain"] == "lab_c"], root / "data" / "new_c.csv")
+    run_embed(cfg)
+    return cfg

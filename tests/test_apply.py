@@ -41,18 +41,6 @@ def _cfg(tiny_cfg, run_dir, manifest, *overrides):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def autoencoder_run(tmp_path_factory):
-    """A tiny run of all three labs with the autoencoder trained, made once for this module;
-    tests that damage it work on a copy."""
-    root = tmp_path_factory.mktemp("autoencoder_run")
-    cfg = tiny_config(root, "cae.enabled=true")
-    table = generate_from_config(cfg).table
-    save_manifest(table[table["domain"] == "lab_c"], root / "data" / "new_c.csv")
-    run_embed(cfg)
-    return cfg
-
-
 def _new_lab(finished_cfg, tmp_path):
     """The config of lab c's cells as a new lab, embedded into ``tmp_path / "lab_c"``."""
     manifest = Path(finished_cfg.data.root) / "new_c.csv"

@@ -1,6 +1,7 @@
 """Stage 1 end to end: settings checked first, the autoencoder's cells and labels, the feature
 file's contents, reuse and refusal."""
 
+import copy
 import time
 from pathlib import Path
 
@@ -158,9 +159,9 @@ def test_run_embed_reuses_a_matching_file_and_refuses_another(tiny_cfg, monkeypa
         run_embed(tiny_cfg)
 
 
-def test_run_embed_end_to_end_trains_the_encoder_and_embeds_with_it(tiny_cfg):
-    tiny_cfg.cae.enabled = True
-    path = run_embed(tiny_cfg)
+def test_run_embed_end_to_end_trains_the_encoder_and_embeds_with_it(autoencoder_run):
+    tiny_cfg = copy.deepcopy(autoencoder_run)  # run_embed(tiny_cfg) as the fixture ran it
+    path = Path(tiny_cfg.run_dir) / "features.h5ad"
     fs = read_features(path)
     assert fs.X.shape == (len(fs.obs), 1280) and np.isfinite(fs.X).all()
     assert fs.obsm["X_efficientnet_lite0"].shape == (len(fs.X), 1280)
