@@ -152,10 +152,10 @@ def test_training_writes_an_encoder_that_loads_without_pickle(tmp_path):
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
-    straight = _train(tmp_path / "a", _settings(**{"cae.epochs": 3}))
+    straight = _train(tmp_path / "a", _settings(**{"cae.epochs": 2}))
     _train(tmp_path / "b", _settings(**{"cae.epochs": 1}))
     (tmp_path / "b" / ENCODER_FILE).unlink()  # as if killed after epoch 1's checkpoint
-    resumed = _train(tmp_path / "b", _settings(**{"cae.epochs": 3}))
+    resumed = _train(tmp_path / "b", _settings(**{"cae.epochs": 2}))
     a = torch.load(straight.checkpoint, weights_only=True)
     b = torch.load(resumed.checkpoint, weights_only=True)
     for key in a:
