@@ -145,8 +145,8 @@ def umap_from_config(cfg) -> Path:
     path, out_dir = Path(u.features), Path(u.out_dir)
     fs = read_features(path, obsm=u.obsm != "X")
     X = fs.features(u.obsm)
-    logger.info("UMAP of %s[%s]: %d cells x %d features (fit on %s; the first call in a process "
-                "compiles numba code, about a minute)", path, u.obsm, *X.shape, u.fit_on)
+    logger.info("UMAP of %s[%s]: %d cells x %d features (fit on %s; the first map in a process "
+                "compiles UMAP's numba code first)", path, u.obsm, *X.shape, u.fit_on)
     try:
         coords = fit_umap(X, fs.domains, int(cfg.seed), int(u.n_neighbors), float(u.min_dist),
                           str(u.fit_on), list(u.source_domains))
