@@ -69,7 +69,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _embed(tmp_path, run, nproc, *overrides):
+def _config(tmp_path) -> list[str]:
+    """The tiny embed's config files and its data, prepared once for both runs."""
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(f"""\
 data: {{root: {tmp_path / 'data'}, synth: {{n_per_domain: 8, image_size: 64}}}}
@@ -81,28 +82,33 @@ sam:
 features: {{crop_size: 32, adabn_cells: 16, bf16: false}}
 cae: {{enabled: true, epochs: 2, batch_per_domain: 8}}
 """)  # float32: bfloat16's rounding would turn the DDP adapter's last-bit differences into 1e-3
-    dorl = [sys.executable, "-m", "dorl", "embed", "-c", str(REPO / "configs" / "default.yaml"),
-            "-c", str(cfg), f"run_dir={tmp_path / run}", *overrides]
-    if nproc == 1:  # in this process, on one thread like each rank (no second interpreter)
-        threads = torch.get_num_threads()
-        try:
-            assert main([*dorl[3:], "num_threads=1"]) == 0
-        finally:
-            torch.set_num_threads(threads)
-        return tmp_path / run
-    dorl = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_port", str(_free_port()), *dorl[1:]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(dorl, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return tmp_path / run
+    files = ["-c", str(REPO / "configs" / "default.yaml"), "-c", str(cfg)]
+    assert main(["data", "prepare", *files, f"run_dir={tmp_path / 'data_run'}"]) == 0
+    return files
 
 
 def test_two_processes_embed_like_one(tmp_path):
     """One run of each: the ranks segment exactly as one process and train the autoencoder
     together (each on half of every batch: not the same numbers, the same training)."""
-    one, two = _embed(tmp_path, "one", 1), _embed(tmp_path, "two", 2)
+    files = _config(tmp_path)
+    one, two = tmp_path / "one", tmp_path / "two"
+    # The two ranks start (each imports torch and peft) while this process embeds on its own,
+    # on one thread like each rank.
+    output = tmp_path / "torchrun.out"
+    with output.open("w") as out:  # a file, not a pipe: a full pipe would stall the ranks
+        ranks = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+             "--master_port", str(_free_port()), "-m", "dorl", "embed", *files,
+             f"run_dir={two}"],
+            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=out,
+            stderr=subprocess.STDOUT)
+        threads = torch.get_num_threads()
+        try:
+            assert main(["embed", *files, f"run_dir={one}", "num_threads=1"]) == 0
+        finally:
+            torch.set_num_threads(threads)
+            ranks.wait(timeout=600)
+    assert ranks.returncode == 0, output.read_text()[-3000:]
     with h5py.File(one / "segmentation.h5") as a, h5py.File(two / "segmentation.h5") as b:
         for name in ("masks", "boxes", "fallback", "crops"):
             np.testing.assert_array_equal(a[name][()], b[name][()])
