@@ -141,6 +141,8 @@ def _kind(value) -> str:
 
 
 def _has_kind(value, default) -> bool:
+    """Whether ``value`` is of the kind of ``default``: true/false only for a boolean, an
+    integer or a fraction for a number, else the default's own type."""
     if isinstance(default, bool) or isinstance(value, bool):
         return isinstance(value, bool) and isinstance(default, bool)
     if isinstance(default, float):
