@@ -26,29 +26,27 @@ MIXED_TYPES = {"sam.infer.bf16": (str, bool), "features.bf16": (str, bool),
 
 #: The valid range of numeric keys, bounds included (None: unbounded); a list's numbers are
 #: checked one by one. Checked when a config loads, so that a bad value stops a command before
-#: any work.
+#: any work. Keys whose range a stage's settings check already (``QCSettings``,
+#: ``SegmentSettings``, ``ClassifySettings``, ``CAESettings``, the synthetic generator) are
+#: not repeated here.
 NUMBER_RANGES = {
     "seed": (0, None), "num_threads": (1, None),
-    "data.synth.n_per_domain": (1, None),
     "sam.box_fraction": (0.01, 1.0), "sam.lora.rank": (1, None), "sam.lora.dropout": (0.0, 0.99),
     "sam.finetune.epochs": (1, None), "sam.finetune.batch_size": (1, None),
     "sam.finetune.weight_decay": (0.0, None), "sam.finetune.warmup_epochs": (0.0, None),
     "sam.finetune.val_fraction": (0.0, 0.9), "sam.finetune.max_images": (1, None),
     "sam.finetune.synth_images": (0, None),
-    "sam.infer.batch_size": (1, None), "sam.infer.crop_size": (8, None),
+    "sam.infer.crop_size": (8, None),
     "sam.infer.min_area_frac": (0.0, 1.0), "sam.infer.max_border_frac": (0.0, 1.0),
     "sam.eval.max_images": (1, None), "sam.eval.n_overlays": (0, None),
     # EfficientNet's last feature map is 1/32 of its input.
     "features.crop_size": (32, None), "features.adabn_cells": (1, None),
     "features.batch_size": (1, None),
-    "qc.min_predicted_iou": (0.0, 1.0), "qc.min_stained_fraction": (0.0, 1.0),
-    "qc.stain_od": (0.0, None), "qc.area_ratio": (1.0, None), "qc.max_aspect": (1.0, None),
+    "qc.stain_od": (0.0, None),
     "cae.weight_decay": (0.0, None), "cae.lr_warmup_epochs": (0.0, None),
     "classify.n_folds": (2, None), "classify.seeds": (0, None),
     "classify.max_train_cells": (1, None), "classify.kernel_svm_max_train": (1, None),
-    "classify.min_class_count": (1, None), "classify.few_shot.draws": (1, None),
-    "classify.few_shot.shots": (1, None), "classify.self_training.rounds": (1, None),
-    "classify.self_training.final_fraction": (0.0, 1.0),
+    "classify.min_class_count": (1, None),
     "classify.self_training.min_confidence": (0.0, 1.0),
     "umap.n_neighbors": (2, None), "umap.min_dist": (0.0, None), "umap.html_max_cells": (1, None),
     "umap.thumbnail_px": (8, None),
@@ -87,7 +85,8 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
         The merged config (interpolations unresolved until accessed), in struct mode: only
         the user-named mappings (``classify.features``, ...) take new keys.
     """
-    cfg = package_defaults()
+    # Each merge returns a new config: ``defaults`` keeps the package values for check_values.
+    cfg = defaults = package_defaults()
     OmegaConf.set_struct(cfg, True)
     for key in OPEN_MAPPINGS:
         OmegaConf.set_struct(OmegaConf.select(cfg, key), False)
@@ -114,7 +113,7 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
             key = getattr(exc, "full_key", None)
             raise ConfigError(f"{origin}: {str(exc).splitlines()[0]}"
                               + (f" (key {key})" if key else "")) from exc
-    check_values(cfg)
+    check_values(cfg, defaults)
     # Struct mode stays on: a misspelt key assigned later is refused too, not added silently.
     return cfg
 
@@ -150,9 +149,10 @@ def _has_kind(value, default) -> bool:
     return isinstance(value, type(default))
 
 
-def check_values(cfg: DictConfig) -> None:
-    """Refuse a value of another type than its key's package default, or outside its range
-    (:data:`MIXED_TYPES`, :data:`NUMBER_RANGES`, :data:`POSITIVE`).
+def check_values(cfg: DictConfig, defaults: DictConfig) -> None:
+    """Refuse a value of ``cfg`` of another type than its key's value in ``defaults`` (the
+    package defaults), or outside its range (:data:`MIXED_TYPES`, :data:`NUMBER_RANGES`,
+    :data:`POSITIVE`).
 
     Raises
     ------
@@ -161,7 +161,7 @@ def check_values(cfg: DictConfig) -> None:
     """
     try:
         values = OmegaConf.to_container(cfg, resolve=True)
-        defaults = OmegaConf.to_container(package_defaults(), resolve=True)
+        defaults = OmegaConf.to_container(defaults, resolve=True)
     except Exception as exc:  # an interpolation to a missing key
         raise ConfigError(f"config: {str(exc).splitlines()[0]}") from exc
     given = dict(_leaves(values))

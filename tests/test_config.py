@@ -74,14 +74,14 @@ def test_malformed_inputs_name_the_problem(tmp_path):
     ("features.adabn_cells=abc", "features.adabn_cells must be an integer (default 500)"),
     ("umap.min_dist=abc", "umap.min_dist must be a number"),
     ("classify.seeds=[x]", "classify.seeds must be a list of integers"),
-    ("classify.few_shot.shots=[1,0]", "classify.few_shot.shots must be >= 1"),
+    ("classify.seeds=[0,-1]", "classify.seeds must be >= 0"),
     ("classify.n_folds=1", "classify.n_folds must be >= 2"),
     ("classify.n_folds=2.5", "classify.n_folds must be an integer"),
     ("features.encoders=efficientnet_lite0", "features.encoders must be a list of strings"),
     ("cae.enabled=yes please", "cae.enabled must be true or false"),
     ("features.bf16=3", "features.bf16 must be a string or true or false"),
     ("sam.finetune.lr=0", "sam.finetune.lr must be > 0"),
-    ("qc.min_predicted_iou=1.5", "qc.min_predicted_iou must be from 0.0 to 1.0"),
+    ("sam.infer.min_area_frac=1.5", "sam.infer.min_area_frac must be from 0.0 to 1.0"),
 ])
 def test_a_value_of_the_wrong_type_or_range_is_refused_when_loaded(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

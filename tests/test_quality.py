@@ -3,9 +3,11 @@ their reasons, embedded, and left out of training and scoring."""
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from dorl.classify.inputs import load_input
+from dorl.config import ConfigError, load_config
 from dorl.data.manifest import load_manifest, save_manifest
 from dorl.data.synth.generate import generate_from_config
 from dorl.featstore import read_features
@@ -13,6 +15,14 @@ from dorl.pipeline.embed import run_embed
 from dorl.sam.quality import BACKGROUND, QCSettings, cell_quality, stained_fraction
 from dorl.sam.segmentation import Segmentation
 from tests.helpers import write_disc_manifest
+
+
+@pytest.mark.parametrize("override", ["qc.min_predicted_iou=1.5", "qc.min_predicted_iou=1",
+                                      "qc.area_ratio=1", "qc.max_aspect=0.5",
+                                      "qc.min_stained_fraction=1"])
+def test_qc_settings_refuse_a_bound_they_cannot_apply(override):
+    with pytest.raises(ConfigError, match="qc: needs"):
+        QCSettings.from_config(load_config(None, [override]))
 
 
 def test_stained_fraction_sees_nuclei_not_blank_or_red_cells():
