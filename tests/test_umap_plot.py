@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dorl.config import ConfigError
 from dorl.featstore import FeatureFileError, read_features
 from dorl.viz.explorer import colour_map, write_explorer
 from dorl.viz.umap import fit_umap, umap_from_config
@@ -52,6 +53,15 @@ def test_the_exact_neighbour_map_keeps_separate_groups_apart():
     coords = fit_umap(X, np.repeat(["lab_a", "lab_b", "lab_c"], 30), seed=0, n_neighbors=10)
     nearest = np.argsort(((coords[:, None] - coords[None]) ** 2).sum(-1), axis=1)[:, 1]
     assert (groups[nearest] == groups).all()
+
+
+def test_an_unknown_fit_on_is_refused_before_the_feature_file_is_read(cfg, tmp_path):
+    cfg.umap.fit_on = "targets"
+    cfg.umap.features = str(tmp_path / "missing.h5ad")
+    with pytest.raises(ConfigError, match=r"umap.fit_on must be one of \['all', 'source'\]"):
+        umap_from_config(cfg)
+    with pytest.raises(ConfigError, match="umap.fit_on"):
+        fit_umap(np.zeros((8, 2), np.float32), np.array(["a"] * 8), seed=0, fit_on="targets")
 
 
 def test_umap_config_errors_name_the_file(cfg):

@@ -36,6 +36,12 @@ FIT_ON = ("all", "source")
 EXACT_NEIGHBOURS_BELOW = 4096
 
 
+def check_fit_on(fit_on: str) -> None:
+    """Raise :class:`ConfigError` (a ``ValueError``) unless ``fit_on`` is one of :data:`FIT_ON`."""
+    if fit_on not in FIT_ON:
+        raise ConfigError(f"umap.fit_on must be one of {list(FIT_ON)}, got {fit_on!r}")
+
+
 def fit_umap(X: np.ndarray, domains: np.ndarray, seed: int, n_neighbors: int = 15,
              min_dist: float = 0.1, fit_on: str = "all",
              source_domains: Sequence[str] = ()) -> np.ndarray:
@@ -54,8 +60,7 @@ def fit_umap(X: np.ndarray, domains: np.ndarray, seed: int, n_neighbors: int = 1
     """
     import umap
 
-    if fit_on not in FIT_ON:
-        raise ValueError(f"umap.fit_on must be one of {list(FIT_ON)}, got {fit_on!r}")
+    check_fit_on(fit_on)
     fit_mask = np.ones(len(X), dtype=bool)
     if fit_on == "source":
         missing = sorted(set(source_domains) - set(domains))
@@ -140,8 +145,7 @@ def umap_from_config(cfg) -> Path:
     file. Returns the output folder.
     """
     u = cfg.umap
-    if u.fit_on not in FIT_ON:
-        raise ConfigError(f"umap.fit_on must be one of {list(FIT_ON)}, got {u.fit_on!r}")
+    check_fit_on(u.fit_on)  # before the feature file is read
     path, out_dir = Path(u.features), Path(u.out_dir)
     fs = read_features(path, obsm=u.obsm != "X")
     X = fs.features(u.obsm)
