@@ -60,7 +60,6 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dorl.atomic import atomic_path, write_text_atomic
-from dorl.pipeline.invariance import domain_invariance
 from dorl.classify.adaptation import ADAPTATIONS
 from dorl.classify.baselines import colour_texture_features, pixel_pca_features
 from dorl.classify.inputs import FeatureInput
@@ -73,6 +72,7 @@ from dorl.data.readers import build_manifest
 from dorl.data.taxonomy import UNKNOWN
 from dorl.device import resolve_bf16
 from dorl.domain_scaler import DomainStandardScaler
+from dorl.pipeline.invariance import domain_invariance
 from dorl.resize import resize_mask
 from dorl.sam.metrics import mask_scores
 from dorl.seeding import seed_everything

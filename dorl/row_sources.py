@@ -199,4 +199,3 @@ def part_rows(parts: Sequence[str | Path], names: Sequence[str], chunk: int,
                 stop = min(start + chunk, n)
                 yield offset + start, {name: f[name][start:stop] for name in names}
         offset += n
-

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 
 from dorl.atomic import atomic_path, write_text_atomic
-from dorl.figures import pyplot, save_figure
-from dorl.tables import markdown_table
 from dorl.classify.inputs import FeatureInput
 from dorl.classify.registry import display_name
 from dorl.classify.settings import ClassifySettings
+from dorl.figures import pyplot, save_figure
 from dorl.provenance import package_versions, utc_now
+from dorl.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from dorl.figures import pyplot, save_figure
 from dorl.cae.alignment import mmd2
 from dorl.data.taxonomy import UNKNOWN
+from dorl.figures import pyplot, save_figure
 
 logger = logging.getLogger(__name__)
 

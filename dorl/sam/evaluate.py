@@ -100,9 +100,9 @@ def evaluate_from_config(cfg, manifest: Manifest) -> dict:
     for name, adapter_dir in models.items():
         model, _ = load_model(cfg, adapter_dir)
         raw, _, _ = predict_masks(model, images, cfg.sam.prompt, float(cfg.sam.box_fraction),
-                               int(infer.batch_size),
-                               resolve_bf16(infer.bf16, get_device(cfg.device)), "none",
-                               progress=True)
+                                  int(infer.batch_size),
+                                  resolve_bf16(infer.bf16, get_device(cfg.device)), "none",
+                                  progress=True)
         predictions[name] = [clean_mask(m) for m in raw]
     s = int(cfg.sam.image_size)
     truths = [resize_mask(read_cell_mask(manifest.mask_path(i)), s) for i in rows]

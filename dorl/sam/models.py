@@ -207,7 +207,6 @@ class CellSAM(nn.Module):
             ``whole_box``: the whole image.
         box_fraction : float
             Side fraction of the centred box.
-
         return_iou : bool
             Also return SAM's own estimate of each mask's IoU with the true object (the IoU
             head on the output token of the single-mask output).

@@ -164,7 +164,7 @@ def bootstrap_pseudo_masks(images: list[np.ndarray], size: int, model=None,
         if model is None:
             raise ValueError("checks.min_agreement > 0 needs the zero-shot model")
         raw, _, _ = predict_masks(model, images, prompt, box_fraction, batch_size,
-                               features="none", progress=True)
+                                  features="none", progress=True)
         sam_masks = [clean_mask(m) for m in raw]
     out, counts = [], {"kept": 0, "disagree": 0, "area": 0, "border": 0, "shape": 0}
     for colour, sam_mask in zip(colours, sam_masks):
