@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -53,6 +56,20 @@ def test_the_exact_neighbour_map_keeps_separate_groups_apart():
     coords = fit_umap(X, np.repeat(["lab_a", "lab_b", "lab_c"], 30), seed=0, n_neighbors=10)
     nearest = np.argsort(((coords[:, None] - coords[None]) ** 2).sum(-1), axis=1)[:, 1]
     assert (groups[nearest] == groups).all()
+
+
+def test_a_map_leaves_torch_threads_as_they_were():
+    """numba's first parallel call in a process sets the shared OpenMP library to every core;
+    torch, limited to one thread by OMP_NUM_THREADS, keeps one after the map (a new process:
+    only the first call changes anything)."""
+    code = ("import numpy as np, torch\n"
+            "from dorl.viz.umap import fit_umap\n"
+            "X = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)\n"
+            "fit_umap(X, np.array(['a'] * 40), seed=0, n_neighbors=5)\n"
+            "print(torch.get_num_threads())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.stdout.split() == ["1"]
 
 
 def test_an_unknown_fit_on_is_refused_before_the_feature_file_is_read(cfg, tmp_path):

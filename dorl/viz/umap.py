@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
+from threadpoolctl import threadpool_limits
 
 from dorl.atomic import atomic_path
 from dorl.config import ConfigError
@@ -78,12 +79,16 @@ def fit_umap(X: np.ndarray, domains: np.ndarray, seed: int, n_neighbors: int = 1
     reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1,
                         precomputed_knn=knn)
     coords = np.empty((len(X), 2), dtype=np.float32)
-    with warnings.catch_warnings():
+    # numba starts its OpenMP pool on the first parallel call of a process and sets the shared
+    # libgomp (torch's, when torch is loaded) to every core: torch's threads, set by
+    # `num_threads` or OMP_NUM_THREADS, would change under a library caller's feet.
+    # threadpool_limits puts each OpenMP library's count back when the map is drawn.
+    with threadpool_limits(limits=None, user_api="openmp"), warnings.catch_warnings():
         # "knn_search_index is not an NNDescent object": only transform would need it.
         warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
         coords[fit_mask] = reducer.fit_transform(X[fit_mask])
-    if not fit_mask.all():
-        coords[~fit_mask] = reducer.transform(X[~fit_mask])
+        if not fit_mask.all():
+            coords[~fit_mask] = reducer.transform(X[~fit_mask])
     return coords
 
 
