@@ -62,7 +62,7 @@ run: $(STAMP) ## the whole default job: data, embed, classify, umap; prints wher
 	$(DORL) info --outputs $(CFG) $(ARGS)
 
 test: $(STAMP) ## run the whole test suite (what CI runs; minutes)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadgroup
 
 bench: $(STAMP) ## print speed, memory and domain-shift figures (synthetic data; minutes)
 	$(BIN)/python bench/bench_synth.py

@@ -1,16 +1,40 @@
-"""Shared fixtures: the real package config shrunk for speed, and the shared real datasets."""
+"""Shared fixtures: the real package config shrunk for speed, and the shared real datasets.
+
+``make test`` runs the suite in one pytest-xdist worker per core (``-n auto --dist
+loadgroup``). Each worker's torch gets its share of the cores, and every test that uses a
+fixture made once per module or session runs on the worker that made it.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from dorl.config import load_config
+# Before torch loads: two workers with a thread per core each would run four threads on two
+# cores. OMP_NUM_THREADS also reaches the subprocesses the tests start.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(
+        1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+from dorl.config import load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """Put each test that uses a shared fixture of this suite (module or session scope) in that
+    fixture's xdist group, so that the fixture is made once, not once per worker."""
+    for item in items:
+        shared = sorted(f"{d.baseid}::{d.argname}"
+                        for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs
+                        if d.scope in ("module", "session") and d.baseid.startswith("tests"))
+        if shared:
+            item.add_marker(pytest.mark.xdist_group("+".join(shared)))
 
 
 @pytest.fixture
