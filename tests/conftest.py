@@ -17,7 +17,7 @@ import pytest
 # cores. OMP_NUM_THREADS also reaches the subprocesses the tests start.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(
-        1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+        1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 from dorl.config import load_config  # noqa: E402
 
