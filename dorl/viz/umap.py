@@ -80,9 +80,9 @@ def fit_umap(X: np.ndarray, domains: np.ndarray, seed: int, n_neighbors: int = 1
                         precomputed_knn=knn)
     coords = np.empty((len(X), 2), dtype=np.float32)
     # numba starts its OpenMP pool on the first parallel call of a process and sets the shared
-    # libgomp (torch's, when torch is loaded) to every core: torch's threads, set by
-    # `num_threads` or OMP_NUM_THREADS, would change under a library caller's feet.
-    # threadpool_limits puts each OpenMP library's count back when the map is drawn.
+    # libgomp (torch's, when torch is loaded) to every core: torch's threads, when they come
+    # from OMP_NUM_THREADS (a job scheduler's, say), would change under a library caller's
+    # feet. threadpool_limits puts each OpenMP library's count back when the map is drawn.
     with threadpool_limits(limits=None, user_api="openmp"), warnings.catch_warnings():
         # "knn_search_index is not an NNDescent object": only transform would need it.
         warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
