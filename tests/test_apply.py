@@ -11,14 +11,15 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from dorl.pipeline.apply import NEW_DOMAIN_MIN_CELLS, apply_run
-from dorl.pipeline.embed import run_embed
 from dorl.classify.run import predict_file
 from dorl.cli import main
 from dorl.config import ConfigError, load_config
 from dorl.data.manifest import save_manifest
 from dorl.data.synth.generate import generate_from_config
+from dorl.device import get_device, resolve_bf16
 from dorl.featstore import FeatureFileError, read_features
+from dorl.pipeline.apply import NEW_DOMAIN_MIN_CELLS, SourceRun, applied_config, apply_run
+from dorl.pipeline.embed import run_embed
 from tests.conftest import tiny_config
 
 
@@ -55,6 +56,9 @@ def test_applied_cells_match_the_same_cells_embedded_in_the_run(finished_run, tm
     trained = read_features(finished_run.run_dir / "features.h5ad")
     applied = read_features(apply_run(finished_run.run_dir, _new_lab(run, tmp_path)))
     same = trained.domains == "lab_c"
+    # The precision the run's features were made at, for a new lab applied elsewhere.
+    assert bool(trained.uns["cell_features"]["bf16"]) == resolve_bf16("auto", get_device("cpu"))
+    assert int(trained.uns["cell_features"]["torch_threads"]) >= 1
     # Per-domain statistics come from each domain's own cells: lab c alone gives the same ones.
     np.testing.assert_allclose(applied.X, trained.X[same], atol=1e-4)
     assert applied.uns["applied_from"]["signature"] == dict(trained.uns["signature"])
@@ -77,6 +81,24 @@ def test_cells_applied_with_the_adapted_encoder_match_the_run(autoencoder_run, t
     np.testing.assert_allclose(applied.X, trained.X[trained.domains == "lab_c"], atol=1e-4)
     assert applied.uns["applied_from"]["signature"] == dict(trained.uns["signature"])
     assert not (tmp_path / "lab_c" / "cae").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_new_lab_is_embedded_at_the_run_s_precision(tiny_cfg, tmp_path, monkeypatch, native):
+    """A run embedded where bfloat16 is native (auto: on) applied on a machine without it, and
+    the other way round: the new lab is computed at the run's precision."""
+    monkeypatch.setattr("dorl.device._cpu_has_native_bf16", lambda: native)
+    user = copy.deepcopy(tiny_cfg)
+    user.run_dir = str(tmp_path / "new_lab")
+    recorded = {"segmentation": {"bf16": not native}, "cell_features": {"bf16": not native}}
+    run = SourceRun(Path(tiny_cfg.run_dir), copy.deepcopy(tiny_cfg), recorded, "", None, None)
+    cfg = applied_config(run, user)
+    assert cfg.features.bf16 is (not native) and cfg.sam.infer.bf16 is (not native)
+    # Where auto resolves as it did for the run, the config is left as the run's.
+    same = {"segmentation": {"bf16": native}, "cell_features": {"bf16": native}}
+    run = SourceRun(Path(tiny_cfg.run_dir), copy.deepcopy(tiny_cfg), same, "", None, None)
+    cfg = applied_config(run, user)
+    assert cfg.features.bf16 == "auto" and cfg.sam.infer.bf16 == "auto"
 
 
 def test_a_new_lab_is_seen_at_the_run_s_resolution(tiny_cfg, labs, tmp_path):

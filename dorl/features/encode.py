@@ -345,7 +345,8 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
                     name, len(rows), settings.stain, settings.adabn, settings.tta,
                     timings[name], len(rows) / max(timings[name], 1e-9))
     return features, {"stain": settings.stain, "stain_reference": reference.provenance(),
-                      "resolution_side": max_side, "timings_s": timings}
+                      "resolution_side": max_side, "bf16": settings.bf16,
+                      "torch_threads": torch.get_num_threads(), "timings_s": timings}
 
 
 def _write_store(path: Path, manifest: Manifest, seg: Segmentation, settings: FeatureSettings,

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dorl.cae.train import ENCODER_FILE
 from dorl.config import ConfigError, save_resolved
+from dorl.device import get_device, resolve_bf16
 from dorl.featstore import FeatureFileError, read_features
 from dorl.provenance import sha256_file
 
@@ -113,7 +114,8 @@ class SourceRun:
 
 
 def applied_config(source: SourceRun, user_cfg):
-    """The run's config with the user's :data:`USER_KEYS` (the new data and output folder).
+    """The run's config with the user's :data:`USER_KEYS` (the new data and output folder), at
+    the resolution and bfloat16 precision the run's cells were embedded with.
 
     Raises
     ------
@@ -136,6 +138,15 @@ def applied_config(source: SourceRun, user_cfg):
         # The new lab's cells are seen at the resolution the run's cells were, not at the
         # coarsest of the new lab's own domains.
         OmegaConf.update(cfg, "features.resolution", int(side), merge=False)
+    device = get_device(cfg.device)
+    for key, recorded in (("sam.infer.bf16", source.uns.get("segmentation", {}).get("bf16")),
+                          ("features.bf16", source.uns.get("cell_features", {}).get("bf16"))):
+        # bfloat16 moves the embedding (on the real bench 8% of LISC's predictions change
+        # against float32): a machine whose `auto` resolves otherwise than the run's computes
+        # the new lab at the run's precision, emulated bfloat16 included.
+        if recorded is not None and resolve_bf16(OmegaConf.select(cfg, key), device) != recorded:
+            logger.info("%s=%s, as %s was embedded", key, bool(recorded), source.run_dir)
+            OmegaConf.update(cfg, key, bool(recorded), merge=False)
     return cfg
 
 
