@@ -61,9 +61,10 @@ def main(argv=None) -> int:
         for own in (np.flatnonzero(domains == d) for d in np.unique(domains))]))
     dom, lab = domains[rows], labels[rows]
 
+    configured = FeatureSettings.from_config(cfg)
     features, seconds = {}, {}
     for bf16, threads in itertools.product((True, False), args.threads):
-        settings = replace(FeatureSettings.from_config(cfg), bf16=bf16)
+        settings = replace(configured, bf16=bf16)
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
         feats, _ = stream_cell_features(manifest, seg, settings, int(cfg.seed), rows)
