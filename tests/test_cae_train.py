@@ -182,3 +182,17 @@ def test_unlabelled_training_never_reads_labels(tmp_path):
     a, b = (torch.load(r.checkpoint, weights_only=True) for r in (one, other))
     assert not torch.equal(a["_conv_stem.weight"], b["_conv_stem.weight"])
     assert plain.history[0]["supervised"] == 0.0
+
+
+def test_cross_lab_stain_views_change_training_and_stay_reproducible(tmp_path):
+    def weights(name, share):
+        result = _train(tmp_path / name, _settings(**{"cae.epochs": 1,
+                                                      "cae.augment.cross_lab_stain": share}))
+        return torch.load(result.checkpoint, weights_only=True)
+
+    plain, swapped, again = weights("a", 0.0), weights("b", 1.0), weights("c", 1.0)
+    assert any(not torch.equal(plain[k], swapped[k]) for k in plain)
+    for key in swapped:
+        torch.testing.assert_close(swapped[key], again[key], msg=key)
+    with pytest.raises(ConfigError, match="cross_lab_stain"):
+        _settings(**{"cae.augment.cross_lab_stain": 1.5})

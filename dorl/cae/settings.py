@@ -100,6 +100,9 @@ class CAESettings:
         if float(cae.temperature) <= 0:
             raise ConfigError(f"cae.temperature must be > 0, got {cae.temperature}")
         a = cae.augment
+        if not 0.0 <= float(a.cross_lab_stain) <= 1.0:
+            raise ConfigError(f"cae.augment.cross_lab_stain must be within [0, 1], got "
+                              f"{a.cross_lab_stain}")
         return cls(
             encoder=encoders[0], crop_size=crop_size, protocol=str(cae.protocol),
             target_domains=tuple(str(d) for d in cae.target_domains),
@@ -112,4 +115,5 @@ class CAESettings:
             mmd_bandwidths=tuple(float(b) for b in cae.mmd_bandwidths),
             augment=ViewAugment(float(a.stain_scale), float(a.stain_bias), float(a.brightness),
                                 float(a.contrast), float(a.saturation), float(a.blur_prob),
-                                (float(a.scale[0]), float(a.scale[1]))))
+                                (float(a.scale[0]), float(a.scale[1])),
+                                float(a.cross_lab_stain)))

@@ -42,6 +42,7 @@ from dorl.atomic import atomic_path, write_text_atomic
 from dorl.cae.alignment import class_balanced_mmd2, mmd2, pairwise_alignment
 from dorl.cae.batches import DomainBalancedBatches
 from dorl.cae.contrastive import info_nce
+from dorl.cae.lab_stain import LabStain, lab_stain, other_labs, swap_stain
 from dorl.cae.models import CAEOutput, CellAutoencoder
 from dorl.cae.settings import CAESettings
 from dorl.cae.views import random_view
@@ -217,11 +218,25 @@ def _average_gradients(model: torch.nn.Module, group: ProcessGroup) -> None:
         p.grad /= group.world_size
 
 
+def _second_view_crops(crops: torch.Tensor, domains: np.ndarray, stain: LabStain | None,
+                       share: float, generator: torch.Generator
+                       ) -> tuple[torch.Tensor, np.ndarray]:
+    """The crops the second views start from, and the lab each one looks like: ``share`` of
+    them rendered in another lab's stain (``cae.augment.cross_lab_stain``), the rest as they
+    are."""
+    if stain is None or share <= 0:
+        return crops, domains
+    swapped = (torch.rand(len(domains), generator=generator) < share).numpy()
+    looks_like = np.where(swapped, other_labs(domains, stain, generator), domains)
+    return swap_stain(crops, domains, looks_like, stain), looks_like
+
+
 def _train_epoch(model: CellAutoencoder, data: CAEData, rows: np.ndarray,
                  batches: DomainBalancedBatches, optimizer, settings: CAESettings, epoch: int,
-                 seed: int, device: torch.device, group: ProcessGroup) -> dict[str, float]:
+                 seed: int, device: torch.device, group: ProcessGroup,
+                 stain: LabStain | None = None) -> dict[str, float]:
     """One epoch of optimiser steps; the mean of each loss term and of the total (over the ranks
-    too)."""
+    too). ``stain``: every lab's stain statistics, for cross-lab second views."""
     model.train()
     sums = {k: 0.0 for k in LOSS_TERMS + ("total",)}
     total_steps = settings.epochs * len(batches)
@@ -234,11 +249,14 @@ def _train_epoch(model: CellAutoencoder, data: CAEData, rows: np.ndarray,
         generator = torch.Generator().manual_seed(
             (seed * 1_000_003 + epoch) * 100_003 + step)
         crops = torch.from_numpy(np.asarray(data.crops[idx]))
-        pixels = torch.cat([random_view(crops, settings.augment, generator),
-                            random_view(crops, settings.augment, generator)]).to(device)
         domains = data.domain_ids[idx]
+        second, second_domains = _second_view_crops(
+            crops, domains, stain, settings.augment.cross_lab_stain, generator)
+        pixels = torch.cat([random_view(crops, settings.augment, generator),
+                            random_view(second, settings.augment, generator)]).to(device)
         labels = torch.from_numpy(data.labels[idx].astype(np.int64)).to(device)
-        out = _by_domain(model, pixels, np.concatenate([domains, domains]))
+        # A view rendered in another lab's stain is normalised with that lab's cells.
+        out = _by_domain(model, pixels, np.concatenate([domains, second_domains]))
         terms = compute_losses(out, pixels, labels, domains, settings)
         optimizer.zero_grad(set_to_none=True)
         (weight * terms["total"]).backward()
@@ -319,6 +337,11 @@ def train_autoencoder(data: CAEData, rows: np.ndarray, settings: CAESettings, se
           "base_lr": settings.head_lr}],
         weight_decay=settings.weight_decay)
     batches = DomainBalancedBatches(data.domain_ids[rows], settings.batch_per_domain, seed)
+    stain = None
+    if settings.augment.cross_lab_stain > 0:
+        stain = lab_stain(data.crops, data.domain_ids, rows, int(data.domain_ids.max()) + 1)
+        logger.info("CAE: cross-lab stain views from the optical-density statistics of %d labs",
+                    len(stain.present))
     start, history = 0, []
     if last_path.is_file():
         saved = _load_last(last_path, signature)
@@ -336,7 +359,7 @@ def train_autoencoder(data: CAEData, rows: np.ndarray, settings: CAESettings, se
                       disable=not group.is_main):
         t0 = time.perf_counter()
         sums = _train_epoch(model, data, rows, batches, optimizer, settings, epoch, seed,
-                            device, group)
+                            device, group, stain)
         history.append({"epoch": epoch, **sums, "seconds": time.perf_counter() - t0})
         logger.info("CAE epoch %d/%d: %s, %.1f s", epoch + 1, settings.epochs,
                     ", ".join(f"{k} {sums[k]:.4f}" for k in (*LOSS_TERMS, "total")

@@ -37,6 +37,9 @@ class ViewAugment:
         Share of views blurred (sigma 0.5-1.5 px).
     scale : (float, float)
         Zoom range about the centre.
+    cross_lab_stain : float
+        Share of cells whose second view is first rendered in another lab's stain statistics
+        (:mod:`dorl.cae.lab_stain`), so that the pair spans two labs.
     """
 
     stain_scale: float = 0.15
@@ -46,6 +49,7 @@ class ViewAugment:
     saturation: float = 0.3
     blur_prob: float = 0.3
     scale: tuple[float, float] = (0.8, 1.2)
+    cross_lab_stain: float = 0.0
 
 
 def _uniform(n: int, half_width: float, generator: torch.Generator) -> torch.Tensor:

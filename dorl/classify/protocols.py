@@ -129,7 +129,7 @@ def cap_train(train: np.ndarray, labels: np.ndarray, max_train: int | None,
     return np.sort(np.concatenate(keep))
 
 
-def _kfold(labels: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int):
+def kfold(labels: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int):
     """Stratified (group-aware when groups repeat) k-fold splits of the rows of ``labels``."""
     if len(labels) < n_folds:
         raise ProtocolError(f"{len(labels)} cells cannot be split into {n_folds} folds")
@@ -208,7 +208,7 @@ def _splits(labels, domains, protocols, n_folds, seed, groups, max_train, source
             rows = np.flatnonzero(domains == source)
             others = [(t, np.flatnonzero(domains == t)) for t in names if t != source]
             sub_groups = None if groups is None else groups[rows]
-            for fold, (tr, te) in enumerate(_kfold(labels[rows], sub_groups, n_folds, seed)):
+            for fold, (tr, te) in enumerate(kfold(labels[rows], sub_groups, n_folds, seed)):
                 train = cap_train(rows[tr], labels, max_train, rng)
                 evals = []
                 if within:
