@@ -22,7 +22,11 @@ OPEN_MAPPINGS = ("classify.features", "classify.obsm", "classify.params", "class
 #: pixels. Every other key takes the type of its package default (an integer key no fraction,
 #: a number key an integer or a fraction); a key whose default is null takes any value.
 MIXED_TYPES = {"sam.infer.bf16": (str, bool), "features.bf16": (str, bool),
-               "features.resolution": (str, int)}
+               "features.resolution": (str, int),
+               # "all", "auto" or a number of source cells per labelled target cell (a list of
+               # them for the candidates).
+               "classify.shot_training.source_per_shot": (str, int, float),
+               "classify.shot_training.candidates": (str, int, float)}
 
 #: The valid range of numeric keys, bounds included (None: unbounded); a list's numbers are
 #: checked one by one. Checked when a config loads, so that a bad value stops a command before
@@ -170,8 +174,9 @@ def check_values(cfg: DictConfig, defaults: DictConfig) -> None:
         if value is None or default is None:
             continue
         if key in MIXED_TYPES:
-            ok = isinstance(value, MIXED_TYPES[key]) and not (
-                isinstance(value, bool) and bool not in MIXED_TYPES[key])
+            ok = all(isinstance(v, MIXED_TYPES[key]) and not (
+                isinstance(v, bool) and bool not in MIXED_TYPES[key])
+                for v in (value if isinstance(value, list) else [value]))
             if not ok:
                 kinds = " or ".join(_kind(t()) for t in MIXED_TYPES[key])
                 raise ConfigError(f"{key} must be {kinds}, got {value!r}")

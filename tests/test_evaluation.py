@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dorl.classify.reports import markdown_report
+from dorl.classify.reports import in_lab_ceiling, markdown_report
 from dorl.classify.model_files import load_model_bundle
 from dorl.classify.run import (
     classify_from_config,
@@ -345,3 +345,47 @@ def test_a_saved_balanced_std_model_weighs_a_lab_by_its_class_scores(cfg, tmp_pa
     assert set(results["adaptation"]) == {"none", "balanced_std"}
     _saved_balanced_predictions(out / "models" / "dorl__logreg__balanced_std.skops", "scores",
                                 tmp_path)
+
+
+def test_shot_training_routes_the_labelled_target_cells_and_nothing_else(cfg, tmp_path):
+    inp = load_input("x", synthetic_features(tmp_path / "s.h5ad", n_per_domain=60))
+    cfg.classify.protocols = ["source_target", "few_shot"]
+    cfg.classify.adaptations = ["none"]
+    cfg.classify.classifiers = ["logreg"]
+    cfg.classify.few_shot.shots = [5]
+    cfg.classify.few_shot.draws = 2
+    cfg.classify.save_models = False
+
+    def results(route):
+        cfg.classify.shot_training.source_per_shot = route
+        table = run_classification([inp], ClassifySettings.from_config(cfg),
+                                   tmp_path / str(route))[0]
+        table = table[(table["metric"] == "macro_f1") & (table["scope"] == "shared")]
+        key = ["protocol", "source", "target", "shots", "fold"]
+        return table.sort_values(key).set_index(key)["value"]
+
+    joined, alone, auto = results("all"), results(0), results("auto")
+    cross = joined.index.get_level_values("protocol") == "source_target"
+    pd.testing.assert_series_equal(joined[cross], alone[cross])
+    assert not np.allclose(joined[~cross], alone[~cross])
+    assert len(auto) == len(joined)
+
+
+def test_the_report_reads_each_cross_lab_score_against_the_target_s_in_lab_ceiling(cfg, tmp_path):
+    inp = load_input("x", synthetic_features(tmp_path / "s.h5ad", n_per_domain=60))
+    cfg.classify.protocols = ["source_target", "in_domain"]
+    cfg.classify.sources = ["lab_a"]
+    cfg.classify.adaptations = ["none"]
+    cfg.classify.classifiers = ["logreg"]
+    settings = ClassifySettings.from_config(cfg)
+    results, _, _ = run_classification([inp], settings, tmp_path / "out")
+    table = in_lab_ceiling(results)
+    assert sorted(table["target"]) == ["lab_b", "lab_c"] and set(table["source"]) == {"lab_a"}
+    sel = results[(results["scope"] == "shared") & (results["metric"] == "macro_f1")
+                  & (results["label"] == "")]
+    for row in table.itertuples():
+        own = sel[(sel["protocol"] == "in_domain") & (sel["target"] == row.target)]
+        cross = sel[(sel["protocol"] == "source_target") & (sel["target"] == row.target)]
+        assert row.in_lab == pytest.approx(own["value"].mean())
+        assert row.kept == pytest.approx(cross["value"].mean() / own["value"].mean())
+    assert "## Cross-lab against the in-lab ceiling" in markdown_report(results, [inp], settings)

@@ -44,6 +44,21 @@ def test_in_domain_alone_and_lodo():
         assert s.evaluations[0].target not in set(domains[s.train])
 
 
+def test_a_lab_that_is_not_a_source_gets_its_in_lab_k_fold_and_nothing_more():
+    labels, domains = cells()
+    splits = list(make_splits(labels, domains, ["source_target", "in_domain"], 3, seed=0,
+                              sources=["a"]))
+    in_lab = [s for s in splits if s.source != "a"]
+    assert len(splits) == 3 + 2 * 3 and {s.source for s in in_lab} == {"b", "c"}
+    for s in in_lab:
+        (e,) = s.evaluations
+        assert e.protocol == "in_domain" and e.target == s.source
+        assert set(domains[s.train]) == {s.source} and not set(e.test) & set(s.train)
+    # without in_domain, a target lab is only scored cross-lab
+    cross = list(make_splits(labels, domains, ["source_target"], 3, seed=0, sources=["a"]))
+    assert {s.source for s in cross} == {"a"}
+
+
 def test_folds_are_stratified_and_seeded():
     labels, domains = cells(60)
     first = list(make_splits(labels, domains, ["in_domain"], 5, seed=1))
@@ -92,10 +107,15 @@ def test_sources_restrict_the_domains_trained_on():
     domains = np.repeat(["x", "y", "z"], 20)
     splits = list(make_splits(labels, domains, ["source_target", "in_domain"], 2, 0,
                               sources=["y"]))
-    assert {s.source for s in splits} == {"y"} and len(splits) == 2
-    for s in splits:
+    cross = [s for s in splits if s.source == "y"]
+    assert len(cross) == 2
+    for s in cross:
         assert set(domains[s.train]) == {"y"}
         assert {e.target for e in s.evaluations} == {"x", "y", "z"}
+    # The other labs train only their own in-lab ceiling, scored only inside themselves.
+    for s in splits:
+        assert {e.target for e in s.evaluations} == {"x", "y", "z"} if s.source == "y" \
+            else {(e.protocol, e.target) for e in s.evaluations} == {("in_domain", s.source)}
     with pytest.raises(ProtocolError, match="classify.sources"):
         list(make_splits(labels, domains, ["source_target"], 2, 0, sources=["w"]))
 
@@ -120,6 +140,7 @@ def test_few_shot_draws_never_leak_a_test_cell_into_training():
         assert len(np.unique(groups[shots])) == len(shots)  # one cell per drawn group
         assert set(ev.test) | set(shots) <= set(np.flatnonzero(domains == ev.target))
         assert set(domains[s.train]) == {s.source, ev.target}
+        np.testing.assert_array_equal(np.sort(s.labelled_target), np.sort(shots))
 
 
 def test_few_shot_shots_are_nested_within_a_draw_and_differ_between_draws():
@@ -158,6 +179,7 @@ def test_the_user_s_labelled_cells_train_and_test_as_the_same_few_shot_draw():
     assert len(loop) == 1 and loop[0].evaluations[0].protocol == "target_labels"
     np.testing.assert_array_equal(loop[0].train, few.train)
     np.testing.assert_array_equal(loop[0].evaluations[0].test, few.evaluations[0].test)
+    np.testing.assert_array_equal(np.sort(loop[0].labelled_target), np.sort(few.labelled_target))
     assert loop[0].evaluations[0].shots == 2
     # every other protocol leaves the user's cells out of its test sets
     for split in make_splits(labels, domains, ["source_target", "lodo"], 3, 0,

@@ -6,7 +6,8 @@ Four protocols, all over the labelled cells (``unknown`` cells are removed befor
   is scored on every *other* domain in full (cross-domain), as in the DoRL / BC-SAM notebooks.
 * ``in_domain``: the held-out source fold of those same fold models. When ``source_target`` is
   also asked for, the two share one set of fits, so in-domain and cross-domain numbers come from
-  the same fold models.
+  the same fold models. A labelled lab that is not a source gets the same k-fold inside it,
+  scored only there: the in-lab ceiling its cross-lab scores are read against.
 * ``lodo``: leave one domain out: train on all other domains, score on the held-out one.
 * ``target_labels`` (added when the user labelled target cells, ``classify.target_labels``):
   for every source and every other domain holding user-labelled cells, those cells join the
@@ -28,7 +29,7 @@ beyond a few thousand cells). Test sets are never cut.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -78,12 +79,17 @@ class Split:
     train : ndarray of shape (n_train,), int
         Row indices of the training cells.
     evaluations : tuple of Evaluation
+    labelled_target : ndarray of shape (n_shots,), int
+        The rows of ``train`` that are the target's labelled cells (``few_shot``,
+        ``target_labels``; empty otherwise): how they train beside the source's is
+        ``classify.shot_training`` (:mod:`dorl.classify.shots`).
     """
 
     source: str
     fold: int
     train: np.ndarray
     evaluations: tuple[Evaluation, ...]
+    labelled_target: np.ndarray = field(default_factory=lambda: np.empty(0, int))
 
 
 def has_groups(groups: np.ndarray | None) -> bool:
@@ -184,7 +190,7 @@ def make_splits(labels: np.ndarray, domains: np.ndarray, protocols: Sequence[str
             continue
         yield Split(split.source, split.fold, split.train, tuple(
             Evaluation(e.protocol, e.target, e.test[~user_labelled[e.test]], e.shots)
-            for e in split.evaluations))
+            for e in split.evaluations), split.labelled_target)
 
 
 def _splits(labels, domains, protocols, n_folds, seed, groups, max_train, sources, shots, draws,
@@ -217,6 +223,17 @@ def _splits(labels, domains, protocols, n_folds, seed, groups, max_train, source
                     evals += [Evaluation("source_target", t, _without_groups(r, train, groups))
                               for t, r in others]
                 yield Split(source, fold, train, tuple(evals))
+    if within and sources:
+        # Every other labelled lab's in-lab ceiling: the same k-fold inside it, scored only
+        # there (when sources are not restricted, each lab is a source and has it already).
+        for lab in [n for n in names if n not in sources]:
+            rows = np.flatnonzero(domains == lab)
+            if len(rows) < n_folds:
+                continue
+            sub_groups = None if groups is None else groups[rows]
+            for fold, (tr, te) in enumerate(kfold(labels[rows], sub_groups, n_folds, seed)):
+                yield Split(lab, fold, cap_train(rows[tr], labels, max_train, rng),
+                            (Evaluation("in_domain", lab, rows[te]),))
     if "lodo" in protocols:
         for held_out in names:
             train = cap_train(np.flatnonzero(domains != held_out), labels, max_train, rng)
@@ -236,7 +253,7 @@ def _splits(labels, domains, protocols, n_folds, seed, groups, max_train, source
                                        train, groups)
                 per_class = int(round(len(chosen) / len(set(labels[chosen]))))
                 yield Split(source, 0, train, (Evaluation(TARGET_LABELS, target, test,
-                                                          per_class),))
+                                                          per_class),), chosen)
     if "few_shot" in protocols:
         if len(names) < 2:
             raise ProtocolError(f"few_shot needs at least 2 domains, found {names}")
@@ -276,4 +293,5 @@ def _few_shot(source: str, source_train: np.ndarray, target: str, labels: np.nda
             chosen = np.asarray(chosen, dtype=int)
             test = rows[~np.isin(cell_groups, chosen_groups)]
             train = np.sort(np.concatenate([source_train, chosen]))
-            yield Split(source, draw, train, (Evaluation("few_shot", target, test, int(k)),))
+            yield Split(source, draw, train, (Evaluation("few_shot", target, test, int(k)),),
+                        chosen)

@@ -98,6 +98,38 @@ def pair_table(results: pd.DataFrame, scope: str, metric: str) -> str:
     return markdown_table(header, rows)
 
 
+def in_lab_ceiling(results: pd.DataFrame) -> pd.DataFrame:
+    """Each cross-lab score beside its target's in-lab ceiling: the same feature set,
+    adaptation and classifier trained and scored inside the target (its ``in_domain`` k-fold),
+    macro-F1 on the shared classes. Returns columns ``feature_set, adaptation, classifier,
+    source, target, cross_lab, in_lab, kept`` (``kept``: cross-lab / in-lab), one row per
+    source -> target pair whose target has an in-lab score."""
+    sel = results[(results["scope"] == "shared") & (results["metric"] == "macro_f1")
+                  & (results["label"] == "")]
+    keys = _MODEL + ["source", "target"]
+    cross = sel[sel["protocol"] == "source_target"].groupby(keys)["value"].mean()
+    within = sel[(sel["protocol"] == "in_domain") & (sel["source"] == sel["target"])] \
+        .groupby(_MODEL + ["target"])["value"].mean()
+    rows = []
+    for key, value in cross.items():
+        ceiling = within.get((*key[:3], key[4]))
+        if ceiling is not None:
+            rows.append(dict(zip(keys, key), cross_lab=value, in_lab=ceiling,
+                             kept=value / ceiling if ceiling > 0 else float("nan")))
+    return pd.DataFrame(rows, columns=keys + ["cross_lab", "in_lab", "kept"])
+
+
+def in_lab_table(results: pd.DataFrame) -> str:
+    """Markdown table of :func:`in_lab_ceiling`."""
+    table = in_lab_ceiling(results)
+    return markdown_table(
+        ["features", "adaptation", "classifier", "source → target", "cross-lab", "in-lab",
+         "**kept**"],
+        [[r.feature_set, r.adaptation, display_name(r.classifier), f"{r.source} → {r.target}",
+          f"{r.cross_lab:.3f}", f"{r.in_lab:.3f}", f"**{r.kept:.0%}**"]
+         for r in table.itertuples()])
+
+
 def lodo_table(results: pd.DataFrame) -> str:
     """Markdown table of leave-one-domain-out macro-F1 (shared and full) per held-out domain."""
     stats = cell_stats(results)
@@ -331,6 +363,12 @@ def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput],
                   pair_table(results, "full", "macro_f1"),
                   "", "## Accuracy, shared classes (the papers' metric)", "",
                   pair_table(results, "shared", "accuracy")]
+    if len(in_lab_ceiling(results)):
+        parts += ["", "## Cross-lab against the in-lab ceiling", "",
+                  "Each cross-lab score (macro-F1, shared classes) beside the same features, "
+                  "adaptation and classifier trained and scored inside the target lab (its "
+                  f"{c.n_folds}-fold in-domain score): the fraction of the ceiling kept without "
+                  "a target label.", "", in_lab_table(results)]
     if (results["protocol"] == "source_target").any():
         parts += ["", "## Choosing a classifier per target", "",
                   "Macro-F1 (shared classes) of the classifier each rule picks. Source labels: "
@@ -393,6 +431,7 @@ def _summary(results, confusions, timings, inputs, settings: ClassifySettings,
         "headline": headline,
         "classifier_choices": classifier_choices(results).to_dict(orient="records"),
         "few_shot": few_shot_curve(results).to_dict(orient="records"),
+        "in_lab_ceiling": in_lab_ceiling(results).to_dict(orient="records"),
         "cells": stats.to_dict(orient="records"),
         "confusion_matrices": [{"feature_set": k[0], "adaptation": k[1], "classifier": k[2],
                                 "protocol": k[3], "source": k[4], "target": k[5],

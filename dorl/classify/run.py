@@ -57,6 +57,7 @@ from dorl.classify.protocols import TARGET_LABELS, Split, cap_train, make_splits
 from dorl.classify.registry import build_classifier, is_kernel_svm
 from dorl.classify.reports import write_reports
 from dorl.classify.settings import ClassifySettings
+from dorl.classify.shots import ShotTraining, choose_ratio, training_rows
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import FeatureFileError, read_features
 
@@ -132,10 +133,24 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, train_classes: Iterable[str],
     return rows
 
 
+def _training_rows(model, X: np.ndarray, y: np.ndarray, split: Split,
+                   shot_training: ShotTraining, seed: int) -> np.ndarray:
+    """``split.train``, its labelled target cells beside the source's as ``shot_training``
+    routes them (:mod:`dorl.classify.shots`)."""
+    shots = split.labelled_target[np.isin(split.labelled_target, split.train)]
+    if not len(shots):
+        return split.train
+    source = np.setdiff1d(split.train, shots)
+    ratio = choose_ratio(model, X, y, source, shots, shot_training, seed)
+    return training_rows(source, shots, y, ratio, np.random.default_rng([seed, split.fold]))
+
+
 def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: bool,
                  adaptation: str, adapted: tuple[bool, ...], aligned: tuple, schedule: SelfTraining,
-                 seed: int, max_cells: int | None = None):
-    """Fit a clone of ``model`` on ``split.train``; predict each evaluation's test cells.
+                 seed: int, max_cells: int | None = None,
+                 shot_training: ShotTraining = ShotTraining()):
+    """Fit a clone of ``model`` on ``split.train`` (its labelled target cells routed by
+    ``shot_training``); predict each evaluation's test cells.
 
     ``adapted[i]`` says whether evaluation ``i`` is a target the adaptation changes (its domain
     is not a training domain); ``aligned[i]`` holds its CORAL-aligned test features (or None).
@@ -145,7 +160,8 @@ def _fit_predict(model, X: np.ndarray, y: np.ndarray, split: Split, keep_model: 
     seconds and the warnings raised.
     """
     start = time.perf_counter()
-    X_train, y_train = X[split.train], y[split.train]
+    train = _training_rows(model, X, y, split, shot_training, seed)
+    X_train, y_train = X[train], y[train]
     preds, densities = [], []
     adapter = None
     with warnings.catch_warnings(record=True) as caught:
@@ -341,7 +357,7 @@ def run_classification(inputs: list[FeatureInput], settings: ClassifySettings, o
                                   adapter.features(t), t.input.labels, t.split,
                                   not t.split.evaluations, t.adaptation, adapter.adapted(t),
                                   adapter.aligned(t), c.self_training, t.seed,
-                                  _max_cells(t.classifier, c))
+                                  _max_cells(t.classifier, c), c.shot_training)
             for t in tasks)
     outputs = Parallel(n_jobs=c.n_jobs, return_as="generator")(jobs)
     rows, confusions, timings, warned, votes = [], {}, [], {}, {}

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from dorl.classify.adaptation import ADAPTATIONS, SelfTraining
+from dorl.classify.shots import ALL, AUTO, ShotTraining
 from dorl.config import ConfigError
 
 
@@ -34,6 +35,7 @@ class ClassifySettings:
     shots: tuple[int, ...] = (1, 5, 10, 25)
     draws: int = 5
     few_shot_classifiers: tuple[str, ...] = ("logreg",)
+    shot_training: ShotTraining = ShotTraining()
     params: dict[str, dict] = field(default_factory=dict)
     custom: dict[str, dict] = field(default_factory=dict)
     seed: int = 0
@@ -74,6 +76,30 @@ class ClassifySettings:
                                        float(c.self_training.min_confidence)),
             shots=tuple(int(k) for k in c.few_shot.shots), draws=int(c.few_shot.draws),
             few_shot_classifiers=tuple(str(x) for x in c.few_shot.classifiers),
+            shot_training=_shot_training(c.shot_training),
             params=OmegaConf.to_container(c.params, resolve=True) or {},
             custom=OmegaConf.to_container(c.custom, resolve=True) or {},
             seed=int(cfg.seed), section=OmegaConf.to_container(c, resolve=True))
+
+
+def _ratio(key: str, value, also: str = "") -> float | None:
+    """A source-per-shot ratio of ``classify.shot_training``: ``all`` (None) or a number >= 0;
+    ``also`` names another accepted value in the message."""
+    if value == ALL:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"classify.shot_training.{key} takes {ALL!r} (every source cell), "
+                          f"{also}or a number of source cells per labelled target cell >= 0, got "
+                          f"{value!r}")
+    return float(value)
+
+
+def _shot_training(section) -> ShotTraining:
+    """Unpack and check ``classify.shot_training``."""
+    candidates = tuple(_ratio("candidates", r) for r in section.candidates)
+    if not candidates:
+        raise ConfigError("classify.shot_training.candidates is empty: name at least one ratio")
+    ratio = section.source_per_shot
+    if ratio != AUTO:
+        ratio = _ratio("source_per_shot", ratio, f"{AUTO!r} ")
+    return ShotTraining(ratio, candidates)
