@@ -241,8 +241,8 @@ def main(argv=None) -> int:
         X = encode(model, side, fs, crops, table["domain"].to_numpy())
         encode_s = time.perf_counter() - t0
         (out / slug(name)).mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / slug(name) / "features.npy") as tmp:
-            np.save(tmp, X.astype(np.float32))
+        with atomic_path(out / slug(name) / "features.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, X.astype(np.float32))
         ceiling = {t: float(np.mean([in_lab_ceiling(X, table, t, seed) for seed in args.seeds]))
                    for t in TARGETS}
         rule = rule_score(model, side, fs, crops[source_rows], masks[source_rows], sides,

@@ -131,7 +131,7 @@ def render(frame: pd.DataFrame, ceiling: dict, variant: str, seconds: float) -> 
         lines.append(f"| {target} | {k} | "
                      + " | ".join(f"{cv[(target, k, r)]:.3f}" for r in ROUTES) + " |")
     chosen = frame[frame["route"] == "auto"].groupby(["target", "k"])["ratio"].agg(
-        lambda r: dict(pd.Series(r.astype(str)).value_counts()))
+        lambda r: {k: int(v) for k, v in pd.Series(r.astype(str)).value_counts().items()})
     lines += ["", "Ratios `auto` chose (count of draws x seeds):", ""]
     lines += [f"- {target}, k={k}: {counts}" for (target, k), counts in chosen.items()]
     return "\n".join(lines) + "\n"
