@@ -72,8 +72,12 @@ bench: $(STAMP) ## print speed, memory and domain-shift figures (synthetic data;
 	$(BIN)/python bench/bench_classify.py
 
 bench-realdata: $(STAMP) ## the real-data benchmarks of docs/benchmarks.md (needs ../shared/datasets)
-	$(BIN)/python bench/bench_encoder_training.py --max-per-class 200 --seeds 0 1 2 \
-	    --out runs/encoder_bench -- num_threads=2 "classify.classifiers=[logreg,svm_rbf,knn,mlp]"
+	$(BIN)/python bench/bench_encoder_training.py --max-per-class 100 --seeds 0 1 2 \
+	    --out runs/encoder_bench_o --variants "frozen 224" contrastive "+ cross-lab colour" \
+	    "contrastive, 6 epochs" "+ cross-lab colour, 6 epochs" -- num_threads=2 \
+	    "classify.classifiers=[logreg]"
+	$(BIN)/python bench/bench_shot_training.py --bench-dir runs/encoder_bench_o \
+	    --variant contrastive
 	$(BIN)/python bench/bench_realdata.py --max-per-class 200 --seeds 0 1 2 \
 	    --out runs/realdata_bench --skip-zero-shot \
 	    --feature-options "L0 cell AdaBN TTA4" --adaptations none balanced_std balanced_std_hard -- \

@@ -37,9 +37,12 @@ def test_bench_and_classify_run_give_the_same_numbers(tiny_cfg, tmp_path):
     results = pd.read_csv(tmp_path / "classify" / "results.csv")
     shared = results[(results["scope"] == "shared") & results["label"].isna()]
     for row in rows:
-        target = SOURCE if row["target"].endswith("(5-fold)") else row["target"]
+        in_domain = row["target"].endswith("(5-fold)")
+        target, protocol = (SOURCE, "in_domain") if in_domain else (row["target"],
+                                                                     "source_target")
         for metric in ("macro_f1", "accuracy"):
             expected = shared[(shared["classifier"] == row["classifier"])
+                              & (shared["protocol"] == protocol)
                               & (shared["target"] == target) & (shared["metric"] == metric)]
             assert len(expected) == 5  # one per source fold
             np.testing.assert_allclose(row[metric], expected["value"].mean(), atol=1e-5)
