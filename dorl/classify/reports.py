@@ -19,6 +19,7 @@ from dorl.atomic import atomic_path, write_text_atomic
 from dorl.classify.inputs import FeatureInput
 from dorl.classify.registry import display_name
 from dorl.classify.settings import ClassifySettings
+from dorl.classify.shots import AUTO
 from dorl.figures import pyplot, save_figure
 from dorl.provenance import package_versions, utc_now
 from dorl.tables import markdown_table
@@ -320,6 +321,18 @@ def _dropped_classes(inputs: list[FeatureInput], min_count: int) -> dict[str, di
     return out
 
 
+def _shot_route(c: ClassifySettings) -> str:
+    """How the labelled target cells trained (``classify.shot_training``), in words."""
+    ratio = c.shot_training.source_per_shot
+    if ratio == AUTO:
+        return ("with the number of source cells per labelled cell that cross-validation within "
+                "the labelled cells chose")
+    if ratio is None:
+        return "with every source cell"
+    cells = "cell" if ratio == 1 else "cells"
+    return f"with {ratio:g} source {cells} per class for each labelled cell of that class"
+
+
 def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput],
                     c: ClassifySettings) -> str:
     """Return the whole ``results.md`` text."""
@@ -379,17 +392,17 @@ def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput],
                   "not a usable choice).", "", choice_table(results)]
     if (results["protocol"] == "few_shot").any():
         parts += ["", "## Few-shot target labels (learning curve, `few_shot.png`)", "",
-                  f"k labelled cells per class of the target join the source's training cells "
-                  f"({c.draws} random draws per k and seed; group-aware, so near-duplicates of a "
+                  f"k labelled cells per class of the target join the source's training cells, "
+                  f"{_shot_route(c)} ({c.draws} random draws per k and seed; group-aware, so near-duplicates of a "
                   f"drawn cell are never tested on); scored on the target's remaining cells "
                   f"(their mean number in brackets). k=0 is the cross-domain score. A class "
                   f"with k or fewer cells in the target gets no shots.", "",
                   few_shot_table(results)]
     if (results["protocol"] == "target_labels").any():
         parts += ["", "## Your labelled target cells (`classify.target_labels`)", "",
-                  "The cells you labelled join the source's training cells; each target is "
-                  "scored on its other labelled cells (macro-F1, shared classes, mean over "
-                  "seeds).", "", target_labels_table(results)]
+                  f"The cells you labelled join the source's training cells, {_shot_route(c)}; "
+                  "each target is scored on its other labelled cells (macro-F1, shared classes, "
+                  "mean over seeds).", "", target_labels_table(results)]
     if (results["protocol"] == "lodo").any():
         parts += ["", "## Leave one domain out, macro-F1", "", lodo_table(results)]
     ceilings = _ceilings(results)
