@@ -48,6 +48,16 @@ def test_each_route_keeps_its_ratio_of_source_cells_per_class():
     assert len(source_subsample(source, shots, y, 1000.0, rng)) == len(source)
 
 
+def test_a_class_without_shots_is_still_learnt_from_the_source_and_one_class_never_trains():
+    X, y, source, target = _two_labs()
+    shots = np.sort(target[y[target] == "a"][:4])  # the lab gave shots to class a only
+    rng = np.random.default_rng(0)
+    kept = source_subsample(source, shots, y, 1.0, rng)
+    assert sorted(np.unique(y[kept], return_counts=True)[1]) == [4, 4]
+    alone = training_rows(source, shots, y, 0.0, rng)  # the shots alone: one class
+    assert np.array_equal(alone, np.sort(np.concatenate([source, shots])))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_auto_leaves_a_misleading_source_behind_and_scores_better_than_joining_it(seed):
     X, y, source, target = _two_labs(seed)

@@ -52,24 +52,32 @@ class ShotTraining:
 
 def source_subsample(source: np.ndarray, shots: np.ndarray, labels: np.ndarray,
                      ratio: float | None, rng: np.random.Generator) -> np.ndarray:
-    """The rows of ``source`` kept beside ``shots``: for each class, ``ratio`` times as many
-    source rows as the class has shots (all of them for ``None``; none for a class without
-    shots unless ``ratio`` is ``None``)."""
+    """The rows of ``source`` kept beside ``shots``: for each source class, ``ratio`` times as
+    many source rows as the class has shots (all of them for ``None``). A class the target has
+    too few cells to give shots to counts the median shots of the others, so that the model
+    still learns it from the source."""
     if ratio is None:
         return source
+    shot_classes, counts = np.unique(labels[shots], return_counts=True)
+    per_class = dict(zip(shot_classes, counts))
+    default = float(np.median(counts)) if len(counts) else 0.0
     kept = []
-    classes, counts = np.unique(labels[shots], return_counts=True)
-    for c, n in zip(classes, counts):
+    for c in np.unique(labels[source]):
         own = source[labels[source] == c]
-        take = min(len(own), int(round(ratio * n)))
+        take = min(len(own), int(round(ratio * per_class.get(c, default))))
         kept.append(rng.choice(own, take, replace=False) if take else own[:0])
     return np.sort(np.concatenate(kept)) if kept else source[:0]
 
 
 def training_rows(source: np.ndarray, shots: np.ndarray, labels: np.ndarray,
                   ratio: float | None, rng: np.random.Generator) -> np.ndarray:
-    """The training rows of one route: the kept source rows and the shots, sorted."""
-    return np.sort(np.concatenate([source_subsample(source, shots, labels, ratio, rng), shots]))
+    """The training rows of one route: the kept source rows and the shots, sorted; every source
+    row where the route would leave a single class (the shots alone of a lab with one class
+    drawn), since no classifier trains on one."""
+    rows = np.concatenate([source_subsample(source, shots, labels, ratio, rng), shots])
+    if len(np.unique(labels[rows])) < 2:
+        rows = np.concatenate([source, shots])
+    return np.sort(rows)
 
 
 def _macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
