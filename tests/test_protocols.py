@@ -54,6 +54,11 @@ def test_a_lab_that_is_not_a_source_gets_its_in_lab_k_fold_and_nothing_more():
         (e,) = s.evaluations
         assert e.protocol == "in_domain" and e.target == s.source
         assert set(domains[s.train]) == {s.source} and not set(e.test) & set(s.train)
+    # a lab of one class has no in-lab ceiling to train
+    single = labels.copy()
+    single[domains == "c"] = "x"
+    assert {s.source for s in make_splits(single, domains, ["source_target", "in_domain"], 3,
+                                          seed=0, sources=["a"])} == {"a", "b"}
     # without in_domain, a target lab is only scored cross-lab
     cross = list(make_splits(labels, domains, ["source_target"], 3, seed=0, sources=["a"]))
     assert {s.source for s in cross} == {"a"}

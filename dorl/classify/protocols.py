@@ -228,8 +228,8 @@ def _splits(labels, domains, protocols, n_folds, seed, groups, max_train, source
         # there (when sources are not restricted, each lab is a source and has it already).
         for lab in [n for n in names if n not in sources]:
             rows = np.flatnonzero(domains == lab)
-            if len(rows) < n_folds:
-                continue
+            if len(rows) < n_folds or len(set(labels[rows])) < 2:
+                continue  # nothing a classifier can learn inside it
             sub_groups = None if groups is None else groups[rows]
             for fold, (tr, te) in enumerate(kfold(labels[rows], sub_groups, n_folds, seed)):
                 yield Split(lab, fold, cap_train(rows[tr], labels, max_train, rng),

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 from sklearn.base import clone
+from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
 #: ``classify.shot_training`` values: every source cell, and the choice by cross-validation.
@@ -80,15 +81,6 @@ def training_rows(source: np.ndarray, shots: np.ndarray, labels: np.ndarray,
     return np.sort(rows)
 
 
-def _macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
-    classes = np.unique(truth)
-    scores = []
-    for c in classes:
-        hits = np.sum((truth == c) & (predicted == c))
-        scores.append(2 * hits / max(1, np.sum(truth == c) + np.sum(predicted == c)))
-    return float(np.mean(scores))
-
-
 def cross_validated(model, X: np.ndarray, labels: np.ndarray, source: np.ndarray,
                     shots: np.ndarray, candidates: Sequence[float | None], seed: int
                     ) -> dict[float | None, float] | None:
@@ -107,7 +99,9 @@ def cross_validated(model, X: np.ndarray, labels: np.ndarray, source: np.ndarray
             fitted = clone(model).fit(X[rows], labels[rows])
             predicted[ratio][held] = np.asarray(fitted.predict(X[shots[held]])).astype(str)
     truth = labels[shots].astype(str)
-    return {ratio: _macro_f1(truth, p.astype(str)) for ratio, p in predicted.items()}
+    return {ratio: float(f1_score(truth, p.astype(str), labels=np.unique(truth),
+                                  average="macro", zero_division=0))
+            for ratio, p in predicted.items()}
 
 
 def choose_ratio(model, X: np.ndarray, labels: np.ndarray, source: np.ndarray,
