@@ -292,6 +292,33 @@ def case_feature_file_without_labels(tmp):
     return (argv, [tmp / "run" / "classify" / "results.csv"]), r"f.h5ad: no labelled cells"
 
 
+def _target_labels_case(tmp, text: str):
+    path = _features(tmp / "f.h5ad")
+    (tmp / "labels.csv").write_text(text)
+    argv = ["classify", "run", f"run_dir={tmp / 'run'}", f"classify.features={{dorl: {path}}}",
+            f"classify.target_labels={tmp / 'labels.csv'}"]
+    return argv, [tmp / "run" / "classify" / "results.csv"]
+
+
+def case_target_label_outside_the_label_space(tmp):
+    return (_target_labels_case(tmp, "path,label\n0.png,monocyte\n1.png,blast\n"),
+            r"labels.csv: 1 row\(s\) give a label outside the label space, e.g. \['blast'\] "
+            r"\(line 3\)")
+
+
+def case_target_labels_disagree(tmp):
+    return (_target_labels_case(tmp, "path,label\n0.png,monocyte\n0.png,basophil\n"),
+            r"labels.csv: 1 cell\(s\) are given two different labels, e.g. '0.png'")
+
+
+def case_target_labels_empty(tmp):
+    return _target_labels_case(tmp, ""), r"labels.csv: empty file"
+
+
+def case_target_labels_header_only(tmp):
+    return _target_labels_case(tmp, "path,label\n"), r"labels.csv: no rows under the path,label"
+
+
 def case_predict_model_missing(tmp):
     path = _features(tmp / "f.h5ad")
     argv = ["classify", "predict", f"run_dir={tmp / 'run'}", "--model", str(tmp / "m.skops"),

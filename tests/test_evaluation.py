@@ -389,3 +389,12 @@ def test_the_report_reads_each_cross_lab_score_against_the_target_s_in_lab_ceili
         assert row.in_lab == pytest.approx(own["value"].mean())
         assert row.kept == pytest.approx(cross["value"].mean() / own["value"].mean())
     assert "## Cross-lab against the in-lab ceiling" in markdown_report(results, [inp], settings)
+
+
+def test_target_labels_are_read_without_case_or_spaces_and_repeats_that_agree_pass(tmp_path):
+    from dorl.classify.inputs import read_target_labels
+
+    path = tmp_path / "labels.csv"
+    path.write_text("path,label\na.png,Neutrophil \nb.png, basophil\nb.png,BASOPHIL\n")
+    assert read_target_labels(path, ("basophil", "neutrophil")) == {"a.png": "neutrophil",
+                                                                    "b.png": "basophil"}

@@ -3,10 +3,11 @@ and key, restricted to labelled cells."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,8 @@ from dorl.data.taxonomy import UNKNOWN
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import FeatureFileError, cell_paths, read_features
 from dorl.provenance import sha256_file
+
+logger = logging.getLogger(__name__)
 
 #: Labels that mean "no usable label": never trained or scored on.
 UNLABELLED = (UNKNOWN, "")
@@ -74,26 +77,54 @@ class FeatureInput:
         return scaler.transform(self.X, domains=self.domains).astype(np.float32)
 
 
-def read_target_labels(path: str | Path) -> dict[str, str]:
+def read_target_labels(path: str | Path, classes: Sequence[str]) -> dict[str, str]:
     """The user's labels of target cells: a ``path,label`` CSV (the explorer's download), as
-    cell path -> label.
+    cell path -> label. A label is read without case or surrounding spaces (``Neutrophil `` is
+    ``neutrophil``).
+
+    Parameters
+    ----------
+    path : str or Path
+    classes : sequence of str
+        The label space's classes: the only labels a row may give.
 
     Raises
     ------
     FeatureFileError
-        When the file is missing or has no ``path`` and ``label`` columns (naming the separator
-        it found, when it is not a comma).
+        In one line, when the file is missing, empty or without rows, has no ``path`` and
+        ``label`` columns (naming the separator it found, when it is not a comma), gives a label
+        outside ``classes``, or gives one cell two different labels.
     """
     from dorl.data.readers import separator_hint
 
     path = Path(path)
     if not path.is_file():
         raise FeatureFileError(f"classify.target_labels: file not found: {path}")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise FeatureFileError(f"{path}: empty file; classify.target_labels needs path,label "
+                               f"rows") from None
     missing = sorted({"path", "label"} - set(table.columns))
     if missing:
         raise FeatureFileError(f"{path}: missing column(s) {missing}{separator_hint(path)}; "
                                f"needs path,label")
+    if table.empty:
+        raise FeatureFileError(f"{path}: no rows under the path,label header")
+    known = {c.lower(): c for c in classes}
+    labels = table["label"].str.strip().str.lower().map(known)
+    foreign = table.loc[labels.isna(), "label"]
+    if len(foreign):
+        raise FeatureFileError(
+            f"{path}: {len(foreign)} row(s) give a label outside the label space, e.g. "
+            f"{sorted(set(foreign))[:3]} (line {int(foreign.index[0]) + 2}); labels: "
+            f"{', '.join(classes)}")
+    table = table.assign(label=labels)
+    conflicts = table.groupby("path")["label"].nunique()
+    conflicts = conflicts[conflicts > 1]
+    if len(conflicts):
+        raise FeatureFileError(f"{path}: {len(conflicts)} cell(s) are given two different "
+                               f"labels, e.g. {conflicts.index[0]!r}")
     return dict(zip(table["path"], table["label"]))
 
 
@@ -128,6 +159,12 @@ def load_input(name: str, path: str | Path, key: str = "X",
             raise FeatureFileError(f"{path}: none of the {len(user_labels)} cells of "
                                    f"classify.target_labels is in it (matched by path)")
         labels[user] = [user_labels[p] for p in paths[user]]
+        unmatched = len(user_labels) - len(set(paths[user]))
+        if unmatched:
+            example = next(p for p in user_labels if p not in set(paths[user]))
+            logger.warning("%s: %d of the %d cells of classify.target_labels are not in it "
+                           "(matched by path as the feature file stores it, e.g. %r)", path,
+                           unmatched, len(user_labels), example)
     labels = labels.astype(str)
     keep = ~np.isin(labels, UNLABELLED)
     if not keep.any():

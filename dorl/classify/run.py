@@ -58,6 +58,7 @@ from dorl.classify.registry import build_classifier, is_kernel_svm
 from dorl.classify.reports import write_reports
 from dorl.classify.settings import ClassifySettings
 from dorl.classify.shots import ShotTraining, choose_ratio, training_rows
+from dorl.data.taxonomy import label_space
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import FeatureFileError, read_features
 
@@ -422,7 +423,8 @@ def inputs_from_config(cfg) -> list[FeatureInput]:
         raise FeatureFileError(f"classify.obsm names {unknown}, which are not in "
                                f"classify.features ({sorted(features)})")
     standardised = any(a in STANDARDISED for a in c.adaptations)
-    user_labels = None if c.target_labels is None else read_target_labels(c.target_labels)
+    user_labels = None if c.target_labels is None else read_target_labels(
+        c.target_labels, label_space(str(cfg.data.label_space)))
     return [load_input(name, path, obsm.get(name, "X"), standardised, user_labels,
                        bool(c.keep_qc_failed)) for name, path in features.items()]
 
