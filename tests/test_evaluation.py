@@ -398,3 +398,24 @@ def test_target_labels_are_read_without_case_or_spaces_and_repeats_that_agree_pa
     path.write_text("path,label\na.png,Neutrophil \nb.png, basophil\nb.png,BASOPHIL\n")
     assert read_target_labels(path, ("basophil", "neutrophil")) == {"a.png": "neutrophil",
                                                                     "b.png": "basophil"}
+
+
+def test_predict_file_refuses_features_of_another_trained_encoder(cfg, tmp_path):
+    """Two runs with the same settings train two encoders on other cells: the signature's
+    config parts agree, the encoders' hashes do not."""
+    fs = read_features(synthetic_features(tmp_path / "s.h5ad", n_per_domain=20))
+
+    def with_encoder(name, sha):
+        uns = dict(fs.uns, hashes={"cae_encoder": sha})
+        return write_features(tmp_path / name, FeatureSet(fs.X, fs.obs, {}, uns))
+
+    cfg.classify.features = {"dorl": str(with_encoder("run.h5ad", "a" * 64))}
+    cfg.classify.protocols = ["source_target"]
+    cfg.classify.adaptations = ["none"]
+    cfg.classify.classifiers = ["logreg"]
+    cfg.classify.out_dir = str(tmp_path / "classify")
+    model = classify_from_config(cfg) / "models" / "dorl__logreg.skops"
+    predict_file(model, with_encoder("applied.h5ad", "a" * 64), tmp_path / "ok.csv")
+    with pytest.raises(FeatureFileError, match=r"another trained encoder \(sha256 bbbbbbbbbbbb\)"):
+        predict_file(model, with_encoder("other.h5ad", "b" * 64), tmp_path / "p.csv")
+    assert not (tmp_path / "p.csv").exists()

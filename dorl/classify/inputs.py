@@ -51,6 +51,9 @@ class FeatureInput:
     user_labelled : bool ndarray of shape (n_labelled,) or None
         The cells labelled by the user (``classify.target_labels``), whose labels replace the
         file's: they train, and are never scored on.
+    encoder_sha256 : str or None
+        The hash of the trained cell encoder the features came from (``uns/hashes``); None for
+        the pretrained encoder or a file from elsewhere.
     """
 
     name: str
@@ -65,6 +68,7 @@ class FeatureInput:
     domain_scaler: DomainStandardScaler | None = None
     n_qc_failed: dict[str, int] = field(default_factory=dict)
     user_labelled: np.ndarray | None = None
+    encoder_sha256: str | None = None
 
     @cached_property
     def sha256(self) -> str:
@@ -75,6 +79,12 @@ class FeatureInput:
         """``X`` with each domain standardised by its own statistics, float32, same shape."""
         scaler = self.domain_scaler or DomainStandardScaler().fit(self.X, domains=self.domains)
         return scaler.transform(self.X, domains=self.domains).astype(np.float32)
+
+
+def encoder_hash(uns: dict) -> str | None:
+    """The trained cell encoder's hash a feature file's ``uns`` records (None: none trained)."""
+    value = dict(uns.get("hashes", {}) or {}).get("cae_encoder")
+    return None if value is None else str(value)
 
 
 def read_target_labels(path: str | Path, classes: Sequence[str]) -> dict[str, str]:
@@ -184,4 +194,5 @@ def load_input(name: str, path: str | Path, key: str = "X",
                         dict(fs.uns.get("signature", {})),
                         DomainStandardScaler().fit(X, domains=fs.domains) if domain_stats
                         else None, n_qc_failed={str(d): int(n) for d, n in failed.items()},
-                        user_labelled=user[keep] if user.any() else None)
+                        user_labelled=user[keep] if user.any() else None,
+                        encoder_sha256=encoder_hash(fs.uns))

@@ -46,7 +46,13 @@ from dorl.classify.adaptation import (
     model_density,
     vote_agreement,
 )
-from dorl.classify.inputs import UNLABELLED, FeatureInput, load_input, read_target_labels
+from dorl.classify.inputs import (
+    UNLABELLED,
+    FeatureInput,
+    encoder_hash,
+    load_input,
+    read_target_labels,
+)
 from dorl.classify.model_files import (
     MODEL_SUFFIX,
     ModelFileError,
@@ -272,7 +278,8 @@ def _save_model(path: Path, fitted, task: _Task) -> None:
         "model": fitted, "classifier": task.classifier, "classes": list(map(str, fitted.classes_)),
         "feature_dim": int(inp.X.shape[1]), "feature_key": inp.key, "feature_set": inp.name,
         "feature_file": str(inp.path), "feature_sha256": inp.sha256,
-        "feature_signature": inp.signature, "domains": sorted(set(inp.domains)),
+        "feature_signature": inp.signature, "encoder_sha256": inp.encoder_sha256,
+        "domains": sorted(set(inp.domains)),
         "n_train": int(len(task.split.train)), "seed": task.seed, "dorl_version": __version__,
         "adaptation": task.adaptation,
     }
@@ -486,6 +493,13 @@ def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str
     signature = dict(fs.uns.get("signature", {}))
     changed = sorted(k for k in set(signature) | set(bundle["feature_signature"])
                      if k != "data" and signature.get(k) != bundle["feature_signature"].get(k))
+    # The same settings train another encoder on other cells: its features are another space.
+    trained, embedded = bundle.get("encoder_sha256"), encoder_hash(fs.uns)
+    if key == "X" and trained is not None and embedded != trained:
+        raise FeatureFileError(
+            f"{features_path} was embedded by another trained encoder (sha256 "
+            f"{str(embedded)[:12]}) than the features model {model_path} was trained on "
+            f"({trained[:12]}): embed these cells with `dorl apply --from` the model's run")
     if changed and key == "X":
         raise FeatureFileError(
             f"{features_path} was embedded with other settings than the features model "
