@@ -82,6 +82,10 @@ def test_malformed_inputs_name_the_problem(tmp_path):
     ("features.bf16=3", "features.bf16 must be a string or true or false"),
     ("sam.finetune.lr=0", "sam.finetune.lr must be > 0"),
     ("sam.infer.min_area_frac=1.5", "sam.infer.min_area_frac must be from 0.0 to 1.0"),
+    ("seed=!!python/object/apply:os.system [ls]",
+     "cannot parse override 'seed=!!python/object/apply:os.system [ls]': could not determine"),
+    ("classify.shot_training.candidates=[all,true]",
+     "classify.shot_training.candidates must be a string or an integer or a number"),
 ])
 def test_a_value_of_the_wrong_type_or_range_is_refused_when_loaded(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -92,6 +96,7 @@ def test_a_value_of_the_wrong_type_or_range_is_refused_when_loaded(override, mes
     "features.bf16=true", "features.bf16=auto", "features.resolution=96",
     "features.resolution=coarsest", "qc.min_predicted_iou=0", "classify.max_train_cells=null",
     "num_threads=2", "cae.loss.mmd=1", "classify.few_shot.shots=[5]",
+    "classify.shot_training.source_per_shot=auto", "classify.shot_training.candidates=[all,2]",
 ])
 def test_values_of_the_key_s_kind_load(override):
     load_config(None, [override])
@@ -140,3 +145,14 @@ def test_a_misspelt_key_assigned_after_loading_is_refused():
         cfg.cae.epoch = 3
     cfg.cae.epochs = 3  # a known key takes a new value
     cfg.classify.features["mine"] = "x.h5ad"  # a user-named mapping takes new keys
+
+
+@pytest.mark.parametrize("override", ["classify.shot_training.source_per_shot=many",
+                                      "classify.shot_training.source_per_shot=-1",
+                                      "classify.shot_training.candidates=[all,-2]",
+                                      "classify.shot_training.candidates=[]"])
+def test_the_classify_stage_refuses_a_shot_route_it_cannot_follow(override):
+    from dorl.classify.settings import ClassifySettings
+
+    with pytest.raises(ConfigError, match="classify.shot_training"):
+        ClassifySettings.from_config(load_config(None, [override]))
