@@ -145,3 +145,23 @@ def test_the_labelling_loop_from_the_page_to_a_better_score(tmp_path, page):
     assert with_labels > without + 0.2, (with_labels, without)
     assert "Your labelled target cells" in (out / "results.md").read_text()
     assert OmegaConf.select(cfg, "classify.target_labels") == str(csv_path)
+
+
+def test_any_file_name_comes_back_as_it_is_and_runs_nothing(tmp_path, page):
+    """Names that would end the data's script block or open an HTML comment in it."""
+    import numpy as np
+
+    from dorl.viz.explorer import write_explorer
+
+    names = ["<!--<script>.png", "</script><b id='injected'>x</b>.png", "a & b \"quoted\".png",
+             "<img src=x onerror=document.title='ran'>.png", "plain.png"]
+    obs = pd.DataFrame({"domain": ["lab_a", "lab_b"] * 5, "label": ["monocyte"] * 10,
+                        "path": [f"{i}_{n}" for i, n in enumerate(names * 2)]},
+                       index=[str(i) for i in range(10)])
+    coords = np.random.default_rng(0).normal(size=(10, 2))
+    html = write_explorer(coords, obs, None, tmp_path / "umap.html", "names")
+    page.open(html, READY)
+    assert page.evaluate("CELLS.map(c => c.p)") == list(obs["path"])
+    assert page.evaluate("document.getElementById('injected') === null")
+    assert page.evaluate("document.title") == "names"
+    assert page.errors == []

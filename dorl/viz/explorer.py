@@ -262,7 +262,10 @@ def write_explorer(coords: np.ndarray, obs: pd.DataFrame, image_dir: Path | None
     classes = sorted(set(labels) - {UNKNOWN})
 
     def data(value) -> str:
-        return json.dumps(value).replace("</", "<\\/")
+        # No <, > or & reaches the script block: `</script>` and `<!--` in a file name would
+        # end it or turn the rest into a comment. The escapes read back as the same strings.
+        return (json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e")
+                .replace("&", "\\u0026"))
 
     page = _PAGE.format(
         title=html.escape(title), note=html.escape(note), plotly=plotly.offline.get_plotlyjs(),
