@@ -257,6 +257,25 @@ def case_image_too_large(tmp, tiny_cfg):
     return _embed_case(tmp, tiny_cfg, "huge.png", huge), r"huge.png.*8001x8000, larger than"
 
 
+def case_tiff_declaring_a_huge_image(tmp, tiny_cfg):
+    def huge(p):  # a 16x16 TIFF whose header says 30000x30000: refused before decoding
+        import struct
+
+        import tifffile
+
+        tifffile.imwrite(p, np.zeros((16, 16, 3), np.uint8))
+        with tifffile.TiffFile(p) as tif:
+            tags = tif.pages[0].tags
+            offsets = [tags[name].valueoffset for name in ("ImageWidth", "ImageLength")]
+            kinds = [tags[name].dtype for name in ("ImageWidth", "ImageLength")]
+        data = bytearray(p.read_bytes())
+        for offset, kind in zip(offsets, kinds):
+            fmt = "<H" if int(kind) == 3 else "<I"
+            data[offset:offset + struct.calcsize(fmt)] = struct.pack(fmt, 30000)
+        p.write_bytes(bytes(data))
+    return _embed_case(tmp, tiny_cfg, "huge.tif", huge), r"huge.tif.*30000x30000, larger than"
+
+
 def case_feature_file_of_another_config(tmp, tiny_cfg):
     argv, forbidden = _embed_case(tmp, tiny_cfg, "fine.png", _png)
     stale = _features(tmp / "run" / "features.h5ad")

@@ -59,7 +59,13 @@ def _to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
 def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
-    arr = tifffile.imread(path)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        # From the header, before a pixel is decoded: a small file may declare a huge image.
+        if page.imagewidth * page.imagelength > MAX_PIXELS:
+            raise ImageReadError(path, f"image is {page.imagewidth}x{page.imagelength}, larger "
+                                       f"than {MAX_PIXELS:,} pixels; crop single cells first")
+        arr = page.asarray()
     # Multi-page or channel-first stacks: take the first plane, channels last.
     while arr.ndim > 3:
         arr = arr[0]
