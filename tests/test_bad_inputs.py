@@ -391,6 +391,21 @@ def case_predict_untrusted_type(tmp):
         r"m.skops: refused, it holds types dorl does not trust: \['.*Payload'\]"
 
 
+def case_predict_zip_bomb(tmp):
+    """A small archive whose one member expands to 100 MB of zeros: refused from the zip
+    directory, before skops reads it."""
+    import zipfile
+
+    path = _features(tmp / "f.h5ad")
+    with zipfile.ZipFile(tmp / "m.skops", "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("schema.json", "w") as member:
+            for _ in range(100):
+                member.write(bytes(1024 ** 2))
+    argv = ["classify", "predict", f"run_dir={tmp / 'run'}", "--model", str(tmp / "m.skops"),
+            "--features", str(path), "--out", str(tmp / "p.csv")]
+    return (argv, [tmp / "p.csv"]), r"m.skops: refused, it would expand to 104,857,600 bytes"
+
+
 def case_apply_from_unfinished_run(tmp):
     (tmp / "old").mkdir()
     argv = ["apply", "--from", str(tmp / "old"), f"run_dir={tmp / 'new'}"]
