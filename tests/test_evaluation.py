@@ -395,9 +395,10 @@ def test_target_labels_are_read_without_case_or_spaces_and_repeats_that_agree_pa
     from dorl.classify.inputs import read_target_labels
 
     path = tmp_path / "labels.csv"
-    path.write_text("path,label\na.png,Neutrophil \nb.png, basophil\nb.png,BASOPHIL\n")
-    assert read_target_labels(path, ("basophil", "neutrophil")) == {"a.png": "neutrophil",
-                                                                    "b.png": "basophil"}
+    path.write_text("path,label\na.png,Neutrophil \nb.png, basophil\nb.png,BASOPHIL\n"
+                    "c.png,unknown\n")
+    assert read_target_labels(path, ("basophil", "neutrophil")) == {
+        "a.png": "neutrophil", "b.png": "basophil", "c.png": "unknown"}
 
 
 def test_predict_file_refuses_features_of_another_trained_encoder(cfg, tmp_path):

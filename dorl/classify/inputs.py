@@ -96,7 +96,7 @@ def read_target_labels(path: str | Path, classes: Sequence[str]) -> dict[str, st
     ----------
     path : str or Path
     classes : sequence of str
-        The label space's classes: the only labels a row may give.
+        The label space's classes: the only labels a row may give, besides ``unknown``.
 
     Raises
     ------
@@ -121,7 +121,7 @@ def read_target_labels(path: str | Path, classes: Sequence[str]) -> dict[str, st
                                f"needs path,label")
     if table.empty:
         raise FeatureFileError(f"{path}: no rows under the path,label header")
-    known = {c.lower(): c for c in classes}
+    known = {c.lower(): c for c in (*classes, UNKNOWN)}  # unknown: left out, as in a manifest
     labels = table["label"].str.strip().str.lower().map(known)
     foreign = table.loc[labels.isna(), "label"]
     if len(foreign):
@@ -169,9 +169,10 @@ def load_input(name: str, path: str | Path, key: str = "X",
             raise FeatureFileError(f"{path}: none of the {len(user_labels)} cells of "
                                    f"classify.target_labels is in it (matched by path)")
         labels[user] = [user_labels[p] for p in paths[user]]
-        unmatched = len(user_labels) - len(set(paths[user]))
+        matched = set(paths[user])
+        unmatched = len(user_labels) - len(matched)
         if unmatched:
-            example = next(p for p in user_labels if p not in set(paths[user]))
+            example = next(p for p in user_labels if p not in matched)
             logger.warning("%s: %d of the %d cells of classify.target_labels are not in it "
                            "(matched by path as the feature file stores it, e.g. %r)", path,
                            unmatched, len(user_labels), example)
