@@ -391,6 +391,32 @@ def case_predict_untrusted_type(tmp):
         r"m.skops: refused, it holds types dorl does not trust: \['.*Payload'\]"
 
 
+def case_predict_bundle_whose_model_is_a_string(tmp):
+    import skops.io as sio
+
+    path = _features(tmp / "f.h5ad")
+    sio.dump({"model": "not a model", "classes": ["monocyte"], "feature_dim": 3,
+              "feature_key": "X", "feature_signature": {}, "feature_file": "x"},
+             tmp / "m.skops")
+    argv = ["classify", "predict", f"run_dir={tmp / 'run'}", "--model", str(tmp / "m.skops"),
+            "--features", str(path), "--out", str(tmp / "p.csv")]
+    return (argv, [tmp / "p.csv"]), r"m.skops: not a dorl classify model \(its model is a str"
+
+
+def case_predict_bundle_without_its_signature(tmp):
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    path = _features(tmp / "f.h5ad")
+    model = LogisticRegression().fit(np.eye(3), ["monocyte", "basophil", "monocyte"])
+    sio.dump({"model": model, "classes": ["basophil", "monocyte"], "feature_dim": 3,
+              "feature_key": "X", "feature_file": "x"}, tmp / "m.skops")
+    argv = ["classify", "predict", f"run_dir={tmp / 'run'}", "--model", str(tmp / "m.skops"),
+            "--features", str(path), "--out", str(tmp / "p.csv")]
+    return (argv, [tmp / "p.csv"]), \
+        r"m.skops: not a dorl classify model \(no 'feature_signature'\)"
+
+
 def case_predict_zip_bomb(tmp):
     """A small archive whose one member expands to 100 MB of zeros: refused from the zip
     directory, before skops reads it."""

@@ -461,6 +461,11 @@ def classify_from_config(cfg) -> Path:
     return out_dir
 
 
+#: What ``predict_file`` reads of a saved bundle (:func:`_save_model` writes more).
+BUNDLE_KEYS = ("model", "classes", "feature_dim", "feature_key", "feature_signature",
+               "feature_file")
+
+
 def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str | Path) -> Path:
     """Label the cells of a feature file with a model saved by the classify stage.
 
@@ -474,11 +479,14 @@ def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str
     """
     model_path, features_path = Path(model_path), Path(features_path)
     bundle = load_model_bundle(model_path)
-    try:
-        model, classes, dim, key = (bundle["model"], bundle["classes"], bundle["feature_dim"],
-                                    bundle["feature_key"])
-    except KeyError as exc:
-        raise ModelFileError(f"{model_path}: not a dorl classify model (no {exc})") from exc
+    missing = [k for k in BUNDLE_KEYS if k not in bundle]
+    if missing:
+        raise ModelFileError(f"{model_path}: not a dorl classify model (no {missing[0]!r})")
+    model, classes, dim, key = (bundle["model"], bundle["classes"], bundle["feature_dim"],
+                                bundle["feature_key"])
+    if not hasattr(model, "predict"):
+        raise ModelFileError(f"{model_path}: not a dorl classify model (its model is a "
+                             f"{type(model).__name__}, which cannot predict)")
     fs = read_features(features_path, obsm=key != "X")
     X = fs.features(key)
     if X.shape[1] != dim:
