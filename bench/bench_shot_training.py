@@ -36,7 +36,7 @@ from dorl.atomic import write_text_atomic
 from dorl.classify.protocols import make_splits
 from dorl.classify.registry import build_classifier
 from dorl.classify.run import kept_classes, score
-from dorl.classify.shots import ShotTraining, choose_ratio, cross_validated, training_rows
+from dorl.classify.shots import cross_validated, pick_ratio, training_rows
 from dorl.data.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,8 +83,7 @@ def main(argv=None) -> int:
             source = np.setdiff1d(split.train, shots)
             target_classes = kept_classes(labels[domains == ev.target], MIN_CLASS_COUNT)
             cv = cross_validated(model, X, labels, source, shots, list(ROUTES.values()), seed)
-            auto = choose_ratio(model, X, labels, source, shots,
-                                ShotTraining("auto", tuple(ROUTES.values())), seed)
+            auto = pick_ratio(cv, list(ROUTES.values()))  # what `auto` chooses from them
             for route, ratio in [*ROUTES.items(), ("auto", auto)]:
                 train = training_rows(source, shots, labels, ratio,
                                       np.random.default_rng([seed, split.fold]))

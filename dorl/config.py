@@ -109,12 +109,10 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
             raise ConfigError(f"override {item!r} is not of the form key=value")
     for item in overrides:
         try:  # a YAML tag in a value is refused here as it is in a file
-            OmegaConf.from_dotlist([item])
+            layers.append(("command line", OmegaConf.from_dotlist([item])))
         except Exception as exc:
             raise ConfigError(f"cannot parse override {item!r}: "
                               f"{str(exc).splitlines()[0]}") from exc
-    if overrides:
-        layers.append(("command line", OmegaConf.from_dotlist(overrides)))
     for origin, layer in layers:
         try:
             cfg = OmegaConf.merge(cfg, layer)

@@ -111,8 +111,15 @@ def choose_ratio(model, X: np.ndarray, labels: np.ndarray, source: np.ndarray,
     candidate when the shots cannot be cross-validated)."""
     if training.source_per_shot != AUTO:
         return training.source_per_shot
-    scores = cross_validated(model, X, labels, source, shots, training.candidates, seed)
+    return pick_ratio(cross_validated(model, X, labels, source, shots, training.candidates,
+                                      seed), training.candidates)
+
+
+def pick_ratio(scores: dict[float | None, float] | None,
+               candidates: Sequence[float | None]) -> float | None:
+    """The candidate of highest :func:`cross_validated` score (within :data:`TIE`, the
+    earliest); the first candidate when there are no scores."""
     if scores is None:
-        return training.candidates[0]
+        return candidates[0]
     top = max(scores.values())
-    return next(r for r in training.candidates if scores[r] >= top - TIE)
+    return next(r for r in candidates if scores[r] >= top - TIE)

@@ -56,15 +56,20 @@ def _to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
     raise ImageReadError(path, f"unsupported image shape {arr.shape}; expected grey, RGB or RGBA")
 
 
+def _refuse_too_large(path: Path, width: int, height: int) -> None:
+    """Refuse an image whose header declares more than :data:`MAX_PIXELS`, before a pixel is
+    decoded: a small file may declare a huge image."""
+    if width * height > MAX_PIXELS:
+        raise ImageReadError(path, f"image is {width}x{height}, larger than {MAX_PIXELS:,} "
+                                   f"pixels; crop single cells first")
+
+
 def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
-        # From the header, before a pixel is decoded: a small file may declare a huge image.
-        if page.imagewidth * page.imagelength > MAX_PIXELS:
-            raise ImageReadError(path, f"image is {page.imagewidth}x{page.imagelength}, larger "
-                                       f"than {MAX_PIXELS:,} pixels; crop single cells first")
+        _refuse_too_large(path, page.imagewidth, page.imagelength)
         arr = page.asarray()
     # Multi-page or channel-first stacks: take the first plane, channels last.
     while arr.ndim > 3:
@@ -78,9 +83,7 @@ def _read_pil(path: Path) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageReadError(path, f"image is {img.width}x{img.height}, larger than "
-                                           f"{MAX_PIXELS:,} pixels; crop single cells first")
+            _refuse_too_large(path, img.width, img.height)
             img = ImageOps.exif_transpose(img)
             if img.mode == "P":
                 img = img.convert("RGBA")
