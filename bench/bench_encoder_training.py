@@ -17,6 +17,11 @@ Variants (fixed before any was measured; docs/benchmarks.md, "The cross-domain a
                       statistics (cae.augment.cross_lab_stain=0.5)
   contrastive, 6 epochs / + cross-lab colour, 6 epochs
                       three times the steps
+  + cross-lab neighbours
+                      a second InfoNCE whose positive is the cell's nearest cell of another lab
+                      in the batch, from the second epoch (cae.loss.cross_lab_neighbour=1)
+  batch 32 per lab    twice the cells a step, half the steps (cae.batch_per_domain=32)
+  + cross-lab neighbours, 6 epochs
 
 The rule that chooses the default (Run O, written before its run): LISC and Zheng are
 validation labs, zero-label: their labels score, never train. A variant's score is the mean of
@@ -96,6 +101,10 @@ VARIANTS = {
     "+ cross-lab colour": [*TRAINED, "cae.augment.cross_lab_stain=0.5"],
     "contrastive, 6 epochs": [*TRAINED, "cae.epochs=6"],
     "+ cross-lab colour, 6 epochs": [*TRAINED, "cae.augment.cross_lab_stain=0.5", "cae.epochs=6"],
+    "+ cross-lab neighbours": [*TRAINED, "cae.loss.cross_lab_neighbour=1.0"],
+    "batch 32 per lab": [*TRAINED, "cae.batch_per_domain=32"],
+    "+ cross-lab neighbours, 6 epochs": [*TRAINED, "cae.loss.cross_lab_neighbour=1.0",
+                                         "cae.epochs=6"],
 }
 TARGETS = ("lisc", "zheng2018")
 RULE_SEED, TIE, N_FOLDS = 0, 0.01, 5

@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dorl.cae.alignment import class_balanced_mmd2, mmd2
-from dorl.cae.contrastive import info_nce
+from dorl.cae.contrastive import cross_lab_neighbour_nce, info_nce
 from dorl.cae.models import CellAutoencoder
 from dorl.cae.settings import CAESettings
 from dorl.cae.train import (
@@ -132,6 +132,8 @@ def test_settings_refuse_what_cannot_train():
         ({"features.encoders": ["litemedsam"]}, "features.encoders"),
         ({"features.stain": "macenko"}, "features.stain=none"),
         ({"cae.temperature": 0}, "temperature"),
+        ({"cae.neighbours_after_epochs": -1}, "neighbours_after_epochs"),
+        ({"cae.loss.cross_lab_neighbour": -0.5}, "weights must be >= 0"),
     ]:
         with pytest.raises(ConfigError, match=message):
             _settings(**overrides)
@@ -196,3 +198,30 @@ def test_cross_lab_stain_views_change_training_and_stay_reproducible(tmp_path):
         torch.testing.assert_close(swapped[key], again[key], msg=key)
     with pytest.raises(ConfigError, match="cross_lab_stain"):
         _settings(**{"cae.augment.cross_lab_stain": 1.5})
+
+
+def test_cross_lab_neighbour_positive_comes_from_another_lab():
+    # Lab 0's cell i and lab 1's cell i share a direction; within a lab the directions differ.
+    base = torch.eye(4)
+    z1 = torch.cat([base, base + 0.05])
+    domains = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    matched = cross_lab_neighbour_nce(z1, z1.clone(), domains, 0.1)
+    # The same views with lab 1's cells in another order: their neighbours' views mismatch.
+    shuffled = torch.cat([base, base[[1, 2, 3, 0]] + 0.05])
+    mismatched = cross_lab_neighbour_nce(z1, shuffled, domains, 0.1)
+    # Matched: the cell's own view ties only with its twin's (log 2); mismatched: far worse.
+    assert float(matched) < 0.75 and float(mismatched) > 3.0
+    one_lab = cross_lab_neighbour_nce(z1, z1, torch.zeros(8, dtype=torch.long), 0.1)
+    assert float(one_lab) == 0.0
+
+
+def test_cross_lab_neighbour_term_waits_for_its_epoch_and_changes_training(tmp_path):
+    def run(name, **overrides):
+        return _train(tmp_path / name, _settings(**{"cae.epochs": 2, **overrides}))
+
+    late = run("late", **{"cae.loss.cross_lab_neighbour": 1.0, "cae.neighbours_after_epochs": 1})
+    assert late.history[0]["cross_lab_neighbour"] == 0.0
+    assert late.history[1]["cross_lab_neighbour"] > 0.0
+    plain = torch.load(run("plain").checkpoint, weights_only=True)
+    trained = torch.load(late.checkpoint, weights_only=True)
+    assert any(not torch.equal(plain[k], trained[k]) for k in plain)

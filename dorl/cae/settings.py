@@ -21,11 +21,14 @@ class LossWeights:
     reconstruction: float
     mmd: float
     supervised: float
+    cross_lab_neighbour: float = 0.0
 
     def __post_init__(self):
-        if min(self.contrastive, self.reconstruction, self.mmd, self.supervised) < 0:
+        weights = (self.contrastive, self.reconstruction, self.mmd, self.supervised,
+                   self.cross_lab_neighbour)
+        if min(weights) < 0:
             raise ConfigError(f"cae.loss weights must be >= 0, got {self}")
-        if not any((self.contrastive, self.reconstruction, self.mmd, self.supervised)):
+        if not any(weights):
             raise ConfigError("cae.loss: every weight is 0, nothing to train (set "
                               "cae.enabled=false for the frozen encoder)")
 
@@ -49,6 +52,7 @@ class CAESettings:
     projection_dim: int
     temperature: float
     loss: LossWeights
+    neighbours_after_epochs: int
     class_balanced_mmd: bool
     mmd_bandwidths: tuple[float, ...]
     augment: ViewAugment
@@ -80,7 +84,8 @@ class CAESettings:
             raise ConfigError(f"cae.supervision must be one of {list(SUPERVISION)}, got "
                               f"{cae.supervision!r}")
         loss = LossWeights(float(cae.loss.contrastive), float(cae.loss.reconstruction),
-                           float(cae.loss.mmd), float(cae.loss.supervised))
+                           float(cae.loss.mmd), float(cae.loss.supervised),
+                           float(cae.loss.cross_lab_neighbour))
         label_domains = tuple(str(d) for d in cae.label_domains)
         if cae.supervision == "source_labels":
             if not label_domains:
@@ -97,6 +102,9 @@ class CAESettings:
         for key in ("epochs", "batch_per_domain", "projection_dim"):
             if int(cae[key]) < 1:
                 raise ConfigError(f"cae.{key} must be >= 1, got {cae[key]}")
+        if int(cae.neighbours_after_epochs) < 0:
+            raise ConfigError(f"cae.neighbours_after_epochs must be >= 0, got "
+                              f"{cae.neighbours_after_epochs}")
         if float(cae.temperature) <= 0:
             raise ConfigError(f"cae.temperature must be > 0, got {cae.temperature}")
         a = cae.augment
@@ -111,7 +119,8 @@ class CAESettings:
             lr=float(cae.lr), head_lr=float(cae.head_lr),
             lr_warmup_epochs=float(cae.lr_warmup_epochs), weight_decay=float(cae.weight_decay),
             projection_dim=int(cae.projection_dim), temperature=float(cae.temperature),
-            loss=loss, class_balanced_mmd=bool(cae.class_balanced_mmd),
+            loss=loss, neighbours_after_epochs=int(cae.neighbours_after_epochs),
+            class_balanced_mmd=bool(cae.class_balanced_mmd),
             mmd_bandwidths=tuple(float(b) for b in cae.mmd_bandwidths),
             augment=ViewAugment(float(a.stain_scale), float(a.stain_bias), float(a.brightness),
                                 float(a.contrast), float(a.saturation), float(a.blur_prob),

@@ -5,6 +5,7 @@ every cell (:mod:`dorl.cae.views`) and minimises
 
     contrastive * InfoNCE(views) + reconstruction * (1 - SSIM + L1)(decoded views)
         + mmd * MMD^2(labs' embeddings) + supervised * CE(labelled source cells)
+        + cross_lab_neighbour * InfoNCE(views, positives from another lab)
 
 with the MMD averaged over every pair of labs in the batch (class-balanced, by labels and the
 classifier head's predictions, when ``cae.class_balanced_mmd`` and a head exist). Each lab's
@@ -41,7 +42,7 @@ from dorl.artifacts import CAE_CHECKPOINT, reusable
 from dorl.atomic import atomic_path, write_text_atomic
 from dorl.cae.alignment import class_balanced_mmd2, mmd2, pairwise_alignment
 from dorl.cae.batches import DomainBalancedBatches
-from dorl.cae.contrastive import info_nce
+from dorl.cae.contrastive import cross_lab_neighbour_nce, info_nce
 from dorl.cae.lab_stain import LabStain, lab_stain, other_labs, swap_stain
 from dorl.cae.models import CAEOutput, CellAutoencoder
 from dorl.cae.settings import CAESettings
@@ -54,7 +55,7 @@ from dorl.row_sources import RowSource
 
 logger = logging.getLogger(__name__)
 
-LOSS_TERMS = ("contrastive", "reconstruction", "mmd", "supervised")
+LOSS_TERMS = ("contrastive", "reconstruction", "mmd", "supervised", "cross_lab_neighbour")
 #: The adapted encoder's weights (a state dict of the EfficientNet-Lite) and their record.
 ENCODER_FILE, RECORD_FILE = "encoder.pt", "encoder.json"
 
@@ -156,7 +157,8 @@ def _mmd(pooled: torch.Tensor, logits: torch.Tensor | None, labels: torch.Tensor
 
 
 def compute_losses(out: CAEOutput, pixels: torch.Tensor, labels: torch.Tensor,
-                   domains: np.ndarray, settings: CAESettings) -> dict[str, torch.Tensor]:
+                   domains: np.ndarray, settings: CAESettings,
+                   neighbours: bool = True) -> dict[str, torch.Tensor]:
     """The weighted loss terms of one batch of both views and their sum under ``"total"``.
 
     Parameters
@@ -167,6 +169,8 @@ def compute_losses(out: CAEOutput, pixels: torch.Tensor, labels: torch.Tensor,
     labels : Tensor of shape (b,)
         Class index, -1 where the label is not to be learnt from.
     domains : int ndarray of shape (b,)
+    neighbours : bool
+        Whether the cross-lab neighbour term counts yet (``cae.neighbours_after_epochs``).
     """
     w = settings.loss
     b = len(labels)
@@ -184,6 +188,10 @@ def compute_losses(out: CAEOutput, pixels: torch.Tensor, labels: torch.Tensor,
     if w.mmd > 0:
         terms["mmd"] = w.mmd * _mmd(out.pooled[:b], None if out.logits is None
                                     else out.logits[:b], labels, domains, settings)
+    if w.cross_lab_neighbour > 0 and neighbours:
+        terms["cross_lab_neighbour"] = w.cross_lab_neighbour * cross_lab_neighbour_nce(
+            out.projected[:b], out.projected[b:], torch.from_numpy(domains).to(labels.device),
+            settings.temperature)
     if w.supervised > 0 and bool((labels >= 0).any()):
         both = torch.cat([labels, labels])
         known = both >= 0
@@ -257,7 +265,8 @@ def _train_epoch(model: CellAutoencoder, data: CAEData, rows: np.ndarray,
         labels = torch.from_numpy(data.labels[idx].astype(np.int64)).to(device)
         # A view rendered in another lab's stain is normalised with that lab's cells.
         out = _by_domain(model, pixels, np.concatenate([domains, second_domains]))
-        terms = compute_losses(out, pixels, labels, domains, settings)
+        terms = compute_losses(out, pixels, labels, domains, settings,
+                               neighbours=epoch >= settings.neighbours_after_epochs)
         optimizer.zero_grad(set_to_none=True)
         (weight * terms["total"]).backward()
         _average_gradients(model, group)
