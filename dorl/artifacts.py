@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from dorl.errors import InputError
 from dorl.provenance import signature_of
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ FEATURE_FILE = Artifact("feature file", ("seed", "data.label_space", *SAM_MODEL,
                                          "sam.infer", "features", "qc", "cae"))
 
 
-class ArtifactMismatchError(ValueError):
+class ArtifactMismatchError(InputError, ValueError):
     """A refused artifact: it was made by another config or dataset."""
 
 

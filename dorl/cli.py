@@ -86,26 +86,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: The commands that write a run folder's products: one process at a time per folder.
 WRITING_STAGES = ("embed", "apply", "classify.run", "umap")
+#: The commands that only read: they log to the console and write nothing in the run folder
+#: (``classify predict`` writes only its ``--out`` file).
+READ_ONLY_STAGES = ("info", "classify.predict")
 
 
 def _prepare(args: argparse.Namespace, stage: str, held: ExitStack):
     """Load config, hold run_dir for a writing stage (for as long as ``held``), seed, set up
-    logging into run_dir and write provenance for this command."""
+    logging (into run_dir unless the stage only reads) and write provenance for this command."""
     from dorl.config import load_config, save_resolved
     from dorl.device import configure_threads
     from dorl.distributed import current
-    from dorl.provenance import package_versions, setup_run_logging, utc_now
+    from dorl.provenance import (package_versions, setup_console_logging, setup_run_logging,
+                                 utc_now)
     from dorl.run_lock import hold_run_dir
     from dorl.seeding import seed_everything
 
     cfg = load_config(args.config, args.overrides)
+    seed_everything(cfg.seed)
+    configure_threads(cfg.num_threads)
+    if stage in READ_ONLY_STAGES:
+        setup_console_logging(args.verbose)
+        return cfg
     run_dir = Path(cfg.run_dir)
     rank = current().rank
     if stage in WRITING_STAGES and rank == 0:  # the other ranks work under rank 0's hold
         held.enter_context(hold_run_dir(run_dir))
     setup_run_logging(run_dir, args.verbose, rank)
-    seed_everything(cfg.seed)
-    configure_threads(cfg.num_threads)
     if rank > 0:  # one copy of the run's config and versions, written by rank 0
         return cfg
     save_resolved(cfg, run_dir, f"config.{stage}.yaml")
@@ -115,109 +122,122 @@ def _prepare(args: argparse.Namespace, stage: str, held: ExitStack):
     return cfg
 
 
-def _run(args: argparse.Namespace) -> int:
-    command = args.command
-    action = getattr(args, "action", None)
-    stage = f"{command}.{action}" if action else command
-    with ExitStack() as held:
-        return _run_stage(args, command, action, stage, _prepare(args, stage, held))
+def _data_synth(args: argparse.Namespace, cfg) -> None:
+    from dorl.data.synth.generate import generate_from_config
+
+    manifest = generate_from_config(cfg)
+    logger.info("synthetic dataset: %d cells in %s", len(manifest), cfg.data.root)
 
 
-def _run_stage(args: argparse.Namespace, command: str, action: str | None, stage: str,
-               cfg) -> int:
-    start = time.perf_counter()
-    if command == "data" and action == "prepare":
-        action = "manifest" if cfg.data.sources else "synth"
-    if command == "data" and action == "synth":
-        from dorl.data.synth.generate import generate_from_config
+def _data_manifest(args: argparse.Namespace, cfg) -> None:
+    from omegaconf import OmegaConf
 
-        manifest = generate_from_config(cfg)
-        logger.info("synthetic dataset: %d cells in %s", len(manifest), cfg.data.root)
-    elif command == "data" and action == "manifest":
-        from omegaconf import OmegaConf
+    from dorl.data.readers import build_manifest
 
-        from dorl.data.readers import build_manifest
-
-        sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
-        manifest, report = build_manifest(sources, cfg.data.label_space, cfg.data.manifest)
-        logger.info("manifest %s: %d cells, data signature %s, %d duplicates dropped, "
-                    "%d conflicting copies dropped", cfg.data.manifest, len(manifest),
-                    manifest.signature(), len(report.dropped), len(report.conflicting))
-    elif command == "sam" and action == "finetune":
-        from dorl.data.readers import manifest_from_config
-        from dorl.sam.finetune import finetune_from_config
-
-        finetune_from_config(cfg, manifest_from_config(cfg))
-    elif command == "sam" and action == "eval":
-        from dorl.data.readers import manifest_from_config
-        from dorl.sam.evaluate import evaluate_from_config
-
-        evaluate_from_config(cfg, manifest_from_config(cfg))
-    elif command == "embed":
-        from dorl.pipeline.embed import run_embed
-        from dorl.distributed import shutdown
-
-        try:
-            path = run_embed(cfg)
-        finally:
-            shutdown()
-        logger.info("features: %s", path)
-    elif command == "apply":
-        from dorl.pipeline.apply import apply_run
-
-        path = apply_run(args.from_run, cfg)
-        logger.info("features of the new cells: %s", path)
-    elif command == "classify" and action == "run":
-        from dorl.classify.run import classify_from_config
-
-        out = classify_from_config(cfg)
-        logger.info("classification results: %s", out)
-    elif command == "classify" and action == "predict":
-        from dorl.classify.run import predict_file
-
-        predict_file(args.model, args.features, args.out)
-    elif command == "umap":
-        from dorl.viz.umap import umap_from_config
-
-        out = umap_from_config(cfg)
-        logger.info("UMAP plots: %s", out)
-    elif command == "info":
-        from dorl.info import describe
-
-        logger.info("\n%s", describe(cfg, outputs=args.outputs))
-    logger.info("%s finished in %.1f s", stage, time.perf_counter() - start)
-    return 0
+    sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
+    manifest, report = build_manifest(sources, cfg.data.label_space, cfg.data.manifest)
+    logger.info("manifest %s: %d cells, data signature %s, %d duplicates dropped, "
+                "%d conflicting copies dropped", cfg.data.manifest, len(manifest),
+                manifest.signature(), len(report.dropped), len(report.conflicting))
 
 
-# Errors that mean bad input (a config, a file, a dataset), not a bug: reported in one line, exit
-# status 2. Looked up only in modules already imported (an error can only come from one of those),
-# so a command never imports torch just to name an error class.
-INPUT_ERRORS = {
-    "dorl.config": "ConfigError", "dorl.data.manifest": "ManifestError",
-    "dorl.data.taxonomy": "TaxonomyError", "dorl.data.images": "ImageReadError",
-    "dorl.featstore": "FeatureFileError", "dorl.cae.train": "CheckpointError",
-    "dorl.sam.checkpoints": "CheckpointMismatchError", "dorl.classify.registry": "ClassifierError",
-    "dorl.classify.protocols": "ProtocolError", "dorl.classify.model_files": "ModelFileError",
-    "dorl.run_lock": "RunLockedError", "dorl.data.synth.generate": "SynthError",
-    "dorl.data.synth.domains": "DomainError", "dorl.write_failures": "StoreWriteError",
+def _data_prepare(args: argparse.Namespace, cfg) -> None:
+    (_data_manifest if cfg.data.sources else _data_synth)(args, cfg)
+
+
+def _sam_finetune(args: argparse.Namespace, cfg) -> None:
+    from dorl.data.readers import manifest_from_config
+    from dorl.sam.finetune import finetune_from_config
+
+    finetune_from_config(cfg, manifest_from_config(cfg))
+
+
+def _sam_eval(args: argparse.Namespace, cfg) -> None:
+    from dorl.data.readers import manifest_from_config
+    from dorl.sam.evaluate import evaluate_from_config
+
+    evaluate_from_config(cfg, manifest_from_config(cfg))
+
+
+def _embed(args: argparse.Namespace, cfg) -> None:
+    from dorl.distributed import shutdown
+    from dorl.pipeline.embed import run_embed
+
+    try:
+        path = run_embed(cfg)
+    finally:
+        shutdown()
+    logger.info("features: %s", path)
+
+
+def _apply(args: argparse.Namespace, cfg) -> None:
+    from dorl.pipeline.apply import apply_run
+
+    logger.info("features of the new cells: %s", apply_run(args.from_run, cfg))
+
+
+def _classify_run(args: argparse.Namespace, cfg) -> None:
+    from dorl.classify.run import classify_from_config
+
+    logger.info("classification results: %s", classify_from_config(cfg))
+
+
+def _classify_predict(args: argparse.Namespace, cfg) -> None:
+    from dorl.classify.run import predict_file
+
+    predict_file(args.model, args.features, args.out)
+
+
+def _umap(args: argparse.Namespace, cfg) -> None:
+    from dorl.viz.umap import umap_from_config
+
+    logger.info("UMAP plots: %s", umap_from_config(cfg))
+
+
+def _info(args: argparse.Namespace, cfg) -> None:
+    from dorl.info import describe
+
+    logger.info("\n%s", describe(cfg, outputs=args.outputs))
+
+
+#: ``command`` or ``command.action`` -> what it runs, given the parsed arguments and the config.
+COMMANDS = {
+    "data.prepare": _data_prepare, "data.synth": _data_synth, "data.manifest": _data_manifest,
+    "sam.finetune": _sam_finetune, "sam.eval": _sam_eval, "embed": _embed, "apply": _apply,
+    "classify.run": _classify_run, "classify.predict": _classify_predict, "umap": _umap,
+    "info": _info,
 }
 
 
-def input_errors() -> tuple[type[BaseException], ...]:
-    """The :data:`INPUT_ERRORS` classes of the loaded modules, plus ``FileNotFoundError``."""
-    return tuple(getattr(sys.modules[module], name) for module, name in INPUT_ERRORS.items()
-                 if module in sys.modules) + (FileNotFoundError,)
+def _run(args: argparse.Namespace) -> int:
+    action = getattr(args, "action", None)
+    stage = f"{args.command}.{action}" if action else args.command
+    with ExitStack() as held:
+        cfg = _prepare(args, stage, held)
+        start = time.perf_counter()
+        COMMANDS[stage](args, cfg)
+        logger.info("%s finished in %.1f s", stage, time.perf_counter() - start)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dorl`` console script and ``python -m dorl``."""
+    """Entry point of the ``dorl`` console script and ``python -m dorl``.
+
+    Returns 0 on success; 2 for bad input (an :class:`~dorl.errors.InputError`, a missing file,
+    a full disk), reported in one line; 130 after Ctrl-C, also in one line (a rerun resumes).
+    """
+    from dorl.errors import InputError
+
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
+    except KeyboardInterrupt:
+        logger.error("interrupted; what was finished is saved, and the same command resumes")
+        return 130
     except Exception as exc:
         from dorl.write_failures import describe, write_failure
 
-        if isinstance(exc, input_errors()):
+        if isinstance(exc, (InputError, FileNotFoundError)):
             logger.error("%s", exc)
         elif write_failure(exc) is not None:  # a full disk, a quota, a read-only folder
             logger.error("%s", describe(exc))

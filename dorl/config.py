@@ -9,6 +9,8 @@ from typing import Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from dorl.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ NUMBER_RANGES = {
 POSITIVE = ("sam.lora.alpha", "sam.finetune.lr", "cae.lr", "cae.head_lr")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A config file or override is malformed or names a key that does not exist."""
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from dorl.atomic import atomic_path
+from dorl.errors import InputError
 from dorl.row_sources import BLOCK_ROWS, blocks
 from dorl.write_failures import ensure_room
 
@@ -38,7 +39,7 @@ OBS_COLUMNS = ("path", "domain", "label", "label_raw", "label_fine", "split", "g
 _STR = h5py.string_dtype("utf-8")
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(InputError, ValueError):
     """A feature file is missing, malformed, or was made by another config or dataset."""
 
 

@@ -61,18 +61,25 @@ def setup_run_logging(run_dir: str | Path, verbose: bool = False, rank: int = 0)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / ("dorl.log" if rank == 0 else f"dorl.rank{rank}.log")
+    _log_to([logging.FileHandler(log_path, encoding="utf-8"), logging.StreamHandler()], verbose)
+    return log_path
+
+
+def setup_console_logging(verbose: bool = False) -> None:
+    """Send dorl's log records to the console only (the commands that write no run folder)."""
+    _log_to([logging.StreamHandler()], verbose)
+
+
+def _log_to(handlers: list[logging.Handler], verbose: bool) -> None:
     root = logging.getLogger("dorl")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     close_run_logging()
-    file_handler = logging.FileHandler(log_path, encoding="utf-8")
-    console = logging.StreamHandler()
-    for handler in (file_handler, console):
+    for handler in handlers:
         handler.setFormatter(fmt)
         handler._dorl = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.propagate = False
-    return log_path
 
 
 def close_run_logging() -> None:

@@ -18,12 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from dorl.errors import InputError
 from dorl.provenance import utc_now
 
 LOCK_FILE = ".dorl.lock"
 
 
-class RunLockedError(ValueError):
+class RunLockedError(InputError, ValueError):
     """Another process holds the run folder."""
 
 

@@ -17,6 +17,8 @@ import re
 import shutil
 from pathlib import Path
 
+from dorl.errors import InputError
+
 #: The errnos that mean "this machine cannot write there", not a bug.
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
                           errno.EPERM})
@@ -41,7 +43,7 @@ def ensure_room(path: str | os.PathLike, nbytes: int) -> None:
                                     f"{needed / 2**20:.1f} MiB needed", str(path))
 
 
-class StoreWriteError(Exception):
+class StoreWriteError(InputError):
     """A resumable store could not be written; its rows so far are on disk, and the same
     command resumes from them once the disk has room."""
 

@@ -186,6 +186,18 @@ def case_domain_left_with_one_cell_after_dedup(tmp):
             r"fewer than 2 cells.*'b': 1")
 
 
+def case_file_name_not_utf8(tmp):
+    import os
+
+    for lab in ("a", "b"):
+        _lab(tmp / lab)
+    bad = os.fsencode(tmp / "a" / "monocyte") + b"/cell_\xe9.png"
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(bad)
+    sources = [{"format": "class_folders", "path": str(tmp / lab), "domain": lab}
+               for lab in ("a", "b")]
+    return _manifest_case(tmp, sources), r"cell_\\xe9.png: the file name is not valid UTF-8"
+
+
 def case_unknown_group_by(tmp):
     _lab(tmp / "a")
     return (_manifest_case(tmp, [{"format": "class_folders", "path": str(tmp / "a"),
@@ -496,3 +508,17 @@ def test_inputs_that_keep_working(kind, tmp_path):
         assert row["label"].item() == "unknown"
     rgb = read_rgb(image)
     assert rgb.dtype == np.uint8 and rgb.shape == (24, 24, 3)
+
+
+@pytest.mark.parametrize("declared", [None, 4095])
+def test_12_bit_camera_data_in_a_16_bit_tiff_reads_as_its_8_bit_twin(tmp_path, declared):
+    import tifffile
+
+    twin = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    twelve = (twin.astype(np.int64) * 4095 // 255).astype(np.uint16)
+    tags = [] if declared is None else [(281, "H", 1, declared, True)]  # MaxSampleValue
+    tifffile.imwrite(tmp_path / "cell.tif", twelve, extratags=tags)
+    assert np.abs(read_rgb(tmp_path / "cell.tif").astype(int) - twin).max() <= 1
+    # Full 16-bit data keeps its range.
+    tifffile.imwrite(tmp_path / "full.tif", twin.astype(np.uint16) * 257)
+    assert np.array_equal(read_rgb(tmp_path / "full.tif"), twin)

@@ -1,6 +1,7 @@
 """The command line: help, errors that name the problem, provenance written into the run."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -45,13 +46,55 @@ def test_bad_override_exits_with_message(tmp_path, caplog):
     assert "epoch" in caplog.text
 
 
-def test_every_input_error_class_exists():
+def test_every_error_class_of_the_library_is_an_input_error():
+    """The command line turns any of them into one line and exit 2, so none may be missed."""
     import importlib
+    import inspect
+    import pkgutil
 
-    from dorl.cli import INPUT_ERRORS
+    import dorl
+    from dorl.errors import InputError
 
-    for module, name in INPUT_ERRORS.items():
-        assert issubclass(getattr(importlib.import_module(module), name), Exception), name
+    found = []
+    for info in pkgutil.walk_packages(dorl.__path__, "dorl."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if (inspect.isclass(value) and issubclass(value, Exception)
+                    and value.__module__ == info.name and value is not InputError):
+                found.append(value)
+                assert issubclass(value, InputError), f"{info.name}.{name}"
+    assert len(found) >= 15
+
+
+def test_ctrl_c_ends_in_one_line_and_exit_130(tmp_path, monkeypatch):
+    from dorl import cli
+    from tests.helpers import dorl_records
+
+    def interrupted(args, cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "info", interrupted)
+    with dorl_records(logging.ERROR) as records:
+        assert main(["info", f"run_dir={tmp_path / 'run'}"]) == 130
+    errors = [r.getMessage() for r in records]
+    assert errors == ["interrupted; what was finished is saved, and the same command resumes"]
+
+
+def test_read_only_commands_leave_the_run_folder_unchanged(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("x")
+
+    def snapshot():
+        return {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    assert main(["info", f"run_dir={run}", "--outputs"]) == 0
+    assert main(["info", f"run_dir={tmp_path / 'absent'}"]) == 0
+    assert snapshot() == before
+    assert not (tmp_path / "absent").exists()
 
 
 def test_unknown_classifier_exits_with_message(tmp_path):
@@ -112,7 +155,23 @@ def test_embed_classify_predict_umap_info_from_the_command_line(finished_run):
     pred = pd.read_csv(finished_run.predictions)
     assert len(pred) == 72 and {"cell_id", "domain", "predicted"} <= set(pred.columns)
     assert (run / "umap" / "umap.png").is_file() and (run / "umap" / "umap.html").is_file()
-    assert main(["info", "--outputs", "-c", str(finished_run.config)]) == 0
-    log = (run / "dorl.log").read_text()
-    info = log[log.rindex("umap finished"):]  # what `info --outputs` logged
+
+
+def test_info_and_predict_leave_a_finished_run_byte_for_byte_unchanged(finished_run, tmp_path):
+    from tests.helpers import dorl_records
+
+    run = finished_run.run_dir
+
+    def snapshot():
+        return {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    with dorl_records() as records:
+        assert main(["info", "--outputs", "-c", str(finished_run.config)]) == 0
+    info = "\n".join(r.getMessage() for r in records)
     assert "features.h5ad" in info and "umap.png" in info
+    assert main(["classify", "predict", "-c", str(finished_run.config), "--model",
+                 str(run / "classify" / "models" / "dorl__logreg.skops"), "--features",
+                 str(run / "features.h5ad"), "--out", str(tmp_path / "again.csv")]) == 0
+    assert (tmp_path / "again.csv").read_bytes() == finished_run.predictions.read_bytes()
+    assert snapshot() == before

@@ -12,14 +12,16 @@ from dorl.data.manifest import load_manifest, save_manifest
 from dorl.data.synth.generate import generate_from_config
 from dorl.featstore import read_features
 from dorl.pipeline.embed import run_embed
-from dorl.sam.quality import BACKGROUND, QCSettings, cell_quality, stained_fraction
+from dorl.sam.quality import (BACKGROUND, QCSettings, brightness_range, cell_quality,
+                              stained_fraction)
 from dorl.sam.segmentation import Segmentation
 from tests.helpers import write_disc_manifest
 
 
 @pytest.mark.parametrize("override", ["qc.min_predicted_iou=1.5", "qc.min_predicted_iou=1",
                                       "qc.area_ratio=1", "qc.max_aspect=0.5",
-                                      "qc.min_stained_fraction=1"])
+                                      "qc.min_stained_fraction=1", "qc.min_brightness=-1",
+                                      "qc.min_contrast=300"])
 def test_qc_settings_refuse_a_bound_they_cannot_apply(override):
     with pytest.raises(ConfigError, match="qc: needs"):
         QCSettings.from_config(load_config(None, [override]))
@@ -36,12 +38,26 @@ def test_stained_fraction_sees_nuclei_not_blank_or_red_cells():
     assert stained_fraction(np.full((8, 8, 3), BACKGROUND, np.uint8), 0.03) == 0.0
 
 
+def test_brightness_range_tells_a_cell_from_a_black_or_washed_out_image():
+    cell = np.full((32, 32, 3), (225, 180, 200), np.uint8)
+    cell[8:24, 8:24] = (90, 40, 140)
+    high, spread = brightness_range(cell)
+    assert high > 180 and spread > 80
+    # The same cell read as 16-bit when it was 12-bit: 1/16 of its brightness.
+    dark_high, _ = brightness_range((cell // 16).astype(np.uint8))
+    assert dark_high < 64
+    washed = np.clip(cell.astype(int) + 200, 0, 255).astype(np.uint8)
+    assert brightness_range(washed)[1] < 24
+    assert brightness_range(np.full((8, 8, 3), BACKGROUND, np.uint8)) == (0.0, 0.0)
+
+
 def test_a_mask_sam_doubts_fails_on_its_predicted_iou(tmp_path):
     """SAM's own predicted IoU under qc.min_predicted_iou fails the cell as low_iou; a centre-
     crop fallback is named as such, and a mask that did not come from SAM (NaN) passes."""
     manifest = write_disc_manifest(tmp_path, n=8, size=48)
     n = len(manifest)
     crops = np.full((n, 16, 16, 3), BACKGROUND, np.uint8)
+    crops[:, 2:14, 2:14] = (225, 180, 200)  # cytoplasm
     crops[:, 4:12, 4:12] = (90, 40, 140)  # a stained nucleus
     masks = np.zeros((n, 32, 32), bool)
     masks[:, 8:24, 8:24] = True
@@ -49,12 +65,13 @@ def test_a_mask_sam_doubts_fails_on_its_predicted_iou(tmp_path):
     iou[[1, 2, 3]] = (0.3, 0.3, np.nan)
     fallback = np.zeros(n, bool)
     fallback[2] = True
+    settings = QCSettings(True, True, 0.5, 0.01, 0.03, 3.0, 3.0, 64, 24)
+    crops[4] //= 16  # too dark to be a bright-field cell
     seg = Segmentation(crops, masks, np.tile(np.float32([8, 8, 24, 24]), (n, 1)), fallback, iou)
-    settings = QCSettings(True, True, 0.5, 0.01, 0.03, 3.0, 3.0)
     passed, reasons = cell_quality(manifest, seg, settings)
-    assert reasons[:4].tolist() == ["", "low_iou", "fallback", ""]
-    assert passed.sum() == n - 2
-    off = QCSettings(True, True, 0.0, 0.01, 0.03, 3.0, 3.0)
+    assert reasons[:5].tolist() == ["", "low_iou", "fallback", "", "exposure"]
+    assert passed.sum() == n - 3
+    off = QCSettings(True, True, 0.0, 0.01, 0.03, 3.0, 3.0, 64, 24)
     assert cell_quality(manifest, seg, off)[1][1] == ""
 
 

@@ -48,6 +48,7 @@ from dorl.cae.models import CAEOutput, CellAutoencoder
 from dorl.cae.settings import CAESettings
 from dorl.cae.views import random_view
 from dorl.distributed import ProcessGroup
+from dorl.errors import InputError
 from dorl.features.efficientnet import build_efficientnet_lite
 from dorl.lr_schedule import warmup_cosine, warmup_steps
 from dorl.provenance import sha256_file
@@ -60,7 +61,7 @@ LOSS_TERMS = ("contrastive", "reconstruction", "mmd", "supervised", "cross_lab_n
 ENCODER_FILE, RECORD_FILE = "encoder.pt", "encoder.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A CAE checkpoint is unreadable or was made by another config or dataset."""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dorl.atomic import atomic_path
+from dorl.errors import InputError
 
 #: The suffix of a saved model.
 MODEL_SUFFIX = ".skops"
@@ -45,7 +46,7 @@ MAX_MEMBERS = 100_000
 RATIO_CHECKED_FROM, MAX_RATIO = 64 * 1024 ** 2, 50
 
 
-class ModelFileError(ValueError):
+class ModelFileError(InputError, ValueError):
     """A model file is unreadable, or holds a type dorl does not trust."""
 
 

@@ -35,12 +35,14 @@ from typing import Iterator, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from dorl.errors import InputError
+
 PROTOCOLS = ("source_target", "in_domain", "lodo", "few_shot")
 #: The protocol of the user's own labelled target cells (not chosen in ``classify.protocols``).
 TARGET_LABELS = "target_labels"
 
 
-class ProtocolError(ValueError):
+class ProtocolError(InputError, ValueError):
     """A protocol cannot be run on the given cells (unknown name, too few domains or cells)."""
 
 

@@ -35,9 +35,10 @@ from sklearn.svm import SVC, LinearSVC
 from xgboost import XGBClassifier
 
 from dorl.classify.estimators import EncodedLabelClassifier
+from dorl.errors import InputError
 
 
-class ClassifierError(ValueError):
+class ClassifierError(InputError, ValueError):
     """A classifier name, import path or parameter in the config is invalid."""
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from dorl.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -16,7 +18,7 @@ MIN_SIDE = 16
 MAX_PIXELS = 64_000_000
 
 
-class ImageReadError(OSError):
+class ImageReadError(InputError, OSError):
     """An image file is missing, corrupt, or not usable as a cell image."""
 
     def __init__(self, path: str | Path, problem: str):
@@ -25,14 +27,32 @@ class ImageReadError(OSError):
         super().__init__(f"{path}: {problem}")
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale an integer or float array to uint8 (16-bit by its dtype range, floats by 0..1)."""
+#: The bit depths cameras store in 16-bit words; data is scaled by the smallest that holds it.
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def bit_depth(arr: np.ndarray, declared_max: int | None = None) -> int:
+    """The bit depth an integer image was recorded at.
+
+    ``declared_max`` (a TIFF's MaxSampleValue tag) wins when a file gives it. Otherwise the
+    smallest of :data:`BIT_DEPTHS` that holds the brightest value: a camera's 12-bit data in a
+    16-bit file (values up to 4095) is 12-bit. A bright-field image's background is its
+    brightest part, near the top of its range, so its maximum shows the depth it was recorded
+    at; a 16-bit recording darker than 1/16 of its range is read as 12-bit (brightened).
+    """
+    top = int(declared_max) if declared_max else int(arr.max(initial=0))
+    return next((bits for bits in BIT_DEPTHS if top < 2 ** bits), BIT_DEPTHS[-1])
+
+
+def _to_uint8(arr: np.ndarray, declared_max: int | None = None) -> np.ndarray:
+    """Scale an integer or float array to uint8 (integers by their :func:`bit_depth`, floats by
+    0..1 or 0..255)."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
     if np.issubdtype(arr.dtype, np.integer):
-        top = 65535 if arr.max(initial=0) > 255 else 255
+        top = 2 ** bit_depth(arr, declared_max) - 1
         return np.clip(arr.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
     arr = np.nan_to_num(arr.astype(np.float64))
     top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
@@ -64,19 +84,22 @@ def _refuse_too_large(path: Path, width: int, height: int) -> None:
                                    f"pixels; crop single cells first")
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path) -> tuple[np.ndarray, int | None]:
+    """The first page's pixels and the file's declared MaxSampleValue (None without one)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         _refuse_too_large(path, page.imagewidth, page.imagelength)
         arr = page.asarray()
+        tag = page.tags.get("MaxSampleValue")
+        declared = int(np.max(tag.value)) if tag is not None else None
     # Multi-page or channel-first stacks: take the first plane, channels last.
     while arr.ndim > 3:
         arr = arr[0]
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)
-    return arr
+    return arr, declared
 
 
 def _read_pil(path: Path) -> np.ndarray:
@@ -97,8 +120,8 @@ def _read_pil(path: Path) -> np.ndarray:
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read an image file as an RGB uint8 array of shape (H, W, 3).
 
-    Accepts jpg, png, bmp and tiff; 8- or 16-bit; grey, RGB or RGBA (composited on white);
-    EXIF orientation is applied.
+    Accepts jpg, png, bmp and tiff; 8- to 16-bit, scaled by the depth the data was recorded at
+    (:func:`bit_depth`); grey, RGB or RGBA (composited on white); EXIF orientation is applied.
 
     Raises
     ------
@@ -108,9 +131,10 @@ def read_rgb(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "file not found")
+    declared = None
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            arr = _read_tiff(path)
+            arr, declared = _read_tiff(path)
         else:
             arr = _read_pil(path)
     except ImageReadError:
@@ -123,7 +147,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
     if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
         raise ImageReadError(path, f"image has {arr.shape[0] * arr.shape[1]:,} pixels, more "
                                    f"than {MAX_PIXELS:,}; crop single cells first")
-    return np.ascontiguousarray(_to_rgb(_to_uint8(np.asarray(arr)), path))
+    return np.ascontiguousarray(_to_rgb(_to_uint8(np.asarray(arr), declared), path))
 
 
 def image_sizes(paths) -> np.ndarray:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from dorl.atomic import atomic_path
 from dorl.data.taxonomy import FINE_LABELS, UNKNOWN, TaxonomyError, fine_to_label, label_space
+from dorl.errors import InputError
 from dorl.provenance import sha256_file, signature_of
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ COLUMNS = ("path", "domain", "label", "label_raw", "label_fine", "sha256", "mask
 REQUIRED = ("path", "domain")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError, ValueError):
     """A manifest is malformed: missing columns or files, unknown labels, duplicates, empties."""
 
 

@@ -275,6 +275,7 @@ def build_manifest(sources: list[dict], space: str, out_path: str | Path,
     base = out_path.parent.resolve()
     frames = [read_source(s) for s in sources]
     df = pd.concat(frames, ignore_index=True)
+    _refuse_undecodable_names(df)
 
     def rel(p: str) -> str:
         return os.path.relpath(p, base) if p else ""
@@ -296,6 +297,19 @@ def build_manifest(sources: list[dict], space: str, out_path: str | Path,
         logger.warning("%d cells have no label in %r and are kept as 'unknown': %s",
                        n_unknown, space, raw)
     return Manifest(df[list(COLUMNS)], base, space), report
+
+
+def _refuse_undecodable_names(df: pd.DataFrame) -> None:
+    """Refuse a file name that is not valid UTF-8 (the manifest and the feature files store
+    names as UTF-8), naming it with its odd bytes escaped."""
+    for column in ("path", "mask_path"):
+        for name in df[column]:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+                raise ManifestError(f"{shown}: the file name is not valid UTF-8; rename it "
+                                    f"(e.g. convmv -f latin1 -t utf8)") from None
 
 
 def _refuse_empty_masks(df: pd.DataFrame, base: Path, where: str) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from dorl.errors import InputError
+
 UNKNOWN = "unknown"
 
 #: The five mature white cells shared by every public WBC dataset.
@@ -73,7 +75,7 @@ COMMON_ALIASES = MappingProxyType({
 })
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(InputError, ValueError):
     """A label space, fine label or alias is not part of the taxonomy."""
 
 

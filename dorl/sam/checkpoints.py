@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dorl.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR_ENV = "DORL_CHECKPOINT_DIR"
@@ -25,7 +27,7 @@ _VIT_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth",
 _VIT_BY_WIDTH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h", 32: "tiny"}
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError, ValueError):
     """A checkpoint does not fit the architecture it was given to."""
 
 

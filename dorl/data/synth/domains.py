@@ -24,11 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dorl.errors import InputError
+
 #: Stain order in concentration arrays and in :attr:`DomainStyle.optical_density`.
 STAINS = ("azure", "eosin", "methylene")
 
 
-class DomainError(ValueError):
+class DomainError(InputError, ValueError):
     """A synthetic domain name is not a known preset."""
 
 

@@ -30,6 +30,7 @@ from dorl.data.manifest import Manifest, finalize, load_manifest, save_manifest
 from dorl.data.synth.cells import draw_cell
 from dorl.data.synth.domains import DomainStyle, domain_style
 from dorl.data.taxonomy import MATURE5
+from dorl.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ SYNTH_FINE_LABELS = {"neutrophil": "neutrophil_segmented", "lymphocyte": "lympho
 MIN_IMAGE_SIZE = 32
 
 
-class SynthError(ValueError):
+class SynthError(InputError, ValueError):
     """Settings for the synthetic dataset are invalid."""
 
 
