@@ -303,6 +303,27 @@ def case_classify_features_missing(tmp):
     return (argv, [tmp / "run" / "classify" / "results.csv"]), r"none.h5ad"
 
 
+def case_classify_own_features_missing_beside_the_users(tmp):
+    path = _features(tmp / "mine.h5ad")
+    argv = ["classify", "run", f"run_dir={tmp / 'run'}", f"classify.features={{mine: {path}}}"]
+    return (argv, [tmp / "run" / "classify" / "results.csv"]), \
+        r"default entry 'dorl'.*classify.features.dorl=null"
+
+
+def case_classify_source_left_with_too_few_cells_by_qc(tmp):
+    path = tmp / "f.h5ad"
+    obs = pd.DataFrame({"path": [f"{i}.png" for i in range(40)], "domain": ["a", "b"] * 20,
+                        "label": [("monocyte", "basophil")[(i // 2) % 2] for i in range(40)],
+                        "qc_pass": [i < 6 or i % 2 == 1 for i in range(40)]},
+                       index=[str(i) for i in range(40)])
+    X = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    write_features(path, FeatureSet(X, obs, {}, {"signature": {"data": "x"}}))
+    argv = ["classify", "run", f"run_dir={tmp / 'run'}", f"classify.features={{dorl: {path}}}",
+            "classify.classifiers=[logreg]"]
+    return (argv, [tmp / "run" / "classify" / "results.csv"]), \
+        r"domain 'a' has 3 labelled cell\(s\) left \(1 basophil, 2 monocyte\).*per-cell QC"
+
+
 def case_unknown_classifier(tmp):
     path = _features(tmp / "f.h5ad")
     argv = ["classify", "run", f"run_dir={tmp / 'run'}", "classify.classifiers=[forest]",

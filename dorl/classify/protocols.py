@@ -137,10 +137,17 @@ def cap_train(train: np.ndarray, labels: np.ndarray, max_train: int | None,
     return np.sort(np.concatenate(keep))
 
 
-def kfold(labels: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int):
-    """Stratified (group-aware when groups repeat) k-fold splits of the rows of ``labels``."""
+def kfold(labels: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int,
+          domain: str = "the data"):
+    """Stratified (group-aware when groups repeat) k-fold splits of the rows of ``labels``,
+    the labelled cells of ``domain`` (named when there are too few)."""
     if len(labels) < n_folds:
-        raise ProtocolError(f"{len(labels)} cells cannot be split into {n_folds} folds")
+        counts = ", ".join(f"{k} {c}" for c, k in zip(*np.unique(labels, return_counts=True)))
+        raise ProtocolError(
+            f"domain {domain!r} has {len(labels)} labelled cell(s) left ({counts or 'none'}), "
+            f"too few for {n_folds} folds: cells that failed per-cell QC (qc_pass false) and "
+            f"unknown labels are left out; lower classify.n_folds, or set "
+            f"classify.keep_qc_failed=true to keep the QC-failed cells")
     if has_groups(groups):
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         return splitter.split(np.zeros(len(labels)), labels, groups)
@@ -216,7 +223,8 @@ def _splits(labels, domains, protocols, n_folds, seed, groups, max_train, source
             rows = np.flatnonzero(domains == source)
             others = [(t, np.flatnonzero(domains == t)) for t in names if t != source]
             sub_groups = None if groups is None else groups[rows]
-            for fold, (tr, te) in enumerate(kfold(labels[rows], sub_groups, n_folds, seed)):
+            for fold, (tr, te) in enumerate(kfold(labels[rows], sub_groups, n_folds, seed,
+                                                  source)):
                 train = cap_train(rows[tr], labels, max_train, rng)
                 evals = []
                 if within:
@@ -233,7 +241,7 @@ def _splits(labels, domains, protocols, n_folds, seed, groups, max_train, source
             if len(rows) < n_folds or len(set(labels[rows])) < 2:
                 continue  # nothing a classifier can learn inside it
             sub_groups = None if groups is None else groups[rows]
-            for fold, (tr, te) in enumerate(kfold(labels[rows], sub_groups, n_folds, seed)):
+            for fold, (tr, te) in enumerate(kfold(labels[rows], sub_groups, n_folds, seed, lab)):
                 yield Split(lab, fold, cap_train(rows[tr], labels, max_train, rng),
                             (Evaluation("in_domain", lab, rows[te]),))
     if "lodo" in protocols:

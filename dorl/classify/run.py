@@ -429,6 +429,12 @@ def inputs_from_config(cfg) -> list[FeatureInput]:
     if unknown:
         raise FeatureFileError(f"classify.obsm names {unknown}, which are not in "
                                f"classify.features ({sorted(features)})")
+    own = features.get("dorl")
+    if own is not None and len(features) > 1 and not Path(own).is_file():
+        raise FeatureFileError(
+            f"feature file not found: {own}, classify.features' default entry 'dorl' (this "
+            f"run's own embeddings, kept beside {sorted(set(features) - {'dorl'})}); run `make "
+            f"embed` first, or leave it out with classify.features.dorl=null")
     standardised = any(a in STANDARDISED for a in c.adaptations)
     user_labels = None if c.target_labels is None else read_target_labels(
         c.target_labels, label_space(str(cfg.data.label_space)))
