@@ -61,6 +61,10 @@ NUMBER_RANGES = {
 POSITIVE = ("sam.lora.alpha", "sam.finetune.lr", "cae.lr", "cae.head_lr")
 
 
+#: A config holds deltas over the defaults: a few kilobytes. Larger files are refused unread.
+MAX_CONFIG_BYTES = 1024 ** 2
+
+
 class ConfigError(InputError, ValueError):
     """A config file or override is malformed or names a key that does not exist."""
 
@@ -101,10 +105,14 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
     for file in map(Path, paths):
         if not file.is_file():
             raise ConfigError(f"config file not found: {file}")
-        try:
+        if file.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{file}: {file.stat().st_size:,} bytes, more than a config file "
+                              f"may hold ({MAX_CONFIG_BYTES:,})")
+        try:  # OmegaConf bounds how far YAML aliases may expand (a "billion laughs" file)
             layers.append((str(file), OmegaConf.load(file)))
         except Exception as exc:  # yaml errors come in many types
-            raise ConfigError(f"cannot parse config file {file}: {exc}") from exc
+            message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise ConfigError(f"cannot parse config file {file}: {message}") from exc
     overrides = list(overrides)
     for item in overrides:
         if "=" not in item:

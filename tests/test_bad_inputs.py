@@ -211,6 +211,21 @@ def case_unknown_config_key(tmp):
     return (["info", "-c", str(_config(tmp, cae__epoch=3))], []), r"epoch"
 
 
+def case_config_yaml_alias_bomb(tmp):
+    rows = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        rows.append(f"{name}: &{name} [{', '.join(['*' + prev] * 10)}]")
+    (tmp / "lol.yaml").write_text("\n".join(rows) + "\n")
+    return (["info", "-c", str(tmp / "lol.yaml")], []), \
+        r"cannot parse config file .*lol.yaml: .*expansion exceeds"
+
+
+def case_config_file_too_large(tmp):
+    (tmp / "big.yaml").write_text("# padding\n" * 200_000)
+    return (["info", "-c", str(tmp / "big.yaml")], []), \
+        r"big.yaml: 2,000,000 bytes, more than a config file may hold"
+
+
 def case_unknown_label_space(tmp):
     _lab(tmp / "a")
     argv = ["data", "manifest", "-c", str(_config(tmp, [{"format": "class_folders",
