@@ -401,6 +401,20 @@ def test_target_labels_are_read_without_case_or_spaces_and_repeats_that_agree_pa
         "a.png": "neutrophil", "b.png": "basophil", "c.png": "unknown"}
 
 
+def test_target_labels_match_cells_given_by_absolute_or_other_relative_paths():
+    from dorl.classify.inputs import match_cell_paths
+
+    stored = np.array(["lab/mono/a.png", "../../shared/lisc/b.png", "c.png", "x/c.png"])
+    rows = {"/data/run/lab/mono/a.png": "monocyte", "/work/shared/lisc/b.png": "basophil",
+            "elsewhere/x/c.png": "neutrophil", "c.png": "eosinophil", "/nowhere/z.png": "monocyte"}
+    by_cell, unmatched = match_cell_paths(stored, rows)
+    assert by_cell == {"lab/mono/a.png": "monocyte", "../../shared/lisc/b.png": "basophil",
+                       "x/c.png": "neutrophil", "c.png": "eosinophil"}
+    assert unmatched == ["/nowhere/z.png"]
+    with pytest.raises(FeatureFileError, match="two different labels"):
+        match_cell_paths(stored, {"c.png": "monocyte", "/abs/c.png": "basophil"})
+
+
 def test_predict_file_refuses_features_of_another_trained_encoder(cfg, tmp_path):
     """Two runs with the same settings train two encoders on other cells: the signature's
     config parts agree, the encoders' hashes do not."""

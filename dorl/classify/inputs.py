@@ -4,9 +4,10 @@ and key, restricted to labelled cells."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Sequence
 
 import numpy as np
@@ -138,6 +139,35 @@ def read_target_labels(path: str | Path, classes: Sequence[str]) -> dict[str, st
     return dict(zip(table["path"], table["label"]))
 
 
+def match_cell_paths(paths: np.ndarray, user_labels: dict[str, str]
+                     ) -> tuple[dict[str, str], list[str]]:
+    """The user's labels by the feature file's cell paths, and the rows that match no cell.
+
+    A row matches a cell whose stored path it equals, or, when the row gives the path another
+    way (absolute, or relative to another folder), the cell whose stored path (without its
+    leading ``../``) is the longest tail of the row's path.
+    """
+    stored = set(paths.tolist())
+    by_tail = {}
+    for p in stored:
+        parts = [x for x in PurePath(p).parts if x not in ("..", ".")]
+        by_tail.setdefault("/".join(parts), p)
+    by_cell, unmatched = {}, []
+    for row, label in user_labels.items():
+        if row in stored:
+            by_cell[row] = label
+            continue
+        parts = PurePath(os.path.normpath(row)).parts
+        tail = next((by_tail["/".join(parts[k:])] for k in range(len(parts))
+                     if "/".join(parts[k:]) in by_tail), None)
+        if tail is None:
+            unmatched.append(row)
+        elif by_cell.setdefault(tail, label) != label:
+            raise FeatureFileError(f"classify.target_labels gives the cell {tail!r} two "
+                                   f"different labels (one row as {row!r})")
+    return by_cell, unmatched
+
+
 def load_input(name: str, path: str | Path, key: str = "X",
                domain_stats: bool = True,
                user_labels: dict[str, str] | None = None,
@@ -164,15 +194,15 @@ def load_input(name: str, path: str | Path, key: str = "X",
     user = np.zeros(len(labels), bool)
     if user_labels:
         paths = cell_paths(fs.obs)
-        user = np.isin(paths, list(user_labels))
+        by_cell, unmatched_rows = match_cell_paths(paths, user_labels)
+        user = np.isin(paths, list(by_cell))
         if not user.any():
             raise FeatureFileError(f"{path}: none of the {len(user_labels)} cells of "
                                    f"classify.target_labels is in it (matched by path)")
-        labels[user] = [user_labels[p] for p in paths[user]]
-        matched = set(paths[user])
-        unmatched = len(user_labels) - len(matched)
+        labels[user] = [by_cell[p] for p in paths[user]]
+        unmatched = len(unmatched_rows)
         if unmatched:
-            example = next(p for p in user_labels if p not in matched)
+            example = unmatched_rows[0]
             logger.warning("%s: %d of the %d cells of classify.target_labels are not in it "
                            "(matched by path as the feature file stores it, e.g. %r)", path,
                            unmatched, len(user_labels), example)
