@@ -41,7 +41,6 @@ NUMBER_RANGES = {
     "sam.finetune.epochs": (1, None), "sam.finetune.batch_size": (1, None),
     "sam.finetune.weight_decay": (0.0, None), "sam.finetune.warmup_epochs": (0.0, None),
     "sam.finetune.val_fraction": (0.0, 0.9), "sam.finetune.max_images": (1, None),
-    "sam.finetune.synth_images": (0, None),
     "sam.infer.crop_size": (8, None),
     "sam.infer.min_area_frac": (0.0, 1.0), "sam.infer.max_border_frac": (0.0, 1.0),
     "sam.eval.max_images": (1, None), "sam.eval.n_overlays": (0, None),
@@ -56,6 +55,14 @@ NUMBER_RANGES = {
     "classify.self_training.min_confidence": (0.0, 1.0),
     "umap.n_neighbors": (2, None), "umap.min_dist": (0.0, None), "umap.html_max_cells": (1, None),
     "umap.thumbnail_px": (8, None),
+}
+#: Keys that no longer exist, with what to do instead: a config that still sets one is refused
+#: naming it (never silently ignored). docs/removed.md says why each went.
+REMOVED_KEYS = {
+    "sam.finetune.synth_images": "synthetic training cells gave no gain on real data; delete "
+                                 "the key",
+    "sam.finetune.synth_domains": "it chose the presets of sam.finetune.synth_images, also "
+                                  "removed; delete the key",
 }
 #: Numeric keys that must be above zero.
 POSITIVE = ("sam.lora.alpha", "sam.finetune.lr", "cae.lr", "cae.head_lr")
@@ -73,6 +80,15 @@ def package_defaults() -> DictConfig:
     """Return the package defaults (``dorl/defaults.yaml``) as a struct-mode config."""
     text = resources.files("dorl").joinpath("defaults.yaml").read_text(encoding="utf-8")
     return OmegaConf.create(text)
+
+
+def _refuse_removed_keys(origin: str, layer: DictConfig) -> None:
+    for key, instead in REMOVED_KEYS.items():
+        if OmegaConf.select(layer, key, default=_ABSENT) is not _ABSENT:
+            raise ConfigError(f"{origin}: {key} was removed ({instead}; docs/removed.md)")
+
+
+_ABSENT = object()
 
 
 def load_config(path: str | Path | Sequence[str | Path] | None = None,
@@ -124,6 +140,7 @@ def load_config(path: str | Path | Sequence[str | Path] | None = None,
             raise ConfigError(f"cannot parse override {item!r}: "
                               f"{str(exc).splitlines()[0]}") from exc
     for origin, layer in layers:
+        _refuse_removed_keys(origin, layer)
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except Exception as exc:

@@ -16,6 +16,8 @@ Writes are atomic (temporary file, then rename).
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -96,6 +98,17 @@ class FeatureSet:
             raise FeatureFileError(f"no obsm[{key!r}]; available: {sorted(self.obsm)}")
         arr = np.asarray(self.obsm[key])
         return arr.reshape(len(arr), -1).astype(np.float32)
+
+
+    def embedding_sha256(self, key: str | None = None) -> str:
+        """The SHA-256 of one embedding (:meth:`features` of ``key``, float32) and its cell ids.
+
+        Saved models record it rather than the file's hash: ``dorl umap`` adds
+        ``obsm["X_umap"]`` to the file afterwards, which changes the file, not the embedding.
+        """
+        digest = hashlib.sha256(np.ascontiguousarray(self.features(key)).tobytes())
+        digest.update("\n".join(map(str, self.obs.index)).encode("utf-8", "surrogateescape"))
+        return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------- writing

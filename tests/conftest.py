@@ -7,6 +7,7 @@ fixture made once per module or session runs on the worker that made it.
 
 from __future__ import annotations
 
+import ast
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +26,33 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 
+def _shared_fixtures(path: Path) -> frozenset[str]:
+    """The names of the fixtures a test file defines with module or session scope, read from
+    its source (pytest's own record of them is private)."""
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        for decorator in node.decorator_list:
+            if isinstance(decorator, ast.Call) and ast.unparse(decorator.func) == "pytest.fixture":
+                scope = next((k.value for k in decorator.keywords if k.arg == "scope"), None)
+                if isinstance(scope, ast.Constant) and scope.value in ("module", "session"):
+                    names.add(node.name)
+    return frozenset(names)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
     """Put each test that uses a shared fixture of this suite (module or session scope) in that
     fixture's xdist group, so that the fixture is made once, not once per worker."""
+    here = Path(__file__)
+    in_conftest = _shared_fixtures(here)
+    by_file: dict[Path, frozenset[str]] = {}
     for item in items:
-        shared = sorted(f"{d.baseid}::{d.argname}"
-                        for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs
-                        if d.scope in ("module", "session") and d.baseid.startswith("tests"))
+        path = Path(item.path)
+        own = by_file.setdefault(path, _shared_fixtures(path) if path != here else frozenset())
+        shared = sorted(f"{path.stem if name in own else 'conftest'}::{name}"
+                        for name in item.fixturenames if name in own or name in in_conftest)
         if shared:
             item.add_marker(pytest.mark.xdist_group("+".join(shared)))
 

@@ -16,7 +16,6 @@ from dorl.classify.adaptation import (
     SelfTraining,
     TargetAdapter,
     class_balanced_standardise,
-    centroid_scores,
     class_scores,
     coral_align,
     pseudo_labels,
@@ -50,28 +49,6 @@ def _rotated_target(rng, degrees, n=200, sd=0.7):
     return X @ np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]), y
 
 
-def test_centroid_scores_follow_the_clusters_not_the_model():
-    rng = np.random.default_rng(0)
-    X, y = _rotated_target(rng, 75)
-    # Class scores of a model whose boundary is x = 0: about 77% right on this target.
-    scores = LogisticRegression().fit(*_blobs(rng, [(-2, 0), (2, 0)], 100, 0.7)).predict_proba(X)
-    assert 0.7 < (scores.argmax(axis=1) == y.astype(int)).mean() < 0.85
-    similarity = centroid_scores(scores, X)
-    assert similarity.shape == scores.shape and np.all(np.abs(similarity) <= 1 + 1e-9)
-    assert (similarity.argmax(axis=1) == y.astype(int)).mean() > 0.97
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_centroid_self_training_recovers_a_rotated_target(seed):
-    rng = np.random.default_rng(seed)
-    Xs, ys = _blobs(rng, [(-2, 0), (2, 0)], 100, 0.7)
-    Xt, yt = _rotated_target(rng, 75)
-    plain = LogisticRegression().fit(Xs, ys).score(Xt, yt)
-    adapted = self_train(LogisticRegression(), Xs, ys, Xt, SelfTraining(),
-                         centroids=True).score(Xt, yt)
-    assert adapted > plain + 0.1 and adapted > 0.95
-
-
 def _adapter(name, Xs, ys, fitted):
     return TargetAdapter(name, LogisticRegression(), fitted, Xs, ys, SelfTraining())
 
@@ -84,11 +61,9 @@ def test_target_adapter_refits_only_for_the_self_training_adaptations():
     for feature_side in ("none", "domain_std", "coral"):  # the balanced ones: tests below
         assert _adapter(feature_side, Xs, ys, fitted).model_for(Xt) is fitted
     assert _adapter("self_training", Xs, ys, fitted).model_for(Xt[:0]) is fitted
-    for name, centroids in (("self_training", False), ("centroid_self_training", True)):
-        model = _adapter(name, Xs, ys, fitted).model_for(Xt)
-        direct = self_train(LogisticRegression(), Xs, ys, Xt, SelfTraining(), fitted=fitted,
-                            centroids=centroids)
-        np.testing.assert_allclose(model.coef_, direct.coef_)
+    model = _adapter("self_training", Xs, ys, fitted).model_for(Xt)
+    direct = self_train(LogisticRegression(), Xs, ys, Xt, SelfTraining(), fitted=fitted)
+    np.testing.assert_allclose(model.coef_, direct.coef_)
 
 
 def test_self_training_never_reads_target_labels():

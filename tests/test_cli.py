@@ -155,6 +155,15 @@ def test_embed_classify_predict_umap_info_from_the_command_line(finished_run):
     pred = pd.read_csv(finished_run.predictions)
     assert len(pred) == 72 and {"cell_id", "domain", "predicted"} <= set(pred.columns)
     assert (run / "umap" / "umap.png").is_file() and (run / "umap" / "umap.html").is_file()
+    # umap stored its coordinates in the feature file after classify saved its models: the
+    # embedding the models record is unchanged.
+    from dorl.classify.model_files import load_model_bundle
+    from dorl.featstore import read_features
+
+    features = read_features(run / "features.h5ad")
+    assert "X_umap" in features.obsm
+    bundle = load_model_bundle(run / "classify" / "models" / "dorl__logreg.skops")
+    assert bundle["embedding_sha256"] == features.embedding_sha256("X")
 
 
 def test_info_and_predict_leave_a_finished_run_byte_for_byte_unchanged(finished_run, tmp_path):

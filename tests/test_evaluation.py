@@ -132,8 +132,7 @@ def test_classify_writes_every_report(classified):
 
 
 def test_adapted_rows_keep_the_in_domain_score_and_few_shot_its_classifiers(cfg, tmp_path):
-    cfg.classify.adaptations = ["none", "domain_std", "coral", "self_training",
-                                "centroid_self_training"]
+    cfg.classify.adaptations = ["none", "domain_std", "coral", "self_training"]
     cfg.classify.adaptation_classifiers = ["knn", "svm_rbf"]
     cfg.classify.few_shot.draws = 2
     results, _, _ = run_classification([load_input("x", cfg.classify.features.dorl)],
@@ -142,7 +141,7 @@ def test_adapted_rows_keep_the_in_domain_score_and_few_shot_its_classifiers(cfg,
     within = f1[f1["protocol"] == "in_domain"].pivot_table(
         index=["classifier", "source", "fold"], columns="adaptation", values="value")
     # coral and self-training adapt only to targets outside the training domains.
-    for target_side in ("coral", "self_training", "centroid_self_training"):
+    for target_side in ("coral", "self_training"):
         np.testing.assert_allclose(within[target_side].dropna(), within["domain_std"].dropna())
     adapted = results[(results["adaptation"] != "none") & (results["protocol"] != "few_shot")]
     assert set(adapted["classifier"]) == {"knn"}  # classifiers ∩ adaptation_classifiers
@@ -169,13 +168,12 @@ def test_self_training_rows_lift_a_shifted_target(tmp_path, cfg):
     path = write_features(tmp_path / "shift.h5ad", FeatureSet(X, obs, {}, {}))
     cfg.classify.classifiers = ["logreg"]
     cfg.classify.protocols = ["source_target"]
-    cfg.classify.adaptations = ["none", "self_training", "centroid_self_training"]
+    cfg.classify.adaptations = ["none", "self_training"]
     results, _, _ = run_classification([load_input("x", path)],
                                        ClassifySettings.from_config(cfg), tmp_path / "o")
     f1 = results[(results["metric"] == "macro_f1") & (results["scope"] == "shared")]
     mean = f1.groupby("adaptation")["value"].mean()
     assert mean["self_training"] > mean["none"] + 0.03
-    assert mean["centroid_self_training"] > mean["none"] + 0.03
 
 
 def test_unknown_adaptation_is_refused(cfg):

@@ -87,24 +87,6 @@ def test_pseudo_masks_are_drawn_evenly_over_domains(tiny_cfg, tmp_path):
     assert data["sources"] == {"pseudo:lab_a": 4, "pseudo:lab_b": 4}
 
 
-def test_synthetic_cells_are_mixed_into_training_only(tiny_cfg, disc_manifest):
-    from dorl.sam.models import sam_from_config
-
-    tiny_cfg.sam.finetune.exclude_domains = ["lab_b"]
-    tiny_cfg.sam.finetune.synth_images = 4
-    model, _ = sam_from_config(tiny_cfg)
-    data = training_set(tiny_cfg, disc_manifest, model)
-    synthetic = data["rows"] == -1
-    assert synthetic.sum() == 4 and data["sources"]["synthetic"] == 4
-    assert not data["val"][synthetic].any() and data["val"][~synthetic].any()
-    assert data["images"].shape == (16, 64, 64, 3)
-    areas = data["masks"][synthetic].mean(axis=(1, 2))
-    assert ((areas > 0.02) & (areas < 0.6)).all()
-    tiny_cfg.sam.finetune.synth_domains = []
-    with pytest.raises(ValueError, match="synth_domains"):
-        training_set(tiny_cfg, disc_manifest, model)
-
-
 def test_finetune_writes_a_reusable_adapter(tiny_cfg, disc_manifest, caplog):
     tiny_cfg.sam.finetune.max_images = 16
     adapter = finetune_from_config(tiny_cfg, disc_manifest)

@@ -178,6 +178,28 @@ def test_tiny_vit_any_size_and_folding_exact(size):
     torch.testing.assert_close(channels_last, before, rtol=1e-4, atol=1e-4)
 
 
+def test_checkpointed_blocks_give_the_same_output_and_gradients():
+    encoder = _tiny_vit().fold_batchnorm().train()
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+
+    def gradients():
+        encoder.zero_grad(set_to_none=True)
+        x.grad = None
+        out = encoder(x)
+        out.square().mean().backward()
+        return out.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in
+                                               encoder.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    encoder.checkpoint_blocks()
+    checkpointed = gradients()
+    torch.testing.assert_close(checkpointed[0], plain[0])
+    torch.testing.assert_close(checkpointed[1], plain[1])
+    assert checkpointed[2].keys() == plain[2].keys() and plain[2]
+    for name in plain[2]:
+        torch.testing.assert_close(checkpointed[2][name], plain[2][name], msg=name)
+
+
 def test_window_padding_equals_zero_tokens():
     """Padding the projected q, k, v equals zero-padding the tokens before the norm (as trained)."""
     torch.manual_seed(0)

@@ -12,10 +12,6 @@ Each adaptation is its own set of rows in the reports, never mixed into the plai
 * ``self_training``: ``domain_std``, then a few rounds of class-balanced self-training (Zou et
   al. 2018): the model labels the target's cells, the most confident share of each predicted
   class joins the training set with its pseudo-label, and the model is refitted;
-* ``centroid_self_training``: the same rounds, with each round's pseudo-labels taken from the
-  target's own class centroids (SHOT, Liang et al. 2020) instead of the model's argmax: a
-  model whose decision boundary sits in the wrong place for the target still places the
-  target's clusters' centres roughly, and nearest-centroid labels follow the clusters;
 * ``balanced_std``: ``domain_std``, then every domain re-standardised with the statistics of a
   mixture in which each class weighs the same (:class:`ClassBalancedModel`). A lab's own mean
   and standard deviation depend on its class mix: a blood smear holds mostly neutrophils and
@@ -40,19 +36,16 @@ import numpy as np
 from sklearn.base import clone
 
 ADAPTATIONS = ("none", "domain_std", "coral", "balanced_std", "balanced_std_hard",
-               "self_training", "centroid_self_training")
+               "self_training")
 #: Adaptations whose features are the per-domain standardised ones.
 STANDARDISED = ADAPTATIONS[1:]
-#: Adaptations that refit the model on pseudo-labelled target cells, and whether their labels
-#: come from the target's class centroids.
-SELF_TRAINING = {"self_training": False, "centroid_self_training": True}
+#: Adaptations that refit the model on pseudo-labelled target cells.
+SELF_TRAINING = ("self_training",)
 #: Adaptations that standardise every domain at class-balanced statistics, and how a target's
 #: cells are weighted (:class:`ClassBalancedModel`'s ``weights``).
 BALANCED = {"balanced_std": "scores", "balanced_std_hard": "labels"}
 #: Adaptations that read the target's cells (only targets outside the training domains).
 TARGET_SIDE = ("coral", *BALANCED, *SELF_TRAINING)
-#: Nearest-centroid reassignments after the score-weighted centroids (SHOT's value).
-CENTROID_ITERATIONS = 2
 #: The balanced adaptations re-estimate a target's class shares at most this many times, and
 #: stop when no share moves by more than the tolerance (fixed before it was measured on any
 #: target).
@@ -292,47 +285,8 @@ def pseudo_labels(scores: np.ndarray, classes: np.ndarray, fraction: float,
     return rows, np.asarray(classes)[predicted[rows]]
 
 
-def centroid_scores(scores: np.ndarray, X: np.ndarray,
-                    iterations: int = CENTROID_ITERATIONS) -> np.ndarray:
-    """Cosine similarity of every cell to the target's class centroids (SHOT's pseudo-labels).
-
-    The centroids start as the class-score-weighted means of the L2-normalised features, then
-    ``iterations`` times each cell goes to its nearest centroid and the centroids become the
-    means of their cells (a class left with no cell keeps its previous centroid).
-
-    Parameters
-    ----------
-    scores : ndarray of shape (n_cells, n_classes)
-        The model's class scores on the target (:func:`class_scores`).
-    X : ndarray of shape (n_cells, n_features)
-        The target's features.
-    iterations : int, default=CENTROID_ITERATIONS
-
-    Returns
-    -------
-    ndarray of shape (n_cells, n_classes)
-        Similarities in [-1, 1]; their argmax is the pseudo-label, their max its confidence.
-    """
-    # float32 keeps the normalised copy of a large target at the size of the target itself.
-    unit = np.asarray(X, dtype=np.float32)
-    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-    weights = np.asarray(scores, dtype=np.float64)
-    centroids = weights.T @ unit / np.maximum(weights.sum(axis=0), 1e-12)[:, None]
-
-    def similarity():
-        norms = np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-        return unit @ (centroids / norms).T
-
-    for _ in range(iterations):
-        nearest = similarity().argmax(axis=1)
-        for k in np.unique(nearest):
-            centroids[k] = unit[nearest == k].mean(axis=0)
-    return similarity()
-
-
 def self_train(model, X_train: np.ndarray, y_train: np.ndarray, X_target: np.ndarray,
-               schedule: SelfTraining, fitted=None, max_cells: int | None = None,
-               centroids: bool = False):
+               schedule: SelfTraining, fitted=None, max_cells: int | None = None):
     """Refit ``model`` on the training cells plus pseudo-labelled target cells, round by round.
 
     Parameters
@@ -347,9 +301,6 @@ def self_train(model, X_train: np.ndarray, y_train: np.ndarray, X_target: np.nda
         ``model`` already fitted on the training cells (saves the first fit).
     max_cells : int, optional
         Training cells plus pseudo-labelled cells stay within this (the training-set cap).
-    centroids : bool, default=False
-        Take each round's pseudo-labels from the target's class centroids
-        (:func:`centroid_scores`) rather than from the model's class scores.
 
     Returns
     -------
@@ -359,8 +310,6 @@ def self_train(model, X_train: np.ndarray, y_train: np.ndarray, X_target: np.nda
     current = fitted if fitted is not None else clone(model).fit(X_train, y_train)
     for r in range(1, schedule.rounds + 1):
         scores = class_scores(current, X_target)
-        if centroids:
-            scores = centroid_scores(scores, X_target)
         limit = None if max_cells is None else max(0, max_cells - len(y_train))
         rows, labels = pseudo_labels(scores, current.classes_,
                                      schedule.final_fraction * r / schedule.rounds,
@@ -415,8 +364,7 @@ class TargetAdapter:
         if self.adaptation not in SELF_TRAINING:
             return self.fitted
         return self_train(self.model, self.X_train, self.y_train, X_target, self.schedule,
-                          fitted=self.fitted, max_cells=self.max_cells,
-                          centroids=SELF_TRAINING[self.adaptation])
+                          fitted=self.fitted, max_cells=self.max_cells)
 
 
 def _density_cells(n: int, max_cells: int, seed: int) -> np.ndarray | slice:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path, PurePath
 from typing import Any, Sequence
 
@@ -17,7 +16,6 @@ from dorl.classify.protocols import has_groups
 from dorl.data.taxonomy import UNKNOWN
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import FeatureFileError, cell_paths, read_features
-from dorl.provenance import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +53,9 @@ class FeatureInput:
     encoder_sha256 : str or None
         The hash of the trained cell encoder the features came from (``uns/hashes``); None for
         the pretrained encoder or a file from elsewhere.
+    embedding_sha256 : str
+        The hash of the whole embedding of ``key`` and its cell ids
+        (:meth:`dorl.featstore.FeatureSet.embedding_sha256`), which saved models record.
     """
 
     name: str
@@ -70,11 +71,7 @@ class FeatureInput:
     n_qc_failed: dict[str, int] = field(default_factory=dict)
     user_labelled: np.ndarray | None = None
     encoder_sha256: str | None = None
-
-    @cached_property
-    def sha256(self) -> str:
-        """The feature file's SHA-256, read once, when first asked (saved models record it)."""
-        return sha256_file(self.path)
+    embedding_sha256: str = ""
 
     def standardised(self) -> np.ndarray:
         """``X`` with each domain standardised by its own statistics, float32, same shape."""
@@ -226,4 +223,5 @@ def load_input(name: str, path: str | Path, key: str = "X",
                         DomainStandardScaler().fit(X, domains=fs.domains) if domain_stats
                         else None, n_qc_failed={str(d): int(n) for d, n in failed.items()},
                         user_labelled=user[keep] if user.any() else None,
-                        encoder_sha256=encoder_hash(fs.uns))
+                        encoder_sha256=encoder_hash(fs.uns),
+                        embedding_sha256=fs.embedding_sha256(key))

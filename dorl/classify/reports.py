@@ -364,8 +364,7 @@ def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput],
               "target's covariance aligned to the training cells'; `self_training`: "
               f"`domain_std`, then {c.self_training.rounds} rounds of class-balanced pseudo-"
               f"labels on the target's cells (up to {c.self_training.final_fraction:.0%} of each "
-              "predicted class); `centroid_self_training`: the same rounds with pseudo-labels "
-              "from the target's own class centroids. The target-side adaptations change only "
+              "predicted class). The target-side adaptations change only "
               "targets the model did not train on, so their in-domain cells equal "
               "`domain_std`'s."]
     if results["protocol"].isin(["in_domain", "source_target"]).any():

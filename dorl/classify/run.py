@@ -277,7 +277,7 @@ def _save_model(path: Path, fitted, task: _Task) -> None:
     bundle = {
         "model": fitted, "classifier": task.classifier, "classes": list(map(str, fitted.classes_)),
         "feature_dim": int(inp.X.shape[1]), "feature_key": inp.key, "feature_set": inp.name,
-        "feature_file": str(inp.path), "feature_sha256": inp.sha256,
+        "feature_file": str(inp.path), "embedding_sha256": inp.embedding_sha256,
         "feature_signature": inp.signature, "encoder_sha256": inp.encoder_sha256,
         "domains": sorted(set(inp.domains)),
         "n_train": int(len(task.split.train)), "seed": task.seed, "dorl_version": __version__,
@@ -286,7 +286,7 @@ def _save_model(path: Path, fitted, task: _Task) -> None:
     save_model_bundle(path, bundle)
 
 
-class _Adapter:
+class _AdaptedInputs:
     """The features and per-evaluation inputs each adaptation needs, computed once per feature
     set and split in the parent process (CORAL's eigen-decompositions would otherwise be
     repeated for every classifier)."""
@@ -355,16 +355,16 @@ def run_classification(inputs: list[FeatureInput], settings: ClassifySettings, o
     """
     c = settings
     tasks = _tasks(inputs, c)
-    adapter = _Adapter()
+    adapted = _AdaptedInputs()
     models = {(t.input.name, t.classifier, t.seed): build_classifier(
         t.classifier, t.seed, c.params.get(t.classifier), c.custom) for t in tasks}
     logger.info("classify: %d fits (%d feature sets, %d classifiers, adaptations %s, seeds %s, "
                 "protocols %s) on %d worker(s)", len(tasks), len(inputs), len(c.classifiers),
                 list(c.adaptations), list(c.seeds), list(c.protocols), c.n_jobs)
     jobs = (delayed(_fit_predict)(models[(t.input.name, t.classifier, t.seed)],
-                                  adapter.features(t), t.input.labels, t.split,
-                                  not t.split.evaluations, t.adaptation, adapter.adapted(t),
-                                  adapter.aligned(t), c.self_training, t.seed,
+                                  adapted.features(t), t.input.labels, t.split,
+                                  not t.split.evaluations, t.adaptation, adapted.adapted(t),
+                                  adapted.aligned(t), c.self_training, t.seed,
                                   _max_cells(t.classifier, c), c.shot_training)
             for t in tasks)
     outputs = Parallel(n_jobs=c.n_jobs, return_as="generator")(jobs)

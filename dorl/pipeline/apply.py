@@ -72,13 +72,13 @@ class SourceRun:
             When the run has no feature file, or its adapter or checkpoint is missing or is not
             the one its feature file was made with.
         """
-        from dorl.pipeline.embed import FEATURES_FILE
+        from dorl.pipeline.embed import FEATURES_H5AD
         from dorl.sam.inference import adapter_hash
 
         run_dir = Path(run_dir)
-        path = run_dir / FEATURES_FILE
+        path = run_dir / FEATURES_H5AD
         if not path.is_file():
-            raise FeatureFileError(f"{run_dir}: no {FEATURES_FILE}; finish `dorl embed` there "
+            raise FeatureFileError(f"{run_dir}: no {FEATURES_H5AD}; finish `dorl embed` there "
                                    f"first")
         uns = read_features(path).uns
         if "config" not in uns:
@@ -184,7 +184,7 @@ def apply_run(run_dir: str | Path, user_cfg) -> Path:
     """
     from dorl.features.encode import features_from_config
     from dorl.pipeline.embed import (
-        FEATURES_FILE,
+        FEATURES_H5AD,
         check_settings,
         embed_segmentation,
         finished,
@@ -196,7 +196,7 @@ def apply_run(run_dir: str | Path, user_cfg) -> Path:
     cfg = applied_config(source, user_cfg)
     settings = check_settings(cfg)
     save_resolved(cfg, cfg.run_dir, "config.apply.yaml")
-    out = Path(cfg.run_dir) / FEATURES_FILE
+    out = Path(cfg.run_dir) / FEATURES_H5AD
     manifest = load_data(cfg)
     check_domain_sizes(manifest.table["domain"].to_numpy(), str(cfg.data.manifest))
     if finished(cfg, manifest):

@@ -62,7 +62,7 @@ from dorl.sam.segmentation import Segmentation
 
 logger = logging.getLogger(__name__)
 
-FEATURES_FILE = "features.h5ad"
+FEATURES_H5AD = "features.h5ad"
 
 
 #: ``features.standardise``: each domain standardised with its own statistics, or as encoded.
@@ -136,7 +136,7 @@ def finished(cfg, manifest: Manifest) -> bool:
     FeatureFileError
         When it holds one made by another config or dataset (it is never overwritten).
     """
-    out = Path(cfg.run_dir) / FEATURES_FILE
+    out = Path(cfg.run_dir) / FEATURES_H5AD
     return reusable(FEATURE_FILE, out, stored_signature(out), feature_signature(cfg, manifest),
                     refuse=True, error=FeatureFileError)
 
@@ -155,7 +155,7 @@ def run_embed(cfg) -> Path:
         When ``run_dir`` holds a feature file made by another config or dataset.
     """
     settings = check_settings(cfg)
-    out = Path(cfg.run_dir) / FEATURES_FILE
+    out = Path(cfg.run_dir) / FEATURES_H5AD
     group = init_from_env(get_device(cfg.device))
     # Rank 0 reads (or generates) the data first, so that the other ranks find it on disk.
     manifest = load_data(cfg) if group.is_main else None
@@ -364,7 +364,7 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
         uns["applied_from"] = applied_from
         if "cae_encoder" in applied_from["hashes"]:
             uns["hashes"]["cae_encoder"] = applied_from["hashes"]["cae_encoder"]
-    return write_features(run_dir / FEATURES_FILE, FeatureSet(X, obs, obsm, uns))
+    return write_features(run_dir / FEATURES_H5AD, FeatureSet(X, obs, obsm, uns))
 
 
 def _provenance(cfg, signature: dict[str, str], seg: Segmentation, result: TrainResult | None,

@@ -2,7 +2,7 @@
 
 Training masks come, in order of preference, from the dataset itself (manifest ``mask_path``;
 the synthetic generator writes its masks there) and from pseudo-masks bootstrapped on the
-unlabelled domains (:mod:`dorl.sam.pseudo_masks`); ``sam.finetune.synth_images`` synthetic cells
+unlabelled domains (:mod:`dorl.sam.pseudo_masks`);
 drawn on the fly, with their true whole-cell masks, can be mixed in (training only, never
 validation). Domains in ``sam.finetune.exclude_domains`` are never trained on. The loss is
 0.2 CE + 0.8 Dice on the low-resolution logits; AdamW with linear warm-up then cosine decay;
@@ -281,16 +281,13 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
 
     Rows from ``sam.finetune.exclude_domains`` are never used. ``mask_source``: ``dataset`` uses
     the manifest's masks; ``pseudo`` bootstraps pseudo-masks for rows without one; ``auto`` uses
-    the dataset's masks and pseudo-masks for the domains that have none. ``synth_images``
-    synthetic cells (:func:`dorl.data.synth.generate.synthetic_cells`) are appended as training
-    images, row -1.
+    the dataset's masks and pseudo-masks for the domains that have none.
 
     Returns
     -------
     dict
         ``images`` uint8 (n, S, S, 3), ``masks`` bool (n, S, S), ``val`` bool (n,), ``rows``
-        (manifest row indices, -1 for synthetic cells) and ``sources`` (counts per mask source
-        and domain).
+        (manifest row indices) and ``sources`` (counts per mask source and domain).
     """
     from dorl.resize import resize_image, resize_mask
     from dorl.sam.pseudo_masks import bootstrap_pseudo_masks
@@ -339,17 +336,6 @@ def training_set(cfg, manifest: Manifest, model) -> dict:
         sources[key] = sources.get(key, 0) + 1
     rows = np.array(rows, dtype=int)
     val = validation_rows(table["split"].to_numpy()[rows] == "val", float(ft.val_fraction), rng)
-    n_synth = int(ft.synth_images)
-    if n_synth:
-        from dorl.data.synth.generate import synthetic_cells
-
-        synth_images, synth_masks = synthetic_cells(n_synth, list(ft.synth_domains), s,
-                                                    int(cfg.seed))
-        images.extend(synth_images)
-        masks.extend(synth_masks)
-        rows = np.concatenate([rows, np.full(n_synth, -1)])
-        val = np.concatenate([val, np.zeros(n_synth, bool)])
-        sources["synthetic"] = n_synth
     return {"images": np.stack(images) if images else np.zeros((0, s, s, 3), np.uint8),
             "masks": np.stack(masks) if masks else np.zeros((0, s, s), bool),
             "val": val, "rows": rows, "sources": sources}
@@ -401,6 +387,11 @@ def finetune_from_config(cfg, manifest: Manifest,
     lora = cfg.sam.lora
     add_lora(model, int(lora.rank), float(lora.alpha), float(lora.dropout),
              list(lora.target_modules), bool(cfg.sam.train_prompt_encoder))
+    checkpoint_blocks = getattr(model.image_encoder, "checkpoint_blocks", None)
+    if checkpoint_blocks is not None:
+        # The attention maps of the LoRA-tuned blocks held 1.2 GB of a batch of 8 at 128 px;
+        # recomputed in the backward pass instead (docs/benchmarks.md, issue 38's section).
+        checkpoint_blocks()
     images, masks = torch.from_numpy(data["images"]), torch.from_numpy(data["masks"])
     train = torch.from_numpy(~data["val"])
     loader = DataLoader(TensorDataset(images[train], masks[train]), batch_size=int(ft.batch_size),

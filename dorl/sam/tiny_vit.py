@@ -28,6 +28,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +206,14 @@ class TinyViTBlock(nn.Module):
         return x + self.mlp(x)
 
 
+def _run_block(block: nn.Module, x: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+    """``block(x)``; under ``checkpointed`` while gradients are recorded, its activations are
+    recomputed in the backward pass instead of kept (less memory, one more forward)."""
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(block, x, use_reentrant=False)
+    return block(x)
+
+
 class ConvStage(nn.Module):
     """MBConv blocks on a (B, C, H, W) map, then a patch merge."""
 
@@ -212,12 +221,13 @@ class ConvStage(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
         self.downsample = downsample
+        self.checkpointed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H', W', C_out)."""
         x = _as_image(x)
         for block in self.blocks:
-            x = block(x)
+            x = _run_block(block, x, self.checkpointed)
         return _as_tokens(self.downsample(x))
 
 
@@ -231,11 +241,12 @@ class AttentionStage(nn.Module):
             TinyViTBlock(dim, num_heads, window_size, mlp_ratio, local_conv_size)
             for _ in range(depth))
         self.downsample = downsample
+        self.checkpointed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H', W', C_out)."""
         for block in self.blocks:
-            x = block(x)
+            x = _run_block(block, x, self.checkpointed)
         if self.downsample is not None:
             x = _as_tokens(self.downsample(_as_image(x)))
         return x
@@ -284,6 +295,14 @@ class TinyViT(nn.Module):
         Convert the input to channels-last memory so that every convolution runs in that layout
         (default True; False keeps the caller's layout, for benchmarking).
     """
+
+    def checkpoint_blocks(self, enabled: bool = True) -> "TinyViT":
+        """Recompute each block's activations in the backward pass instead of keeping them
+        (:func:`torch.utils.checkpoint.checkpoint`): fine-tuning's memory for some time, with
+        the same gradients. Return ``self``."""
+        for layer in self.layers:
+            layer.checkpointed = enabled
+        return self
 
     def __init__(self, embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), num_heads=(2, 4, 5, 10),
                  window_sizes=(7, 7, 14, 7), merge_strides=(2, 2, 1), mlp_ratio: float = 4.0,

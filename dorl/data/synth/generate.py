@@ -191,7 +191,7 @@ def synthetic_cells(n: int, domains: list[str], size: int,
         Nucleus plus cytoplasm.
     """
     if n and not domains:
-        raise ValueError("sam.finetune.synth_images > 0 needs sam.finetune.synth_domains")
+        raise ValueError("synthetic_cells needs at least one lab preset to draw n > 0 cells")
     styles = [domain_style(d) for d in domains]
     images, masks = np.zeros((n, size, size, 3), np.uint8), np.zeros((n, size, size), bool)
     for i in range(n):
