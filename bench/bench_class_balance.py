@@ -2,7 +2,7 @@
 
 `balanced_std` re-standardises each lab with the mean and standard deviation of the mixture in
 which every class weighs the same. On the synthetic demonstration, whose labs share one class
-mix, it lowers the linear SVM and raises the RBF SVM (docs/benchmarks.md, Run J). This bench
+mix, it lowers the linear SVM and raises the RBF SVM (docs/history/runs-a-to-m.md, Run J). This bench
 separates the two halves of the change and a control, each with the true labels of both labs
 (no EM), for every ordered pair of labs of a feature file standardised per domain:
 

@@ -76,7 +76,7 @@ BUILTINS: Mapping[str, Builtin] = {
                     "n_iter_no_change": 10}, scale=True),
     "knn": Builtin("KNN", KNeighborsClassifier, {"n_neighbors": 5, "n_jobs": 1}, scale=True),
     # The boosted trees sample 30% of the features for each tree: on 1,280-d cell features it
-    # scored higher by the source-only rule and fits 1.6-2.6x faster (docs/benchmarks.md, Run M).
+    # scored higher by the source-only rule and fits 1.6-2.6x faster (docs/history/runs-a-to-m.md, Run M).
     "xgboost": Builtin("XGBoost", XGBClassifier,
                        {"tree_method": "hist", "max_bin": 64, "n_estimators": 100, "max_depth": 6,
                         "colsample_bytree": 0.3, "n_jobs": 1, "verbosity": 0,

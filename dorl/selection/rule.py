@@ -47,7 +47,7 @@ def choose_default(selection: pd.DataFrame, order: Sequence[str]) -> tuple[str, 
 
 def choose_adaptation(selection: pd.DataFrame, option: str,
                       adaptations: tuple[str, ...]) -> tuple[str, pd.DataFrame]:
-    """The target adaptation of the headline, by the rule of docs/benchmarks.md (Run G).
+    """The target adaptation of the headline, by the rule of docs/history/runs-a-to-m.md (Run G).
 
     For each seed, the classifier best in-domain on ``option``'s source cells; each adaptation
     is scored by that classifier's shifted-source macro-F1 (the simulated labs as unlabelled
