@@ -41,6 +41,27 @@ def configure_threads(num_threads: int | None) -> None:
         logger.debug("torch threads: %d", num_threads)
 
 
+def release_memory() -> None:
+    """Hand the memory a finished stage freed back to the system.
+
+    glibc keeps freed heap pages for reuse, so a process's resident memory stays at its largest
+    stage's peak and the next stage adds its own on top; ``malloc_trim`` returns them (a no-op
+    where the C library is not glibc). The CUDA cache is emptied too.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc
+        pass
+
+
 def _cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX on x86; Linux only, where
     the flags can be read)."""

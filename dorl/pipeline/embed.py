@@ -27,7 +27,7 @@ from dorl.cae.train import CAEData, TrainResult, train_autoencoder
 from dorl.config import ConfigError, resolved_yaml
 from dorl.data.manifest import Manifest
 from dorl.data.taxonomy import UNKNOWN, label_space
-from dorl.device import get_device
+from dorl.device import get_device, release_memory
 from dorl.distributed import ProcessGroup, init_from_env
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.featstore import (
@@ -171,14 +171,17 @@ def run_embed(cfg) -> Path:
     t0 = time.perf_counter()
     adapter_dir = finetune_from_config(cfg, manifest, group)
     timings["sam_finetune"] = time.perf_counter() - t0
+    release_memory()  # each stage's peak on its own, not on the last stage's leftovers
     t0 = time.perf_counter()
     seg = segment_from_config(cfg, manifest, adapter_dir, settings.segment, group)
     timings["segment"] = time.perf_counter() - t0
+    release_memory()
     cae = None
     if settings.cae is not None:
         t0 = time.perf_counter()
         cae = train_from_config(cfg, manifest, seg, settings.cae, group)
         timings["cae_train"] = time.perf_counter() - t0
+        release_memory()
     t0 = time.perf_counter()
     cell_feats = features_from_config(
         cfg, manifest, seg, settings.features, group,
