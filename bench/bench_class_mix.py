@@ -3,7 +3,7 @@ gives back.
 
 LISC is class-balanced and Zheng-2018 nearly so, while a lab's smears hold mostly neutrophils
 and lymphocytes. This bench redraws each target in the mix of a normal adult differential
-(``dorl.selection.labs.class_mix_rows``; which cells of each class is drawn with each seed)
+(``simulated_labs.class_mix_rows``; which cells of each class is drawn with each seed)
 and encodes the redrawn cells as a lab of their own: its own AdaBN statistics and its own
 standardisation, as ``dorl embed`` treats a lab. The target's labels choose which cells form
 the redrawn lab, and they score it; no model or setting reads them. Classifiers train on all
@@ -37,7 +37,7 @@ from dorl.data.manifest import load_manifest
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.features.encode import FeatureSettings, cell_crops
 from dorl.sam.segmentation import Segmentation
-from dorl.selection.labs import DIFFERENTIAL, class_mix_rows
+from simulated_labs import DIFFERENTIAL, class_mix_rows
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_class_mix")

@@ -79,7 +79,7 @@ from dorl.features.encode import FeatureSettings, build_encoder, cell_crops, enc
 from dorl.features.resolution import native_crop_sides, resample_through
 from dorl.pipeline.embed import train_from_config
 from dorl.seeding import seed_everything
-from dorl.selection.labs import LOW_RES_FACTOR, LOW_RES_LAB, SIMULATED_LABS, reimaged
+from simulated_labs import LOW_RES_FACTOR, LOW_RES_LAB, SIMULATED_LABS, reimaged
 
 logger = logging.getLogger("bench_encoder_training")
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ granulocytes, erythroblasts and platelets, LISC's ``mixed``) are left out. A cla
 than ``classify.min_class_count`` cells in a target is left out of that target's score.
 
 Methods, measured in one run on the same cells:
-  colour+texture, pixels+PCA          hand-crafted baselines (dorl.classify.baselines)
+  colour+texture, pixels+PCA          hand-crafted baselines (bench/baselines.py)
   SAM frozen                          pooled encoder features of zero-shot SAM (no LoRA)
   LoRA-SAM                            pooled encoder features after LoRA fine-tuning
   LoRA-SAM domain-std                 the same, standardised per domain (label-free baseline)
@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 
 from dorl.atomic import atomic_path, write_text_atomic
 from dorl.classify.adaptation import ADAPTATIONS
-from dorl.classify.baselines import colour_texture_features, pixel_pca_features
+from baselines import colour_texture_features, pixel_pca_features
 from dorl.classify.inputs import FeatureInput
 from dorl.classify.run import kept_classes, run_classification, score
 from dorl.classify.settings import ClassifySettings
@@ -76,8 +76,8 @@ from dorl.pipeline.invariance import domain_invariance
 from dorl.resize import resize_mask
 from dorl.sam.metrics import mask_scores
 from dorl.seeding import seed_everything
-from dorl.selection.labs import LAB_COLUMNS, held_out_labs
-from dorl.selection.rule import choose_adaptation, choose_default
+from simulated_labs import LAB_COLUMNS, held_out_labs
+from selection_rule import choose_adaptation, choose_default
 
 logger = logging.getLogger("bench_realdata")
 REPO = Path(__file__).resolve().parents[1]
@@ -278,7 +278,7 @@ def sam_stages(cfg, manifest: Manifest, out: Path, watch: Stopwatch, zero_shot: 
 def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stopwatch,
                  out: Path) -> tuple[str, dict]:
     """Add one row per ``--feature-options`` option to ``per_seed`` and choose among them by the
-    label-free rule of :mod:`dorl.selection.rule`. Returns the chosen option and a dict with the
+    label-free rule of `bench/selection_rule.py`. Returns the chosen option and a dict with the
     ``selection`` table (records) and the chosen adaptation with its table (records)."""
     from dorl.features.encode import FeatureSettings, cell_crops
     from dorl.features.resolution import coarsest_side, native_crop_sides

@@ -1,11 +1,11 @@
 """The cell-feature options of ``features.*`` as rows of the real-data bench, scored for the
-label-free rule of :mod:`dorl.selection.rule`.
+label-free rule of `bench/selection_rule.py`.
 
 Every option reads the same LoRA-SAM cell crops (cut once, :func:`dorl.features.encode.cell_crops`)
 and is standardised per domain before the classifiers, like the "LoRA-SAM domain-std" row.
 :func:`shifted_source_scores` gives each option and adaptation its rows: the in-domain macro-F1
 on the source (5-fold) and the macro-F1 of the same folds' models on their held-out source cells
-as each simulated lab of :mod:`dorl.selection.labs` images them (each lab standardised,
+as each simulated lab of `bench/simulated_labs.py` images them (each lab standardised,
 stain-normalised and AdaBN-recalibrated as its own domain; each is the unlabelled target of
 every adaptation). Only source labels are used.
 """
@@ -28,7 +28,7 @@ from dorl.domain_scaler import DomainStandardScaler
 from dorl.features.encode import FeatureSettings, build_encoder, domain_sample, encode_crops
 from dorl.features.resolution import coarsest_side, resample_through
 from dorl.features.stain import normalise_crops
-from dorl.selection.labs import (
+from simulated_labs import (
     HELD_OUT_COLUMNS,
     LOW_RES_LAB,
     SIMULATED_LABS,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from dorl.data.manifest import load_manifest
 from dorl.featstore import FeatureSet, write_features
 
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 @contextmanager
@@ -30,17 +28,6 @@ def dorl_records(level: int = logging.INFO):
         yield records
     finally:
         logging.getLogger("dorl").removeHandler(handler)
-
-
-@contextmanager
-def bench_scripts_importable():
-    """``bench/`` on ``sys.path`` for the ``with`` block: its scripts import each other by bare
-    name, so a test imports them the same way."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def write_disc_manifest(root, domains=("lab_a", "lab_b"), n=12, size=64, masks=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dorl.classify.baselines import (
+from baselines import (
     colour_texture_features,
     feature_names,
     pixel_pca_features,

@@ -8,8 +8,8 @@ import pandas as pd
 from dorl.classify.run import classify_from_config
 from dorl.featstore import read_features
 from dorl.features.encode import FeatureSettings
-from dorl.selection.labs import LAB_COLUMNS, held_out_labs
-from tests.helpers import bench_scripts_importable, synthetic_features
+from simulated_labs import LAB_COLUMNS, held_out_labs
+from tests.helpers import synthetic_features
 
 #: Lite0 with AdaBN over 6 cells, reading the tests' 32-px crops at its own 224 px.
 TINY_CELL_FEATURES = FeatureSettings(("efficientnet_lite0",), 224, "none", (), True, 6, 6, False,
@@ -17,8 +17,7 @@ TINY_CELL_FEATURES = FeatureSettings(("efficientnet_lite0",), 224, "none", (), T
 
 
 def test_bench_and_classify_run_give_the_same_numbers(tiny_cfg, tmp_path):
-    with bench_scripts_importable():
-        from bench_realdata import SOURCE, score_methods
+    from bench_realdata import SOURCE, score_methods
     path = synthetic_features(tmp_path / "f.h5ad", n_per_domain=80, domains=(SOURCE, "lab_b"))
     fs = read_features(path)
     table = pd.DataFrame({"domain": fs.domains, "label": fs.labels})
@@ -50,8 +49,7 @@ def test_bench_and_classify_run_give_the_same_numbers(tiny_cfg, tmp_path):
 
 
 def test_shifted_source_scores_score_every_lab_with_the_configured_classifiers():
-    with bench_scripts_importable():
-        from feature_options import shifted_source_scores
+    from feature_options import shifted_source_scores
     rng = np.random.default_rng(0)
     classes = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 

@@ -6,10 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tests.helpers import bench_scripts_importable
 
-with bench_scripts_importable():
-    from cnn_comparator import CellCNN, CNNSettings, predict_cnn, train_cnn
+from cnn_comparator import CellCNN, CNNSettings, predict_cnn, train_cnn
 
 
 def test_cnn_has_no_batchnorm_and_maps_crops_to_logits():

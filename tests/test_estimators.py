@@ -10,10 +10,8 @@ from xgboost import XGBClassifier
 
 from dorl.classify.estimators import EncodedLabelClassifier
 from dorl.domain_scaler import DomainStandardScaler
-from tests.helpers import bench_scripts_importable
 
-with bench_scripts_importable():  # a rejected option, kept with its bench
-    from view_invariance import ViewInvariantProjection
+from view_invariance import ViewInvariantProjection
 
 
 @parametrize_with_checks([

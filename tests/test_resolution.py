@@ -20,8 +20,8 @@ from dorl.features.resolution import (
     resample_through,
 )
 from dorl.sam.segmentation import Segmentation
-from dorl.selection.labs import LOW_RES_LAB, shifted_crops
-from tests.helpers import bench_scripts_importable, write_disc_manifest
+from simulated_labs import LOW_RES_LAB, shifted_crops
+from tests.helpers import write_disc_manifest
 
 
 def checkerboard(n=3, size=32):
@@ -129,8 +129,7 @@ def test_apply_sees_a_new_lab_at_the_run_s_resolution(tiny_cfg, tmp_path):
 
 
 def test_the_rule_s_low_resolution_lab_and_the_coarsest_option():
-    with bench_scripts_importable():
-        from feature_options import at_resolution
+    from feature_options import at_resolution
     crops = checkerboard(n=4)
     masks = np.ones((4, 32, 32), bool)
     sides = np.array([40.0, 40.0, 20.0, 20.0])

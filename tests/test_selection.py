@@ -4,7 +4,7 @@ the class-mix labs draw the mixes they name."""
 import numpy as np
 import pandas as pd
 
-from dorl.selection.labs import (
+from simulated_labs import (
     DIFFERENTIAL,
     DIFFERENTIAL_LAB,
     PAEDIATRIC,
@@ -12,7 +12,7 @@ from dorl.selection.labs import (
     class_mix_rows,
     held_out_labs,
 )
-from dorl.selection.rule import choose_adaptation, choose_default
+from selection_rule import choose_adaptation, choose_default
 
 
 def _selection_rows(shifted: dict[str, float]) -> pd.DataFrame:

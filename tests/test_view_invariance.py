@@ -8,11 +8,9 @@ import torch
 
 from dorl.features.efficientnet import build_efficientnet_lite
 from dorl.features.encode import dihedral_views, domain_sample, encode_crops
-from tests.helpers import bench_scripts_importable
 from tests.test_features import disc_crops
 
-with bench_scripts_importable():  # a rejected option, kept with its bench
-    from view_invariance import ViewInvariantProjection, two_views
+from view_invariance import ViewInvariantProjection, two_views
 
 AUGMENT = dict(hue=0.08, saturation=0.25, brightness=0.15, blur_prob=0.3, scale=(0.8, 1.25),
                flip=True)

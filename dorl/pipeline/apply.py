@@ -8,8 +8,8 @@ space and a model saved by ``dorl classify run`` on the run applies to it.
 
 What is estimated from the new lab's own cells, without labels, is what a lab's appearance
 shifts: the encoders' BatchNorm statistics (``features.adabn``) and the per-domain feature
-standardisation. Each new domain needs :data:`NEW_DOMAIN_MIN_CELLS` cells for those (measured by
-``bench/bench_domain_cells.py``, docs/benchmarks.md).
+standardisation. Each new domain needs :data:`NEW_DOMAIN_MIN_CELLS` cells for those
+(docs/history/runs-a-to-m.md, "How many cells a new lab needs").
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dorl.provenance import sha256_file
 logger = logging.getLogger(__name__)
 
 #: Cells a new domain needs for its own statistics: the smallest count whose per-domain
-#: standardisation scored within 0.02 macro-F1 of using every cell (bench/bench_domain_cells.py).
+#: standardisation scored within 0.02 macro-F1 of using every cell (docs/history/runs-a-to-m.md).
 NEW_DOMAIN_MIN_CELLS = 20
 #: What ``dorl apply`` takes from the user's config; every other key comes from the run.
 USER_KEYS = ("data", "run_dir", "device", "num_threads")

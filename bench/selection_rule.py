@@ -1,7 +1,7 @@
 """The label-free rule that chooses dorl's defaults, on source labels only.
 
 Each candidate (a ``features.*`` option, a target adaptation) is scored on the source's cells and
-on the simulated labs of :mod:`dorl.selection.labs`; ``bench/feature_options.py`` computes the
+on the simulated labs of `bench/simulated_labs.py`; ``bench/feature_options.py`` computes the
 rows, these functions choose. A candidate's *selection score* is the mean of the in-domain
 macro-F1 on the source (5-fold) and the shifted-source macro-F1 (the same folds' models on their
 held-out cells as each simulated lab images them), for the classifier that scores best
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from dorl.selection.labs import LAB_COLUMNS
+from simulated_labs import LAB_COLUMNS
 
 #: Scores this close to the best count as ties, which go to the cheaper candidate.
 TIE = 0.01

@@ -1,7 +1,7 @@
 """The simulated labs of the selection rule: source cells re-imaged as another lab would image
 them (colour, blur, zoom, half the resolution), and held-out source cells in a lab's class mix.
 
-They stand in for the labs dorl will meet: the rule (:mod:`dorl.selection.rule`) scores every
+They stand in for the labs dorl will meet: the rule (`bench/selection_rule.py`) scores every
 candidate default on them with source labels only. Each lab was added by a rule written before
 it was scored (docs/benchmarks.md, Runs C-L).
 """
