@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from dorl.config import ConfigError
 from dorl.sam.augment import augment_batch
 from dorl.sam.finetune import (
     ADAPTER_DIR,
@@ -99,6 +100,12 @@ def test_finetune_writes_a_reusable_adapter(tiny_cfg, disc_manifest, caplog):
     assert finetune_from_config(tiny_cfg, disc_manifest) == adapter
     assert (adapter / "adapter_model.safetensors").stat().st_mtime_ns == stamp
     assert "reused" in caplog.text
+
+
+def test_block_checkpointing_needs_an_encoder_that_can(tiny_cfg, disc_manifest):
+    tiny_cfg.sam.finetune.checkpoint_blocks = True  # the test backbone is a plain ViT
+    with pytest.raises(ConfigError, match="sam.finetune.checkpoint_blocks: the tiny encoder"):
+        finetune_from_config(tiny_cfg, disc_manifest)
 
 
 def test_finetune_disabled_or_without_masks_gives_none(tiny_cfg, disc_manifest):

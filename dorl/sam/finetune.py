@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from dorl.artifacts import ADAPTER, reusable
 from dorl.atomic import write_text_atomic
+from dorl.config import ConfigError
 from dorl.data.images import read_cell_mask, read_rgb
 from dorl.data.manifest import Manifest
 from dorl.distributed import ProcessGroup
@@ -387,11 +388,12 @@ def finetune_from_config(cfg, manifest: Manifest,
     lora = cfg.sam.lora
     add_lora(model, int(lora.rank), float(lora.alpha), float(lora.dropout),
              list(lora.target_modules), bool(cfg.sam.train_prompt_encoder))
-    checkpoint_blocks = getattr(model.image_encoder, "checkpoint_blocks", None)
-    if checkpoint_blocks is not None:
-        # The attention maps of the LoRA-tuned blocks held 1.2 GB of a batch of 8 at 128 px;
-        # recomputed in the backward pass instead (docs/benchmarks.md, issue 38's section).
-        checkpoint_blocks()
+    if ft.checkpoint_blocks:
+        checkpoint = getattr(model.image_encoder, "checkpoint_blocks", None)
+        if checkpoint is None:
+            raise ConfigError(f"sam.finetune.checkpoint_blocks: the {cfg.sam.backbone} encoder "
+                              f"cannot recompute its blocks; set it to false")
+        checkpoint()
     images, masks = torch.from_numpy(data["images"]), torch.from_numpy(data["masks"])
     train = torch.from_numpy(~data["val"])
     loader = DataLoader(TensorDataset(images[train], masks[train]), batch_size=int(ft.batch_size),
