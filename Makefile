@@ -61,6 +61,15 @@ run: $(STAMP) ## the whole default job: data, embed, classify, umap; prints wher
 	$(DORL) umap $(CFG) $(ARGS)
 	$(DORL) info --outputs $(CFG) $(ARGS)
 
+FIELDS := -c configs/fields.yaml
+fields-demo: $(STAMP) ## whole fields end to end: synthetic fields, cells, embed, classify, counts per field
+	$(DORL) data synth $(FIELDS) $(ARGS)
+	$(DORL) data manifest $(FIELDS) $(ARGS)
+	$(DORL) embed $(FIELDS) $(ARGS)
+	$(DORL) classify run $(FIELDS) $(ARGS)
+	$(DORL) classify predict $(FIELDS) $(ARGS) --model runs/fields/classify/models/dorl__logreg.skops \
+		--features runs/fields/features.h5ad --out runs/fields/predictions.csv
+
 test: $(STAMP) ## run the whole test suite (what CI runs; minutes)
 	$(BIN)/pytest -q -n auto --dist loadgroup
 

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(data_sub.add_parser(
         "prepare", help="synth when data.sources is empty, else manifest (what `make data` runs)"))
     _common(data_sub.add_parser(
-        "synth", help="generate the synthetic multi-domain cell dataset into data.root"))
+        "synth", help="generate the synthetic multi-domain cell dataset into data.root (whole "
+                      "fields when data.synth.fields_per_domain > 0)"))
     _common(data_sub.add_parser(
         "manifest", help="build data.manifest from data.sources (dataset layouts, dedup, checks)"))
 
@@ -123,6 +124,16 @@ def _prepare(args: argparse.Namespace, stage: str, held: ExitStack):
 
 
 def _data_synth(args: argparse.Namespace, cfg) -> None:
+    synth = cfg.data.synth
+    if int(synth.fields_per_domain) > 0:
+        from omegaconf import OmegaConf
+
+        from dorl.data.synth.fields import compose_fields
+
+        compose_fields(cfg.data.root, list(synth.domains), int(synth.fields_per_domain),
+                       int(synth.fields_grid), int(synth.image_size),
+                       OmegaConf.to_container(synth.class_weights, resolve=True), int(cfg.seed))
+        return
     from dorl.data.synth.generate import generate_from_config
 
     manifest = generate_from_config(cfg)

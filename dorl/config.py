@@ -43,7 +43,8 @@ NUMBER_RANGES = {
     "sam.finetune.val_fraction": (0.0, 0.9), "sam.finetune.max_images": (1, None),
     "sam.infer.crop_size": (8, None),
     "sam.infer.min_area_frac": (0.0, 1.0), "sam.infer.max_border_frac": (0.0, 1.0),
-    "sam.eval.max_images": (1, None), "sam.eval.n_overlays": (0, None),
+    "sam.eval.max_images": (1, None),
+    "data.synth.fields_per_domain": (0, None), "data.synth.fields_grid": (1, None), "sam.eval.n_overlays": (0, None),
     # EfficientNet's last feature map is 1/32 of its input.
     "features.crop_size": (32, None), "features.adabn_cells": (1, None),
     "features.batch_size": (1, None),

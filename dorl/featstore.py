@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 CATEGORICAL = ("domain", "label", "label_raw", "label_fine", "split")
 OBS_COLUMNS = ("path", "domain", "label", "label_raw", "label_fine", "split", "group",
-               "seg_fallback")
+               "field", "box", "seg_fallback")
 _STR = h5py.string_dtype("utf-8")
 
 

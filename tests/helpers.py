@@ -91,3 +91,21 @@ def synthetic_features(path, n_per_domain=120, dim=12, domains=("lab_a", "lab_b"
                        index=[f"c{i}" for i in range(n)])
     extra = {"X_raw": np.concatenate([X, X ** 2], axis=1)} if obsm else {}
     return write_features(path, FeatureSet(X, obs, extra, {"signature": {"data": "synthetic"}}))
+
+
+def draw_field(rng, nuclei, size=200, lobed=True):
+    """A pink field of red cells with dark purple nuclei at ``nuclei`` ((x, y, radius), ...),
+    every second one two-lobed when ``lobed``; the true boxes are the nuclei's."""
+    field = np.full((size, size, 3), (235, 215, 225), np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(60):  # red cells
+        cx, cy = rng.uniform(0, size, 2)
+        field[(xx - cx) ** 2 + (yy - cy) ** 2 < 36] = (205, 140, 175)
+    boxes = []
+    for i, (cx, cy, r) in enumerate(nuclei):
+        two = lobed and i % 2
+        for lx, ly in [(cx - r / 2, cy), (cx + r / 2, cy)] if two else [(cx, cy)]:
+            field[(xx - lx) ** 2 + (yy - ly) ** 2 < (r * 0.7 if two else r) ** 2] = (90, 8, 150)
+        boxes.append((cx - r, cy - r, cx + r, cy + r))
+    noise = rng.normal(0, 3, field.shape)
+    return np.clip(field + noise, 0, 255).astype(np.uint8), np.asarray(boxes, np.float64)

@@ -472,6 +472,19 @@ BUNDLE_KEYS = ("model", "classes", "feature_dim", "feature_key", "feature_signat
                "feature_file")
 
 
+def _write_differential_counts(predictions: pd.DataFrame, path: Path) -> None:
+    """Per field, the white cells of each predicted class (the differential count), over the
+    cells that passed QC; one row per field, classes as columns, and the total."""
+    counted = predictions[predictions["field"] != ""]
+    if "qc_pass" in counted:
+        counted = counted[counted["qc_pass"]]
+    table = pd.crosstab(counted["field"], counted["predicted"])
+    table["total"] = table.sum(axis=1)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp)
+    logger.info("differential counts of %d fields written to %s", len(table), path)
+
+
 def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str | Path) -> Path:
     """Label the cells of a feature file with a model saved by the classify stage.
 
@@ -537,6 +550,10 @@ def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str
                         "label": fs.labels, "predicted": np.asarray(predicted).astype(str)})
     if "path" in fs.obs:
         out.insert(1, "path", fs.obs["path"].astype(str).to_numpy())
+    fields = fs.obs["field"].astype(str).to_numpy() if "field" in fs.obs else None
+    if fields is not None and (fields != "").any():  # cells cut from whole fields
+        out["field"] = fields
+        out["box"] = fs.obs["box"].astype(str).to_numpy()
     if "qc_pass" in fs.obs:  # a failed cell is predicted, and flagged
         out["qc_pass"] = fs.obs["qc_pass"].astype(bool).to_numpy()
         out["qc_reason"] = fs.obs["qc_reason"].astype(str).to_numpy()
@@ -545,6 +562,8 @@ def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str
             out[f"p_{name}"] = proba[:, i]
     with atomic_path(out_csv) as tmp:
         out.to_csv(tmp, index=False)
+    if "field" in out:
+        _write_differential_counts(out, Path(out_csv).with_suffix(".counts.csv"))
     labelled = ~np.isin(out["label"], UNLABELLED)
     if labelled.any():
         logger.info("%s: accuracy %.3f on %d labelled cells", out_csv,

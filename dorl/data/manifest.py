@@ -31,7 +31,7 @@ from dorl.provenance import sha256_file, signature_of
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("path", "domain", "label", "label_raw", "label_fine", "sha256", "mask_path", "split",
-           "group")
+           "group", "field", "box")
 REQUIRED = ("path", "domain")
 
 

@@ -28,6 +28,7 @@ from dorl.data.manifest import (
     validate,
 )
 from dorl.data.taxonomy import RAW_TO_FINE, UNKNOWN, raw_to_fine
+from dorl.fields.cells import read_fields
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +232,7 @@ ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
     "class_folders": read_class_folders,
     "csv": read_csv,
     "folder": read_folder,
+    "fields": read_fields,
 }
 
 
@@ -273,7 +275,9 @@ def build_manifest(sources: list[dict], space: str, out_path: str | Path,
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     base = out_path.parent.resolve()
-    frames = [read_source(s) for s in sources]
+    # A fields source cuts its cells into files beside the manifest.
+    frames = [read_source({**s, "cells_dir": out_path.parent / "field_cells"}
+                          if s.get("format") == "fields" else s) for s in sources]
     df = pd.concat(frames, ignore_index=True)
     _refuse_undecodable_names(df)
 
@@ -282,6 +286,8 @@ def build_manifest(sources: list[dict], space: str, out_path: str | Path,
 
     df["path"] = df["path"].map(rel)
     df["mask_path"] = df["mask_path"].map(rel)
+    if "field" in df.columns:
+        df["field"] = df["field"].fillna("").map(rel)
     if "group" in df.columns:
         df["group"] = [rel(g) if g and Path(g).is_absolute() else g for g in df["group"].fillna("")]
     df = finalize(df, space, base, val_fraction)

@@ -2,6 +2,8 @@
 
 Each cell gets named checks; the first that fails is its ``qc_reason`` (empty when it passes):
 
+* ``edge``: a cell cut from a whole field whose box touches the field's border (the cell is
+  cut by the edge; :mod:`dorl.fields.cells`);
 * ``aspect``: the image is a sliver (its long side over ``max_aspect`` times its short one);
 * ``fallback``: SAM found no usable mask, and a centre crop stands in for the cell (a check
   while ``fail_on_fallback``; the feature file's ``seg_fallback`` flags it either way);
@@ -28,9 +30,10 @@ from skimage.color import rgb2hed
 from dorl.config import ConfigError
 from dorl.data.images import image_sizes
 from dorl.data.manifest import Manifest
+from dorl.fields.cells import at_edge
 from dorl.sam.segmentation import Segmentation
 
-REASONS = ("aspect", "fallback", "low_iou", "exposure", "no_stain", "area")
+REASONS = ("edge", "aspect", "fallback", "low_iou", "exposure", "no_stain", "area")
 #: The segmentation store's crops show the background outside the mask in this grey; pixels
 #: within this many levels of it in every channel (resampling blends the margin) are background.
 BACKGROUND, BACKGROUND_TOLERANCE = 128, 6
@@ -97,6 +100,22 @@ def stained_fraction(crop: np.ndarray, stain_od: float) -> float:
     return float(stained[cell].mean())
 
 
+def at_field_edge(manifest: Manifest) -> np.ndarray:
+    """Bool (n,): the cells cut from a field (``field`` and ``box`` set) whose box touches the
+    field's border; the fields' sizes come from their headers."""
+    table = manifest.table
+    edge = np.zeros(len(table), bool)
+    if "field" not in table:
+        return edge
+    fields = table["field"].astype(str).to_numpy()
+    rows = np.flatnonzero(fields != "")
+    if len(rows):
+        sizes = image_sizes(manifest.base_dir / fields[i] for i in rows)
+        boxes = [np.array(table["box"].iloc[i].split(), float) for i in rows]
+        edge[rows] = [at_edge(box, int(w), int(h)) for box, (w, h) in zip(boxes, sizes)]
+    return edge
+
+
 def cell_quality(manifest: Manifest, seg: Segmentation, settings: QCSettings
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Each cell's ``qc_pass`` (bool, n) and ``qc_reason`` (str, n; "" when it passes).
@@ -129,7 +148,8 @@ def cell_quality(manifest: Manifest, seg: Segmentation, settings: QCSettings
                                                | (ratio < 1 / settings.area_ratio))
     # NaN (masks that did not come from SAM) passes: SAM's estimate is not about them.
     iou = np.asarray(seg.predicted_iou, np.float64)
-    checks = {"fallback": fallback & settings.fail_on_fallback,
+    checks = {"edge": at_field_edge(manifest),
+              "fallback": fallback & settings.fail_on_fallback,
               "low_iou": ~fallback & (iou < settings.min_predicted_iou),
               "aspect": aspect > settings.max_aspect,
               "exposure": (bright < settings.min_brightness) | (spread < settings.min_contrast),
