@@ -26,6 +26,7 @@ from dorl.data.taxonomy import raw_to_fine
 from dorl.fields.boxes import FORMATS, read_boxes
 from dorl.fields.detect import (DetectionSettings, candidate_map, component_areas, detect_cells,
                                 learn_size_bounds)
+from dorl.fields.metrics import box_iou
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,5 @@ def _labels_of(found: np.ndarray, given: np.ndarray, given_labels: list[str],
         return list(given_labels)
     if not len(given):
         return [""] * len(found)
-    from dorl.fields.metrics import box_iou
-
     iou = box_iou(found, given)
     return [given_labels[int(row.argmax())] if row.max() >= 0.5 else "" for row in iou]

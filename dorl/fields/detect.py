@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from skimage.color import rgb2hed
+from skimage.filters import threshold_otsu
 
 CANDIDATE_MAPS = ("green_od", "haematoxylin")
 #: A nucleus pixel is coloured: (max - min) / max of its channels at least this.
@@ -47,7 +49,10 @@ class DetectionSettings:
     candidates : str
         One of :data:`CANDIDATE_MAPS`.
     min_od : float
-        ``green_od``: the least green optical density over the field's typical green.
+        ``green_od``: the least green optical density over the field's typical green. 0.7 was
+        chosen on the pig fields' development split; their other split, imaged zoomed out with
+        paler nuclei, needs far less, so it is not yet a setting that travels between labs
+        (docs/benchmarks.md, "White cells in whole fields").
     margin : float
         Each box widened by this fraction of its side on every side (the cytoplasm).
     merge : float
@@ -96,9 +101,6 @@ def candidate_map(field: np.ndarray, settings: DetectionSettings) -> np.ndarray:
         saturation = (brightest - pixels.min(axis=-1)) / np.maximum(brightest, 1.0)
         stained = (np.log10(typical / green) > settings.min_od) & (saturation > MIN_SATURATION)
     else:
-        from skimage.color import rgb2hed
-        from skimage.filters import threshold_otsu
-
         haematoxylin = rgb2hed(field)[..., 0]
         values = haematoxylin[lit]
         stained = haematoxylin > (threshold_otsu(values) if values.size > 1 else np.inf)
