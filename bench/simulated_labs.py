@@ -23,23 +23,24 @@ SIMULATED_LABS = {
     "sim_cold_blur": dict(hue=-0.05, saturation=1.25, brightness=0.9, blur_sigma=1.0, scale=1.2),
     "sim_pale_small": dict(hue=0.0, saturation=0.7, brightness=1.0, blur_sigma=0.7, scale=0.85),
 }
-#: The fourth simulated lab (added by the rule of Run I, docs/history/runs-a-to-m.md): the source imaged
-#: with this fraction of its pixels across each cell (e.g. a 50x objective where the source used
-#: 100x), its colours unchanged.
+#: The fourth simulated lab (added by the rule of Run I, docs/history/runs-a-to-m.md):
+#: the source imaged with this fraction of its pixels across each cell (e.g. a 50x objective
+#: where the source used 100x), its colours unchanged.
 LOW_RES_LAB = "sim_low_res"
 LOW_RES_FACTOR = 0.5
-#: The fifth simulated lab (added by the rule of Run J, docs/history/runs-a-to-m.md): source cells that
-#: no fold trains on, in the class mix of a normal adult blood differential (percent, within the
-#: textbook ranges: neutrophils 40-70, lymphocytes 20-40, monocytes 2-8, eosinophils 1-4,
-#: basophils 0.5-1), encoded as a lab of their own with nothing else changed. Every lab before
-#: it was class-balanced like the source; a lab's smears are not.
+#: The fifth simulated lab (added by the rule of Run J, docs/history/runs-a-to-m.md):
+#: source cells that no fold trains on, in the class mix of a normal adult blood differential
+#: (percent, within the textbook ranges: neutrophils 40-70, lymphocytes 20-40, monocytes 2-8,
+#: eosinophils 1-4, basophils 0.5-1), encoded as a lab of their own with nothing else changed.
+#: Every lab before it was class-balanced like the source; a lab's smears are not.
 DIFFERENTIAL_LAB = "sim_differential"
 DIFFERENTIAL = {"neutrophil": 60.0, "lymphocyte": 30.0, "monocyte": 7.0, "eosinophil": 3.0,
                 "basophil": 1.0}
-#: The sixth simulated lab (added by the rule of Run L, docs/history/runs-a-to-m.md): the same held-out
-#: source cells in a young child's differential, where lymphocytes outnumber neutrophils
-#: (textbook ranges at 1-4 years: lymphocytes 50-70, neutrophils 25-45), re-imaged through
-#: :data:`PAEDIATRIC_SHIFT`'s colour, blur and zoom: a paediatric lab differs in both.
+#: The sixth simulated lab (added by the rule of Run L, docs/history/runs-a-to-m.md):
+#: the same held-out source cells in a young child's differential, where lymphocytes
+#: outnumber neutrophils (textbook ranges at 1-4 years: lymphocytes 50-70, neutrophils
+#: 25-45), re-imaged through :data:`PAEDIATRIC_SHIFT`'s colour, blur and zoom: a paediatric
+#: lab differs in both.
 PAEDIATRIC_LAB = "sim_paediatric"
 PAEDIATRIC = {"lymphocyte": 60.0, "neutrophil": 30.0, "monocyte": 6.0, "eosinophil": 3.0,
               "basophil": 1.0}

@@ -43,8 +43,8 @@ NUMBER_RANGES = {
     "sam.finetune.val_fraction": (0.0, 0.9), "sam.finetune.max_images": (1, None),
     "sam.infer.crop_size": (8, None),
     "sam.infer.min_area_frac": (0.0, 1.0), "sam.infer.max_border_frac": (0.0, 1.0),
-    "sam.eval.max_images": (1, None),
-    "data.synth.fields_per_domain": (0, None), "data.synth.fields_grid": (1, None), "sam.eval.n_overlays": (0, None),
+    "sam.eval.max_images": (1, None), "sam.eval.n_overlays": (0, None),
+    "data.synth.fields_per_domain": (0, None), "data.synth.fields_grid": (1, None),
     # EfficientNet's last feature map is 1/32 of its input.
     "features.crop_size": (32, None), "features.adabn_cells": (1, None),
     "features.batch_size": (1, None),
@@ -83,13 +83,13 @@ def package_defaults() -> DictConfig:
     return OmegaConf.create(text)
 
 
+_ABSENT = object()
+
+
 def _refuse_removed_keys(origin: str, layer: DictConfig) -> None:
     for key, instead in REMOVED_KEYS.items():
         if OmegaConf.select(layer, key, default=_ABSENT) is not _ABSENT:
             raise ConfigError(f"{origin}: {key} was removed ({instead}; docs/removed.md)")
-
-
-_ABSENT = object()
 
 
 def load_config(path: str | Path | Sequence[str | Path] | None = None,

@@ -220,6 +220,11 @@ def case_config_yaml_alias_bomb(tmp):
         r"cannot parse config file .*lol.yaml: .*expansion exceeds"
 
 
+def case_removed_config_key(tmp):
+    return (["info", f"run_dir={tmp / 'run'}", "sam.finetune.synth_images=4"], []), \
+        r"command line: sam.finetune.synth_images was removed \(.*docs/removed.md\)"
+
+
 def case_config_file_too_large(tmp):
     (tmp / "big.yaml").write_text("# padding\n" * 200_000)
     return (["info", "-c", str(tmp / "big.yaml")], []), \

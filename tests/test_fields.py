@@ -51,7 +51,8 @@ def test_yolo_and_voc_give_the_same_pixel_boxes(tmp_path):
     ("nobox.xml", "<annotation><object><name>x</name></object></annotation>",
      r"nobox.xml: object 1 has no numeric bndbox"),
     ("flat.xml", "<annotation><object><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>5</xmax>"
-                 "<ymax>9</ymax></bndbox></object></annotation>", r"flat.xml: object 1's box is empty"),
+                 "<ymax>9</ymax></bndbox></object></annotation>",
+     r"flat.xml: object 1's box is empty"),
     ("boxes.json", "{}", r"boxes.json: unknown box file type"),
 ])
 def test_malformed_box_files_are_refused_in_one_line(tmp_path, name, text, message):
