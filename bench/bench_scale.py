@@ -34,7 +34,7 @@ from bench_classify import synthetic_file  # noqa: E402
 #: per cell instead of the default four: the views of a batch are encoded together, so they
 #: change the time, not the memory curve.
 TINY = {"sam": {"backbone": "tiny", "image_size": 64, "finetune": {"enabled": False},
-                "infer": {"crop_size": 32}},
+                "infer": {"stored_crop_size": 32}},
         "features": {"crop_size": 64, "adabn_cells": 200, "tta": 1},
         "data": {"synth": {"image_size": 64}}, "num_threads": 2}
 

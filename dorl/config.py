@@ -41,7 +41,7 @@ NUMBER_RANGES = {
     "sam.finetune.epochs": (1, None), "sam.finetune.batch_size": (1, None),
     "sam.finetune.weight_decay": (0.0, None), "sam.finetune.warmup_epochs": (0.0, None),
     "sam.finetune.val_fraction": (0.0, 0.9), "sam.finetune.max_images": (1, None),
-    "sam.infer.crop_size": (8, None),
+    "sam.infer.stored_crop_size": (8, None),
     "sam.infer.min_area_frac": (0.0, 1.0), "sam.infer.max_border_frac": (0.0, 1.0),
     "sam.eval.max_images": (1, None), "sam.eval.n_overlays": (0, None),
     "data.synth.fields_per_domain": (0, None), "data.synth.fields_grid": (1, None),
@@ -64,6 +64,8 @@ REMOVED_KEYS = {
                                  "the key",
     "sam.finetune.synth_domains": "it chose the presets of sam.finetune.synth_images, also "
                                   "removed; delete the key",
+    "sam.infer.crop_size": "renamed sam.infer.stored_crop_size (features.crop_size is the "
+                           "embedding's)",
 }
 #: Numeric keys that must be above zero.
 POSITIVE = ("sam.lora.alpha", "sam.finetune.lr", "cae.lr", "cae.head_lr")

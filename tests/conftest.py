@@ -79,7 +79,7 @@ def tiny_config(root: Path, *overrides: str):
         "sam.finetune.batch_size=8",
         "sam.finetune.max_images=32",
         "sam.infer.batch_size=16",
-        "sam.infer.crop_size=32",
+        "sam.infer.stored_crop_size=32",
         "features.crop_size=32",
         "features.adabn_cells=16",
         "cae.epochs=2",

@@ -40,7 +40,7 @@ AFTER_SEGMENTATION = {"cell_features", "cae", "feature_file"}
     ("sam.backbone", "tiny", ALL),
     ("sam.lora.rank", 8, ALL),
     ("sam.finetune.epochs", 1, ALL),  # a new adapter is new segmentation input
-    ("sam.infer.crop_size", 64, {"segmentation"} | AFTER_SEGMENTATION),
+    ("sam.infer.stored_crop_size", 64, {"segmentation"} | AFTER_SEGMENTATION),
     ("features.stain", "macenko", AFTER_SEGMENTATION),
     ("features.encoders", ["efficientnet_lite1"], AFTER_SEGMENTATION),
     ("cae.epochs", 3, AFTER_SEGMENTATION),

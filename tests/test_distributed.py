@@ -78,7 +78,7 @@ sam:
   backbone: tiny
   image_size: 64
   finetune: {{epochs: 1, batch_size: 8, max_images: 16}}
-  infer: {{batch_size: 8, crop_size: 32, bf16: false}}
+  infer: {{batch_size: 8, stored_crop_size: 32, bf16: false}}
 features: {{crop_size: 32, adabn_cells: 16, bf16: false}}
 cae: {{enabled: true, epochs: 2, batch_per_domain: 8}}
 """)  # float32: bfloat16's rounding would turn the DDP adapter's last-bit differences into 1e-3

@@ -121,7 +121,7 @@ def test_segment_from_config_caches_by_signature(tiny_cfg, small_manifest, caplo
     again = _segment(tiny_cfg, small_manifest)
     assert "reused" in caplog.text
     np.testing.assert_array_equal(again.crops, seg.crops)
-    tiny_cfg.sam.infer.crop_size = 24
+    tiny_cfg.sam.infer.stored_crop_size = 24
     assert _segment(tiny_cfg, small_manifest).crops.shape[1] == 24
     assert isinstance(Segmentation.load(tiny_cfg.run_dir + "/segmentation.h5"), Segmentation)
 

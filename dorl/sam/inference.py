@@ -107,7 +107,7 @@ class SegmentSettings:
     batch_size: int
     bf16: bool
     features: str
-    crop_size: int
+    stored_crop_size: int
     min_area_frac: float
     max_border_frac: float
 
@@ -118,7 +118,7 @@ class SegmentSettings:
             raise ConfigError(f"sam.infer.batch_size must be >= 1, got {infer.batch_size}")
         return cls(str(cfg.sam.prompt), float(cfg.sam.box_fraction), int(infer.batch_size),
                    resolve_bf16(infer.bf16, get_device(cfg.device)), str(infer.features),
-                   int(infer.crop_size),
+                   int(infer.stored_crop_size),
                    float(infer.min_area_frac), float(infer.max_border_frac))
 
 
@@ -145,7 +145,7 @@ def segment_images(model, images: list[np.ndarray], settings: SegmentSettings,
         predicted IoU (NaN where ``masks`` replaced SAM's) and ``features`` as chosen by
         ``sam.infer.features``; ``meta`` is left for the caller.
     """
-    s, crop = model.image_size, settings.crop_size
+    s, crop = model.image_size, settings.stored_crop_size
     raw_masks, feats, predicted_iou = predict_masks(
         model, images, settings.prompt, settings.box_fraction, settings.batch_size,
         settings.bf16, settings.features, progress)
@@ -251,8 +251,9 @@ def segment_from_config(cfg, manifest: Manifest, adapter_dir: Path | None,
         return Segmentation.load(out, lazy=True)
     meta = {**provenance, "adapter": None if adapter_dir is None else str(adapter_dir),
             "adapter_hash": adapter_hash(adapter_dir), "prompt": settings.prompt,
-            "box_fraction": settings.box_fraction, "crop_size": settings.crop_size,
-            "bf16": settings.bf16, "signature": signature}
+            "box_fraction": settings.box_fraction,
+            "stored_crop_size": settings.stored_crop_size, "bf16": settings.bf16,
+            "signature": signature}
     if group.distributed and done < len(manifest):
         # Blocks fall on batch edges, and READ_CHUNK must be a multiple of the batch size: every
         # batch then holds the rows it holds in one process.
