@@ -77,6 +77,24 @@ def zoomed(images: list[np.ndarray], masks: list[np.ndarray], size: int):
     return list(x.numpy()), list(m.numpy())
 
 
+def synthetic_cells(n: int, domains: list[str], size: int,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` synthetic white cells of the lab presets ``domains`` (taken in turn) at side
+    ``size``, with their true whole-cell masks: uint8 (n, S, S, 3) and bool (n, S, S)."""
+    from dorl.data.synth.cells import draw_cell
+    from dorl.data.synth.domains import domain_style
+    from dorl.data.taxonomy import MATURE5
+
+    styles = [domain_style(d) for d in domains]
+    images, masks = np.zeros((n, size, size, 3), np.uint8), np.zeros((n, size, size), bool)
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        cls = MATURE5[rng.integers(len(MATURE5))]
+        images[i], truth = draw_cell(cls, styles[i % len(styles)], size, rng)
+        masks[i] = truth > 0
+    return images, masks
+
+
 def evaluation_sets(out: Path, size: int, seed: int):
     """The fine-tuning manifest and the sets every variant is scored on.
 
@@ -88,7 +106,6 @@ def evaluation_sets(out: Path, size: int, seed: int):
     from dorl.data.images import read_cell_mask, read_rgb
     from dorl.data.readers import read_acevedo20, read_class_folders, read_zheng2018
     from dorl.data.synth.domains import PRESETS
-    from dorl.data.synth.generate import synthetic_cells
     from dorl.resize import resize_mask
     from dorl.sam.pseudo_masks import bootstrap_pseudo_masks
 

@@ -171,37 +171,6 @@ def generate(out_dir: str | Path, domains: list[str], n_per_domain: int, image_s
     return pd.DataFrame(rows)
 
 
-def synthetic_cells(n: int, domains: list[str], size: int,
-                    seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``n`` synthetic white cells with their true whole-cell masks.
-
-    Parameters
-    ----------
-    n : int
-    domains : list of str
-        Lab presets (:data:`dorl.data.synth.domains.PRESETS`), taken in turn.
-    size : int
-        Image side S.
-    seed : int
-
-    Returns
-    -------
-    images : uint8 ndarray of shape (n, S, S, 3)
-    masks : bool ndarray of shape (n, S, S)
-        Nucleus plus cytoplasm.
-    """
-    if n and not domains:
-        raise ValueError("synthetic_cells needs at least one lab preset to draw n > 0 cells")
-    styles = [domain_style(d) for d in domains]
-    images, masks = np.zeros((n, size, size, 3), np.uint8), np.zeros((n, size, size), bool)
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        cls = MATURE5[rng.integers(len(MATURE5))]
-        images[i], truth = draw_cell(cls, styles[i % len(styles)], size, rng)
-        masks[i] = truth > 0
-    return images, masks
-
-
 def generate_from_config(cfg) -> Manifest:
     """Generate the dataset of ``cfg.data.synth`` into ``cfg.data.root``; write the manifest.
 
