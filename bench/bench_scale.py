@@ -201,7 +201,7 @@ def stage2(n: int, work: Path) -> None:
     for argv in (["classify", "run"], ["umap"]):
         code, seconds, rss = run_child([*argv, f"run_dir={run_dir}",
                                         f"classify.features={{dorl: {path}}}",
-                                        f"umap.features={path}"])
+                                        f"umap.feature_file={path}"])
         print(f"| `dorl {' '.join(argv)}` | {seconds:.1f} | {rss:.0f} |"
               + ("" if code == 0 else f" (exit {code})"), flush=True)
 

@@ -66,6 +66,7 @@ REMOVED_KEYS = {
                                   "removed; delete the key",
     "sam.infer.crop_size": "renamed sam.infer.stored_crop_size (features.crop_size is the "
                            "embedding's)",
+    "umap.features": "renamed umap.feature_file (features is the embedding's settings)",
 }
 #: Numeric keys that must be above zero.
 POSITIVE = ("sam.lora.alpha", "sam.finetune.lr", "cae.lr", "cae.head_lr")

@@ -20,7 +20,7 @@ from tests.helpers import synthetic_features
 @pytest.fixture
 def cfg(tiny_cfg, tmp_path):
     path = synthetic_features(tmp_path / "features.h5ad", n_per_domain=40, dim=6, n_unknown=2)
-    tiny_cfg.umap.features = str(path)
+    tiny_cfg.umap.feature_file = str(path)
     return tiny_cfg
 
 
@@ -32,12 +32,12 @@ def test_umap_writes_png_html_and_stores_coordinates(cfg):
     assert '"p": "img/0.png"' in text and '"d": "lab_b"' in text and '"l": "eosinophil"' in text
     assert '<script src="http' not in text and len(text) > 1_000_000  # plotly.js embedded
     assert "all 120 cells drawn" in text and "plotly_selected" in text
-    coords = read_features(cfg.umap.features).obsm["X_umap"]
+    coords = read_features(cfg.umap.feature_file).obsm["X_umap"]
     assert coords.shape == (120, 2) and np.isfinite(coords).all()
 
 
 def test_umap_is_reproducible_and_can_fit_on_source_domains(cfg):
-    fs = read_features(cfg.umap.features)
+    fs = read_features(cfg.umap.feature_file)
     a = fit_umap(fs.X, fs.domains, seed=3, n_neighbors=5)
     b = fit_umap(fs.X, fs.domains, seed=3, n_neighbors=5)
     np.testing.assert_array_equal(a, b)
@@ -74,7 +74,7 @@ def test_a_map_leaves_torch_threads_as_they_were():
 
 def test_an_unknown_fit_on_is_refused_before_the_feature_file_is_read(cfg, tmp_path):
     cfg.umap.fit_on = "targets"
-    cfg.umap.features = str(tmp_path / "missing.h5ad")
+    cfg.umap.feature_file = str(tmp_path / "missing.h5ad")
     with pytest.raises(ConfigError, match=r"umap.fit_on must be one of \['all', 'source'\]"):
         umap_from_config(cfg)
     with pytest.raises(ConfigError, match="umap.fit_on"):

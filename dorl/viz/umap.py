@@ -143,7 +143,7 @@ def _write_coordinates(path: Path, coords: np.ndarray, obs: pd.DataFrame,
 
 
 def umap_from_config(cfg) -> Path:
-    """Fit UMAP on ``umap.features`` and write ``umap.png``, ``umap.html`` and ``umap.csv`` to
+    """Fit UMAP on ``umap.feature_file`` and write ``umap.png``, ``umap.html`` and ``umap.csv`` to
     ``umap.out_dir``.
 
     With ``umap.store_coords`` the coordinates are stored as ``obsm["X_umap"]`` in the feature
@@ -151,7 +151,7 @@ def umap_from_config(cfg) -> Path:
     """
     u = cfg.umap
     check_fit_on(u.fit_on)  # before the feature file is read
-    path, out_dir = Path(u.features), Path(u.out_dir)
+    path, out_dir = Path(u.feature_file), Path(u.out_dir)
     fs = read_features(path, obsm=u.obsm != "X")
     X = fs.features(u.obsm)
     logger.info("UMAP of %s[%s]: %d cells x %d features (fit on %s; the first map in a process "
