@@ -81,7 +81,7 @@ def _refuse_too_large(path: Path, width: int, height: int) -> None:
     decoded: a small file may declare a huge image."""
     if width * height > MAX_PIXELS:
         raise ImageReadError(path, f"image is {width}x{height}, larger than {MAX_PIXELS:,} "
-                                   f"pixels; crop single cells first")
+                                   f"pixels; cut it into smaller fields or single cells first")
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, int | None]:
@@ -146,7 +146,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
                                    f"a cell image needs at least {MIN_SIDE} px per side")
     if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
         raise ImageReadError(path, f"image has {arr.shape[0] * arr.shape[1]:,} pixels, more "
-                                   f"than {MAX_PIXELS:,}; crop single cells first")
+                                   f"than {MAX_PIXELS:,}; cut it into smaller fields or single "
+                                   f"cells first")
     return np.ascontiguousarray(_to_rgb(_to_uint8(np.asarray(arr), declared), path))
 
 
