@@ -73,6 +73,11 @@ def test_a_mask_sam_doubts_fails_on_its_predicted_iou(tmp_path):
     assert passed.sum() == n - 3
     off = QCSettings(True, True, 0.0, 0.01, 0.03, 3.0, 3.0, 64, 24)
     assert cell_quality(manifest, seg, off)[1][1] == ""
+    # Cells cut from a 48 px field: one box on its border, one inside it.
+    field = manifest.table.loc[0, "path"]
+    manifest.table.loc[[5, 6], "field"] = field
+    manifest.table.loc[[5, 6], "box"] = ["0.0 10.0 20.0 30.0", "10.0 10.0 30.0 30.0"]
+    assert cell_quality(manifest, seg, settings)[1][5:7].tolist() == ["edge", ""]
 
 
 def test_bad_images_in_a_class_folder_are_flagged_and_never_trained_on(tiny_cfg, tmp_path):
