@@ -7,6 +7,10 @@ settings were fixed. Each split's size bounds are learnt from its own fields' ca
 read (:func:`dorl.fields.detect.learn_size_bounds`).
 
     python bench/bench_detection.py [--root ../shared/datasets/wbc-fields-pig] [--split test]
+    python bench/bench_detection.py --synthetic    # the synthetic labs' fields instead
+
+``--synthetic`` composes 12 fields of 3 x 3 cells for each synthetic lab (:mod:`dorl.data.synth.
+fields`, seed 0) and scores each lab against its true whole-cell boxes.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from dorl.fields.metrics import detection_scores
 REPO = Path(__file__).resolve().parents[1]
 
 
-def evaluate(fields: list[Path], settings: DetectionSettings) -> dict:
+def evaluate(fields: list[Path], settings: DetectionSettings, suffix: str = ".txt") -> dict:
     images = [read_rgb(f) for f in fields]
-    truth = [read_boxes(f.parent.parent / "labels" / f"{f.stem}.txt", *im.shape[1::-1])[0]
+    truth = [read_boxes(f.parent.parent / "labels" / f"{f.stem}{suffix}", *im.shape[1::-1])[0]
              for f, im in zip(fields, images)]
     t0 = time.perf_counter()
     bounds = learn_size_bounds(np.concatenate(
@@ -51,7 +55,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", default=str(REPO.parent / "shared" / "datasets" / "wbc-fields-pig"))
     ap.add_argument("--split", nargs="+", default=["valid", "test"])
+    ap.add_argument("--synthetic", action="store_true")
     args = ap.parse_args(argv)
+    if args.synthetic:
+        return synthetic()
     print("| split | candidate map | fields | white cells | precision | recall | F1 | "
           "count exact | count error | s / Mpx |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -62,6 +69,26 @@ def main(argv=None) -> int:
             print(f"| {split} | {candidates} | {r['fields']} | {r['cells']} | "
                   f"{r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
                   f"{r['count_exact']:.0%} | {r['count_mae']:.2f} | {r['s_per_mpx']:.3f} |")
+    return 0
+
+
+def synthetic() -> int:
+    import tempfile
+
+    from dorl.config import package_defaults
+    from dorl.data.synth.fields import compose_fields
+
+    synth = package_defaults().data.synth
+    labs = [str(d) for d in synth.domains]
+    print("| lab | fields | white cells | precision | recall | F1 | s / Mpx |")
+    print("|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        compose_fields(tmp, labs, 12, 3, int(synth.image_size), dict(synth.class_weights), 0)
+        for lab in labs:
+            fields = sorted((Path(tmp) / lab / "images").glob("*.png"))
+            r = evaluate(fields, DetectionSettings(), suffix=".xml")
+            print(f"| {lab} | {r['fields']} | {r['cells']} | {r['precision']:.3f} | "
+                  f"{r['recall']:.3f} | {r['f1']:.3f} | {r['s_per_mpx']:.3f} |")
     return 0
 
 
