@@ -10,10 +10,9 @@ and backward passes of a batch of random images at the default input size.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import time
+
+from measure import python_child
 
 STEP = """
 import time, torch
@@ -47,14 +46,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     for checkpointed in (False, True):
         code = STEP.format(threads=args.threads, checkpointed=checkpointed, batch=args.batch)
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status):
-            raise RuntimeError(f"the step failed (exit {os.waitstatus_to_exitcode(status)})")
-        print(f"checkpoint_blocks={checkpointed}: peak RSS {usage.ru_maxrss / 1024:.0f} MiB, "
-              f"{float(out.split()[-1]):.2f} s a step ({time.perf_counter() - t0:.0f} s in all)")
+        child = python_child(["-c", code])
+        if child.status:
+            raise RuntimeError(f"the step failed (exit {child.status}): {child.stderr[-500:]}")
+        print(f"checkpoint_blocks={checkpointed}: peak RSS {child.peak_rss_mib:.0f} MiB, "
+              f"{float(child.stdout.split()[-1]):.2f} s a step ({child.seconds:.0f} s in all)")
     return 0
 
 

@@ -13,17 +13,15 @@ The TIFF goes through the image reader every stage uses; the archive through
 from __future__ import annotations
 
 import argparse
-import os
 import struct
-import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tifffile
+from measure import python_child
 
 
 def huge_tiff(path: Path, side: int = 30000) -> Path:
@@ -59,20 +57,6 @@ def features(path: Path) -> Path:
     return write_features(path, FeatureSet(np.zeros((8, 3), np.float32), obs))
 
 
-def run(args: list[str]) -> tuple[int, float, float, str]:
-    """Exit status, peak RSS (MiB) and seconds of ``python args`` in a child of its own, and
-    the last line it logged."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    lines = [line for line in err.splitlines() if line.strip()]
-    return (proc.returncode, usage.ru_maxrss / 1024, time.perf_counter() - t0,
-            lines[-1] if lines else "")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/hostile")
@@ -90,9 +74,11 @@ def main(argv=None) -> int:
                        str(out / "p.csv")]),
     }
     for case, (path, command) in cases.items():
-        status, peak, seconds, line = run(command)
-        print(f"{case}: file {path.stat().st_size / 1024 ** 2:.2f} MiB, exit {status}, "
-              f"peak RSS {peak:.0f} MiB, {seconds:.1f} s\n  {line}")
+        child = python_child(command)
+        lines = [line for line in child.stderr.splitlines() if line.strip()]
+        print(f"{case}: file {path.stat().st_size / 1024 ** 2:.2f} MiB, exit {child.status}, "
+              f"peak RSS {child.peak_rss_mib:.0f} MiB, {child.seconds:.1f} s\n  "
+              f"{lines[-1] if lines else ''}")
     return 0
 
 

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
@@ -29,6 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from bench_classify import synthetic_file  # noqa: E402
+from measure import python_child  # noqa: E402
 
 #: The embed runs' settings (tiny random-init SAM, 64 px, no fine-tuning, 3 labs). One view
 #: per cell instead of the default four: the views of a batch are encoded together, so they
@@ -50,17 +48,8 @@ def run_child(argv: list[str], kill_when=None, module: str = "dorl"
     env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
     if module != "dorl":
         env["OMP_NUM_THREADS"] = "1"
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", module, *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while kill_when is not None and proc.poll() is None:
-        if kill_when():
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.2)
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return code, time.perf_counter() - start, usage.ru_maxrss / 1024
+    child = python_child(["-m", module, *argv], env=env, kill_when=kill_when)
+    return child.status, child.seconds, child.peak_rss_mib
 
 
 def write_config(folder: Path, cells: int, seed: int = 0) -> Path:

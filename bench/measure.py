@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import resource
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 logger = logging.getLogger("bench")
 
@@ -16,6 +23,43 @@ def peak_rss_mib() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, kids) / 1024
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """A Python child process's exit status, its own peak RSS (MiB), seconds and output."""
+
+    status: int
+    peak_rss_mib: float
+    seconds: float
+    stdout: str
+    stderr: str
+
+
+def python_child(args: list[str], env: dict[str, str] | None = None,
+                 kill_when: Callable[[], bool] | None = None) -> ChildRun:
+    """Run ``python args`` in a child of its own; its peak RSS is its own (``os.wait4``), not
+    the largest of every child so far (its reaped descendants count in it).
+
+    ``kill_when`` is polled every 0.2 s; when it returns True the child gets SIGKILL.
+    """
+    # Output goes to files, not pipes: a full pipe would stall the child, and reading it through
+    # Popen.communicate would reap the child before wait4 could.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=err, text=True,
+                                env=env)
+        while kill_when is not None and proc.poll() is None:
+            if kill_when():
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.2)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        return ChildRun(proc.returncode, usage.ru_maxrss / 1024, seconds, out.read(), err.read())
 
 
 class Stopwatch:
