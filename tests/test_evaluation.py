@@ -409,8 +409,10 @@ def test_target_labels_match_cells_given_by_absolute_or_other_relative_paths():
     assert by_cell == {"lab/mono/a.png": "monocyte", "../../shared/lisc/b.png": "basophil",
                        "x/c.png": "neutrophil", "c.png": "eosinophil"}
     assert unmatched == ["/nowhere/z.png"]
-    with pytest.raises(FeatureFileError, match="two different labels"):
-        match_cell_paths(stored, {"c.png": "monocyte", "/abs/c.png": "basophil"})
+    for rows in ({"c.png": "monocyte", "/abs/c.png": "basophil"},
+                 {"/abs/c.png": "basophil", "c.png": "monocyte"}):  # in either order
+        with pytest.raises(FeatureFileError, match="two different labels"):
+            match_cell_paths(stored, rows)
 
 
 def test_predict_file_refuses_features_of_another_trained_encoder(cfg, tmp_path):

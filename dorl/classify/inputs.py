@@ -151,16 +151,13 @@ def match_cell_paths(paths: np.ndarray, user_labels: dict[str, str]
         by_tail.setdefault("/".join(parts), p)
     by_cell, unmatched = {}, []
     for row, label in user_labels.items():
-        if row in stored:
-            by_cell[row] = label
-            continue
         parts = PurePath(os.path.normpath(row)).parts
-        tail = next((by_tail["/".join(parts[k:])] for k in range(len(parts))
-                     if "/".join(parts[k:]) in by_tail), None)
-        if tail is None:
+        tails = ("/".join(parts[k:]) for k in range(len(parts)))
+        cell = row if row in stored else next((by_tail[t] for t in tails if t in by_tail), None)
+        if cell is None:
             unmatched.append(row)
-        elif by_cell.setdefault(tail, label) != label:
-            raise FeatureFileError(f"classify.target_labels gives the cell {tail!r} two "
+        elif by_cell.setdefault(cell, label) != label:
+            raise FeatureFileError(f"classify.target_labels gives the cell {cell!r} two "
                                    f"different labels (one row as {row!r})")
     return by_cell, unmatched
 
