@@ -19,7 +19,7 @@ from tqdm import tqdm
 from dorl.atomic import atomic_path
 from dorl.data.synth.cells import draw_cell
 from dorl.data.synth.domains import domain_style
-from dorl.data.synth.generate import _domain_key, class_counts
+from dorl.data.synth.generate import domain_key, class_counts
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def compose_fields(out_dir: str | Path, domains: list[str], n_fields: int, grid:
     out_dir = Path(out_dir)
     n_cells = 0
     for name in tqdm(domains, desc="synthetic fields", unit="lab", leave=False):
-        style, key = domain_style(name), _domain_key(name)
+        style, key = domain_style(name), domain_key(name)
         counts = class_counts(n_fields * grid * grid, dict(class_weights))
         classes = np.random.default_rng([seed, key, 1]).permutation(
             np.repeat(list(counts), list(counts.values())))

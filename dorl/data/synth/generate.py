@@ -96,7 +96,7 @@ def _write(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def _domain_key(name: str) -> int:
+def domain_key(name: str) -> int:
     """A stable integer for a domain name, so seeds do not depend on the order of domains."""
     return zlib.crc32(name.encode("utf-8"))
 
@@ -149,7 +149,7 @@ def generate(out_dir: str | Path, domains: list[str], n_per_domain: int, image_s
     rows = []
     with tqdm(total=len(styles) * n_per_domain, desc="synthetic cells", unit="img") as bar:
         for style in styles:
-            key = _domain_key(style.name)
+            key = domain_key(style.name)
             labels = np.repeat(list(counts), list(counts.values()))
             labels = np.random.default_rng([seed, key]).permutation(labels)
             for index, cls in enumerate(labels):
