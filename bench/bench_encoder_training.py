@@ -109,6 +109,11 @@ VARIANTS = {
                                          "cae.epochs=6"],
     "+ cross-lab neighbours from the start": [*TRAINED, "cae.loss.cross_lab_neighbour=1.0",
                                               "cae.neighbours_after_epochs=0"],
+    "+ pseudo-labels": [*TRAINED, "cae.supervision=source_labels", "cae.loss.supervised=1.0",
+                        f"cae.label_domains=[{SOURCE}]", "cae.pseudo_labels.weight=1.0"],
+    "+ pseudo-labels, 4 epochs": [*TRAINED, "cae.supervision=source_labels",
+                                  "cae.loss.supervised=1.0", f"cae.label_domains=[{SOURCE}]",
+                                  "cae.pseudo_labels.weight=1.0", "cae.epochs=4"],
 }
 TARGETS = ("lisc", "zheng2018")
 RULE_SEED, TIE, N_FOLDS = 0, 0.01, 5

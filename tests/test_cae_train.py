@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from dorl.cae.alignment import class_balanced_mmd2, mmd2
 from dorl.cae.contrastive import cross_lab_neighbour_nce, info_nce
 from dorl.cae.models import CellAutoencoder
+from dorl.cae.pseudo_labels import choose_pseudo_labels
 from dorl.cae.settings import CAESettings
 from dorl.cae.train import (
     ENCODER_FILE,
@@ -134,6 +135,9 @@ def test_settings_refuse_what_cannot_train():
         ({"cae.temperature": 0}, "temperature"),
         ({"cae.neighbours_after_epochs": -1}, "neighbours_after_epochs"),
         ({"cae.loss.cross_lab_neighbour": -0.5}, "weights must be >= 0"),
+        ({"cae.pseudo_labels.weight": 1.0}, "pseudo_labels.weight > 0 needs"),
+        ({"cae.pseudo_labels.fraction": 0.0}, "pseudo_labels.fraction"),
+        ({"cae.pseudo_labels.after_epochs": -1}, "pseudo_labels.after_epochs"),
     ]:
         with pytest.raises(ConfigError, match=message):
             _settings(**overrides)
@@ -225,3 +229,41 @@ def test_cross_lab_neighbour_term_waits_for_its_epoch_and_changes_training(tmp_p
     plain = torch.load(run("plain").checkpoint, weights_only=True)
     trained = torch.load(late.checkpoint, weights_only=True)
     assert any(not torch.equal(plain[k], trained[k]) for k in plain)
+
+
+def test_pseudo_labels_are_confident_and_class_balanced_within_each_lab():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])
+    # Lab 0: 30 labelled cells, 10 a class. Lab 1: 40 unlabelled cells, 34 of class 0.
+    source = np.repeat(np.arange(3), 10)
+    target = np.array([0] * 34 + [1] * 3 + [2] * 3)
+    truth = np.concatenate([source, target])
+    features = centres[truth] + rng.normal(0, 1.0, (len(truth), 2))
+    labels = np.concatenate([source, np.full(len(target), -1)])
+    domains = np.repeat([0, 1], [len(source), len(target)])
+    chosen = choose_pseudo_labels(features, labels, domains, fraction=0.5, seed=0)
+    assert (chosen[:30] == -1).all()  # labelled cells keep their own labels
+    taken = chosen >= 0
+    # ceil(0.5 * 40 / 3) = 7 a class at most: class 0 cannot flood the lab.
+    assert np.bincount(chosen[taken], minlength=3).max() <= 7
+    assert (chosen[taken] == truth[taken]).mean() >= 0.9
+    assert set(chosen[taken]) == {0, 1, 2}
+    # Nothing to learn from: no pseudo-label.
+    assert (choose_pseudo_labels(features, np.full(len(truth), -1), domains, 0.5, 0) == -1).all()
+
+
+def test_pseudo_label_term_waits_for_its_epoch_and_resumes_to_the_same_weights(tmp_path):
+    overrides = {"cae.epochs": 2, "cae.supervision": "source_labels",
+                 "cae.label_domains": ["0"], "cae.loss.supervised": 1.0,
+                 "cae.pseudo_labels.weight": 1.0, "cae.pseudo_labels.after_epochs": 1}
+    data = _data(labelled=12)
+    full = _train(tmp_path / "full", _settings(**overrides), data)
+    assert full.history[0]["pseudo_label"] == 0.0 and full.history[1]["pseudo_label"] > 0.0
+    # Stopped after the first epoch, then resumed: the same pseudo-labels, the same weights.
+    _train(tmp_path / "cut", _settings(**{**overrides, "cae.epochs": 1}), data)
+    (tmp_path / "cut" / ENCODER_FILE).unlink()  # as if killed after epoch 1's checkpoint
+    resumed = _train(tmp_path / "cut", _settings(**overrides), data)
+    a = torch.load(full.checkpoint, weights_only=True)
+    b = torch.load(resumed.checkpoint, weights_only=True)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)

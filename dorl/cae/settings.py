@@ -34,6 +34,25 @@ class LossWeights:
 
 
 @dataclass(frozen=True)
+class PseudoLabels:
+    """Self-training on class-balanced pseudo-labels (``cae.pseudo_labels``); weight 0: off."""
+
+    weight: float
+    after_epochs: int
+    fraction: float
+
+    def __post_init__(self):
+        if self.weight < 0:
+            raise ConfigError(f"cae.pseudo_labels.weight must be >= 0, got {self.weight}")
+        if self.after_epochs < 0:
+            raise ConfigError(f"cae.pseudo_labels.after_epochs must be >= 0, got "
+                              f"{self.after_epochs}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"cae.pseudo_labels.fraction must be within (0, 1], got "
+                              f"{self.fraction}")
+
+
+@dataclass(frozen=True)
 class CAESettings:
     """Everything the autoencoder stage reads; see ``cae`` in dorl/defaults.yaml."""
 
@@ -56,6 +75,7 @@ class CAESettings:
     class_balanced_mmd: bool
     mmd_bandwidths: tuple[float, ...]
     augment: ViewAugment
+    pseudo_labels: PseudoLabels
 
     @classmethod
     def from_config(cls, cfg) -> "CAESettings":
@@ -95,6 +115,11 @@ class CAESettings:
                 raise ConfigError("cae.supervision=source_labels needs cae.loss.supervised > 0")
         elif loss.supervised > 0:
             raise ConfigError("cae.loss.supervised > 0 needs cae.supervision=source_labels")
+        p = cae.pseudo_labels
+        pseudo = PseudoLabels(float(p.weight), int(p.after_epochs), float(p.fraction))
+        if pseudo.weight > 0 and cae.supervision != "source_labels":
+            raise ConfigError("cae.pseudo_labels.weight > 0 needs cae.supervision=source_labels: "
+                              "the pseudo-labels come from the labelled cells of label_domains")
         crop_size = int(features.crop_size)
         if crop_size % 32:
             raise ConfigError(f"features.crop_size must be a multiple of 32 when the encoder "
@@ -125,4 +150,5 @@ class CAESettings:
             augment=ViewAugment(float(a.stain_scale), float(a.stain_bias), float(a.brightness),
                                 float(a.contrast), float(a.saturation), float(a.blur_prob),
                                 (float(a.scale[0]), float(a.scale[1])),
-                                float(a.cross_lab_stain)))
+                                float(a.cross_lab_stain)),
+            pseudo_labels=pseudo)

@@ -6,6 +6,7 @@ every cell (:mod:`dorl.cae.views`) and minimises
     contrastive * InfoNCE(views) + reconstruction * (1 - SSIM + L1)(decoded views)
         + mmd * MMD^2(labs' embeddings) + supervised * CE(labelled source cells)
         + cross_lab_neighbour * InfoNCE(views, positives from another lab)
+        + pseudo_labels.weight * CE(unlabelled cells, class-balanced pseudo-labels)
 
 with the MMD averaged over every pair of labs in the batch (class-balanced, by labels and the
 classifier head's predictions, when ``cae.class_balanced_mmd`` and a head exist). Each lab's
@@ -18,7 +19,9 @@ resumes from its last finished epoch and ends with the same weights as an uninte
 (every random draw is seeded by the seed, the epoch and the step). The encoder's weights go to
 ``encoder.pt``, a plain state dict that loads with ``weights_only=True``; ``encoder.json`` holds
 its signature and history. Labels reach training only under ``cae.supervision=source_labels``,
-and only those of ``cae.label_domains``.
+and only those of ``cae.label_domains``; the pseudo-labels (:mod:`dorl.cae.pseudo_labels`) are
+chosen again at the start of every epoch from ``cae.pseudo_labels.after_epochs`` on, from the
+model as it stands, so a resumed run chooses the same ones.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from dorl.cae.batches import DomainBalancedBatches
 from dorl.cae.contrastive import cross_lab_neighbour_nce, info_nce
 from dorl.cae.lab_stain import LabStain, lab_stain, other_labs, swap_stain
 from dorl.cae.models import CAEOutput, CellAutoencoder
+from dorl.cae.pseudo_labels import pseudo_labels
 from dorl.cae.settings import CAESettings
 from dorl.cae.views import random_view
 from dorl.distributed import ProcessGroup
@@ -56,7 +60,8 @@ from dorl.row_sources import RowSource
 
 logger = logging.getLogger(__name__)
 
-LOSS_TERMS = ("contrastive", "reconstruction", "mmd", "supervised", "cross_lab_neighbour")
+LOSS_TERMS = ("contrastive", "reconstruction", "mmd", "supervised", "cross_lab_neighbour",
+              "pseudo_label")
 #: The adapted encoder's weights (a state dict of the EfficientNet-Lite) and their record.
 ENCODER_FILE, RECORD_FILE = "encoder.pt", "encoder.json"
 
@@ -159,7 +164,8 @@ def _mmd(pooled: torch.Tensor, logits: torch.Tensor | None, labels: torch.Tensor
 
 def compute_losses(out: CAEOutput, pixels: torch.Tensor, labels: torch.Tensor,
                    domains: np.ndarray, settings: CAESettings,
-                   neighbours: bool = True) -> dict[str, torch.Tensor]:
+                   neighbours: bool = True, pseudo: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
     """The weighted loss terms of one batch of both views and their sum under ``"total"``.
 
     Parameters
@@ -172,6 +178,8 @@ def compute_losses(out: CAEOutput, pixels: torch.Tensor, labels: torch.Tensor,
     domains : int ndarray of shape (b,)
     neighbours : bool
         Whether the cross-lab neighbour term counts yet (``cae.neighbours_after_epochs``).
+    pseudo : Tensor of shape (b,), optional
+        Pseudo-label of each cell, -1 where it has none (the ``pseudo_label`` term).
     """
     w = settings.loss
     b = len(labels)
@@ -198,6 +206,11 @@ def compute_losses(out: CAEOutput, pixels: torch.Tensor, labels: torch.Tensor,
         known = both >= 0
         terms["supervised"] = w.supervised * F.cross_entropy(out.logits[known].float(),
                                                              both[known])
+    weight = settings.pseudo_labels.weight
+    if weight > 0 and pseudo is not None and bool((pseudo >= 0).any()):
+        both = torch.cat([pseudo, pseudo])
+        taken = both >= 0
+        terms["pseudo_label"] = weight * F.cross_entropy(out.logits[taken].float(), both[taken])
     terms["total"] = sum(terms[k] for k in LOSS_TERMS)
     return terms
 
@@ -243,9 +256,11 @@ def _second_view_crops(crops: torch.Tensor, domains: np.ndarray, stain: LabStain
 def _train_epoch(model: CellAutoencoder, data: CAEData, rows: np.ndarray,
                  batches: DomainBalancedBatches, optimizer, settings: CAESettings, epoch: int,
                  seed: int, device: torch.device, group: ProcessGroup,
-                 stain: LabStain | None = None) -> dict[str, float]:
+                 stain: LabStain | None = None, pseudo: np.ndarray | None = None
+                 ) -> dict[str, float]:
     """One epoch of optimiser steps; the mean of each loss term and of the total (over the ranks
-    too). ``stain``: every lab's stain statistics, for cross-lab second views."""
+    too). ``stain``: every lab's stain statistics, for cross-lab second views; ``pseudo``: a
+    pseudo-label for every cell of ``data``, -1 where it has none."""
     model.train()
     sums = {k: 0.0 for k in LOSS_TERMS + ("total",)}
     total_steps = settings.epochs * len(batches)
@@ -264,10 +279,12 @@ def _train_epoch(model: CellAutoencoder, data: CAEData, rows: np.ndarray,
         pixels = torch.cat([random_view(crops, settings.augment, generator),
                             random_view(second, settings.augment, generator)]).to(device)
         labels = torch.from_numpy(data.labels[idx].astype(np.int64)).to(device)
+        taken = None if pseudo is None else torch.from_numpy(pseudo[idx]).to(device)
         # A view rendered in another lab's stain is normalised with that lab's cells.
         out = _by_domain(model, pixels, np.concatenate([domains, second_domains]))
         terms = compute_losses(out, pixels, labels, domains, settings,
-                               neighbours=epoch >= settings.neighbours_after_epochs)
+                               neighbours=epoch >= settings.neighbours_after_epochs,
+                               pseudo=taken)
         optimizer.zero_grad(set_to_none=True)
         (weight * terms["total"]).backward()
         _average_gradients(model, group)
@@ -368,8 +385,14 @@ def train_autoencoder(data: CAEData, rows: np.ndarray, settings: CAESettings, se
     for epoch in tqdm(range(start, settings.epochs), desc="CAE epochs", leave=False,
                       disable=not group.is_main):
         t0 = time.perf_counter()
+        pseudo = None
+        if settings.pseudo_labels.weight > 0 and epoch >= settings.pseudo_labels.after_epochs:
+            # Every rank chooses the same labels: the same model, cells and seed.
+            pseudo = pseudo_labels(model.encoder, data.crops, rows, data.labels,
+                                   data.domain_ids, settings.pseudo_labels.fraction,
+                                   seed + epoch, device)
         sums = _train_epoch(model, data, rows, batches, optimizer, settings, epoch, seed,
-                            device, group, stain)
+                            device, group, stain, pseudo)
         history.append({"epoch": epoch, **sums, "seconds": time.perf_counter() - t0})
         logger.info("CAE epoch %d/%d: %s, %.1f s", epoch + 1, settings.epochs,
                     ", ".join(f"{k} {sums[k]:.4f}" for k in (*LOSS_TERMS, "total")
