@@ -213,6 +213,24 @@ def test_window_padding_equals_zero_tokens():
         torch.testing.assert_close(attention(x), expected)
 
 
+def test_window_attention_equals_the_written_out_formula():
+    """The fused attention kernel computes softmax(q k^T / sqrt(d) + bias) v per window."""
+    torch.manual_seed(0)
+    attention = WindowAttention(dim=8, num_heads=2, window_size=4)
+    with torch.no_grad():
+        attention.attention_biases.normal_()
+        x = torch.randn(3, 8, 4, 8)  # two windows side by side in height
+        qkv = attention.qkv(attention.norm(x))
+        expected = torch.empty_like(x)
+        bias = attention.attention_biases[:, attention.attention_bias_idxs]
+        for top in (0, 4):
+            window = qkv[:, top:top + 4].reshape(3, 16, 2, 12).transpose(1, 2)
+            q, k, v = window.split(4, dim=3)
+            weights = (q @ k.transpose(-2, -1) / 2.0 + bias).softmax(-1)
+            expected[:, top:top + 4] = (weights @ v).transpose(1, 2).reshape(3, 4, 4, 8)
+        torch.testing.assert_close(attention(x), attention.proj(expected))
+
+
 def test_tiny_vit_rejects_bad_input():
     encoder = _tiny_vit()
     with pytest.raises(ValueError, match="multiples of 4"):

@@ -14,6 +14,8 @@ Differences from the reference implementation, none of which changes the outputs
   convolution runs channels-last and no layout copies are made between attention and convolution;
 * window padding is applied to the projected q, k, v (see :class:`WindowAttention`), so the norm
   and projections skip the padded tokens;
+* attention is one fused ``scaled_dot_product_attention`` call with the position bias as its
+  additive mask;
 * :meth:`TinyViT.fold_batchnorm` folds every BatchNorm into its convolution (exact in eval mode).
 
 Equivalence with the reference code was checked on the pretrained weights at 128, 200 and 256 px
@@ -168,9 +170,11 @@ class WindowAttention(nn.Module):
         windows = qkv.view(b, nh, ws, nw, ws, 3 * c).transpose(2, 3)
         windows = windows.reshape(-1, n, self.num_heads, 3 * self.head_dim)
         q, k, v = windows.transpose(1, 2).split(self.head_dim, dim=3)
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        attn = (attn + self.attention_biases[:, self.attention_bias_idxs]).softmax(dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(b, nh, nw, ws, ws, c)
+        # One fused kernel for softmax(q k^T * scale + bias) v: the (windows, heads, n, n) scores
+        # are never written out whole, and the strided q, k, v are read in place.
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        out = out.transpose(1, 2).reshape(b, nh, nw, ws, ws, c)
         out = out.transpose(2, 3).reshape(b, nh * ws, nw * ws, c)
         return self.proj(out[:, :h, :w])
 
