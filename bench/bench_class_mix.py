@@ -31,11 +31,12 @@ from sklearn.metrics import f1_score
 
 from dorl.classify.adaptation import ADAPTATIONS, SelfTraining, TargetAdapter
 from dorl.classify.registry import build_classifier
-from dorl.classify.run import kept_classes
+from dorl.classify.scoring import kept_classes
 from dorl.config import load_config
 from dorl.data.manifest import load_manifest
 from dorl.domain_scaler import DomainStandardScaler
-from dorl.features.encode import FeatureSettings, cell_crops
+from dorl.features.crops import cell_crops
+from dorl.features.encode import FeatureSettings
 from dorl.sam.segmentation import Segmentation
 from simulated_labs import DIFFERENTIAL, class_mix_rows
 

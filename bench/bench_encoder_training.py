@@ -77,9 +77,10 @@ from dorl.classify.registry import build_classifier
 from dorl.config import load_config
 from dorl.data.manifest import load_manifest
 from dorl.domain_scaler import DomainStandardScaler
-from dorl.features.encode import FeatureSettings, build_encoder, cell_crops, encode_crops
+from dorl.features.crops import cell_crops
+from dorl.features.encode import FeatureSettings, build_encoder, encode_crops
 from dorl.features.resolution import native_crop_sides, resample_through
-from dorl.pipeline.embed import train_from_config
+from dorl.pipeline.encoder_training import train_from_config
 from dorl.seeding import seed_everything
 from simulated_labs import LOW_RES_FACTOR, LOW_RES_LAB, SIMULATED_LABS, reimaged
 
@@ -138,7 +139,7 @@ def rule_halves(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def encoder_of(cfg, weights: Path | None) -> tuple[torch.nn.Module, int, FeatureSettings]:
     settings = FeatureSettings.from_config(cfg)
-    model = build_encoder(settings.encoders[0], settings.sam_image_size, settings.multilevel,
+    model = build_encoder(settings.encoders[0], settings.sam_image_size,
                           None if weights is None else str(weights))
     return model, settings.crop_size, settings
 

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         settings = replace(configured, bf16=bf16)
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
-        feats, _ = stream_cell_features(manifest, seg, settings, int(cfg.seed), rows)
+        feats, _ = stream_cell_features(manifest, seg, settings, rows)
         seconds[bf16, threads] = time.perf_counter() - t0
         X = np.concatenate([feats[e] for e in settings.encoders], axis=1)
         features[bf16, threads] = DomainStandardScaler().fit(X, domains=dom).transform(

@@ -63,7 +63,8 @@ from dorl.atomic import atomic_path, write_text_atomic
 from dorl.classify.adaptation import ADAPTATIONS
 from baselines import colour_texture_features, pixel_pca_features
 from dorl.classify.inputs import FeatureInput
-from dorl.classify.run import kept_classes, run_classification, score
+from dorl.classify.run import run_classification
+from dorl.classify.scoring import kept_classes, score
 from dorl.classify.settings import ClassifySettings
 from dorl.config import load_config
 from dorl.data.images import read_cell_mask, read_rgb
@@ -280,7 +281,8 @@ def feature_rows(cfg, manifest: Manifest, seg, args, per_seed: dict, watch: Stop
     """Add one row per ``--feature-options`` option to ``per_seed`` and choose among them by the
     label-free rule of `bench/selection_rule.py`. Returns the chosen option and a dict with the
     ``selection`` table (records) and the chosen adaptation with its table (records)."""
-    from dorl.features.encode import FeatureSettings, cell_crops
+    from dorl.features.crops import cell_crops
+    from dorl.features.encode import FeatureSettings
     from dorl.features.resolution import coarsest_side, native_crop_sides
 
     table = manifest.table
@@ -579,7 +581,7 @@ def main(argv=None) -> int:
                   ).fit_transform(X_last)
 
     if args.cnn and not args.baselines_only:
-        from dorl.features.encode import cell_crops
+        from dorl.features.crops import cell_crops
 
         with watch.time("cell crops for the CNN (LoRA-SAM masks)", n):
             crops, masks = cell_crops(manifest, seg_ft, CNNSettings().crop_size)

@@ -1,5 +1,5 @@
 """Time the classify stage's scoring of one evaluation (one class scope) and print the figures:
-dorl's per-class counts (:func:`dorl.classify.run.score`) against the sklearn metrics they
+dorl's per-class counts (:func:`dorl.classify.scoring.score`) against the sklearn metrics they
 replaced, on random labels.
 
     python bench/bench_score.py                       # 300 cells, 5 classes, 200 repeats
@@ -17,7 +17,7 @@ import time
 import numpy as np
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from dorl.classify.run import score
+from dorl.classify.scoring import score
 
 
 def per_call(fn, repeats: int) -> float:
@@ -46,7 +46,7 @@ def main() -> None:
     ours = per_call(lambda: score(truth, pred, labels, labels), args.repeats) / 2
     theirs = per_call(with_sklearn, args.repeats)
     print(f"{args.cells} cells, {args.classes} classes, load average {os.getloadavg()[0]:.2f}")
-    print(f"per scope: dorl.classify.run.score {ours * 1e3:.3f} ms (all its rows), "
+    print(f"per scope: dorl.classify.scoring.score {ours * 1e3:.3f} ms (all its rows), "
           f"sklearn precision_recall_fscore_support + accuracy_score {theirs * 1e3:.3f} ms")
 
 

@@ -35,7 +35,7 @@ from bench_encoder_training import in_lab_ceiling, slug
 from dorl.atomic import write_text_atomic
 from dorl.classify.protocols import make_splits
 from dorl.classify.registry import build_classifier
-from dorl.classify.run import kept_classes, score
+from dorl.classify.scoring import kept_classes, score
 from dorl.classify.shots import cross_validated, pick_ratio, training_rows
 from dorl.data.manifest import load_manifest
 

@@ -1,7 +1,7 @@
 """The cell-feature options of ``features.*`` as rows of the real-data bench, scored for the
 label-free rule of `bench/selection_rule.py`.
 
-Every option reads the same LoRA-SAM cell crops (cut once, :func:`dorl.features.encode.cell_crops`)
+Every option reads the same LoRA-SAM cell crops (cut once, :func:`dorl.features.crops.cell_crops`)
 and is standardised per domain before the classifiers, like the "LoRA-SAM domain-std" row.
 :func:`shifted_source_scores` gives each option and adaptation its rows: the in-domain macro-F1
 on the source (5-fold) and the macro-F1 of the same folds' models on their held-out source cells
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
+from stain_normalisation import normalise_crops
 from view_invariance import ViewInvariantProjection, two_views
 
 from dorl.classify.adaptation import SelfTraining, TargetAdapter
@@ -27,7 +28,6 @@ from dorl.classify.registry import build_classifier
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.features.encode import FeatureSettings, build_encoder, domain_sample, encode_crops
 from dorl.features.resolution import coarsest_side, resample_through
-from dorl.features.stain import normalise_crops
 from simulated_labs import (
     HELD_OUT_COLUMNS,
     LOW_RES_LAB,
@@ -38,34 +38,28 @@ from simulated_labs import (
 
 logger = logging.getLogger("bench_realdata")
 
-L0, L1, L2, SAM = "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "litemedsam"
+L0, SAM = "efficientnet_lite0", "litemedsam"
 
 
 @dataclass(frozen=True)
 class Option:
-    """One row of the bench: the ``features.*`` settings it stands for."""
+    """One row of the bench: the ``features.*`` settings it stands for, or a stain normalisation
+    that left the library (``bench/stain_normalisation.py``)."""
 
     encoders: tuple[str, ...]
+    #: none, reinhard, macenko or grey (:func:`stain_normalisation.normalise_crops`).
     stain: str
     adabn: bool
     #: ``features.tta``: dihedral views averaged per cell.
     tta: int = 1
     #: Project out the axes two random views of a cell differ along (ViewInvariantProjection).
     view_invariance: bool = False
-    #: ``features.multilevel``: the last stages' pooled outputs beside the head.
-    multilevel: bool = False
     #: ``features.resolution`` (:mod:`dorl.features.resolution`): "native" or "coarsest".
     resolution: str = "native"
 
-    def overrides(self) -> list[str]:
-        """The config overrides that give this option's features in ``dorl embed``."""
-        return [f"features.encoders=[{','.join(self.encoders)}]", f"features.stain={self.stain}",
-                f"features.adabn={self.adabn}", f"features.tta={self.tta}",
-                f"features.multilevel={self.multilevel}",
-                f"features.resolution={self.resolution}"]
 
-
-#: The "cheaper" order for ties is this order.
+#: The "cheaper" order for ties is this order. The options of EfficientNet-Lite1/2 and of the
+#: last stages' pooled outputs (multi-level) left with their code (docs/removed.md).
 OPTIONS = {
     "L0 cell": Option((L0,), "none", False),
     "L0 cell AdaBN": Option((L0,), "none", True),
@@ -78,12 +72,8 @@ OPTIONS = {
     "L0 cell AdaBN TTA4 view-invariant": Option((L0,), "none", True, tta=4,
                                                 view_invariance=True),
     "L0 cell AdaBN TTA8": Option((L0,), "none", True, tta=8),
-    "L0 cell AdaBN TTA4 multi-level": Option((L0,), "none", True, tta=4, multilevel=True),
     "L0 cell AdaBN TTA4 coarsest resolution": Option((L0,), "none", True, tta=4,
                                                      resolution="coarsest"),
-    "L1 cell AdaBN TTA4": Option((L1,), "none", True, tta=4),
-    "L1 cell Reinhard AdaBN": Option((L1,), "reinhard", True),
-    "L2 cell Reinhard AdaBN": Option((L2,), "reinhard", True),
     "SAM cell Reinhard AdaBN": Option((SAM,), "reinhard", True),
     "L0 + SAM cell Reinhard AdaBN": Option((L0, SAM), "reinhard", True),
 }
@@ -112,13 +102,13 @@ def encode_normalised(normalised: np.ndarray, domains: np.ndarray, settings: Fea
     features, timings = {}, {}
     for name in settings.encoders:
         t0 = time.perf_counter()
-        model = build_encoder(name, settings.sam_image_size, settings.multilevel)
+        model = build_encoder(name, settings.sam_image_size)
         features[name] = encode_crops(model.to(settings.device), settings.crop_size, normalised,
                                       domains, settings.adabn_cells if settings.adabn else 0,
                                       settings.batch_size, settings.bf16, settings.tta)
         timings[name] = time.perf_counter() - t0
-        logger.info("%s features of %d cells (%s, AdaBN %s, %d views): %.1f s, %.1f img/s",
-                    name, len(normalised), settings.stain, settings.adabn, settings.tta,
+        logger.info("%s features of %d cells (AdaBN %s, %d views): %.1f s, %.1f img/s",
+                    name, len(normalised), settings.adabn, settings.tta,
                     timings[name], len(normalised) / timings[name])
     return features, timings
 
@@ -134,8 +124,7 @@ def _normalised(crops: np.ndarray, masks: np.ndarray, domains: np.ndarray, stain
     """``crops`` stain-normalised (cached under ``key``) and the seconds it took."""
     if key not in cache:
         t0 = time.perf_counter()
-        normalised = normalise_crops(crops, masks, domains, stain,
-                                     list(base.stain_reference_domains), seed)[0]
+        normalised = normalise_crops(crops, masks, domains, stain, [], seed)[0]
         cache[key] = (normalised, time.perf_counter() - t0)
     return cache[key]
 
@@ -146,10 +135,9 @@ def _encoded(normalised: np.ndarray, domains: np.ndarray, option: Option, base: 
     ``key`` + the encoder's settings) and the seconds they took."""
     parts, seconds = [], 0.0
     for encoder in option.encoders:
-        part = (*key, encoder, option.adabn, option.tta, option.multilevel)
+        part = (*key, encoder, option.adabn, option.tta)
         if part not in cache:
-            settings = replace(base, encoders=(encoder,), stain=option.stain,
-                               adabn=option.adabn, tta=option.tta, multilevel=option.multilevel)
+            settings = replace(base, encoders=(encoder,), adabn=option.adabn, tta=option.tta)
             features, timings = encode_normalised(normalised, domains, settings)
             cache[part] = (features[encoder], timings[encoder])
         parts.append(cache[part][0])
@@ -180,8 +168,8 @@ def option_features(name: str, crops: np.ndarray, masks: np.ndarray, domains: np
         rows = domain_sample(domains, VIEW_CELLS_PER_DOMAIN)
         diffs = []
         for v, view in enumerate(two_views(crops[rows], masks[rows], VIEW_AUGMENT, seed)):
-            view_norm = normalise_crops(view, masks[rows], domains[rows], option.stain,
-                                        list(base.stain_reference_domains), seed)[0]
+            view_norm = normalise_crops(view, masks[rows], domains[rows], option.stain, [],
+                                        seed)[0]
             V = _encoded(view_norm, domains[rows], option, base, {}, ("view", v))[0]
             diffs.append(scaler.transform(V, domains=domains[rows]))
         projection = ViewInvariantProjection(variance=VIEW_VARIANCE).fit(diffs[0] - diffs[1])
@@ -279,7 +267,7 @@ def encoder_features(name: str, n: int, cache: dict) -> dict[str, np.ndarray]:
     """The raw (not standardised) features of each encoder of option ``name`` over the ``n``
     cells :func:`option_features` encoded, from its cache."""
     o = OPTIONS[name]
-    return {e: cache[(crop_set("cells", o), o.stain, n, e, o.adabn, o.tta, o.multilevel)][0]
+    return {e: cache[(crop_set("cells", o), o.stain, n, e, o.adabn, o.tta)][0]
             for e in o.encoders}
 
 

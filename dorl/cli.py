@@ -194,7 +194,7 @@ def _classify_run(args: argparse.Namespace, cfg) -> None:
 
 
 def _classify_predict(args: argparse.Namespace, cfg) -> None:
-    from dorl.classify.run import predict_file
+    from dorl.classify.predict import predict_file
 
     predict_file(args.model, args.features, args.out)
 

@@ -67,6 +67,12 @@ REMOVED_KEYS = {
     "sam.infer.crop_size": "renamed sam.infer.stored_crop_size (features.crop_size is the "
                            "embedding's)",
     "umap.features": "renamed umap.feature_file (features is the embedding's settings)",
+    "features.stain": "stain normalisation (Reinhard, Macenko, grey) lost to none in the "
+                      "encoder benchmarks; the trained encoder's stain views replace it",
+    "features.stain_reference_domains": "it chose the reference of features.stain, also "
+                                        "removed; delete the key",
+    "features.multilevel": "the last stages' pooled outputs did not pay in the encoder "
+                           "benchmarks; delete the key",
 }
 #: Numeric keys that must be above zero.
 POSITIVE = ("sam.lora.alpha", "sam.finetune.lr", "cae.lr", "cae.head_lr")

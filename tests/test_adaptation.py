@@ -20,9 +20,8 @@ from dorl.classify.adaptation import (
     coral_align,
     pseudo_labels,
     self_train,
-    soft_neighbourhood_density,
-    vote_agreement,
 )
+from dorl.classify.label_free_scores import soft_neighbourhood_density, vote_agreement
 
 
 def _blobs(rng, centres, n, sd):

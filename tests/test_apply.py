@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dorl.classify.run import predict_file
+from dorl.classify.predict import predict_file
 from dorl.cli import main
 from dorl.config import ConfigError, load_config
 from dorl.data.manifest import save_manifest

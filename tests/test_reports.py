@@ -8,15 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dorl.classify.reports import (
-    cell_stats,
-    classifier_choices,
-    few_shot_curve,
-    markdown_report,
-    pair_table,
-    pooled_mean,
-    write_reports,
-)
+from dorl.classify.aggregates import cell_stats, classifier_choices, few_shot_curve, pooled_mean
+from dorl.classify.reports import markdown_report, pair_table, write_reports
 from dorl.classify.settings import ClassifySettings
 from dorl.config import load_config
 

@@ -12,7 +12,8 @@ from scipy import ndimage as ndi
 
 from dorl.pipeline.apply import SourceRun, applied_config
 from dorl.config import ConfigError
-from dorl.features.encode import FeatureSettings, cell_crop, stream_cell_features
+from dorl.features.crops import cell_crop
+from dorl.features.encode import FeatureSettings, stream_cell_features
 from dorl.features.resolution import (
     coarsest_side,
     native_crop_sides,
@@ -91,12 +92,12 @@ def test_coarsest_resolution_resamples_the_sharper_lab_only(tmp_path):
     sides = native_crop_sides(manifest, seg)
     np.testing.assert_allclose(sides[:6], 16 * 64 / 32 * 1.16)
     np.testing.assert_allclose(sides[6:], 8 * 64 / 32 * 1.16)
-    settings = FeatureSettings(("efficientnet_lite0",), 32, "none", (), True, 6, 4, False, 64)
-    native, meta = stream_cell_features(manifest, seg, settings, 0)
+    settings = FeatureSettings(("efficientnet_lite0",), 32, True, 6, 4, False, 64)
+    native, meta = stream_cell_features(manifest, seg, settings)
     assert "resolution_side" not in meta or meta["resolution_side"] is None
     coarse, meta = stream_cell_features(manifest, seg,
                                         FeatureSettings(**{**settings.__dict__,
-                                                           "resolution": "coarsest"}), 0)
+                                                           "resolution": "coarsest"}))
     assert meta["resolution_side"] == 19  # lab b's 18.6 px
     a, b = slice(0, 6), slice(6, 12)
     np.testing.assert_allclose(coarse["efficientnet_lite0"][b], native["efficientnet_lite0"][b],

@@ -15,10 +15,9 @@ from dorl.sam.finetune import (
     LOG_FILE,
     finetune_from_config,
     segmentation_loss,
-    training_set,
     validate,
-    validation_rows,
 )
+from dorl.sam.finetune_data import training_set, validation_rows
 from tests.helpers import write_disc_manifest
 
 

@@ -80,9 +80,6 @@ class CellAutoencoder(nn.Module):
     def __init__(self, encoder: EfficientNetLite, projection_dim: int, reconstruct: bool,
                  n_classes: int):
         super().__init__()
-        if encoder.out_dim != encoder.head_dim:
-            raise ValueError("the trained encoder pools its head only (features.multilevel "
-                             "must be false when the autoencoder is on)")
         dim = encoder.out_dim
         self.encoder = encoder
         self.projector = nn.Sequential(nn.Linear(dim, 512), nn.ReLU(inplace=True),
@@ -92,7 +89,7 @@ class CellAutoencoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> CAEOutput:
         """``pixels``: (B, 3, H, W), 0..255, H and W multiples of 32 for the decoder."""
-        feature_map, _ = self.encoder.feature_map(pixels)
+        feature_map = self.encoder.feature_map(pixels)
         pooled = feature_map.mean(dim=(2, 3))
         return CAEOutput(
             pooled, self.projector(pooled),

@@ -10,7 +10,7 @@ from dorl.config import ConfigError
 
 PROTOCOLS = ("transductive", "inductive")
 SUPERVISION = ("none", "source_labels")
-TRAINABLE_ENCODERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+TRAINABLE_ENCODERS = ("efficientnet_lite0",)
 
 
 @dataclass(frozen=True)
@@ -90,13 +90,7 @@ class CAESettings:
         encoders = [str(e) for e in features.encoders]
         if len(encoders) != 1 or encoders[0] not in TRAINABLE_ENCODERS:
             raise ConfigError(f"cae.enabled=true trains one EfficientNet-Lite: features.encoders "
-                              f"must be one of {list(TRAINABLE_ENCODERS)}, got {encoders}")
-        if bool(features.multilevel):
-            raise ConfigError("cae.enabled=true trains the encoder's pooled head: set "
-                              "features.multilevel=false")
-        if str(features.stain) != "none":
-            raise ConfigError("cae.enabled=true trains on the crops as imaged (its stain "
-                              "augmentation replaces normalisation): set features.stain=none")
+                              f"must be {list(TRAINABLE_ENCODERS)}, got {encoders}")
         if cae.protocol not in PROTOCOLS:
             raise ConfigError(f"cae.protocol must be one of {list(PROTOCOLS)}, got "
                               f"{cae.protocol!r}")

@@ -1,4 +1,5 @@
-"""Classify-stage reports: ``results.csv``, ``results.md``, ``summary.json``, confusion PNGs.
+"""Classify-stage reports: ``results.csv``, ``results.md``, ``summary.json``, and the figures of
+:mod:`dorl.classify.report_figures`.
 
 ``results.md`` follows the papers' layout (one column per source -> target pair, the diagonal
 being in-domain), but keeps the in-domain mean and the cross-domain mean in separate columns,
@@ -16,50 +17,26 @@ import numpy as np
 import pandas as pd
 
 from dorl.atomic import atomic_path, write_text_atomic
+from dorl.classify.aggregates import (
+    CHOICE_RULES,
+    MODEL_COLUMNS,
+    cell_stats,
+    classifier_choices,
+    few_shot_curve,
+    full_scope_ceilings,
+    in_lab_ceiling,
+    pooled_mean,
+)
 from dorl.classify.inputs import FeatureInput
 from dorl.classify.registry import display_name
+from dorl.classify.report_figures import plot_confusions, plot_few_shot
 from dorl.classify.settings import ClassifySettings
 from dorl.classify.shots import AUTO
-from dorl.figures import pyplot, save_figure
 from dorl.provenance import package_versions, utc_now
 from dorl.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
-_CELL = ["feature_set", "adaptation", "classifier", "protocol", "source", "target", "shots",
-         "scope", "metric"]
-_MODEL = ["feature_set", "adaptation", "classifier"]
-
-
-def cell_stats(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over folds and seeds of every overall (not per-class) metric.
-
-    Returns a DataFrame indexed by ``feature_set, adaptation, classifier, protocol, source,
-    target, shots, scope, metric`` with columns ``mean, std, n`` (n = folds x seeds).
-    """
-    overall = results[results["label"] == ""]
-    return overall.groupby(_CELL, sort=False)["value"].agg(["mean", "std", "count"]) \
-        .rename(columns={"count": "n"}).fillna({"std": 0.0})
-
-
-def pooled_mean(results: pd.DataFrame, protocols: tuple[str, ...], scope: str,
-                metric: str) -> pd.DataFrame:
-    """Mean over the (source, target) pairs of ``protocols``, per feature set, adaptation and
-    classifier.
-
-    The pairs' fold-and-seed means are averaged; ``std`` is the spread over (fold, seed) of the
-    pair-averaged score. Returns columns ``feature_set, adaptation, classifier, mean, std``.
-    """
-    sel = results[results["protocol"].isin(protocols) & (results["scope"] == scope)
-                  & (results["metric"] == metric) & (results["label"] == "")]
-    if sel.empty:
-        return pd.DataFrame(columns=_MODEL + ["mean", "std"])
-    keys = _MODEL
-    pair = sel.groupby(keys + ["source", "target"], sort=False)["value"].mean()
-    mean = pair.groupby(level=keys, sort=False).mean().rename("mean")
-    spread = sel.groupby(keys + ["fold", "seed"], sort=False)["value"].mean() \
-        .groupby(level=keys, sort=False).std().fillna(0.0).rename("std")
-    return pd.concat([mean, spread], axis=1).reset_index()
 
 
 def _fmt(mean: float, std: float) -> str:
@@ -85,7 +62,7 @@ def pair_table(results: pd.DataFrame, scope: str, metric: str) -> str:
               + ["in-domain mean", "**cross-domain mean**"])
     rows = []
     pairs = results[results["protocol"].isin(["in_domain", "source_target"])]
-    for fs, adaptation, clf in pairs[_MODEL].drop_duplicates().to_numpy():
+    for fs, adaptation, clf in pairs[MODEL_COLUMNS].drop_duplicates().to_numpy():
         cells = [fs, adaptation, display_name(clf)]
         for protocol, source, target in columns:
             key = (fs, adaptation, clf, protocol, source, target, 0, scope, metric)
@@ -97,27 +74,6 @@ def pair_table(results: pd.DataFrame, scope: str, metric: str) -> str:
             cells.append(f"**{text}**" if bold and len(row) else text)
         rows.append(cells)
     return markdown_table(header, rows)
-
-
-def in_lab_ceiling(results: pd.DataFrame) -> pd.DataFrame:
-    """Each cross-lab score beside its target's in-lab ceiling: the same feature set,
-    adaptation and classifier trained and scored inside the target (its ``in_domain`` k-fold),
-    macro-F1 on the shared classes. Returns columns ``feature_set, adaptation, classifier,
-    source, target, cross_lab, in_lab, kept`` (``kept``: cross-lab / in-lab), one row per
-    source -> target pair whose target has an in-lab score."""
-    sel = results[(results["scope"] == "shared") & (results["metric"] == "macro_f1")
-                  & (results["label"] == "")]
-    keys = _MODEL + ["source", "target"]
-    cross = sel[sel["protocol"] == "source_target"].groupby(keys)["value"].mean()
-    within = sel[(sel["protocol"] == "in_domain") & (sel["source"] == sel["target"])] \
-        .groupby(_MODEL + ["target"])["value"].mean()
-    rows = []
-    for key, value in cross.items():
-        ceiling = within.get((*key[:3], key[4]))
-        if ceiling is not None:
-            rows.append(dict(zip(keys, key), cross_lab=value, in_lab=ceiling,
-                             kept=value / ceiling if ceiling > 0 else float("nan")))
-    return pd.DataFrame(rows, columns=keys + ["cross_lab", "in_lab", "kept"])
 
 
 def in_lab_table(results: pd.DataFrame) -> str:
@@ -153,59 +109,6 @@ def lodo_table(results: pd.DataFrame) -> str:
     return markdown_table(header, rows)
 
 
-CHOICE_RULES = {
-    "source": "source labels (best in-domain)",
-    "agreement": "label-free: vote agreement",
-    "snd": "label-free: SND",
-    "oracle": "oracle (target labels)",
-}
-
-
-def classifier_choices(results: pd.DataFrame) -> pd.DataFrame:
-    """The classifier each rule picks per feature set, adaptation and source -> target pair.
-
-    Rules (:data:`CHOICE_RULES`): the best in-domain macro-F1 on the source (source labels
-    only), the highest mean agreement with the other classifiers' vote on the target, the
-    highest mean soft neighbourhood density on the target (neither reads a target label), and
-    the oracle, the best target macro-F1 (an optimistic bound, not a usable choice). Means are
-    over folds and seeds, scores on the shared classes.
-
-    Returns
-    -------
-    DataFrame
-        Columns ``feature_set, adaptation, source, target, rule, classifier, mean, std``.
-    """
-    stats = cell_stats(results).reset_index()
-    cross = stats[stats["protocol"] == "source_target"]
-    f1 = cross[(cross["scope"] == "shared") & (cross["metric"] == "macro_f1")]
-    within = stats[(stats["protocol"] == "in_domain") & (stats["scope"] == "shared")
-                   & (stats["metric"] == "macro_f1")]
-    free = cross[cross["scope"] == "label_free"]
-    rows = []
-    for (fs, adaptation, source, target), group in f1.groupby(
-            ["feature_set", "adaptation", "source", "target"], sort=False):
-        score = group.set_index("classifier")[["mean", "std"]]
-        same = ((within["feature_set"] == fs) & (within["adaptation"] == adaptation)
-                & (within["source"] == source))
-        pair = ((free["feature_set"] == fs) & (free["adaptation"] == adaptation)
-                & (free["source"] == source) & (free["target"] == target))
-        criteria = {"source": within[same].set_index("classifier")["mean"],
-                    "agreement": free[pair & (free["metric"] == "agreement")]
-                    .set_index("classifier")["mean"],
-                    "snd": free[pair & (free["metric"] == "snd")].set_index("classifier")["mean"],
-                    "oracle": score["mean"]}
-        for rule, values in criteria.items():
-            values = values[values.index.isin(score.index)].dropna()
-            if values.empty:
-                continue
-            clf = values.idxmax()
-            rows.append({"feature_set": fs, "adaptation": adaptation, "source": source,
-                         "target": target, "rule": rule, "classifier": clf,
-                         "mean": score.loc[clf, "mean"], "std": score.loc[clf, "std"]})
-    return pd.DataFrame(rows, columns=["feature_set", "adaptation", "source", "target", "rule",
-                                       "classifier", "mean", "std"])
-
-
 def choice_table(results: pd.DataFrame) -> str:
     """Markdown table of :func:`classifier_choices`: one column per rule."""
     choices = classifier_choices(results)
@@ -223,24 +126,6 @@ def choice_table(results: pd.DataFrame) -> str:
                 cells.append("–")
         rows.append(cells)
     return markdown_table(header, rows)
-
-
-def few_shot_curve(results: pd.DataFrame) -> pd.DataFrame:
-    """Macro-F1 (shared classes) against labelled target cells per class.
-
-    ``shots`` 0 is the same model key's ``source_target`` score (no target label). Returns
-    columns ``feature_set, adaptation, classifier, source, target, shots, mean, std, n,
-    n_test`` (``n``: draws x seeds; ``n_test``: mean test cells).
-    """
-    sel = results[results["protocol"].isin(["few_shot", "source_target"])
-                  & (results["scope"] == "shared") & (results["metric"] == "macro_f1")]
-    models = results.loc[results["protocol"] == "few_shot", _MODEL].drop_duplicates()
-    sel = sel.merge(models, on=_MODEL)
-    keys = _MODEL + ["source", "target", "shots"]
-    curve = sel.groupby(keys)["value"].agg(["mean", "std", "count"]).rename(
-        columns={"count": "n"}).fillna({"std": 0.0})
-    curve["n_test"] = sel.groupby(keys)["n_test"].mean()
-    return curve.reset_index()
 
 
 def target_labels_table(results: pd.DataFrame) -> str:
@@ -267,47 +152,13 @@ def few_shot_table(results: pd.DataFrame) -> str:
     header = (["features", "adaptation", "classifier", "source → target"]
               + [f"k={k}" + (" (cross-domain)" if k == 0 else "") for k in shots])
     rows = []
-    for key, group in curve.groupby(_MODEL + ["source", "target"], sort=False):
+    for key, group in curve.groupby(MODEL_COLUMNS + ["source", "target"], sort=False):
         by_k = group.set_index("shots")
         cells = [key[0], key[1], display_name(key[2]), f"{key[3]} → {key[4]}"]
         cells += [f"{_fmt(by_k.loc[k, 'mean'], by_k.loc[k, 'std'])} ({by_k.loc[k, 'n_test']:.0f})"
                   if k in by_k.index else "–" for k in shots]
         rows.append(cells)
     return markdown_table(header, rows)
-
-
-def plot_few_shot(out_dir: Path, results: pd.DataFrame) -> Path | None:
-    """``few_shot.png``: the learning curve, one panel per source -> target pair."""
-    curve = few_shot_curve(results)
-    if curve.empty:
-        return None
-    plt = pyplot()
-
-    pairs = curve[["source", "target"]].drop_duplicates().to_numpy()
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.4), squeeze=False,
-                             layout="constrained")
-    for ax, (source, target) in zip(axes[0], pairs):
-        panel = curve[(curve["source"] == source) & (curve["target"] == target)]
-        for key, line in panel.groupby(_MODEL, sort=False):
-            line = line.sort_values("shots")
-            ax.errorbar(line["shots"], line["mean"], yerr=line["std"], marker="o", capsize=2,
-                        label=f"{key[0]} / {key[1]} / {display_name(key[2])}")
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_xlabel("labelled target cells per class (k)")
-        ax.set_ylabel("macro-F1 (shared classes)")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{source} → {target}", fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6)
-    return save_figure(fig, out_dir / "few_shot.png")
-
-
-def _ceilings(results: pd.DataFrame) -> pd.DataFrame:
-    """Full-scope ceilings per feature set, protocol, source and target (mean over folds)."""
-    sel = results[(results["scope"] == "full")
-                  & results["metric"].isin(["ceiling_accuracy", "ceiling_macro_f1"])]
-    return sel.pivot_table(index=["feature_set", "protocol", "source", "target"],
-                           columns="metric", values="value", aggfunc="mean").reset_index()
 
 
 def _dropped_classes(inputs: list[FeatureInput], min_count: int) -> dict[str, dict[str, list]]:
@@ -404,7 +255,7 @@ def markdown_report(results: pd.DataFrame, inputs: list[FeatureInput],
                   "mean over seeds).", "", target_labels_table(results)]
     if (results["protocol"] == "lodo").any():
         parts += ["", "## Leave one domain out, macro-F1", "", lodo_table(results)]
-    ceilings = _ceilings(results)
+    ceilings = full_scope_ceilings(results)
     limited = ceilings[(ceilings["ceiling_macro_f1"] < 1) | (ceilings["ceiling_accuracy"] < 1)]
     if len(limited):
         parts += ["", "## Ceilings on the full label space (classes missing from training)", "",
@@ -450,57 +301,9 @@ def _summary(results, confusions, timings, inputs, settings: ClassifySettings,
                                 "labels": labels,
                                 "counts": np.asarray(counts).tolist()}
                                for k, (labels, counts) in confusions.items()],
-        "seconds": timings.groupby(_MODEL)[["fit_s", "predict_s"]].sum()
+        "seconds": timings.groupby(MODEL_COLUMNS)[["fit_s", "predict_s"]].sum()
         .round(2).reset_index().to_dict(orient="records") if len(timings) else [],
     }
-
-
-#: The protocols drawn as confusion PNGs: those that score a lab the model never trained on.
-#: Every protocol's counts are in summary.json.
-CONFUSION_FIGURE_PROTOCOLS = ("source_target", "lodo")
-
-
-def plot_confusions(out_dir: Path, confusions: dict) -> list[Path]:
-    """One PNG per feature set x adaptation x classifier x cross-domain protocol
-    (:data:`CONFUSION_FIGURE_PROTOCOLS`), one panel per source -> target pair.
-
-    Colours are row-normalised (recall per true class); numbers are counts over folds and seeds.
-    """
-    plt = pyplot()
-
-    groups: dict[tuple, list] = {}
-    for (fs, adaptation, clf, protocol, source, target), value in confusions.items():
-        if protocol in CONFUSION_FIGURE_PROTOCOLS:
-            groups.setdefault((fs, adaptation, clf, protocol), []).append((source, target, value))
-    paths = []
-    for (fs, adaptation, clf, protocol), panels in groups.items():
-        panels.sort(key=lambda p: (p[0], p[1]))
-        n_labels = len(panels[0][2][0])
-        # Fixed margins (inches) for the rotated class names: a constrained layout measured
-        # every label and took most of the figure's time.
-        side, margin, top = 0.3 * n_labels + 0.2, 1.1, 0.6
-        width, height = margin + len(panels) * (side + 0.3), side + margin + top
-        fig, axes = plt.subplots(1, len(panels), figsize=(width, height), squeeze=False)
-        fig.subplots_adjust(left=margin / width, right=1 - 0.2 / width, bottom=margin / height,
-                            top=1 - top / height, wspace=0.3 / side)
-        for ax, (source, target, (labels, counts)) in zip(axes[0], panels):
-            counts = np.asarray(counts)
-            rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-            ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-            for (i, j), n in np.ndenumerate(counts):
-                if n:
-                    ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
-                            color="white" if rates[i, j] > 0.5 else "black")
-            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-            ax.set_yticks(range(len(labels)), labels if ax is axes[0][0] else [], fontsize=7)
-            ax.set_title(f"{source} → {target}", fontsize=8)
-            ax.set_xlabel("predicted", fontsize=7)
-        axes[0][0].set_ylabel("true", fontsize=7)
-        fig.suptitle(f"{fs} / {adaptation} / {display_name(clf)} / {protocol}", fontsize=9)
-        path = out_dir / "confusion" / f"{fs}__{adaptation}__{clf}__{protocol}.png"
-        save_figure(fig, path)
-        paths.append(path)
-    return paths
 
 
 def write_reports(out_dir: str | Path, results: pd.DataFrame, confusions: dict,
@@ -515,7 +318,7 @@ def write_reports(out_dir: str | Path, results: pd.DataFrame, confusions: dict,
     summary = _summary(results, confusions, timings, inputs, settings, elapsed_s)
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, default=str))
     pngs = plot_confusions(out_dir, confusions)
-    curve = plot_few_shot(out_dir, results)
+    curve = plot_few_shot(out_dir, few_shot_curve(results), MODEL_COLUMNS)
     logger.info("wrote %s (results.csv, results.md, summary.json, %d confusion PNGs%s)", out_dir,
                 len(pngs), ", few_shot.png" if curve else "")
     if results["protocol"].isin(["in_domain", "source_target"]).any():

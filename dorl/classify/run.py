@@ -1,15 +1,9 @@
-"""Run the classify stage: fit every classifier on every protocol split and adaptation, score,
-save, predict.
+"""Run the classify stage: fit every classifier on every protocol split and adaptation, score and
+save (:mod:`dorl.classify.predict` applies a saved model).
 
-Scoring policy (stated in every report):
+Scoring policy (stated in every report; the scores are :mod:`dorl.classify.scoring`'s):
 
 * cells labelled ``unknown`` (or unlabelled) are never trained or scored on; they are counted;
-* a class with fewer than ``classify.min_class_count`` cells in a target domain is left out of
-  that target's scores;
-* ``scope=shared`` scores only the classes that both the training cells and the target hold;
-  ``scope=full`` scores every (kept) target class, so classes the model never saw count as
-  misses, and ``ceiling_accuracy`` / ``ceiling_macro_f1`` state the best score reachable;
-* macro averages use an explicit label list and ``zero_division=0``;
 * label-free adaptations (:mod:`dorl.classify.adaptation`) are separate rows, and the scores that
   choose a classifier without target labels (``snd``, ``agreement``) never read a target label.
 """
@@ -22,7 +16,7 @@ import warnings
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,111 +27,28 @@ from sklearn.metrics import confusion_matrix
 from tqdm import tqdm
 
 from dorl import __version__
-from dorl.atomic import atomic_path
 from dorl.classify.adaptation import (
     BALANCED,
     STANDARDISED,
     TARGET_SIDE,
-    ClassBalancedModel,
     SelfTraining,
     TargetAdapter,
     coral_align,
     fit_class_balanced,
-    model_density,
-    vote_agreement,
 )
-from dorl.classify.inputs import (
-    UNLABELLED,
-    FeatureInput,
-    encoder_hash,
-    load_input,
-    read_target_labels,
-)
-from dorl.classify.model_files import (
-    MODEL_SUFFIX,
-    ModelFileError,
-    load_model_bundle,
-    save_model_bundle,
-)
+from dorl.classify.inputs import FeatureInput, load_input, read_target_labels
+from dorl.classify.label_free_scores import model_density, vote_agreement
+from dorl.classify.model_files import MODEL_SUFFIX, save_model_bundle
 from dorl.classify.protocols import TARGET_LABELS, Split, cap_train, make_splits
 from dorl.classify.registry import build_classifier, is_kernel_svm
+from dorl.classify.scoring import kept_classes, score
 from dorl.classify.reports import write_reports
 from dorl.classify.settings import ClassifySettings
 from dorl.classify.shots import ShotTraining, choose_ratio, training_rows
 from dorl.data.taxonomy import label_space
-from dorl.domain_scaler import DomainStandardScaler
-from dorl.featstore import FeatureFileError, read_features
+from dorl.featstore import FeatureFileError
 
 logger = logging.getLogger(__name__)
-
-
-def kept_classes(labels: np.ndarray, min_count: int) -> list[str]:
-    """Classes of ``labels`` (a target domain's cells) with at least ``min_count`` cells."""
-    names, counts = np.unique(labels, return_counts=True)
-    return [str(n) for n, c in zip(names, counts) if c >= min_count]
-
-
-def _per_class(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> tuple:
-    """Precision, recall, F1 and support of each of ``labels``, each an ndarray of shape
-    (n_labels,); 0 where undefined (sklearn's ``zero_division=0``). Counted directly: sklearn's
-    checks on every call took most of a classify run's scoring time."""
-    true_is = np.asarray(y_true)[:, None] == np.asarray(labels)[None, :]
-    pred_is = np.asarray(y_pred)[:, None] == np.asarray(labels)[None, :]
-    hits = (true_is & pred_is).sum(axis=0)
-    support, predicted = true_is.sum(axis=0), pred_is.sum(axis=0)
-
-    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        return np.divide(num, den, out=np.zeros(len(labels)), where=den > 0)
-
-    return ratio(hits, predicted), ratio(hits, support), ratio(2 * hits, predicted + support), \
-        support
-
-
-def score(y_true: np.ndarray, y_pred: np.ndarray, train_classes: Iterable[str],
-          target_classes: Iterable[str]) -> list[dict[str, Any]]:
-    """Score predictions on the ``shared`` and ``full`` class scopes.
-
-    Parameters
-    ----------
-    y_true, y_pred : ndarray of shape (n_test,), str
-    train_classes : iterable of str
-        Classes the model was trained on.
-    target_classes : iterable of str
-        Classes kept in the target (see :func:`kept_classes`).
-
-    Returns
-    -------
-    list of dict
-        Rows with keys ``scope, metric, label, value, n_test`` (``label`` is empty except for
-        per-class ``precision``, ``recall`` and ``f1``).
-    """
-    train = set(train_classes)
-    target = sorted(target_classes)
-    rows: list[dict[str, Any]] = []
-    for scope, labels in (("shared", [c for c in target if c in train]), ("full", target)):
-        mask = np.isin(y_true, labels)
-        if not labels or not mask.any():
-            continue
-        t, p = y_true[mask], y_pred[mask]
-        prec, rec, f1, support = _per_class(t, p, labels)
-        present = support > 0
-        values = {
-            "macro_f1": f1[present].mean(),
-            "accuracy": float((t == p).mean()),
-            "balanced_accuracy": rec[present].mean(),
-            "weighted_f1": float((f1 * support).sum() / support.sum()),
-        }
-        if scope == "full":
-            values["ceiling_accuracy"] = float(np.isin(t, list(train)).mean())
-            values["ceiling_macro_f1"] = float(np.isin(np.array(labels)[present],
-                                                       list(train)).mean())
-        rows += [{"scope": scope, "metric": m, "label": "", "value": float(v), "n_test": len(t)}
-                 for m, v in values.items()]
-        for name, per_class in (("precision", prec), ("recall", rec), ("f1", f1)):
-            rows += [{"scope": scope, "metric": name, "label": c, "value": float(v),
-                      "n_test": int(n)}
-                     for c, v, n in zip(labels, per_class, support) if n > 0]
-    return rows
 
 
 def _training_rows(model, X: np.ndarray, y: np.ndarray, split: Split,
@@ -465,108 +376,3 @@ def classify_from_config(cfg) -> Path:
                           time.perf_counter() - start)
     logger.info("classification results (macro-F1, mean ± std over folds and seeds):\n%s", table)
     return out_dir
-
-
-#: What ``predict_file`` reads of a saved bundle (:func:`_save_model` writes more).
-BUNDLE_KEYS = ("model", "classes", "feature_dim", "feature_key", "feature_signature",
-               "feature_file")
-
-
-def _write_differential_counts(predictions: pd.DataFrame, path: Path) -> None:
-    """Per field, the white cells of each predicted class (the differential count), over the
-    cells that passed QC; one row per field, classes as columns, and the total."""
-    counted = predictions[predictions["field"] != ""]
-    if "qc_pass" in counted:
-        counted = counted[counted["qc_pass"]]
-    table = pd.crosstab(counted["field"], counted["predicted"])
-    table["total"] = table.sum(axis=1)
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp)
-    logger.info("differential counts of %d fields written to %s", len(table), path)
-
-
-def predict_file(model_path: str | Path, features_path: str | Path, out_csv: str | Path) -> Path:
-    """Label the cells of a feature file with a model saved by the classify stage.
-
-    Raises
-    ------
-    ModelFileError
-        When the model file is unreadable or holds an untrusted type (nothing in it runs).
-    FeatureFileError
-        When the feature dimension, the label space or (for
-        ``X``) the embedding settings of the feature file do not match the model's.
-    """
-    model_path, features_path = Path(model_path), Path(features_path)
-    bundle = load_model_bundle(model_path)
-    missing = [k for k in BUNDLE_KEYS if k not in bundle]
-    if missing:
-        raise ModelFileError(f"{model_path}: not a dorl classify model (no {missing[0]!r})")
-    model, classes, dim, key = (bundle["model"], bundle["classes"], bundle["feature_dim"],
-                                bundle["feature_key"])
-    if not hasattr(model, "predict"):
-        raise ModelFileError(f"{model_path}: not a dorl classify model (its model is a "
-                             f"{type(model).__name__}, which cannot predict)")
-    fs = read_features(features_path, obsm=key != "X")
-    X = fs.features(key)
-    if X.shape[1] != dim:
-        raise FeatureFileError(f"{features_path}[{key}] has {X.shape[1]} features but model "
-                               f"{model_path} was trained on {dim} (from {bundle['feature_file']})")
-    foreign = sorted(set(fs.labels) - set(classes) - set(UNLABELLED))
-    if foreign:
-        raise FeatureFileError(f"{features_path} holds labels {foreign} outside the label space "
-                               f"of model {model_path}: {classes}")
-    # The cells may come from another lab (another data signature), but the features must come
-    # from the same encoder: a model on another run's latent space predicts noise.
-    signature = dict(fs.uns.get("signature", {}))
-    changed = sorted(k for k in set(signature) | set(bundle["feature_signature"])
-                     if k != "data" and signature.get(k) != bundle["feature_signature"].get(k))
-    # The same settings train another encoder on other cells: its features are another space.
-    trained, embedded = bundle.get("encoder_sha256"), encoder_hash(fs.uns)
-    if key == "X" and trained is not None and embedded != trained:
-        raise FeatureFileError(
-            f"{features_path} was embedded by another trained encoder (sha256 "
-            f"{str(embedded)[:12]}) than the features model {model_path} was trained on "
-            f"({trained[:12]}): embed these cells with `dorl apply --from` the model's run")
-    if changed and key == "X":
-        raise FeatureFileError(
-            f"{features_path} was embedded with other settings than the features model "
-            f"{model_path} was trained on ({bundle['feature_file']}): signature keys {changed} "
-            f"differ. Embed these cells with the model's run, or train a model on this file")
-    if changed:
-        logger.warning("%s[%s] differs from the model's training features in signature keys %s",
-                       features_path, key, changed)
-    if isinstance(model, ClassBalancedModel):
-        # Its statistics are a domain's own: standardised per domain, then predicted lab by lab.
-        X = DomainStandardScaler().fit(X, domains=fs.domains).transform(X, domains=fs.domains)
-        predicted = np.empty(len(X), dtype=object)
-        proba = np.empty((len(X), len(classes)))
-        for domain in np.unique(fs.domains):
-            rows = fs.domains == domain
-            predicted[rows], proba[rows] = model.predict_with_scores(X[rows])
-    else:
-        predicted = model.predict(X)
-        proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
-    out = pd.DataFrame({"cell_id": fs.obs.index.astype(str), "domain": fs.domains,
-                        "label": fs.labels, "predicted": np.asarray(predicted).astype(str)})
-    if "path" in fs.obs:
-        out.insert(1, "path", fs.obs["path"].astype(str).to_numpy())
-    fields = fs.obs["field"].astype(str).to_numpy() if "field" in fs.obs else None
-    if fields is not None and (fields != "").any():  # cells cut from whole fields
-        out["field"] = fields
-        out["box"] = fs.obs["box"].astype(str).to_numpy()
-    if "qc_pass" in fs.obs:  # a failed cell is predicted, and flagged
-        out["qc_pass"] = fs.obs["qc_pass"].astype(bool).to_numpy()
-        out["qc_reason"] = fs.obs["qc_reason"].astype(str).to_numpy()
-    if proba is not None:
-        for i, name in enumerate(classes):
-            out[f"p_{name}"] = proba[:, i]
-    with atomic_path(out_csv) as tmp:
-        out.to_csv(tmp, index=False)
-    if "field" in out:
-        _write_differential_counts(out, Path(out_csv).with_suffix(".counts.csv"))
-    labelled = ~np.isin(out["label"], UNLABELLED)
-    if labelled.any():
-        logger.info("%s: accuracy %.3f on %d labelled cells", out_csv,
-                    (out["label"] == out["predicted"])[labelled].mean(), labelled.sum())
-    logger.info("predictions for %d cells written to %s", len(out), out_csv)
-    return Path(out_csv)

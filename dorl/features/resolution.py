@@ -59,7 +59,7 @@ def native_crop_sides(manifest: Manifest, seg: Segmentation) -> np.ndarray:
     margin), float64 of shape (len(manifest),).
 
     Only the image headers are read. Segmentation saw each image stretched to a square of its
-    longer side, as :func:`dorl.features.encode.cell_crop` does.
+    longer side, as :func:`dorl.features.crops.cell_crop` does.
     """
     sizes = image_sizes(manifest.image_path(i) for i in range(len(manifest)))
     return crop_side(seg.boxes) * sizes.max(axis=1) / seg.masks.shape[1]

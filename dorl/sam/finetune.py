@@ -1,12 +1,8 @@
 """LoRA fine-tuning of SAM on single-cell masks (no class labels involved).
 
-Training masks come, in order of preference, from the dataset itself (manifest ``mask_path``;
-the synthetic generator writes its masks there) and from pseudo-masks bootstrapped on the
-unlabelled domains (:mod:`dorl.sam.pseudo_masks`);
-drawn on the fly, with their true whole-cell masks, can be mixed in (training only, never
-validation). Domains in ``sam.finetune.exclude_domains`` are never trained on. The loss is
-0.2 CE + 0.8 Dice on the low-resolution logits; AdamW with linear warm-up then cosine decay;
-the epoch with the best validation Dice is the adapter kept.
+The images and masks are :mod:`dorl.sam.finetune_data`'s. The loss is 0.2 CE + 0.8 Dice on the
+low-resolution logits; AdamW with linear warm-up then cosine decay; the epoch with the best
+validation Dice is the adapter kept.
 """
 
 from __future__ import annotations
@@ -28,20 +24,17 @@ from tqdm import tqdm
 from dorl.artifacts import ADAPTER, reusable
 from dorl.atomic import write_text_atomic
 from dorl.config import ConfigError
-from dorl.data.images import read_cell_mask, read_rgb
 from dorl.data.manifest import Manifest
 from dorl.distributed import ProcessGroup
 from dorl.lr_schedule import warmup_cosine, warmup_steps
 from dorl.sam.augment import augment_batch
+from dorl.sam.finetune_data import training_set
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_DIR = "sam_adapter"
 SIGNATURE_FILE = "signature.json"
 LOG_FILE = "train_log.json"
-# Candidates drawn per wanted pseudo-mask: about 75 % of Acevedo-20 and 50 % of LISC colour
-# masks pass the quality checks (222 of 288 and 80 of 150 crops in docs/benchmarks.md).
-PSEUDO_CANDIDATES = 3
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: float = 0.2,
@@ -233,113 +226,6 @@ def _rank_slice(images: torch.Tensor, masks: torch.Tensor, group: ProcessGroup
     if start == stop:
         return images[-1:], masks[-1:], 0.0
     return images[start:stop], masks[start:stop], 1.0
-
-
-def _balanced_sample(domains: np.ndarray, rows: np.ndarray, n: int,
-                     rng: np.random.Generator) -> np.ndarray:
-    """Pick up to ``n`` of ``rows``, as evenly over their domains as they allow, in seeded order."""
-    pools = {d: list(rng.permutation(rows[domains[rows] == d])) for d in np.unique(domains[rows])}
-    picked = []
-    while len(picked) < n and any(pools.values()):
-        for pool in pools.values():
-            if pool and len(picked) < n:
-                picked.append(pool.pop())
-    return np.sort(np.array(picked, dtype=int))
-
-
-def validation_rows(is_val: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Which of the chosen images validate.
-
-    Without manifest ``val`` rows, each image validates with probability ``fraction``. A sample
-    of a few dozen images can also hold a single manifest ``val`` row, and a checkpoint chosen on
-    one image is chosen by chance, so those are topped up at random to ``round(fraction * n)``.
-
-    Parameters
-    ----------
-    is_val : bool ndarray of shape (n,)
-        The images whose manifest split is ``val``.
-    fraction : float
-    rng : numpy Generator
-
-    Returns
-    -------
-    bool ndarray of shape (n,)
-    """
-    val = np.asarray(is_val, dtype=bool).copy()
-    n = len(val)
-    if n < 2:
-        return val
-    if not val.any():
-        return rng.random(n) < fraction
-    missing = min(n - 1, int(round(fraction * n))) - int(val.sum())
-    if missing > 0:
-        val[rng.choice(np.flatnonzero(~val), missing, replace=False)] = True
-    return val
-
-
-def training_set(cfg, manifest: Manifest, model) -> dict:
-    """Choose the fine-tuning images and their masks, at the model's input size.
-
-    Rows from ``sam.finetune.exclude_domains`` are never used. ``mask_source``: ``dataset`` uses
-    the manifest's masks; ``pseudo`` bootstraps pseudo-masks for rows without one; ``auto`` uses
-    the dataset's masks and pseudo-masks for the domains that have none.
-
-    Returns
-    -------
-    dict
-        ``images`` uint8 (n, S, S, 3), ``masks`` bool (n, S, S), ``val`` bool (n,), ``rows``
-        (manifest row indices) and ``sources`` (counts per mask source and domain).
-    """
-    from dorl.resize import resize_image, resize_mask
-    from dorl.sam.pseudo_masks import bootstrap_pseudo_masks
-
-    ft, s = cfg.sam.finetune, model.image_size
-    table = manifest.table
-    domains = table["domain"].to_numpy()
-    allowed = ~np.isin(domains, list(ft.exclude_domains))
-    has_mask = (table["mask_path"] != "").to_numpy()
-    source = str(ft.mask_source)
-    if source not in ("auto", "dataset", "pseudo"):
-        raise ValueError("sam.finetune.mask_source must be auto, dataset or pseudo, "
-                         f"got {source!r}")
-    masked_domains = set(domains[allowed & has_mask])
-    use_dataset = allowed & has_mask & (source != "pseudo")
-    use_pseudo = allowed & ~has_mask & (source != "dataset")
-    if source == "auto":
-        use_pseudo &= ~np.isin(domains, list(masked_domains))
-    rng = np.random.default_rng(int(cfg.seed))
-    n_max = int(ft.max_images)
-    n_pseudo = n_max // 2 if use_dataset.any() and use_pseudo.any() else n_max
-    candidates = _balanced_sample(domains, np.flatnonzero(use_pseudo),
-                                  PSEUDO_CANDIDATES * n_pseudo, rng)
-    rows, images, masks, sources = [], [], [], {}
-    if len(candidates):
-        picked = [read_rgb(manifest.image_path(i)) for i in candidates]
-        pseudo, _ = bootstrap_pseudo_masks(picked, s, model, cfg.sam.prompt,
-                                           float(cfg.sam.box_fraction),
-                                           int(cfg.sam.infer.batch_size))
-        passed = {i: (image, mask) for i, image, mask in zip(candidates, picked, pseudo)
-                  if mask is not None}
-        # as evenly over the domains as the passing masks allow (pass rates differ by lab)
-        for i in _balanced_sample(domains, np.array(list(passed), dtype=int), n_pseudo, rng):
-            image, mask = passed[i]
-            rows.append(i)
-            images.append(resize_image(image, s))
-            masks.append(mask)
-            key = f"pseudo:{domains[i]}"
-            sources[key] = sources.get(key, 0) + 1
-    dataset_rows = _balanced_sample(domains, np.flatnonzero(use_dataset), n_max - len(rows), rng)
-    for i in dataset_rows:
-        rows.append(i)
-        images.append(resize_image(read_rgb(manifest.image_path(i)), s))
-        masks.append(resize_mask(read_cell_mask(manifest.mask_path(i)), s))
-        key = f"dataset:{domains[i]}"
-        sources[key] = sources.get(key, 0) + 1
-    rows = np.array(rows, dtype=int)
-    val = validation_rows(table["split"].to_numpy()[rows] == "val", float(ft.val_fraction), rng)
-    return {"images": np.stack(images) if images else np.zeros((0, s, s, 3), np.uint8),
-            "masks": np.stack(masks) if masks else np.zeros((0, s, s), bool),
-            "val": val, "rows": rows, "sources": sources}
 
 
 def finetune_signature(cfg, manifest: Manifest, provenance: dict) -> str:

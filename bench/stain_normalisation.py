@@ -10,6 +10,9 @@
 * ``none``: the crop as it is.
 
 Pixels outside the mask are left at their value (the crops' grey background).
+
+None of them won a place in dorl (docs/removed.md); the feature bench (``feature_options.py``)
+still compares them, so they live here.
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ def stain_reference(crops: np.ndarray, masks: np.ndarray, domains: np.ndarray, m
     names = np.unique(domains)
     ref_names = [d for d in names if not reference_domains or d in reference_domains]
     if not ref_names:
-        raise ValueError(f"features.stain_reference_domains {reference_domains} names none of "
+        raise ValueError(f"reference domains {reference_domains} name none of "
                          f"the domains {list(names)}")
     if method == "reinhard":
         stats = np.stack([lab_stats(c, m) for c, m in zip(crops, masks)])
