@@ -126,5 +126,5 @@ def pseudo_labels(encoder: EfficientNetLite, crops: RowSource, rows: np.ndarray,
     taken = chosen >= 0
     logger.info("CAE pseudo-labels: %d of %d unlabelled cells taken, per class %s", taken.sum(),
                 (labels[rows] < 0).sum(),
-                dict(zip(*np.unique(chosen[taken], return_counts=True))) if taken.any() else {})
+                {int(k): int(n) for k, n in zip(*np.unique(chosen[taken], return_counts=True))})
     return out
