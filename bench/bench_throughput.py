@@ -7,7 +7,10 @@ the CPU (or GPU) can do.
 
 Stages (random pixels; the cost does not depend on what the cells show):
   sam encoder     the segmentation model's image encoder (LiteMedSAM, or --backbone vit_b with
-                  $DORL_CHECKPOINT_DIR) at --sam-size, batch --batch
+                  $DORL_CHECKPOINT_DIR) at --sam-size, batch --sam-batch (sam.infer.batch_size)
+  sam encoder, before
+                  the same as it ran before 2026-12-07: attention scores written out
+                  (bench/reference_attention.py), batch --before-batch (the old default, 16)
   mask decoding   prompt encoder + mask decoder on those embeddings (centre-box prompt)
   cell encoder    EfficientNet-Lite0's forward pass on --crop-size crops (one view)
   training step   one step of the cross-domain encoder's training: two views of --batch cells,
@@ -29,9 +32,11 @@ import time
 import torch
 import torch.nn.functional as F
 from measure import peak_rss_mib
+from reference_attention import written_out_attention
 from torch.utils.flop_counter import FlopCounterMode
 
 from dorl.cae.models import CellAutoencoder
+from dorl.config import package_defaults
 from dorl.device import resolve_bf16
 from dorl.features.efficientnet import build_efficientnet_lite
 from dorl.sam.models import build_sam
@@ -81,7 +86,8 @@ def autocast(device: torch.device, precision: str):
 def stages(args, device: torch.device, precision: str):
     """(name, cells per call, callable, a callable with its FLOPs) of every stage."""
     sam = build_sam(args.backbone, "default", args.sam_size).to(device).eval().requires_grad_(False)
-    images = torch.randn(args.batch, 3, args.sam_size, args.sam_size, device=device)
+    images = torch.randn(args.sam_batch, 3, args.sam_size, args.sam_size, device=device)
+    before_images = torch.randn(args.before_batch, 3, args.sam_size, args.sam_size, device=device)
     with torch.no_grad(), autocast(device, precision):
         embedding = sam.encode(images)
 
@@ -89,6 +95,10 @@ def stages(args, device: torch.device, precision: str):
     def encode():
         with torch.no_grad(), autocast(device, precision):
             sam.encode(images)
+
+    def encode_before():
+        with torch.no_grad(), autocast(device, precision), written_out_attention():
+            sam.encode(before_images)
 
     def decode():
         with torch.no_grad(), autocast(device, precision):
@@ -123,8 +133,9 @@ def stages(args, device: torch.device, precision: str):
 
     # A training step's FLOPs: three times its forward pass (forward, and the backward pass's
     # two products per layer); torch's counter overcounts the depthwise convolutions' backward.
-    return [("sam encoder", args.batch, encode, encode),
-            ("mask decoding", args.batch, decode, decode),
+    return [("sam encoder, before", args.before_batch, encode_before, encode_before),
+            ("sam encoder", args.sam_batch, encode, encode),
+            ("mask decoding", args.sam_batch, decode, decode),
             ("cell encoder", args.batch, cell_forward, cell_forward),
             ("training step", args.batch, train_step,
              lambda: [train_forward() for _ in range(3)])]
@@ -139,7 +150,11 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone", default="litemedsam")
     ap.add_argument("--sam-size", type=int, default=128)
     ap.add_argument("--crop-size", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16, help="cells per call of the cell encoder "
+                    "and the training step")
+    ap.add_argument("--sam-batch", type=int,
+                    default=int(package_defaults().sam.infer.batch_size))
+    ap.add_argument("--before-batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -148,20 +163,21 @@ def main(argv=None) -> int:
     precisions = args.precisions or (["float32", "bf16"] if resolve_bf16("auto", device)
                                      else ["float32"])
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
-          f"batch {args.batch}, SAM {args.backbone} at {args.sam_size} px, cell crops "
+          f"batch {args.batch} (SAM {args.sam_batch}, before {args.before_batch}), SAM "
+          f"{args.backbone} at {args.sam_size} px, cell crops "
           f"{args.crop_size} px, median of {args.repeats}; load average "
           f"{os.getloadavg()[0]:.1f}")
-    print(f"{'precision':>9} {'stage':>14} {'GFLOP/cell':>10} {'cells/s':>8} {'GFLOP/s':>8} "
+    print(f"{'precision':>9} {'stage':>19} {'GFLOP/cell':>10} {'cells/s':>8} {'GFLOP/s':>8} "
           f"{'of peak':>7}")
     for precision in precisions:
         peak = peak_flops(DTYPES[precision], device)
-        print(f"{precision:>9} {'matmul peak':>14} {'':>10} {'':>8} {peak / 1e9:>8.1f} "
+        print(f"{precision:>9} {'matmul peak':>19} {'':>10} {'':>8} {peak / 1e9:>8.1f} "
               f"{'100%':>7}", flush=True)
         for name, cells, fn, counted in stages(args, device, precision):
             flops = flops_of(counted) / cells
             seconds = timed(fn, device, args.repeats)
             rate = cells / seconds
-            print(f"{precision:>9} {name:>14} {flops / 1e9:>10.2f} {rate:>8.2f} "
+            print(f"{precision:>9} {name:>19} {flops / 1e9:>10.2f} {rate:>8.2f} "
                   f"{flops * rate / 1e9:>8.1f} {flops * rate / peak:>7.0%}", flush=True)
     print(f"peak RSS {peak_rss_mib() / 1024:.2f} GB")
     return 0
