@@ -40,7 +40,7 @@ def evaluate(fields: list[Path], settings: DetectionSettings, suffix: str = ".tx
         [component_areas(candidate_map(im, settings)) for im in images]))
     learn_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    detected = [detect_cells(im, bounds, settings) for im in images]
+    detected = [detect_cells(im, bounds, settings).boxes for im in images]
     detect_s = time.perf_counter() - t0
     scores = detection_scores(detected, truth)
     megapixels = sum(im.shape[0] * im.shape[1] for im in images) / 1e6

@@ -9,8 +9,10 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dorl.fields.boxes import BoxFileError, read_boxes
+from dorl.fields.cells import read_fields
 from dorl.fields.detect import (DetectionSettings, candidate_map, component_areas, detect_cells,
                                 learn_size_bounds)
 from dorl.fields.metrics import box_iou, detection_scores, match_boxes
@@ -73,12 +75,12 @@ def test_detection_finds_the_nuclei_and_not_the_red_cells():
     settings = DetectionSettings(margin=0.0)
     bounds = learn_size_bounds(np.concatenate(
         [component_areas(candidate_map(f, settings)) for f, _ in fields]))
-    detected = [detect_cells(f, bounds, settings) for f, _ in fields]
+    detected = [detect_cells(f, bounds, settings).boxes for f, _ in fields]
     scores = detection_scores(detected, [b for _, b in fields])
     assert scores.recall == 1.0 and scores.precision == 1.0
     # A field without stained nuclei gives no box.
     blank = np.full((120, 120, 3), (235, 215, 225), np.uint8)
-    assert detect_cells(blank, bounds, settings).shape == (0, 4)
+    assert detect_cells(blank, bounds, settings).boxes.shape == (0, 4)
 
 
 def test_neighbouring_nuclei_are_split_into_one_box_each():
@@ -89,8 +91,33 @@ def test_neighbouring_nuclei_are_split_into_one_box_each():
     settings = DetectionSettings(margin=0.0)
     bounds = learn_size_bounds(component_areas(candidate_map(apart, settings)))
     touching, truth = draw_field(rng, [(80, 100, 9), (101, 100, 9)], lobed=False)
-    found = detect_cells(touching, bounds, settings)
-    assert len(found) == 2 and match_boxes(found, truth)[0] == 2
+    found, clumps = detect_cells(touching, bounds, settings)
+    assert len(found) == 2 and match_boxes(found, truth)[0] == 2 and not clumps
+
+
+def test_a_clump_of_forty_touching_nuclei_is_left_out_and_named(tmp_path):
+    rng = np.random.default_rng(2)
+    single, _ = draw_field(rng, [(60, 60, 9), (140, 140, 9), (60, 140, 9)], lobed=False)
+    settings = DetectionSettings(margin=0.0)
+    bounds = learn_size_bounds(component_areas(candidate_map(single, settings)))
+    grid = [(30 + 17 * i, 50 + 17 * j, 9) for i in range(8) for j in range(5)]  # 40, touching
+    clump, _ = draw_field(rng, [*grid, (170, 180, 9)], size=220, lobed=False)
+    found, clumps = detect_cells(clump, bounds, settings)
+    assert len(clumps) == 1 and 36 <= clumps[0][0] <= 44  # counted by stained area
+    assert len(found) == 1  # only the lone nucleus
+    # Read as a lab: the nucleus size is learnt from its fields, where the clump is rare.
+    fields = tmp_path / "lab" / "images"
+    fields.mkdir(parents=True)
+    Image.fromarray(clump).save(fields / "clump.png")
+    for k in range(6):
+        Image.fromarray(draw_field(rng, [(60, 60, 9), (140, 140, 9), (60, 140, 9)],
+                                   lobed=False)[0]).save(fields / f"single{k}.png")
+    with dorl_records(logging.WARNING) as records:
+        table = read_fields(fields, "lab", boxes="detect", cells_dir=tmp_path / "cells")
+    lines = [r.getMessage() for r in records if "in one clump" in r.getMessage()]
+    assert len(lines) == 1 and re.search(r"clump.png: about \d+ touching nuclei in one clump at "
+                                         r"x \d+-\d+, y \d+-\d+, too dense", lines[0])
+    assert len(table) == 6 * 3 + 1  # every single cell, and the clump's lone neighbour
 
 
 def test_box_iou_and_matching():

@@ -116,7 +116,14 @@ def read_fields(root: str | Path, domain: str | None = None, boxes: str = "given
                                 f"to find the cells")
         given, given_labels = (read_boxes(labels_file, width, height) if labels_file is not None
                                else (np.zeros((0, 4)), []))
-        found = given if boxes == "given" else detect_cells(image, bounds, settings)
+        if boxes == "given":
+            found = given
+        else:
+            found, clumps = detect_cells(image, bounds, settings)
+            for count, (x0, y0, x1, y1) in clumps:
+                logger.warning("%s: about %d touching nuclei in one clump at x %d-%d, y %d-%d, too "
+                               "dense to cut into single cells: left out", path, count, x0, x1,
+                               y0, y1)
         if not len(found):
             empty.append(path.name)
             continue

@@ -13,7 +13,8 @@
    quarter of its box at least, and it spans at most three typical nucleus sides.
 3. A cell's lobes (a neutrophil's segmented nucleus) join when they lie within a fraction of
    the typical nucleus side of each other; each cell's box is its nucleus's box, widened by
-   ``margin`` of its side on every side for the cytoplasm.
+   ``margin`` of its side on every side for the cytoplasm. Touching nuclei are split between
+   them; a clump of more than :data:`MAX_CLUMP_NUCLEI` is left out and reported.
 
 The field's unlit border (a microscope's round field stop) is left out: pixels darker than a
 quarter of the field's bright level.
@@ -22,6 +23,7 @@ quarter of the field's bright level.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -38,6 +40,10 @@ MAX_SIDE = 3.0
 #: Pixels darker than this fraction of the field's bright level (its 95th percentile) are the
 #: unlit border.
 UNLIT = 0.25
+#: More nucleus-sized parts than this in one touching group is a clump (a smear's thick edge, a
+#: cluster of cells): too dense to cut into single cells by the nearest-nucleus split, so it is
+#: left out and named (:class:`Detection`'s ``clumps``).
+MAX_CLUMP_NUCLEI = 12
 
 
 @dataclass(frozen=True)
@@ -128,9 +134,24 @@ def learn_size_bounds(areas: np.ndarray, min_pixels: int = 12) -> SizeBounds:
     return SizeBounds(max(min_pixels, 0.2 * typical), 5.0 * typical, float(np.sqrt(typical)))
 
 
+class Detection(NamedTuple):
+    """What :func:`detect_cells` found in one field.
+
+    Attributes
+    ----------
+    boxes : float ndarray of shape (n, 4)
+        White-cell boxes ``(x0, y0, x1, y1)`` in the field's pixels.
+    clumps : list of (int, tuple of 4 ints)
+        Each clump left out: about how many nuclei touch in it, and its box.
+    """
+
+    boxes: np.ndarray
+    clumps: list[tuple[int, tuple[int, int, int, int]]]
+
+
 def detect_cells(field: np.ndarray, bounds: SizeBounds, settings: DetectionSettings
-                 ) -> np.ndarray:
-    """White-cell boxes of one field, float (n, 4) ``(x0, y0, x1, y1)`` in its pixels.
+                 ) -> Detection:
+    """White-cell boxes of one field, and the clumps too dense to cut into cells.
 
     Parameters
     ----------
@@ -143,7 +164,11 @@ def detect_cells(field: np.ndarray, bounds: SizeBounds, settings: DetectionSetti
     reach = max(1, int(round(settings.merge * bounds.typical_side)))
     grouped, n = ndimage.label(ndimage.binary_dilation(stain, iterations=reach),
                                structure=np.ones((3, 3), bool))
-    cells = _split_touching(np.where(stain, grouped, 0), stain, bounds)
+    grouped = np.where(stain, grouped, 0)
+    clumps = _clumps(grouped, stain, bounds)
+    for index, _, _ in clumps:
+        grouped[grouped == index] = 0
+    cells = _split_touching(grouped, stain, bounds)
     areas = np.bincount(cells.ravel())
     height, width = stain.shape
     boxes = []
@@ -160,7 +185,36 @@ def detect_cells(field: np.ndarray, bounds: SizeBounds, settings: DetectionSetti
         dx, dy = settings.margin * w, settings.margin * h
         boxes.append((max(0.0, xs.start - dx), max(0.0, ys.start - dy),
                       min(float(width), xs.stop + dx), min(float(height), ys.stop + dy)))
-    return np.asarray(boxes, np.float64).reshape(-1, 4)
+    return Detection(np.asarray(boxes, np.float64).reshape(-1, 4),
+                     [(count, box) for _, count, box in clumps])
+
+
+def _nucleus_parts(stain: np.ndarray, bounds: SizeBounds) -> tuple[np.ndarray, np.ndarray]:
+    """The connected stained parts (labelled), and which of them are nucleus-sized (half a
+    typical nucleus or more, indexed by label)."""
+    parts, _ = ndimage.label(stain, structure=np.ones((3, 3), bool))
+    core = np.bincount(parts.ravel()) >= 0.5 * bounds.typical_side ** 2
+    core[0] = False
+    return parts, core
+
+
+def _clumps(groups: np.ndarray, stain: np.ndarray, bounds: SizeBounds
+            ) -> list[tuple[int, int, tuple[int, int, int, int]]]:
+    """``(group label, nuclei, (x0, y0, x1, y1))`` of every group of ``groups`` holding more than
+    :data:`MAX_CLUMP_NUCLEI` nuclei: its nucleus-sized parts, or, where nuclei have run
+    together into larger parts, its stained area in typical nuclei."""
+    parts, core = _nucleus_parts(stain, bounds)
+    areas = np.bincount(groups.ravel())
+    out = []
+    for index, found in enumerate(ndimage.find_objects(groups), start=1):
+        if found is None:
+            continue
+        own = np.unique(parts[found][groups[found] == index])
+        count = max(int(core[own].sum()), int(round(areas[index] / bounds.typical_side ** 2)))
+        if count > MAX_CLUMP_NUCLEI:
+            ys, xs = found
+            out.append((index, count, (xs.start, ys.start, xs.stop, ys.stop)))
+    return out
 
 
 def _split_touching(cells: np.ndarray, stain: np.ndarray, bounds: SizeBounds) -> np.ndarray:
@@ -168,10 +222,7 @@ def _split_touching(cells: np.ndarray, stain: np.ndarray, bounds: SizeBounds) ->
     nucleus-sized components (half a typical nucleus or more) split between them: each of the
     group's stained pixels goes to the nearest of them. Touching white cells so become one box
     each, while a neutrophil's smaller lobes stay together."""
-    parts, _ = ndimage.label(stain, structure=np.ones((3, 3), bool))
-    part_area = np.bincount(parts.ravel())
-    core = part_area >= 0.5 * bounds.typical_side ** 2
-    core[0] = False
+    parts, core = _nucleus_parts(stain, bounds)
     out = cells.copy()
     next_label = int(cells.max()) + 1
     for index, found in enumerate(ndimage.find_objects(cells), start=1):
