@@ -69,6 +69,7 @@ from bench_realdata import SOURCE, rows_of, sam_stages, score_methods, subsample
 from measure import Stopwatch
 from sklearn.metrics import f1_score
 
+from dorl.artifacts import CAE_CHECKPOINT
 from dorl.atomic import atomic_path, write_text_atomic
 from dorl.cae.settings import CAESettings
 from dorl.classify.adaptation import ADAPTATIONS
@@ -76,11 +77,12 @@ from dorl.classify.protocols import kfold
 from dorl.classify.registry import build_classifier
 from dorl.config import load_config
 from dorl.data.manifest import load_manifest
+from dorl.device import get_device
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.features.crops import cell_crops
 from dorl.features.encode import FeatureSettings, build_encoder, encode_crops
 from dorl.features.resolution import native_crop_sides, resample_through
-from dorl.pipeline.encoder_training import train_from_config
+from dorl.pipeline.encoder_training import train_encoder
 from dorl.seeding import seed_everything
 from simulated_labs import LOW_RES_FACTOR, LOW_RES_LAB, SIMULATED_LABS, reimaged
 
@@ -258,7 +260,11 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         weights, history = None, []
         if vcfg.cae.enabled:
-            result = train_from_config(vcfg, train_manifest, seg, CAESettings.from_config(vcfg))
+            result = train_encoder(train_manifest, seg, CAESettings.from_config(vcfg),
+                                   out / slug(name) / "cae", int(vcfg.seed),
+                                   get_device(vcfg.device),
+                                   CAE_CHECKPOINT.signature(vcfg, train_manifest.signature(),
+                                                            seg.meta.get("signature", "")))
             weights, history = result.checkpoint, result.history
         train_s = time.perf_counter() - t0
         model, side, fs = encoder_of(vcfg, weights)

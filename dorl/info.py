@@ -23,15 +23,16 @@ RUN_OUTPUTS = (
 )
 
 
-def _checkpoint_status(cfg) -> str:
-    """Where the configured SAM weights are, or why they are not there."""
+def _checkpoint_status(backbone: str, checkpoint: str | None) -> str:
+    """Where the SAM weights of ``backbone`` (``sam.checkpoint``, else the default file) are,
+    or why they are not there."""
     from dorl.sam.checkpoints import default_checkpoint
 
-    if cfg.sam.checkpoint:
-        path = Path(cfg.sam.checkpoint)
+    if checkpoint:
+        path = Path(checkpoint)
         return f"checkpoint {path} ({'found' if path.is_file() else 'MISSING'})"
     try:
-        path = default_checkpoint(cfg.sam.backbone)
+        path = default_checkpoint(backbone)
     except FileNotFoundError as exc:
         return f"MISSING: {exc}"
     return "random weights" if path is None else f"checkpoint {path} (found)"
@@ -44,7 +45,8 @@ def describe(cfg, outputs: bool = False) -> str:
     lines = ["dorl installation"]
     lines += [f"  {name:<18} {version}" for name, version in package_versions().items()]
     lines.append(f"  device (config {cfg.device!r}) -> {get_device(cfg.device)}")
-    lines.append(f"  SAM backbone {cfg.sam.backbone!r}: {_checkpoint_status(cfg)}")
+    lines.append(f"  SAM backbone {cfg.sam.backbone!r}: "
+                 f"{_checkpoint_status(cfg.sam.backbone, cfg.sam.checkpoint)}")
     lines.append(f"  DORL_CHECKPOINT_DIR={os.environ.get('DORL_CHECKPOINT_DIR', '(unset)')}")
     if outputs:
         run_dir = Path(cfg.run_dir)

@@ -16,7 +16,6 @@ from dorl.data.manifest import Manifest
 from dorl.featstore import FeatureFileError, read_features
 from dorl.pipeline.embed import check_settings, embed_segmentation, feature_signature, run_embed
 from dorl.pipeline.encoder_training import trainable_labels, training_rows
-from dorl.sam.quality import QCSettings
 from dorl.sam.segmentation import Segmentation
 
 CLASSES = ("neutrophil", "lymphocyte", "monocyte")
@@ -47,7 +46,7 @@ def toy_cells(n_per_domain=24, size=32, seed=0):
 
 def _embed(cfg, manifest, seg, cell):
     """The feature file of ``cell``, with the quality settings ``cfg`` holds now."""
-    return embed_segmentation(cfg, manifest, seg, cell, QCSettings.from_config(cfg))
+    return embed_segmentation(cfg, manifest, seg, cell, check_settings(cfg))
 
 
 def test_feature_file_holds_standardised_features_metadata_and_provenance(tiny_cfg):
@@ -94,28 +93,28 @@ def test_inductive_protocol_holds_the_target_domain_out(tiny_cfg):
     manifest, _, _ = toy_cells()
     tiny_cfg.cae.protocol = "inductive"
     tiny_cfg.cae.target_domains = ["lab_c"]
-    rows = training_rows(tiny_cfg, manifest)
+    rows = training_rows(manifest, CAESettings.from_config(tiny_cfg))
     assert set(manifest.table["domain"].to_numpy()[rows]) == {"lab_a", "lab_b"}
     tiny_cfg.cae.target_domains = ["lab_z"]
     with pytest.raises(ConfigError, match="lab_z"):
-        training_rows(tiny_cfg, manifest)
+        training_rows(manifest, CAESettings.from_config(tiny_cfg))
     tiny_cfg.cae.protocol = "transductive"
-    assert len(training_rows(tiny_cfg, manifest)) == len(manifest)
+    assert len(training_rows(manifest, CAESettings.from_config(tiny_cfg))) == len(manifest)
 
 
 def test_labels_reach_training_only_from_the_label_domains(tiny_cfg):
     manifest, _, _ = toy_cells()
-    labels = trainable_labels(tiny_cfg, manifest, CAESettings.from_config(tiny_cfg))
+    labels = trainable_labels(manifest, CAESettings.from_config(tiny_cfg))
     assert (labels == -1).all()  # cae.supervision=none: no label at all
     tiny_cfg.cae.supervision, tiny_cfg.cae.loss.supervised = "source_labels", 1.0
     tiny_cfg.cae.label_domains = ["lab_a"]
-    labels = trainable_labels(tiny_cfg, manifest, CAESettings.from_config(tiny_cfg))
+    labels = trainable_labels(manifest, CAESettings.from_config(tiny_cfg))
     domains = manifest.table["domain"].to_numpy()
     assert (labels[domains != "lab_a"] == -1).all()
     assert list(labels[domains == "lab_a"][:3]) == [0, 1, 2]
     tiny_cfg.cae.label_domains = ["lab_q"]
     with pytest.raises(ConfigError, match="lab_q"):
-        trainable_labels(tiny_cfg, manifest, CAESettings.from_config(tiny_cfg))
+        trainable_labels(manifest, CAESettings.from_config(tiny_cfg))
 
 
 @pytest.mark.parametrize("key, value, message", [

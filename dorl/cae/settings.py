@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from dorl.cae.views import ViewAugment
 from dorl.config import ConfigError
+from dorl.data.taxonomy import UNKNOWN, label_space
+from dorl.features.resolution import parse_resolution
 
 PROTOCOLS = ("transductive", "inductive")
 SUPERVISION = ("none", "source_labels")
@@ -76,10 +78,15 @@ class CAESettings:
     mmd_bandwidths: tuple[float, ...]
     augment: ViewAugment
     pseudo_labels: PseudoLabels
+    #: The classes a source-label head predicts (``data.label_space`` but ``unknown``).
+    classes: tuple[str, ...]
+    #: ``features.resolution``: the crops train as they are embedded.
+    resolution: str | int
 
     @classmethod
     def from_config(cls, cfg) -> "CAESettings":
-        """Unpack and check ``cfg.cae`` (and the encoder and crop side of ``cfg.features``).
+        """Unpack and check ``cfg.cae`` (and the encoder, crop side and resolution of
+        ``cfg.features``, and the classes of ``data.label_space``).
 
         Raises
         ------
@@ -145,4 +152,6 @@ class CAESettings:
                                 float(a.contrast), float(a.saturation), float(a.blur_prob),
                                 (float(a.scale[0]), float(a.scale[1])),
                                 float(a.cross_lab_stain)),
-            pseudo_labels=pseudo)
+            pseudo_labels=pseudo,
+            classes=tuple(c for c in label_space(cfg.data.label_space) if c != UNKNOWN),
+            resolution=parse_resolution(features.resolution))

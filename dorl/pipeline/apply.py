@@ -212,5 +212,5 @@ def apply_run(run_dir: str | Path, user_cfg) -> Path:
     cell_feats = features_from_config(cfg, manifest, seg, settings.features,
                                       encoder_weights=encoder)
     timings = {"segment": t1 - t0, "cell_features": time.perf_counter() - t1}
-    return embed_segmentation(cfg, manifest, seg, cell_feats, settings.qc, timings,
+    return embed_segmentation(cfg, manifest, seg, cell_feats, settings, timings,
                               applied_from=source.provenance())

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from dorl import __version__
-from dorl.artifacts import FEATURE_FILE, reusable
+from dorl.artifacts import CAE_CHECKPOINT, FEATURE_FILE, reusable
 from dorl.cae.settings import CAESettings
 from dorl.cae.train import TrainResult
 from dorl.config import ConfigError, resolved_yaml
@@ -35,7 +35,7 @@ from dorl.featstore import (
     write_features,
 )
 from dorl.features.encode import FeatureSettings, domain_sample, features_from_config
-from dorl.pipeline.encoder_training import domain_ids, train_from_config, training_rows
+from dorl.pipeline.encoder_training import domain_ids, train_encoder, training_rows
 from dorl.pipeline.invariance import CELLS_PER_DOMAIN, domain_invariance, plot_invariance
 from dorl.provenance import package_versions, utc_now
 from dorl.row_sources import ConcatenatedRows, MappedRows, RowSource, blocks, take
@@ -162,7 +162,10 @@ def run_embed(cfg) -> Path:
     cae = None
     if settings.cae is not None:
         t0 = time.perf_counter()
-        cae = train_from_config(cfg, manifest, seg, settings.cae, group)
+        cae = train_encoder(manifest, seg, settings.cae, Path(cfg.run_dir) / "cae",
+                            int(cfg.seed), get_device(cfg.device),
+                            CAE_CHECKPOINT.signature(cfg, manifest.signature(),
+                                                     seg.meta.get("signature", "")), group)
         timings["cae_train"] = time.perf_counter() - t0
         release_memory()
     t0 = time.perf_counter()
@@ -171,16 +174,16 @@ def run_embed(cfg) -> Path:
         None if cae is None else (cae.checkpoint, cae.sha256))
     timings["cell_features"] = time.perf_counter() - t0
     if group.is_main:
-        embed_segmentation(cfg, manifest, seg, cell_feats, settings.qc, timings, cae)
+        embed_segmentation(cfg, manifest, seg, cell_feats, settings, timings, cae)
     group.barrier()
     return out
 
 
-def _standardised(cfg, features: RowSource, ids: np.ndarray) -> RowSource:
-    """The features under ``features.standardise``, as a row source of float32 rows: the
-    per-domain statistics are fitted one block of rows at a time, and applied to each block
-    when it is read."""
-    if cfg.features.standardise == "none":
+def _standardised(standardise: str, features: RowSource, ids: np.ndarray) -> RowSource:
+    """The features under ``standardise`` (``features.standardise``), as a row source of float32
+    rows: the per-domain statistics are fitted one block of rows at a time, and applied to each
+    block when it is read."""
+    if standardise == "none":
         return MappedRows(features, lambda block, rows: block.astype(np.float32),
                           features.shape, np.float32)
     scaler = DomainStandardScaler()
@@ -194,7 +197,7 @@ def _standardised(cfg, features: RowSource, ids: np.ndarray) -> RowSource:
 
 
 def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
-                       cell_feats: tuple[dict[str, RowSource], dict], qc: QCSettings,
+                       cell_feats: tuple[dict[str, RowSource], dict], settings: EmbedSettings,
                        timings: dict[str, float] | None = None,
                        cae: TrainResult | None = None,
                        applied_from: dict | None = None) -> Path:
@@ -210,8 +213,9 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     cell_feats : (features, meta)
         The cell features of every row and their provenance
         (:func:`dorl.features.encode.features_from_config`).
-    qc : QCSettings
-        As :func:`check_settings` built them.
+    settings : EmbedSettings
+        As :func:`check_settings` built them (the quality checks, and which cells the encoder
+        trained on).
     timings : dict of str -> float, optional
         Seconds spent in earlier stages, recorded in the file's provenance.
     cae : TrainResult, optional
@@ -226,7 +230,8 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     signature = feature_signature(cfg, manifest)
     feats, cell_meta = cell_feats
     parts = [feats[k] for k in cfg.features.encoders]
-    X = _standardised(cfg, parts[0] if len(parts) == 1 else ConcatenatedRows(parts),
+    X = _standardised(str(cfg.features.standardise),
+                      parts[0] if len(parts) == 1 else ConcatenatedRows(parts),
                       domain_ids(manifest))
     logger.info("the embedding: %s features of %s, standardised %s",
                 "adapted" if cae is not None or applied_from else "pretrained",
@@ -234,7 +239,7 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     table = manifest.table
     obs = table[[c for c in OBS_COLUMNS if c in table.columns]].copy()
     obs["seg_fallback"] = np.asarray(seg.fallback, dtype=bool)
-    obs["qc_pass"], obs["qc_reason"] = cell_quality(manifest, seg, qc)
+    obs["qc_pass"], obs["qc_reason"] = cell_quality(manifest, seg, settings.qc)
     failed = obs.loc[~obs["qc_pass"]].groupby("domain")["qc_reason"].value_counts()
     if len(failed):
         logger.warning("quality control: %d of %d cells failed (%s); they are embedded, never "
@@ -243,10 +248,10 @@ def embed_segmentation(cfg, manifest: Manifest, seg: Segmentation,
     obs.index = pd.Index(table["path"].astype(str), name="cell_id")
     obsm = {f"X_{k}": v for k, v in seg.features.items() if len(v.shape) == 2}
     obsm.update({f"X_{k}": v for k, v in feats.items()})
-    invariance = _invariance(cfg, X, obsm, obs, run_dir)
+    invariance = _invariance(X, obsm, obs, run_dir, int(cfg.seed))
     in_training = np.zeros(len(table), dtype=bool)
-    if cae is not None:
-        in_training[training_rows(cfg, manifest)] = True
+    if cae is not None and settings.cae is not None:
+        in_training[training_rows(manifest, settings.cae)] = True
     obs["cae_trained_on"] = in_training
     uns = _provenance(cfg, signature, seg, cae, manifest.domains, dict(timings or {}))
     uns["invariance"] = invariance
@@ -292,8 +297,8 @@ def _provenance(cfg, signature: dict[str, str], seg: Segmentation, result: Train
     }
 
 
-def _invariance(cfg, X: RowSource, obsm: dict[str, RowSource], obs: pd.DataFrame,
-                run_dir: Path) -> dict:
+def _invariance(X: RowSource, obsm: dict[str, RowSource], obs: pd.DataFrame, run_dir: Path,
+                seed: int) -> dict:
     """Domain-invariance figures of the embedding (X) and of each stored feature set (obsm), on
     up to :data:`~dorl.pipeline.invariance.CELLS_PER_DOMAIN` cells of each domain."""
     domains, labels = obs["domain"].astype(str).to_numpy(), obs["label"].astype(str).to_numpy()
@@ -303,7 +308,7 @@ def _invariance(cfg, X: RowSource, obsm: dict[str, RowSource], obs: pd.DataFrame
     domains, labels = domains[sample], labels[sample]
     sets = {name: take(v, sample).reshape(len(sample), -1).astype(np.float32)
             for name, v in {"embedding": X, **{k[2:]: v for k, v in obsm.items()}}.items()}
-    results = {name: domain_invariance(v, domains, labels, int(cfg.seed))
+    results = {name: domain_invariance(v, domains, labels, seed)
                for name, v in sets.items()}
     for name, r in results.items():
         logger.info("invariance of %s: MMD^2 %.4f, domain classifier %.3f (chance %.3f), "

@@ -7,33 +7,31 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from dorl.artifacts import CAE_CHECKPOINT
 from dorl.atomic import atomic_path
 from dorl.cae.settings import CAESettings
 from dorl.cae.train import CAEData, TrainResult, train_autoencoder
 from dorl.config import ConfigError
 from dorl.data.manifest import Manifest
-from dorl.data.taxonomy import UNKNOWN, label_space
-from dorl.device import get_device
 from dorl.distributed import ProcessGroup
 from dorl.features.crops import cell_crops
 from dorl.features.encode import FEATURE_CHUNK
-from dorl.features.resolution import parse_resolution, resolution_side
+from dorl.features.resolution import resolution_side
 from dorl.row_sources import StoredRows, create_rows
 from dorl.sam.segmentation import Segmentation
 
 
-def training_rows(cfg, manifest: Manifest) -> np.ndarray:
+def training_rows(manifest: Manifest, settings: CAESettings) -> np.ndarray:
     """Manifest rows the autoencoder trains on, by protocol.
 
     Transductive: every domain takes part (without labels). Inductive: ``cae.target_domains``
     are left out entirely.
     """
     domains = manifest.table["domain"].astype(str).to_numpy()
-    targets = [str(d) for d in cfg.cae.target_domains]
-    if cfg.cae.protocol == "transductive":
+    targets = list(settings.target_domains)
+    if settings.protocol == "transductive":
         return np.arange(len(domains))
     unknown = sorted(set(targets) - set(domains))
     if not targets or unknown:
@@ -51,17 +49,12 @@ def domain_ids(manifest: Manifest) -> np.ndarray:
         {d: i for i, d in enumerate(manifest.domains)}).to_numpy()
 
 
-def _classes(cfg) -> list[str]:
-    """The classes of the label space an encoder's source-label head predicts."""
-    return [c for c in label_space(cfg.data.label_space) if c != UNKNOWN]
-
-
-def trainable_labels(cfg, manifest: Manifest, settings: CAESettings) -> np.ndarray:
-    """Each row's index into :func:`_classes` where the encoder may learn its label
+def trainable_labels(manifest: Manifest, settings: CAESettings) -> np.ndarray:
+    """Each row's index into ``settings.classes`` where the encoder may learn its label
     (``cae.label_domains`` under ``cae.supervision=source_labels``), -1 elsewhere (``unknown``
     cells too)."""
     table = manifest.table
-    index = {c: i for i, c in enumerate(_classes(cfg))}
+    index = {c: i for i, c in enumerate(settings.classes)}
     labels = table["label"].astype(str).map(lambda c: index.get(c, -1)).to_numpy()
     if settings.supervision != "source_labels":
         return np.full(len(table), -1)
@@ -72,16 +65,16 @@ def trainable_labels(cfg, manifest: Manifest, settings: CAESettings) -> np.ndarr
     return np.where(table["domain"].astype(str).isin(settings.label_domains), labels, -1)
 
 
-def _training_crops(cfg, manifest: Manifest, seg: Segmentation, side: int,
+def _training_crops(path: Path, manifest: Manifest, seg: Segmentation, settings: CAESettings,
                     group: ProcessGroup) -> StoredRows:
     """The masked cell crops the encoder trains on, as it embeds them (``features.crop_size``
-    and ``features.resolution``), cut once into ``run_dir/cae/crops.h5`` by rank 0 and read
-    batch by batch (reused while the segmentation is the same)."""
-    path = Path(cfg.run_dir) / "cae" / "crops.h5"
-    signature = f"{seg.meta.get('signature')}:{side}:{cfg.features.resolution}"
+    and ``features.resolution``), cut once into ``path`` by rank 0 and read batch by batch
+    (reused while the segmentation is the same)."""
+    side = settings.crop_size
+    signature = f"{seg.meta.get('signature')}:{side}:{settings.resolution}"
     if group.is_main and not _store_matches(path, signature):
         path.parent.mkdir(parents=True, exist_ok=True)
-        max_side = resolution_side(parse_resolution(cfg.features.resolution), manifest, seg)
+        max_side = resolution_side(settings.resolution, manifest, seg)
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             crops = create_rows(f, "crops", (len(manifest), side, side, 3), np.uint8)
             for start in tqdm(range(0, len(manifest), FEATURE_CHUNK), desc="CAE crops",
@@ -104,15 +97,14 @@ def _store_matches(path: Path, signature: str) -> bool:
         return False
 
 
-def train_from_config(cfg, manifest: Manifest, seg: Segmentation, settings: CAESettings,
-                      group: ProcessGroup = ProcessGroup()) -> TrainResult:
-    """Train (or resume, or reuse) the cross-domain autoencoder of ``cfg.cae`` on the segmented
-    cells, in ``run_dir/cae``; ``settings`` as :func:`check_settings` built them."""
-    rows = training_rows(cfg, manifest)
-    data = CAEData(_training_crops(cfg, manifest, seg, settings.crop_size, group),
-                   domain_ids(manifest).astype(np.int64),
-                   trainable_labels(cfg, manifest, settings), len(_classes(cfg)))
-    signature = CAE_CHECKPOINT.signature(cfg, manifest.signature(),
-                                         seg.meta.get("signature", ""))
-    return train_autoencoder(data, rows, settings, int(cfg.seed), Path(cfg.run_dir) / "cae",
-                             get_device(cfg.device), signature, group)
+def train_encoder(manifest: Manifest, seg: Segmentation, settings: CAESettings, out_dir: Path,
+                  seed: int, device: torch.device, signature: str,
+                  group: ProcessGroup = ProcessGroup()) -> TrainResult:
+    """Train (or resume, or reuse) the cross-domain autoencoder on the segmented cells, in
+    ``out_dir`` (``run_dir/cae``); ``signature`` is what its checkpoints must have been made
+    with (:data:`dorl.artifacts.CAE_CHECKPOINT`, from the stage's entry point)."""
+    data = CAEData(_training_crops(out_dir / "crops.h5", manifest, seg, settings, group),
+                   domain_ids(manifest).astype(np.int64), trainable_labels(manifest, settings),
+                   len(settings.classes))
+    return train_autoencoder(data, training_rows(manifest, settings), settings, seed, out_dir,
+                             device, signature, group)

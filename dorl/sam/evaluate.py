@@ -48,11 +48,12 @@ def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarra
     return out
 
 
-def _scored_rows(cfg, manifest: Manifest, trained: bool) -> np.ndarray:
-    """Rows with a ground-truth mask that no adapter was trained on."""
+def _scored_rows(manifest: Manifest, excluded_domains: list[str], trained: bool) -> np.ndarray:
+    """Rows with a ground-truth mask that no adapter was trained on (``excluded_domains``:
+    ``sam.finetune.exclude_domains``)."""
     table = manifest.table
     has_mask = (table["mask_path"] != "").to_numpy()
-    excluded = np.isin(table["domain"].to_numpy(), list(cfg.sam.finetune.exclude_domains))
+    excluded = np.isin(table["domain"].to_numpy(), excluded_domains)
     held_out = excluded | (table["split"].to_numpy() == "val") | (not trained)
     return np.flatnonzero(has_mask & held_out)
 
@@ -83,7 +84,7 @@ def evaluate_from_config(cfg, manifest: Manifest) -> dict:
 
     out_dir = Path(cfg.run_dir) / EVAL_DIR
     adapter = finetune_from_config(cfg, manifest)
-    rows = _scored_rows(cfg, manifest, adapter is not None)
+    rows = _scored_rows(manifest, list(cfg.sam.finetune.exclude_domains), adapter is not None)
     if cfg.sam.eval.max_images and len(rows) > int(cfg.sam.eval.max_images):
         rng = np.random.default_rng(int(cfg.seed))
         rows = np.sort(rng.choice(rows, int(cfg.sam.eval.max_images), replace=False))
