@@ -101,15 +101,15 @@ def choose_pseudo_labels(features: np.ndarray, labels: np.ndarray, domains: np.n
         rows = np.flatnonzero((domains == domain) & ~known)
         # A lab whose cells are all unlabelled is standardised alone; one with labelled cells
         # as well (an unlabelled share of a source lab) is standardised with its whole self.
-        mine = np.flatnonzero(domains == domain)
-        _, scores = classifier.predict_with_scores(X[mine])
-        scores = scores[np.isin(mine, rows)]
+        lab = np.flatnonzero(domains == domain)
+        _, scores = classifier.predict_with_scores(X[lab])
+        scores = scores[np.isin(lab, rows)]
         predicted, confidence = classifier.classes_[scores.argmax(1)], scores.max(1)
         quota = math.ceil(fraction * len(rows) / len(classes))
         for k in classes:
-            mine = rows[predicted == k]
+            of_class = rows[predicted == k]
             order = np.argsort(-confidence[predicted == k], kind="stable")
-            chosen[mine[order[:quota]]] = k
+            chosen[of_class[order[:quota]]] = k
     return chosen
 
 
