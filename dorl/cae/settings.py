@@ -82,6 +82,8 @@ class CAESettings:
     classes: tuple[str, ...]
     #: ``features.resolution``: the crops train as they are embedded.
     resolution: str | int
+    #: ``cae.backward_per_lab``: one lab's activations in memory at a time.
+    backward_per_lab: bool
 
     @classmethod
     def from_config(cls, cfg) -> "CAESettings":
@@ -154,4 +156,5 @@ class CAESettings:
                                 float(a.cross_lab_stain)),
             pseudo_labels=pseudo,
             classes=tuple(c for c in label_space(cfg.data.label_space) if c != UNKNOWN),
-            resolution=parse_resolution(features.resolution))
+            resolution=parse_resolution(features.resolution),
+            backward_per_lab=bool(cae.backward_per_lab))

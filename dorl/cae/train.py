@@ -23,6 +23,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -124,6 +125,38 @@ def _by_domain(model: CellAutoencoder, pixels: torch.Tensor, domains: np.ndarray
     return CAEOutput(join("pooled"), join("projected"), join("image"), join("logits"))
 
 
+def _backward_lab_by_lab(model: CellAutoencoder, pixels: torch.Tensor, domains: np.ndarray,
+                         losses: Callable[[CAEOutput], dict[str, torch.Tensor]], weight: float
+                         ) -> dict[str, torch.Tensor]:
+    """The gradients of ``weight * losses(model on pixels)["total"]``, with one lab's
+    activations in memory at a time (``cae.backward_per_lab``); returns the loss terms.
+
+    The losses couple every lab of the batch (InfoNCE's negatives, MMD), so the outputs are
+    first computed without a graph, the loss's gradient taken with respect to them, and then
+    each lab is run again with its graph and its share of that gradient propagated back
+    through it. The gradients are the ones a single backward pass over the batch gives (each
+    lab's BatchNorm sees the same cells both times), for one more forward pass; the first
+    pass is left out of BatchNorm's running statistics.
+    """
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    with torch.no_grad():
+        out = _by_domain(model, pixels, domains)
+    for name, buffer in model.named_buffers():
+        buffer.copy_(buffers[name])
+    leaves = CAEOutput(*(None if t is None else t.detach().requires_grad_()
+                         for t in (out.pooled, out.projected, out.image, out.logits)))
+    terms = losses(leaves)
+    (weight * terms["total"]).backward()
+    for domain in np.unique(domains):
+        rows = torch.from_numpy(np.flatnonzero(domains == domain))
+        part = model(pixels[rows])
+        pairs = [(getattr(part, name), getattr(leaves, name).grad[rows])
+                 for name in ("pooled", "projected", "image", "logits")
+                 if getattr(leaves, name) is not None and getattr(leaves, name).grad is not None]
+        torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+    return terms
+
+
 def _rank_rows(idx: np.ndarray, group: ProcessGroup) -> tuple[np.ndarray, float]:
     """This rank's share of a domain-balanced batch and the weight of its loss.
 
@@ -190,12 +223,19 @@ def _train_epoch(model: CellAutoencoder, data: CAEData, rows: np.ndarray,
         labels = torch.from_numpy(data.labels[idx].astype(np.int64)).to(device)
         taken = None if pseudo is None else torch.from_numpy(pseudo[idx]).to(device)
         # A view rendered in another lab's stain is normalised with that lab's cells.
-        out = _by_domain(model, pixels, np.concatenate([domains, second_domains]))
-        terms = compute_losses(out, pixels, labels, domains, settings,
-                               neighbours=epoch >= settings.neighbours_after_epochs,
-                               pseudo=taken)
+        step_domains = np.concatenate([domains, second_domains])
+
+        def losses(out: CAEOutput) -> dict[str, torch.Tensor]:
+            return compute_losses(out, pixels, labels, domains, settings,
+                                  neighbours=epoch >= settings.neighbours_after_epochs,
+                                  pseudo=taken)
+
         optimizer.zero_grad(set_to_none=True)
-        (weight * terms["total"]).backward()
+        if settings.backward_per_lab:
+            terms = _backward_lab_by_lab(model, pixels, step_domains, losses, weight)
+        else:
+            terms = losses(_by_domain(model, pixels, step_domains))
+            (weight * terms["total"]).backward()
         _average_gradients(model, group)
         optimizer.step()
         for k in sums:
