@@ -3,10 +3,9 @@ segmented cell, not the field.
 
 For every cell, the mask and box that segmentation found are carried back to the original image,
 and the masked cell is cut out at its own resolution and scaled to ``features.crop_size``
-(:mod:`dorl.features.crops`). Each encoder of ``features.encoders`` turns the crops into pooled features,
-with its BatchNorm statistics
-re-estimated on each domain's cells when ``features.adabn`` is on (:mod:`dorl.features.adabn`).
-Several encoders are concatenated.
+(:mod:`dorl.features.crops`). Each encoder of ``features.encoders`` turns the crops into pooled
+features, with its BatchNorm statistics re-estimated on each domain's cells when
+``features.adabn`` is on (:mod:`dorl.features.adabn`). Several encoders are concatenated.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 CELL_FEATURES_FILE = "cell_features.h5"
 ENCODERS = ("efficientnet_lite0", "litemedsam")
-#: Cells cut, normalised and encoded at a time (bounds memory on large datasets).
+#: Cells cut and encoded at a time (bounds memory on large datasets).
 FEATURE_CHUNK = 256
 #: ``features.tta``: how many of the dihedral views of a crop are averaged (1: the crop itself).
 TTA_VIEWS = (1, 4, 8)
