@@ -170,13 +170,17 @@ class WindowAttention(nn.Module):
         windows = qkv.view(b, nh, ws, nw, ws, 3 * c).transpose(2, 3)
         windows = windows.reshape(-1, n, self.num_heads, 3 * self.head_dim)
         q, k, v = windows.transpose(1, 2).split(self.head_dim, dim=3)
-        # One fused kernel for softmax(q k^T * scale + bias) v: the (windows, heads, n, n) scores
-        # are never written out whole, and the strided q, k, v are read in place.
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        out = out.transpose(1, 2).reshape(b, nh, nw, ws, ws, c)
+        out = self.attend(q, k, v).transpose(1, 2).reshape(b, nh, nw, ws, ws, c)
         out = out.transpose(2, 3).reshape(b, nh * ws, nw * ws, c)
         return self.proj(out[:, :h, :w])
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T * scale + position bias) v of (windows, heads, n, head_dim) q, k, v.
+
+        One fused kernel: the (windows, heads, n, n) scores are never written out whole, and the
+        strided q, k, v are read in place."""
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
 
 
 class Mlp(nn.Module):
