@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from measure import python_child
+from measure import step_child
 
 STEP = """
 import time, numpy as np, torch
@@ -54,11 +54,9 @@ def main(argv=None) -> int:
     for per_lab_backward in (False, True):
         code = STEP.format(threads=args.threads, per_lab=args.per_lab,
                            per_lab_backward=per_lab_backward)
-        child = python_child(["-c", code])
-        if child.status:
-            raise RuntimeError(f"the step failed (exit {child.status}): {child.stderr[-500:]}")
+        child, step_s = step_child(code)
         print(f"backward_per_lab={per_lab_backward}: peak RSS {child.peak_rss_mib:.0f} MiB, "
-              f"{float(child.stdout.split()[-1]):.2f} s a step ({child.seconds:.0f} s in all)")
+              f"{step_s:.2f} s a step ({child.seconds:.0f} s in all)")
     return 0
 
 

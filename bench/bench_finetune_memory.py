@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from measure import python_child
+from measure import step_child
 
 STEP = """
 import time, torch
@@ -46,11 +46,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     for checkpointed in (False, True):
         code = STEP.format(threads=args.threads, checkpointed=checkpointed, batch=args.batch)
-        child = python_child(["-c", code])
-        if child.status:
-            raise RuntimeError(f"the step failed (exit {child.status}): {child.stderr[-500:]}")
+        child, step_s = step_child(code)
         print(f"checkpoint_blocks={checkpointed}: peak RSS {child.peak_rss_mib:.0f} MiB, "
-              f"{float(child.stdout.split()[-1]):.2f} s a step ({child.seconds:.0f} s in all)")
+              f"{step_s:.2f} s a step ({child.seconds:.0f} s in all)")
     return 0
 
 

@@ -62,6 +62,15 @@ def python_child(args: list[str], env: dict[str, str] | None = None,
         return ChildRun(proc.returncode, usage.ru_maxrss / 1024, seconds, out.read(), err.read())
 
 
+def step_child(code: str) -> tuple[ChildRun, float]:
+    """Run the Python ``code`` (which prints the seconds of one step last) in a child of its own;
+    its run and that figure. A failed child raises, with the end of its error output."""
+    child = python_child(["-c", code])
+    if child.status:
+        raise RuntimeError(f"the step failed (exit {child.status}): {child.stderr[-500:]}")
+    return child, float(child.stdout.split()[-1])
+
+
 class Stopwatch:
     """Records seconds, images/s and peak memory of each named stage."""
 
