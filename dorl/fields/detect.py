@@ -165,10 +165,11 @@ def detect_cells(field: np.ndarray, bounds: SizeBounds, settings: DetectionSetti
     grouped, n = ndimage.label(ndimage.binary_dilation(stain, iterations=reach),
                                structure=np.ones((3, 3), bool))
     grouped = np.where(stain, grouped, 0)
-    clumps = _clumps(grouped, stain, bounds)
+    parts, core = _nucleus_parts(stain, bounds)
+    clumps = _clumps(grouped, parts, core, bounds)
     for index, _, _ in clumps:
         grouped[grouped == index] = 0
-    cells = _split_touching(grouped, stain, bounds)
+    cells = _split_touching(grouped, parts, core)
     areas = np.bincount(cells.ravel())
     height, width = stain.shape
     boxes = []
@@ -198,12 +199,12 @@ def _nucleus_parts(stain: np.ndarray, bounds: SizeBounds) -> tuple[np.ndarray, n
     return parts, core
 
 
-def _clumps(groups: np.ndarray, stain: np.ndarray, bounds: SizeBounds
+def _clumps(groups: np.ndarray, parts: np.ndarray, core: np.ndarray, bounds: SizeBounds
             ) -> list[tuple[int, int, tuple[int, int, int, int]]]:
     """``(group label, nuclei, (x0, y0, x1, y1))`` of every group of ``groups`` holding more than
-    :data:`MAX_CLUMP_NUCLEI` nuclei: its nucleus-sized parts, or, where nuclei have run
-    together into larger parts, its stained area in typical nuclei."""
-    parts, core = _nucleus_parts(stain, bounds)
+    :data:`MAX_CLUMP_NUCLEI` nuclei: its nucleus-sized parts (``parts``, ``core`` of
+    :func:`_nucleus_parts`), or, where nuclei have run together into larger parts, its stained
+    area in typical nuclei."""
     areas = np.bincount(groups.ravel())
     out = []
     for index, found in enumerate(ndimage.find_objects(groups), start=1):
@@ -217,12 +218,11 @@ def _clumps(groups: np.ndarray, stain: np.ndarray, bounds: SizeBounds
     return out
 
 
-def _split_touching(cells: np.ndarray, stain: np.ndarray, bounds: SizeBounds) -> np.ndarray:
+def _split_touching(cells: np.ndarray, parts: np.ndarray, core: np.ndarray) -> np.ndarray:
     """``cells`` (labelled groups of stained pixels) with every group that holds two or more
-    nucleus-sized components (half a typical nucleus or more) split between them: each of the
-    group's stained pixels goes to the nearest of them. Touching white cells so become one box
-    each, while a neutrophil's smaller lobes stay together."""
-    parts, core = _nucleus_parts(stain, bounds)
+    nucleus-sized components (``parts`` where ``core``, :func:`_nucleus_parts`) split between
+    them: each of the group's stained pixels goes to the nearest of them. Touching white cells
+    so become one box each, while a neutrophil's smaller lobes stay together."""
     out = cells.copy()
     next_label = int(cells.max()) + 1
     for index, found in enumerate(ndimage.find_objects(cells), start=1):
