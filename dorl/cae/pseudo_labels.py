@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from dorl.classify.adaptation import fit_class_balanced
 from dorl.domain_scaler import DomainStandardScaler
 from dorl.features.efficientnet import EfficientNetLite
-from dorl.features.encode import domain_sample, recalibrate_on_crops
+from dorl.features.encode import domain_sample, encode_crops, recalibrate_on_crops
 from dorl.row_sources import RowSource, take
 
 logger = logging.getLogger(__name__)
@@ -59,12 +59,10 @@ def embed_rows(encoder: EfficientNetLite, crops: RowSource, rows: np.ndarray,
         positions = np.flatnonzero(domains == domain)
         sample = positions[domain_sample(np.zeros(len(positions), int), ADABN_CELLS)]
         recalibrate_on_crops(model, side, take(crops, rows[sample]), BATCH, False)
-        model.eval()
-        with torch.no_grad():
-            for start in range(0, len(positions), CHUNK):
-                part = positions[start:start + CHUNK]
-                x = torch.from_numpy(take(crops, rows[part])).to(device)
-                out[part] = model(x.permute(0, 3, 1, 2).float()).float().cpu().numpy()
+        for start in range(0, len(positions), CHUNK):
+            part = positions[start:start + CHUNK]
+            out[part] = encode_crops(model, side, take(crops, rows[part]), domains[part], 0,
+                                     BATCH, False)
     return out
 
 
